@@ -1,0 +1,275 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Thin Cython wrappers over the C kernels in qengine/kernels/.
+
+Each wrapper checks shapes, then calls the C kernel with the GIL released.
+Scratch memory (`ws`) is passed in by the caller so that a Model can keep one
+workspace per thread and reuse it across calls.
+"""
+from libc.stdint cimport uint8_t, int64_t
+
+cdef extern from "kernels/qe_kernels.h" nogil:
+    int QE_TILE
+    int QE_ISA_GENERIC, QE_ISA_AVX2, QE_ISA_COUNT
+    ctypedef struct qe_conv_geom:
+        int C, H, W, KH, KW, S, P, OH, OW, Hq, Wq, SS
+        int64_t R, PS
+    int qe_conv_geom_init(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int P)
+    int64_t qe_phase_floats(const qe_conv_geom *g)
+    int64_t qe_lut_floats(const qe_conv_geom *g, int M, int K)
+    int64_t qe_acc_floats(const qe_conv_geom *g, int Cout)
+    void qe_phase_split(const qe_conv_geom *g, const float *x, float *xp)
+    int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
+                    const uint8_t *asmt, int Cout, const float *bias, float *T, float *acc,
+                    float *y, int relu, int nthreads)
+    int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
+                      const float *bias, float *acc, float *y, int relu, int nthreads)
+    int qe_fc_block(int K)
+    void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
+                   const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
+                   int relu, int nthreads)
+    void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
+                     float *y, int relu, int nthreads)
+    void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
+                float k, float *sq)
+    void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
+                 int SH, int SW, int PH, int PW, int kind)
+    void qe_relu(const float *x, float *y, int64_t n, float slope)
+    void qe_softmax(const float *x, float *y, int C, int64_t HW)
+    void qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
+                        uint8_t *dst)
+    int qe_isa_supported(int isa)
+    int qe_set_isa(int isa)
+    int qe_get_isa()
+
+ISA_NAMES = ("generic", "avx2")
+
+
+def isa_supported(str name):
+    """True when this CPU can run the kernels compiled for `name`."""
+    if name not in ISA_NAMES:
+        return False
+    return bool(qe_isa_supported(ISA_NAMES.index(name)))
+
+
+def set_isa(str name):
+    """Force the kernels of one instruction set ("generic", "avx2")."""
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown instruction set {name!r}; known: {', '.join(ISA_NAMES)}")
+    if qe_set_isa(ISA_NAMES.index(name)) != 0:
+        raise ValueError(f"instruction set {name!r} is not supported by this CPU")
+
+
+def get_isa():
+    """Name of the instruction set the kernels use now."""
+    return ISA_NAMES[qe_get_isa()]
+
+
+cdef int _geom(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int P) except -1:
+    if qe_conv_geom_init(g, C, H, W, KH, KW, S, P) != 0:
+        raise ValueError(f"invalid convolution geometry C={C} H={H} W={W} kernel={KH}x{KW} "
+                         f"stride={S} pad={P}")
+    return 0
+
+
+def conv_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int M, int K,
+                          int Cout):
+    """Scratch floats a convolution of one group (C inputs, Cout outputs) needs;
+    M = 0 for a dense one."""
+    cdef qe_conv_geom g
+    _geom(&g, C, H, W, KH, KW, S, P)
+    if M <= 0:
+        return qe_phase_floats(&g) + qe_acc_floats(&g, (Cout + 3) // 4 * 4)
+    return qe_phase_floats(&g) + qe_lut_floats(&g, M, K) + qe_acc_floats(&g, Cout)
+
+
+def conv_output_size(int H, int W, int KH, int KW, int S, int P):
+    cdef qe_conv_geom g
+    _geom(&g, 1, H, W, KH, KW, S, P)
+    return g.OH, g.OW
+
+
+def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
+             const uint8_t[:, :, :, ::1] asmt, const float[::1] bias,
+             int stride, int pad, int groups, bint relu,
+             float[:, :, :, ::1] out, float[::1] ws, int nthreads=1):
+    """Lookup-table convolution. x [N,C,H,W], cb [M,K,d] (shared by all groups),
+    asmt [Cout,KH,KW,M], bias [Cout], out [N,Cout,OH,OW]."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    cdef int Cout = asmt.shape[0], KH = asmt.shape[1], KW = asmt.shape[2]
+    cdef qe_conv_geom g
+    if groups <= 0 or C % groups or Cout % groups:
+        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    cdef int Cg = C // groups, Og = Cout // groups
+    _geom(&g, Cg, H, W, KH, KW, stride, pad)
+    if asmt.shape[3] != M or M != (Cg + d - 1) // d:
+        raise ValueError(f"codebook has {M} subspaces of d={d}, assignments {asmt.shape[3]}, "
+                         f"input channels per group {Cg}")
+    if K > 256:
+        raise ValueError(f"K={K} codewords do not fit 8-bit indices")
+    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout \
+            or out.shape[2] != g.OH or out.shape[3] != g.OW:
+        raise ValueError("bias or output shape does not match the convolution")
+    cdef int64_t nxp = qe_phase_floats(&g), nT = qe_lut_floats(&g, M, K)
+    cdef int64_t nacc = qe_acc_floats(&g, Og)
+    if ws.shape[0] < nxp + nT + nacc:
+        raise ValueError(f"workspace too small: {ws.shape[0]} < {nxp + nT + nacc} floats")
+    cdef int n, gi, rc = 0
+    with nogil:
+        for n in range(N):
+            for gi in range(groups):
+                qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
+                rc = qe_lut_conv(&g, &ws[0], &cb[0, 0, 0], M, K, d, &asmt[gi * Og, 0, 0, 0], Og,
+                                 &bias[gi * Og], &ws[nxp], &ws[nxp + nT], &out[n, gi * Og, 0, 0],
+                                 relu, nthreads)
+                if rc != 0:
+                    break
+            if rc != 0:
+                break
+    if rc != 0:
+        raise MemoryError("out of memory in the convolution kernel")
+
+
+def block_conv_weights(w, int groups):
+    """Dense weights [Cout, C/groups, KH, KW] -> the kernel's layout
+    [groups, ceil(Cout/groups/4), C/groups*KH*KW, 4], zero-padded."""
+    import numpy as np
+    w = np.asarray(w, np.float32)
+    cout = w.shape[0]
+    og = cout // groups
+    j = w.shape[1] * w.shape[2] * w.shape[3]
+    nb = (og + 3) // 4
+    out = np.zeros((groups, nb * 4, j), np.float32)
+    out[:, :og] = w.reshape(groups, og, j)
+    return np.ascontiguousarray(out.reshape(groups, nb, 4, j).transpose(0, 1, 3, 2))
+
+
+def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
+               const float[::1] bias, int kh, int kw, int stride, int pad, bint relu,
+               float[:, :, :, ::1] out, float[::1] ws, int nthreads=1):
+    """Dense convolution. x [N,C,H,W], wblk from block_conv_weights() (its first axis is
+    the group count), out [N,Cout,OH,OW]."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int groups = wblk.shape[0], Cout = out.shape[1]
+    cdef qe_conv_geom g
+    if groups <= 0 or C % groups or Cout % groups:
+        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    cdef int Cg = C // groups, Og = Cout // groups
+    if wblk.shape[1] != (Og + 3) // 4 or wblk.shape[2] != Cg * kh * kw or wblk.shape[3] != 4:
+        raise ValueError("blocked weights do not match the convolution")
+    _geom(&g, Cg, H, W, kh, kw, stride, pad)
+    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
+        raise ValueError("bias or output shape does not match the convolution")
+    cdef int64_t nxp = qe_phase_floats(&g)
+    if ws.shape[0] < nxp + qe_acc_floats(&g, (Og + 3) // 4 * 4):
+        raise ValueError("workspace too small")
+    cdef int n, gi, rc = 0
+    with nogil:
+        for n in range(N):
+            for gi in range(groups):
+                qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
+                rc = qe_dense_conv(&g, &ws[0], &wblk[gi, 0, 0, 0], Og, &bias[gi * Og], &ws[nxp],
+                                   &out[n, gi * Og, 0, 0], relu, nthreads)
+                if rc != 0:
+                    break
+            if rc != 0:
+                break
+    if rc != 0:
+        raise MemoryError("out of memory in the convolution kernel")
+
+
+def fc_block(int K):
+    """Subspaces per block of the fully-connected kernel's index layout."""
+    return qe_fc_block(K)
+
+
+def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::1] asmt,
+           const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
+    """Lookup-table fully-connected layer. x [N,Cin], cb [M,K,d], asmt [Cout,M] in the
+    blocked layout of runtime.block_fc_indices()."""
+    cdef int N = x.shape[0], Cin = x.shape[1]
+    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    cdef int Cout = asmt.shape[0]
+    if asmt.shape[1] != M or M != (Cin + d - 1) // d:
+        raise ValueError(f"codebook has {M} subspaces of d={d}, assignments {asmt.shape[1]}, "
+                         f"inputs {Cin}")
+    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout:
+        raise ValueError("bias or output shape does not match the layer")
+    if ws.shape[0] < <int64_t>M * K:
+        raise ValueError("workspace too small")
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_lut_fc(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &asmt[0, 0], Cout, &bias[0],
+                      &ws[0], &out[n, 0], relu, nthreads)
+
+
+def fc_dense(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias, bint relu,
+             float[:, ::1] out, int nthreads=1):
+    """Dense fully-connected layer. x [N,Cin], w [Cout,Cin]."""
+    cdef int N = x.shape[0], Cin = x.shape[1], Cout = w.shape[0]
+    if w.shape[1] != Cin or bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout:
+        raise ValueError("weights, bias or output shape do not match the layer")
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_dense_fc(&x[n, 0], Cin, &w[0, 0], Cout, &bias[0], &out[n, 0], relu, nthreads)
+
+
+def lrn(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int size, float alpha,
+        float beta, float k, float[::1] ws):
+    """Cross-channel LRN of x [N,C,H,W]; ws holds at least H*W floats."""
+    cdef int N = x.shape[0], C = x.shape[1]
+    cdef int64_t HW = <int64_t>x.shape[2] * x.shape[3]
+    if (out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1] or out.shape[2] != x.shape[2]
+            or out.shape[3] != x.shape[3] or ws.shape[0] < HW or size < 1):
+        raise ValueError("LRN shapes or size are invalid")
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_lrn(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, HW, size, alpha, beta, k, &ws[0])
+
+
+def pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int kh, int kw, int sh, int sw,
+         int ph, int pw, bint average):
+    """Max or average pooling; out's shape carries Caffe's ceil-rounded size."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N or out.shape[1] != C or kh < 1 or kw < 1 or sh < 1 or sw < 1:
+        raise ValueError("pooling shapes are invalid")
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_pool(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
+                    1 if average else 0)
+
+
+def relu(const float[::1] x, float[::1] out, float slope=0.0):
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("ReLU shapes differ")
+    with nogil:
+        qe_relu(&x[0], &out[0], x.shape[0], slope)
+
+
+def softmax(const float[:, :, ::1] x, float[:, :, ::1] out):
+    """Softmax over axis 1 of x [N,C,HW]."""
+    cdef int N = x.shape[0], C = x.shape[1]
+    cdef int64_t HW = x.shape[2]
+    if out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1] or out.shape[2] != x.shape[2]:
+        raise ValueError("softmax shapes differ")
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_softmax(&x[n, 0, 0], &out[n, 0, 0], C, HW)
+
+
+def unpack_bits(const uint8_t[::1] src, int bits, int64_t n, bint msb_first, uint8_t[::1] out):
+    """Unpack n values of `bits` bits into out (see qe_unpack_bits)."""
+    if bits < 1 or bits > 8:
+        raise ValueError(f"bits must be 1..8, got {bits}")
+    if n < 0 or out.shape[0] < n or src.shape[0] * 8 < n * bits:
+        raise ValueError("bit stream too short for the values requested")
+    if n == 0:
+        return
+    with nogil:
+        qe_unpack_bits(&src[0], src.shape[0], bits, msb_first, n, &out[0])

@@ -1,0 +1,336 @@
+"""The .qcnn file format, version 1 (specified in docs/FORMAT.md).
+
+    offset 0   magic        8 bytes  b"\\x89QCNN\\r\\n\\x1a"
+           8   version      u32      1
+          12   header_crc   u32      CRC-32 of the header JSON bytes
+          16   header_len   u64      length of the header JSON
+          24   data_offset  u64      start of the data section, a multiple of 64
+          32   header JSON  (UTF-8), then zero bytes up to data_offset
+    data_offset   tensors, each at a 64-byte aligned offset, zero bytes between
+
+All integers are little-endian.  The reader checks every size and offset
+against the file before it allocates anything, verifies the CRC-32 of the
+header and of every tensor, and memory-maps the data.
+"""
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+
+import numpy as np
+
+from .errors import FormatError, QEngineError
+
+MAGIC = b"\x89QCNN\r\n\x1a"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sIIQQ")
+ALIGN = 64
+MAX_HEADER = 64 * 1024 * 1024
+MAX_TENSORS = 100000
+MAX_NDIM = 8
+MAX_NAME = 256
+DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1"), "i32": np.dtype("<i4")}
+ENCODINGS = ("raw", "qdelta2d")
+
+
+def _align(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def packed_nbytes(count, bits):
+    return (count * bits + 7) // 8
+
+
+def pack_bits(values, bits):
+    """Pack uint8 values < 2**bits into an LSB-first bit stream (see FORMAT.md)."""
+    v = np.ascontiguousarray(values, np.uint8).reshape(-1)
+    if bits == 8:
+        return v.tobytes()
+    if v.size and int(v.max()) >= (1 << bits):
+        raise ValueError(f"value {int(v.max())} does not fit {bits} bits")
+    planes = np.unpackbits(v[:, None], axis=1, bitorder="little")[:, :bits]
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(buf, bits, count):
+    from . import _kernels
+    out = np.empty(count, np.uint8)
+    _kernels.unpack_bits(np.frombuffer(buf, np.uint8), bits, count, False, out)
+    return out
+
+
+# -- qdelta2d: a compact code, exact to half a step, for smooth float images --
+# q = round(x / step); r = q minus the planar prediction from the left, upper
+# and upper-left neighbours over the last two axes; r zigzag-mapped to an
+# unsigned u32 (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...), its bytes split into
+# planes (all low bytes, then all second bytes, ...) and deflated.
+
+def qdelta_encode(arr, step):
+    a = np.asarray(arr, np.float64)
+    if a.ndim < 2:
+        raise ValueError("qdelta2d needs at least 2 dimensions")
+    q = np.round(a / step)
+    if np.abs(q).max(initial=0) > 2 ** 28:
+        raise ValueError("values too large for qdelta2d at this step")
+    q = q.astype(np.int64)
+    r = np.diff(np.diff(q, axis=-1, prepend=0), axis=-2, prepend=0)
+    z = np.where(r >= 0, 2 * r, -2 * r - 1).astype("<u4")
+    planes = z.view(np.uint8).reshape(-1, 4).T.copy()
+    return zlib.compress(planes.tobytes(), 9)
+
+
+def qdelta_decode(buf, shape, step, where):
+    count = 1
+    for s in shape:
+        count *= s
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(bytes(buf), count * 4 + 1)
+    except zlib.error as e:
+        raise FormatError(f"{where}: corrupt compressed data ({e})") from None
+    if len(raw) != count * 4 or not d.eof:
+        raise FormatError(f"{where}: compressed data does not decode to shape {list(shape)}")
+    z = np.frombuffer(raw, np.uint8).reshape(4, count).T.copy().view("<u4").reshape(shape)
+    z = z.astype(np.int64)
+    r = np.where(z & 1, -(z >> 1) - 1, z >> 1)
+    q = np.cumsum(np.cumsum(r, axis=-2), axis=-1)
+    return (q * step).astype(np.float32)
+
+
+class Tensor:
+    """One tensor to write: a numpy array and how to store it."""
+
+    def __init__(self, array, bits=None, encoding="raw", step=None):
+        self.array = np.ascontiguousarray(array)
+        self.bits = bits
+        self.encoding = encoding
+        self.step = step
+
+    def payload(self):
+        a = self.array
+        if self.encoding == "qdelta2d":
+            return qdelta_encode(a, self.step), "f32"
+        if a.dtype == np.float32:
+            return a.astype("<f4").tobytes(), "f32"
+        if a.dtype == np.int32:
+            return a.astype("<i4").tobytes(), "i32"
+        if a.dtype == np.uint8:
+            if self.bits is not None and self.bits < 8:
+                return pack_bits(a, self.bits), "u8"
+            return a.tobytes(), "u8"
+        raise TypeError(f"unsupported tensor dtype {a.dtype}")
+
+
+def write(path, metadata, tensors, force=True):
+    """Write a .qcnn atomically: a temporary file in the same directory, fsync,
+    rename.  With force=False an existing file is never replaced."""
+    entries, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            t = Tensor(t)
+        data, dtype = t.payload()
+        entry = {"dtype": dtype, "shape": [int(s) for s in t.array.shape], "offset": offset,
+                 "nbytes": len(data), "crc32": zlib.crc32(data)}
+        if t.bits is not None and t.bits < 8:
+            entry["bits"] = int(t.bits)
+        if t.encoding != "raw":
+            entry["encoding"] = t.encoding
+            entry["step"] = float(t.step)
+        entries[name] = entry
+        blobs.append((offset, data))
+        offset = _align(offset + len(data))
+    data_len = blobs[-1][0] + len(blobs[-1][1]) if blobs else 0
+    header = json.dumps({"format": "qcnn", "version": VERSION, "metadata": metadata,
+                         "tensors": entries, "data_len": data_len},
+                        separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    data_offset = _align(PREAMBLE.size + len(header))
+    pre = PREAMBLE.pack(MAGIC, VERSION, zlib.crc32(header), len(header), data_offset)
+
+    path = os.fspath(path)
+    if not force and os.path.exists(path):
+        raise QEngineError(f"{path}: already exists (use --force to replace it)")
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".qcnn-", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pre)
+            f.write(header)
+            f.write(b"\0" * (data_offset - PREAMBLE.size - len(header)))
+            pos = 0
+            for off, data in blobs:
+                f.write(b"\0" * (off - pos))
+                f.write(data)
+                pos = off + len(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if not force and os.path.exists(path):
+            raise QEngineError(f"{path}: already exists (use --force to replace it)")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return PREAMBLE.size + len(header) + (data_offset - PREAMBLE.size - len(header)) + data_len
+
+
+class QcnnFile:
+    """A validated, memory-mapped .qcnn file."""
+
+    def __init__(self, path, verify=True):
+        self.path = os.fspath(path)
+        try:
+            f = open(self.path, "rb")
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot open: {e.strerror}") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if size < PREAMBLE.size:
+                raise FormatError(f"{self.path}: file too short ({size} bytes) for a .qcnn header")
+            pre = f.read(PREAMBLE.size)
+            magic, version, hcrc, hlen, doff = PREAMBLE.unpack(pre)
+            if magic != MAGIC:
+                raise FormatError(f"{self.path}: not a .qcnn file (bad magic bytes)")
+            if version != VERSION:
+                raise FormatError(f"{self.path}: .qcnn version {version} is not supported "
+                                  f"(this qengine reads version {VERSION})")
+            if hlen > MAX_HEADER or PREAMBLE.size + hlen > size:
+                raise FormatError(f"{self.path}: header: length {hlen} exceeds the file or "
+                                  f"the {MAX_HEADER}-byte limit")
+            if doff % ALIGN or doff < PREAMBLE.size + hlen or doff > size:
+                raise FormatError(f"{self.path}: header: data offset {doff} is invalid")
+            hbytes = f.read(hlen)
+            pad = f.read(doff - PREAMBLE.size - hlen)
+            if zlib.crc32(hbytes) != hcrc:
+                raise FormatError(f"{self.path}: header: checksum mismatch (file is corrupt)")
+            if pad.count(0) != len(pad):
+                raise FormatError(f"{self.path}: header: padding is not zero (file is corrupt)")
+            try:
+                header = json.loads(hbytes.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise FormatError(f"{self.path}: header: invalid JSON ({e})") from None
+            self._check_header(header, size - doff)
+            self.header = header
+            self.metadata = header["metadata"]
+            self.size = size
+            self.data_offset = doff
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
+        self._buf = memoryview(self._mm)[doff:] if self._mm is not None else memoryview(b"")
+        self._check_gaps()
+        if verify:
+            self.verify()
+
+    def _fail(self, msg):
+        raise FormatError(f"{self.path}: {msg}")
+
+    def _check_header(self, h, data_size):
+        if not isinstance(h, dict) or h.get("format") != "qcnn" or h.get("version") != VERSION:
+            self._fail("header: not a version-1 .qcnn header")
+        if not isinstance(h.get("metadata"), dict):
+            self._fail("header: metadata missing")
+        if h.get("data_len") != data_size:
+            self._fail(f"header: data section should be {h.get('data_len')} bytes, file has "
+                       f"{data_size} (truncated or padded file)")
+        tensors = h.get("tensors")
+        if not isinstance(tensors, dict) or len(tensors) > MAX_TENSORS:
+            self._fail("header: tensor table missing or too large")
+        spans = []
+        for name, e in tensors.items():
+            where = f"tensor {name[:MAX_NAME]!r}"
+            if len(name) > MAX_NAME or not isinstance(e, dict):
+                self._fail(f"{where}: invalid entry")
+            dtype, shape = e.get("dtype"), e.get("shape")
+            off, nb, crc = e.get("offset"), e.get("nbytes"), e.get("crc32")
+            enc, bits = e.get("encoding", "raw"), e.get("bits")
+            if dtype not in DTYPES or enc not in ENCODINGS:
+                self._fail(f"{where}: unknown dtype {dtype!r} or encoding {enc!r}")
+            if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                    or not all(type(s) is int and 0 <= s <= 1 << 40 for s in shape)):
+                self._fail(f"{where}: invalid shape {shape!r}")
+            for v in (off, nb, crc):
+                if type(v) is not int or v < 0:
+                    self._fail(f"{where}: invalid offset, size or checksum")
+            if off % ALIGN or off + nb > data_size:
+                self._fail(f"{where}: data at {off}+{nb} lies outside the data section "
+                           f"({data_size} bytes) or is not {ALIGN}-byte aligned")
+            count = 1
+            for s in shape:
+                count *= s
+            if bits is not None:
+                if dtype != "u8" or type(bits) is not int or not 1 <= bits <= 7:
+                    self._fail(f"{where}: invalid bit width {bits!r}")
+                want = packed_nbytes(count, bits)
+            else:
+                want = count * DTYPES[dtype].itemsize
+            if enc == "raw" and nb != want:
+                self._fail(f"{where}: holds {nb} bytes, its shape needs {want}")
+            if enc == "qdelta2d":
+                step = e.get("step")
+                if (dtype != "f32" or len(shape) < 2 or not isinstance(step, float)
+                        or not step > 0 or count > 1 << 26):
+                    self._fail(f"{where}: invalid qdelta2d parameters")
+            spans.append((off, off + nb, name))
+        spans.sort()
+        for (a0, a1, n1), (b0, b1, n2) in zip(spans, spans[1:]):
+            if b0 < a1:
+                self._fail(f"tensors {n1!r} and {n2!r} overlap")
+        self._spans = spans
+
+    def _check_gaps(self):
+        pos = 0
+        for a, b, name in self._spans:
+            gap = self._buf[pos:a]
+            if bytes(gap).count(0) != len(gap):
+                self._fail(f"padding before tensor {name!r} is not zero (file is corrupt)")
+            pos = max(pos, b)
+        tail = self._buf[pos:]
+        if bytes(tail).count(0) != len(tail):
+            self._fail("bytes after the last tensor are not zero (file is corrupt)")
+
+    def verify(self):
+        """Check the CRC-32 of every tensor."""
+        for name, e in self.header["tensors"].items():
+            data = self._buf[e["offset"]:e["offset"] + e["nbytes"]]
+            if zlib.crc32(data) != e["crc32"]:
+                self._fail(f"tensor {name!r}: checksum mismatch (file is corrupt)")
+
+    @property
+    def tensor_names(self):
+        return list(self.header["tensors"])
+
+    def entry(self, name):
+        try:
+            return self.header["tensors"][name]
+        except KeyError:
+            raise FormatError(f"{self.path}: tensor {name!r} is missing") from None
+
+    def tensor(self, name):
+        """The tensor as a numpy array: a read-only view of the mapped file for
+        raw tensors, a new array for packed or encoded ones."""
+        e = self.entry(name)
+        shape = tuple(e["shape"])
+        data = self._buf[e["offset"]:e["offset"] + e["nbytes"]]
+        if e.get("encoding", "raw") == "qdelta2d":
+            return qdelta_decode(data, shape, e["step"], f"{self.path}: tensor {name!r}")
+        count = 1
+        for s in shape:
+            count *= s
+        if e.get("bits"):
+            return unpack_bits(data, e["bits"], count).reshape(shape)
+        return np.frombuffer(data, DTYPES[e["dtype"]], count).reshape(shape)
+
+    def close(self):
+        self._buf = None
+        # the mapping is released when the last array viewing it is gone
+        self._mm = None

@@ -1,0 +1,275 @@
+"""The layer graph: what each layer is, how blobs flow, and their shapes.
+
+A graph is plain data (so it serialises into a .qcnn as JSON): an input blob
+with its shape (C, H, W) and an ordered list of layers, each a dict
+
+    {"name": "conv1", "type": "Convolution", "bottom": ["data"], "top": ["conv1"],
+     "params": {...}}
+
+Layer types and their params (all integers unless said):
+    Convolution   num_output, kernel [kh, kw], stride, pad, group, bias_term (bool)
+    InnerProduct  num_output, bias_term
+    ReLU          negative_slope (float)
+    LRN           local_size, alpha, beta, k (floats but local_size)
+    Pooling       pool ("MAX" | "AVE"), kernel [kh, kw], stride [sh, sw], pad [ph, pw], global (bool)
+    Concat        axis (1 only)
+    Dropout, Softmax   (no params; Softmax over channels)
+"""
+from .errors import FormatError, ModelError
+from .readers import prototxt
+
+SUPPORTED = ("Convolution", "InnerProduct", "ReLU", "LRN", "Pooling", "Concat", "Dropout",
+             "Softmax")
+WEIGHTED = ("Convolution", "InnerProduct")
+MAX_LAYERS = 10000
+MAX_DIM = 1 << 20
+
+# Caffe's legacy V1 `layers { type: ENUM }` names.
+_V1_TYPES = {
+    "CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "RELU": "ReLU",
+    "LRN": "LRN", "POOLING": "Pooling", "CONCAT": "Concat", "DROPOUT": "Dropout",
+    "SOFTMAX": "Softmax", "DATA": "Data", "IMAGE_DATA": "ImageData",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss", "ACCURACY": "Accuracy",
+}
+_INPUT_TYPES = ("Input", "Data", "ImageData", "MemoryData", "DummyData")
+_TRAIN_ONLY = ("SoftmaxWithLoss", "Accuracy")
+
+
+def _one(msg, key, default=None, kind=None):
+    vals = msg.get(key)
+    if not vals:
+        return default
+    v = vals[-1]
+    if kind is not None and not isinstance(v, kind):
+        raise FormatError(f"field {key!r} has a value of the wrong type: {v!r}")
+    return v
+
+
+def _int(msg, key, default, where):
+    v = _one(msg, key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise FormatError(f"{where}: {key} must be an integer, got {v!r}")
+    if v < 0 or v > MAX_DIM:
+        raise FormatError(f"{where}: {key}={v} is out of range")
+    return v
+
+
+def _float(msg, key, default, where):
+    v = _one(msg, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise FormatError(f"{where}: {key} must be a number, got {v!r}")
+    return float(v)
+
+
+def _pair(msg, key, hkey, wkey, default, where):
+    """Caffe's kernel_size / kernel_h + kernel_w style parameters."""
+    if hkey in msg or wkey in msg:
+        return [_int(msg, hkey, default, where), _int(msg, wkey, default, where)]
+    vals = msg.get(key, [])
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > MAX_DIM:
+            raise FormatError(f"{where}: {key} must be a non-negative integer, got {v!r}")
+    if not vals:
+        return [default, default]
+    if len(vals) == 1:
+        return [vals[0], vals[0]]
+    if len(vals) == 2:
+        return list(vals)
+    raise FormatError(f"{where}: {key} has {len(vals)} values; 2-D layers take 1 or 2")
+
+
+def _layer_params(ltype, msg, where):
+    if ltype == "Convolution":
+        p = (msg.get("convolution_param") or [{}])[-1]
+        dil = p.get("dilation", [])
+        if any(v != 1 for v in dil):
+            raise ModelError(f"{where}: dilation {dil} is not supported (only 1)")
+        kernel = _pair(p, "kernel_size", "kernel_h", "kernel_w", 0, where)
+        stride = _pair(p, "stride", "stride_h", "stride_w", 1, where)
+        pad = _pair(p, "pad", "pad_h", "pad_w", 0, where)
+        if min(kernel) < 1 or min(stride) < 1:
+            raise ModelError(f"{where}: kernel and stride must be at least 1")
+        if stride[0] != stride[1] or pad[0] != pad[1]:
+            raise ModelError(f"{where}: different strides or pads in height and width are not "
+                             f"supported (stride {stride}, pad {pad})")
+        return {"num_output": _int(p, "num_output", 0, where), "kernel": kernel,
+                "stride": stride[0], "pad": pad[0], "group": max(1, _int(p, "group", 1, where)),
+                "bias_term": bool(_one(p, "bias_term", True))}
+    if ltype == "InnerProduct":
+        p = (msg.get("inner_product_param") or [{}])[-1]
+        if _one(p, "transpose", False):
+            raise ModelError(f"{where}: transposed InnerProduct weights are not supported")
+        return {"num_output": _int(p, "num_output", 0, where),
+                "bias_term": bool(_one(p, "bias_term", True))}
+    if ltype == "ReLU":
+        p = (msg.get("relu_param") or [{}])[-1]
+        return {"negative_slope": _float(p, "negative_slope", 0.0, where)}
+    if ltype == "LRN":
+        p = (msg.get("lrn_param") or [{}])[-1]
+        region = _one(p, "norm_region", "ACROSS_CHANNELS")
+        if region not in ("ACROSS_CHANNELS", 0):
+            raise ModelError(f"{where}: LRN norm_region {region} is not supported")
+        size = _int(p, "local_size", 5, where)
+        if size < 1 or size % 2 == 0:
+            raise ModelError(f"{where}: LRN local_size must be odd and positive, got {size}")
+        return {"local_size": size, "alpha": _float(p, "alpha", 1.0, where),
+                "beta": _float(p, "beta", 0.75, where), "k": _float(p, "k", 1.0, where)}
+    if ltype == "Pooling":
+        p = (msg.get("pooling_param") or [{}])[-1]
+        pool = _one(p, "pool", "MAX")
+        pool = {0: "MAX", 1: "AVE"}.get(pool, pool)
+        if pool not in ("MAX", "AVE"):
+            raise ModelError(f"{where}: pooling method {pool} is not supported (MAX, AVE)")
+        glob = bool(_one(p, "global_pooling", False))
+        kernel = _pair(p, "kernel_size", "kernel_h", "kernel_w", 0, where)
+        stride = _pair(p, "stride", "stride_h", "stride_w", 1, where)
+        pad = _pair(p, "pad", "pad_h", "pad_w", 0, where)
+        if not glob and (min(kernel) < 1 or min(stride) < 1):
+            raise ModelError(f"{where}: pooling kernel and stride must be at least 1")
+        return {"pool": pool, "kernel": kernel, "stride": stride, "pad": pad, "global": glob}
+    if ltype == "Concat":
+        p = (msg.get("concat_param") or [{}])[-1]
+        axis = _one(p, "axis", _one(p, "concat_dim", 1))
+        if axis != 1:
+            raise ModelError(f"{where}: Concat along axis {axis} is not supported (only 1)")
+        return {"axis": 1}
+    if ltype == "Softmax":
+        p = (msg.get("softmax_param") or [{}])[-1]
+        if _one(p, "axis", 1) != 1:
+            raise ModelError(f"{where}: Softmax only over axis 1 is supported")
+        return {}
+    return {}
+
+
+def from_prototxt(text, source="<prototxt>"):
+    """Build a graph dict from Caffe deploy prototxt text (new or V1 syntax)."""
+    msg = prototxt.parse(text, source)
+    layers_msg = msg.get("layer", []) + msg.get("layers", [])
+    if len(layers_msg) > MAX_LAYERS:
+        raise FormatError(f"{source}: more than {MAX_LAYERS} layers")
+    input_name, input_shape = None, None
+    if "input" in msg:
+        input_name = msg["input"][0]
+        dims = msg.get("input_dim") or []
+        if not dims and msg.get("input_shape"):
+            dims = msg["input_shape"][0].get("dim", [])
+        input_shape = dims
+    layers, unsupported = [], []
+    for i, lm in enumerate(layers_msg):
+        ltype = _one(lm, "type", None)
+        if isinstance(ltype, int) or ltype in _V1_TYPES:
+            ltype = _V1_TYPES.get(ltype, str(ltype))
+        name = _one(lm, "name", f"layer{i + 1}")
+        where = f"{source}: layer {name!r}"
+        if not isinstance(ltype, str):
+            raise FormatError(f"{where}: missing type")
+        # layers only in the TEST/TRAIN phase of a train_val file
+        if ltype in _INPUT_TYPES:
+            if input_name is None:
+                tops = lm.get("top", [])
+                input_name = tops[0] if tops else name
+                ip = (lm.get("input_param") or [{}])[-1]
+                shapes = ip.get("shape", [])
+                input_shape = shapes[0].get("dim", []) if shapes else []
+            continue
+        if ltype in _TRAIN_ONLY:
+            continue
+        if ltype not in SUPPORTED:
+            unsupported.append(f"{name} ({ltype})")
+            continue
+        bottoms = [str(b) for b in lm.get("bottom", [])]
+        tops = [str(t) for t in lm.get("top", [])]
+        if not tops:
+            raise FormatError(f"{where}: no top blob")
+        layers.append({"name": str(name), "type": ltype, "bottom": bottoms, "top": tops,
+                       "params": _layer_params(ltype, lm, where)})
+    if unsupported:
+        raise ModelError(f"{source}: unsupported layers: {', '.join(unsupported)}")
+    if input_name is None:
+        raise ModelError(f"{source}: no input declared (input/input_dim or an Input layer)")
+    if input_shape is None or len(input_shape) not in (3, 4):
+        raise ModelError(f"{source}: input shape must have 3 or 4 dims, got {input_shape}")
+    chw = [int(v) for v in input_shape[-3:]]
+    if min(chw) < 1 or max(chw) > MAX_DIM:
+        raise ModelError(f"{source}: invalid input shape {input_shape}")
+    g = {"input": {"name": str(input_name), "shape": chw}, "layers": layers}
+    infer_shapes(g)
+    return g
+
+
+def pool_output(size, kernel, stride, pad):
+    """Caffe's pooled size: ceil rounding, last window starting inside the image."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def conv_output(size, kernel, stride, pad):
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def infer_shapes(g):
+    """Shapes of every blob: {blob: (C, H, W)} ((C,) for fully-connected outputs).
+    Checks that every bottom exists and that every layer fits its input."""
+    shapes = {g["input"]["name"]: tuple(g["input"]["shape"])}
+    for L in g["layers"]:
+        where = f"layer {L['name']!r} ({L['type']})"
+        for b in L["bottom"]:
+            if b not in shapes:
+                raise ModelError(f"{where}: input blob {b!r} is not produced by an earlier layer")
+        ins = [shapes[b] for b in L["bottom"]]
+        t, p = L["type"], L["params"]
+        if t != "Concat" and len(ins) != 1:
+            raise ModelError(f"{where}: takes one input, has {len(ins)}")
+        if t != "Concat" and len(L["top"]) != 1:
+            raise ModelError(f"{where}: must have one output")
+        x = ins[0] if ins else None
+        if t == "Convolution":
+            if len(x) != 3:
+                raise ModelError(f"{where}: input must be C x H x W, is {x}")
+            c, h, w = x
+            kh, kw = p["kernel"]
+            grp = p["group"]
+            if p["num_output"] < 1 or c % grp or p["num_output"] % grp:
+                raise ModelError(f"{where}: group {grp} does not divide {c} input and "
+                                 f"{p['num_output']} output channels")
+            if h + 2 * p["pad"] < kh or w + 2 * p["pad"] < kw:
+                raise ModelError(f"{where}: kernel {kh}x{kw} larger than the padded input {h}x{w}")
+            out = (p["num_output"], conv_output(h, kh, p["stride"], p["pad"]),
+                   conv_output(w, kw, p["stride"], p["pad"]))
+        elif t == "InnerProduct":
+            if p["num_output"] < 1:
+                raise ModelError(f"{where}: num_output must be positive")
+            out = (p["num_output"],)
+        elif t == "Pooling":
+            if len(x) != 3:
+                raise ModelError(f"{where}: input must be C x H x W, is {x}")
+            c, h, w = x
+            if p["global"]:
+                out = (c, 1, 1)
+            else:
+                (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
+                if h + 2 * ph < kh or w + 2 * pw < kw or ph >= kh or pw >= kw:
+                    raise ModelError(f"{where}: pooling window does not fit input {h}x{w}")
+                out = (c, pool_output(h, kh, sh, ph), pool_output(w, kw, sw, pw))
+        elif t == "Concat":
+            if not ins or any(len(s) != len(ins[0]) or s[1:] != ins[0][1:] for s in ins):
+                raise ModelError(f"{where}: inputs {ins} differ in spatial size")
+            out = (sum(s[0] for s in ins),) + tuple(ins[0][1:])
+        elif t == "LRN":
+            if len(x) != 3:
+                raise ModelError(f"{where}: input must be C x H x W, is {x}")
+            out = x
+        else:  # ReLU, Dropout, Softmax
+            out = x
+        for top in L["top"]:
+            shapes[top] = tuple(int(v) for v in out)
+    return shapes
+
+
+def layer_input_size(shape):
+    n = 1
+    for v in shape:
+        n *= v
+    return n

@@ -1,0 +1,39 @@
+/* Max and average pooling with Caffe's rules. */
+#include <float.h>
+#include "qe_kernels.h"
+
+void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
+             int SH, int SW, int PH, int PW, int kind)
+{
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (int64_t)c * H * W;
+        float *yc = y + (int64_t)c * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            int hs = oh * SH - PH, he = hs + KH;
+            for (int ow = 0; ow < OW; ow++) {
+                int ws = ow * SW - PW, we = ws + KW;
+                if (kind == 0) {
+                    int h0 = hs < 0 ? 0 : hs, h1 = he > H ? H : he;
+                    int w0 = ws < 0 ? 0 : ws, w1 = we > W ? W : we;
+                    float m = -FLT_MAX;
+                    for (int h = h0; h < h1; h++)
+                        for (int w = w0; w < w1; w++) {
+                            float v = xc[(int64_t)h * W + w];
+                            if (v > m) m = v;
+                        }
+                    yc[(int64_t)oh * OW + ow] = m;
+                } else {
+                    /* Caffe divides by the window clipped to the padded input. */
+                    int h1p = he > H + PH ? H + PH : he, w1p = we > W + PW ? W + PW : we;
+                    int count = (h1p - hs) * (w1p - ws);
+                    int h0 = hs < 0 ? 0 : hs, h1 = he > H ? H : he;
+                    int w0 = ws < 0 ? 0 : ws, w1 = we > W ? W : we;
+                    float s = 0.f;
+                    for (int h = h0; h < h1; h++)
+                        for (int w = w0; w < w1; w++) s += xc[(int64_t)h * W + w];
+                    yc[(int64_t)oh * OW + ow] = count > 0 ? s / (float)count : 0.f;
+                }
+            }
+        }
+    }
+}

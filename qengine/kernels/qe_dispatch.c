@@ -1,0 +1,216 @@
+/* Run-time selection between the compiled bodies of the hot kernels, and the
+ * public entry points that prepare their per-call offset tables. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "qe_kernels.h"
+#ifdef _OPENMP
+#include <omp.h>
+static inline int qe_thread_num(void) { return omp_get_thread_num(); }
+#else
+static inline int qe_thread_num(void) { return 0; }
+#endif
+
+/* Bytes of table planes one chunk of taps may touch per tile (fits in L2). */
+#define QE_CHUNK_BYTES (192 * 1024)
+/* How many tiles ahead the lookup prefetches table rows. */
+#define QE_PREFETCH_TILES 2
+
+#define QE_SUFFIX _generic
+#include "qe_impl.h"
+#undef QE_SUFFIX
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define QE_HAVE_AVX2_BUILD 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define QE_SUFFIX _avx2
+#include "qe_impl.h"
+#undef QE_SUFFIX
+#pragma GCC pop_options
+#endif
+
+typedef struct {
+    void (*lut_build)(const qe_conv_geom *, const float *, const float *, int, int, int, float *, int);
+    void (*lut_lookup)(const qe_conv_geom *, const float *, const int64_t *, const int32_t *, int,
+                       const int32_t *, int, const int32_t *, const int64_t *, const int32_t *, int,
+                       const uint8_t *, int, float *, int);
+    void (*scatter_rows)(const qe_conv_geom *, const float *, int, const float *, int, float *, int);
+    void (*dense_conv)(const qe_conv_geom *, const float *, const int64_t *, int, const float *,
+                       int, float *, int);
+    void (*lut_fc)(const float *, int, const float *, int, int, int, const uint8_t *, int,
+                   const float *, float *, float *, int, int);
+    void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
+    void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *);
+} qe_kernel_table;
+
+static const qe_kernel_table qe_tables[QE_ISA_COUNT] = {
+    {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
+     lrn_generic},
+#ifdef QE_HAVE_AVX2_BUILD
+    {lut_build_avx2, lut_lookup_avx2, scatter_rows_avx2, dense_conv_avx2, lut_fc_avx2, dense_fc_avx2, lrn_avx2},
+#else
+    {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
+     lrn_generic},
+#endif
+};
+
+static int qe_isa = -1; /* -1: not chosen yet, pick the best on first use */
+
+int qe_isa_supported(int isa)
+{
+    if (isa == QE_ISA_GENERIC) return 1;
+#ifdef QE_HAVE_AVX2_BUILD
+    if (isa == QE_ISA_AVX2) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+#endif
+    return 0;
+}
+
+int qe_set_isa(int isa)
+{
+    if (isa < 0 || isa >= QE_ISA_COUNT || !qe_isa_supported(isa)) return -1;
+    qe_isa = isa;
+    return 0;
+}
+
+int qe_get_isa(void)
+{
+    if (qe_isa < 0) qe_isa = qe_isa_supported(QE_ISA_AVX2) ? QE_ISA_AVX2 : QE_ISA_GENERIC;
+    return qe_isa;
+}
+
+static const qe_kernel_table *K_(void) { return &qe_tables[qe_get_isa()]; }
+
+/* Offsets of dense kernel tap j = (c, kh, kw) in the phase planes. */
+static int64_t *dense_tap_offsets(const qe_conv_geom *g)
+{
+    int J = g->KH * g->KW * g->C;
+    int64_t *jb = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
+    if (!jb) return NULL;
+    int j = 0;
+    for (int c = 0; c < g->C; c++)
+        for (int kh = 0; kh < g->KH; kh++)
+            for (int kw = 0; kw < g->KW; kw++) {
+                int ph = (kh % g->S) * g->S + kw % g->S;
+                jb[j++] = ((int64_t)ph * g->C + c) * g->PS + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+            }
+    return jb;
+}
+
+/* Tap order for the lookup: taps grouped by table group (phase, subspace), the
+ * groups cut into chunks whose planes' tile segments fit QE_CHUNK_BYTES. */
+typedef struct {
+    int64_t *tbase;     /* table offset of tap j without the codeword term */
+    int32_t *aoff;      /* offset of tap j's index within one output's asmt row */
+    int32_t *chunk_end; /* end of each chunk in the tap order */
+    int32_t *chunk_g;   /* first table group of each chunk, and one past the last */
+    int64_t *gbase;     /* table offset of each group's first plane */
+    int32_t *grows;     /* plane rows (kh/S values) each group's taps read */
+    int nchunks;
+} qe_tap_plan;
+
+static void plan_free(qe_tap_plan *p)
+{
+    free(p->tbase); free(p->aoff); free(p->chunk_end); free(p->chunk_g); free(p->gbase);
+    free(p->grows);
+}
+
+static int plan_lut(const qe_conv_geom *g, int M, int K, qe_tap_plan *p)
+{
+    int J = g->KH * g->KW * M, G = g->SS * M;
+    p->tbase = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
+    p->aoff = (int32_t *)malloc(sizeof(int32_t) * (size_t)J);
+    p->chunk_end = (int32_t *)malloc(sizeof(int32_t) * (size_t)(G + 1));
+    p->chunk_g = (int32_t *)malloc(sizeof(int32_t) * (size_t)(G + 2));
+    p->gbase = (int64_t *)malloc(sizeof(int64_t) * (size_t)G);
+    p->grows = (int32_t *)malloc(sizeof(int32_t) * (size_t)G);
+    p->nchunks = 0;
+    if (!p->tbase || !p->aoff || !p->chunk_end || !p->chunk_g || !p->gbase || !p->grows) {
+        plan_free(p);
+        return -1;
+    }
+    int ng = 0;
+    p->chunk_g[0] = 0;
+    int64_t seg = QE_TILE + (int64_t)((g->KH - 1) / g->S) * g->Wq + (g->KW - 1) / g->S;
+    int64_t group_bytes = (int64_t)K * seg * (int64_t)sizeof(float);
+    int64_t per_chunk = QE_CHUNK_BYTES / group_bytes;
+    if (per_chunk < 1) per_chunk = 1;
+    int j = 0, in_chunk = 0;
+    for (int ph = 0; ph < g->SS; ph++) {
+        int a = ph / g->S, b = ph % g->S;
+        for (int m = 0; m < M; m++) {
+            int before = j;
+            for (int kh = a; kh < g->KH; kh += g->S)
+                for (int kw = b; kw < g->KW; kw += g->S) {
+                    p->tbase[j] = ((int64_t)ph * M + m) * K * g->PS
+                                  + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+                    p->aoff[j] = (kh * g->KW + kw) * M + m;
+                    j++;
+                }
+            if (j == before) continue; /* a phase no tap uses */
+            p->gbase[ng] = ((int64_t)ph * M + m) * K * g->PS;
+            p->grows[ng] = (g->KH - 1 - a) / g->S + 1;
+            ng++;
+            if (++in_chunk == per_chunk) {
+                p->chunk_end[p->nchunks++] = j;
+                p->chunk_g[p->nchunks] = ng;
+                in_chunk = 0;
+            }
+        }
+    }
+    if (in_chunk > 0 || p->nchunks == 0) {
+        p->chunk_end[p->nchunks++] = j;
+        p->chunk_g[p->nchunks] = ng;
+    }
+    return 0;
+}
+
+int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
+                const uint8_t *asmt, int Cout, const float *bias, float *T, float *accbuf,
+                float *y, int relu, int nthreads)
+{
+    qe_tap_plan plan;
+    if (nthreads < 1) nthreads = 1;
+    if (plan_lut(g, M, K, &plan) != 0) return -1;
+    K_()->lut_build(g, xp, cb, M, K, d, T, nthreads);
+    K_()->lut_lookup(g, T, plan.tbase, plan.aoff, g->KH * g->KW * M, plan.chunk_end, plan.nchunks,
+                     plan.chunk_g, plan.gbase, plan.grows, K, asmt, Cout, accbuf, nthreads);
+    K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
+    plan_free(&plan);
+    return 0;
+}
+
+int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
+                  const float *bias, float *accbuf, float *y, int relu, int nthreads)
+{
+    if (nthreads < 1) nthreads = 1;
+    int64_t *jb = dense_tap_offsets(g);
+    if (!jb) return -1;
+    int cout4 = (Cout + 3) / 4 * 4;
+    K_()->dense_conv(g, xp, jb, g->C * g->KH * g->KW, w, cout4, accbuf, nthreads);
+    K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
+    free(jb);
+    return 0;
+}
+
+void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
+               const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
+               int relu, int nthreads)
+{
+    K_()->lut_fc(x, Cin, cb, M, K, d, asmt, Cout, bias, T, y, relu, nthreads);
+}
+
+void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
+                 float *y, int relu, int nthreads)
+{
+    K_()->dense_fc(x, Cin, w, Cout, bias, y, relu, nthreads);
+}
+
+void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
+            float k, float *sq)
+{
+    K_()->lrn(x, y, C, HW, size, alpha, beta, k, sq);
+}

@@ -1,0 +1,305 @@
+/* Bodies of the hot kernels, written once and compiled once per instruction
+ * set: qe_dispatch.c includes this file with QE_SUFFIX set to _generic and
+ * again to _avx2 under `#pragma GCC target("avx2,fma")`.  GCC vector
+ * extensions give 8-float vectors; the generic build lowers them to SSE2. */
+
+#define QE_CAT2(a, b) a##b
+#define QE_CAT(a, b) QE_CAT2(a, b)
+#define FN(name) QE_CAT(name, QE_SUFFIX)
+
+/* Unaligned 8-float vector, loaded and stored through memcpy-free casts. */
+typedef float QE_CAT(v8f, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
+#define V8 QE_CAT(v8f, QE_SUFFIX)
+
+static inline V8 FN(vload)(const float *p) { return *(const V8 *)p; }
+static inline void FN(vstore)(float *p, V8 v) { *(V8 *)p = v; }
+static inline V8 FN(vsplat)(float f) { V8 v = {f, f, f, f, f, f, f, f}; return v; }
+
+/* Write one tile of the flattened output (r0 .. r0+QE_TILE) into y [OH][OW]. */
+static inline void FN(scatter_tile)(const qe_conv_geom *g, int64_t r0, const float *acc,
+                                    float bias, int relu, float *yc)
+{
+    int oh = (int)(r0 / g->Wq), ow = (int)(r0 - (int64_t)oh * g->Wq);
+    int n = g->R - r0 < QE_TILE ? (int)(g->R - r0) : QE_TILE;
+    for (int i = 0; i < n; i++) {
+        if (ow < g->OW) {
+            float v = acc[i] + bias;
+            if (relu && v < 0.f) v = 0.f;
+            yc[(int64_t)oh * g->OW + ow] = v;
+        }
+        if (++ow == g->Wq) { ow = 0; oh++; }
+    }
+}
+
+/* T[ph][m][k][p] = sum_c cb[m][k][c] * xp[ph][m*d + c][p]: K inner products
+ * for every input position and subspace, two codewords at a time. */
+/* Move a flattened accumulator row acc [ntiles*QE_TILE] into y [OH][OW]. */
+static void FN(scatter_rows)(const qe_conv_geom *g, const float *accbuf, int Cout,
+                             const float *bias, int relu, float *y, int nthreads)
+{
+    const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
+    const int64_t OHW = (int64_t)g->OH * g->OW;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int co = 0; co < Cout; co++) {
+        const float b = bias ? bias[co] : 0.f;
+        for (int oh = 0; oh < g->OH; oh++) {
+            const float *src = accbuf + (int64_t)co * RP + (int64_t)oh * g->Wq;
+            float *dst = y + co * OHW + (int64_t)oh * g->OW;
+            if (relu) {
+                for (int ow = 0; ow < g->OW; ow++) { float v = src[ow] + b; dst[ow] = v > 0.f ? v : 0.f; }
+            } else {
+                for (int ow = 0; ow < g->OW; ow++) dst[ow] = src[ow] + b;
+            }
+        }
+    }
+}
+
+static void FN(lut_build)(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K,
+                          int d, float *T, int nthreads)
+{
+    const int64_t PS = g->PS;
+    const int C = g->C;
+    const int nblk = g->SS * M;
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int ph = blk / M, m = blk - ph * M;
+        int c0 = m * d, dm = C - c0 < d ? C - c0 : d;
+        const float *X = xp + ((int64_t)ph * C + c0) * PS;
+        float *Tm = T + ((int64_t)ph * M + m) * K * PS;
+        const float *cbm = cb + (int64_t)m * K * d;
+        int k = 0;
+        for (; k + 1 < K; k += 2) {
+            const float *wa = cbm + (int64_t)k * d, *wb = wa + d;
+            float *ta = Tm + k * PS, *tb = ta + PS;
+            for (int64_t p0 = 0; p0 < PS; p0 += 16) {
+                V8 a0 = FN(vsplat)(0.f), a1 = a0, b0 = a0, b1 = a0;
+                for (int c = 0; c < dm; c++) {
+                    V8 x0 = FN(vload)(X + c * PS + p0), x1 = FN(vload)(X + c * PS + p0 + 8);
+                    V8 sa = FN(vsplat)(wa[c]), sb = FN(vsplat)(wb[c]);
+                    a0 += sa * x0; a1 += sa * x1; b0 += sb * x0; b1 += sb * x1;
+                }
+                FN(vstore)(ta + p0, a0); FN(vstore)(ta + p0 + 8, a1);
+                FN(vstore)(tb + p0, b0); FN(vstore)(tb + p0 + 8, b1);
+            }
+        }
+        for (; k < K; k++) {
+            const float *wa = cbm + (int64_t)k * d;
+            float *ta = Tm + k * PS;
+            for (int64_t p0 = 0; p0 < PS; p0 += 16) {
+                V8 a0 = FN(vsplat)(0.f), a1 = a0;
+                for (int c = 0; c < dm; c++) {
+                    V8 sa = FN(vsplat)(wa[c]);
+                    a0 += sa * FN(vload)(X + c * PS + p0); a1 += sa * FN(vload)(X + c * PS + p0 + 8);
+                }
+                FN(vstore)(ta + p0, a0); FN(vstore)(ta + p0 + 8, a1);
+            }
+        }
+    }
+}
+
+/* acc[co][r] = sum_j T[tbase[j] + asmt[co][aoff[j]]*PS + r]: every output is a
+ * sum of table entries picked by the stored indices, QE_TILE positions at a
+ * time.  The taps come in chunks (chunk_end) whose table planes fit in L2;
+ * chunks are the outer loop so that neighbouring tiles reuse the planes
+ * already in cache, and the partial sums wait in acc [Cout][ntiles*QE_TILE]. */
+static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t *tbase,
+                           const int32_t *aoff, int J, const int32_t *chunk_end, int nchunks,
+                           const int32_t *chunk_g, const int64_t *gbase, const int32_t *grows,
+                           int K, const uint8_t *asmt, int Cout, float *accbuf, int nthreads)
+{
+    const int64_t PS = g->PS;
+    const int64_t ntiles = (g->R + QE_TILE - 1) / QE_TILE;
+    const int64_t RP = ntiles * QE_TILE;
+    int jstart = 0;
+    for (int c = 0; c < nchunks; c++) {
+        const int jend = chunk_end[c];
+        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        for (int64_t t = 0; t < ntiles; t++) {
+            const int64_t r0 = t * QE_TILE;
+            /* The planes of a chunk are too many for the hardware prefetchers
+             * to follow: fetch the rows the tile after next will read. */
+            if (t + QE_PREFETCH_TILES < ntiles) {
+                const int64_t rp = r0 + QE_PREFETCH_TILES * QE_TILE;
+                for (int gi = chunk_g[c]; gi < chunk_g[c + 1]; gi++)
+                    for (int k = 0; k < K; k++) {
+                        const float *base = T + gbase[gi] + (int64_t)k * PS + rp;
+                        for (int dh = 0; dh < grows[gi]; dh++) {
+                            const float *q = base + (int64_t)dh * g->Wq;
+                            __builtin_prefetch(q);
+                            __builtin_prefetch(q + 16);
+                            __builtin_prefetch(q + 32);
+                        }
+                    }
+            }
+            for (int co = 0; co < Cout; co++) {
+                const uint8_t *a = asmt + (int64_t)co * J;
+                float *yb = accbuf + (int64_t)co * RP + r0;
+                V8 a0, a1, a2, a3;
+                if (c == 0) {
+                    a0 = FN(vsplat)(0.f); a1 = a0; a2 = a0; a3 = a0;
+                } else {
+                    a0 = FN(vload)(yb); a1 = FN(vload)(yb + 8);
+                    a2 = FN(vload)(yb + 16); a3 = FN(vload)(yb + 24);
+                }
+                V8 b0 = FN(vsplat)(0.f), b1 = b0, b2 = b0, b3 = b0;
+                int j = jstart;
+                for (; j + 1 < jend; j += 2) {
+                    const float *s = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
+                    const float *u = T + tbase[j + 1] + (int64_t)a[aoff[j + 1]] * PS + r0;
+                    a0 += FN(vload)(s); a1 += FN(vload)(s + 8); a2 += FN(vload)(s + 16); a3 += FN(vload)(s + 24);
+                    b0 += FN(vload)(u); b1 += FN(vload)(u + 8); b2 += FN(vload)(u + 16); b3 += FN(vload)(u + 24);
+                }
+                if (j < jend) {
+                    const float *s = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
+                    a0 += FN(vload)(s); a1 += FN(vload)(s + 8); a2 += FN(vload)(s + 16); a3 += FN(vload)(s + 24);
+                }
+                FN(vstore)(yb, a0 + b0); FN(vstore)(yb + 8, a1 + b1);
+                FN(vstore)(yb + 16, a2 + b2); FN(vstore)(yb + 24, a3 + b3);
+            }
+        }
+        jstart = jend;
+    }
+}
+
+/* Dense convolution in the same phase-plane layout, register-blocked: four
+ * output channels times 16 positions in eight accumulators.  w is blocked as
+ * [Cout/4][J][4] (J = C*KH*KW taps in jbase order); acc [Cout][RP]. */
+static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t *jbase, int J,
+                           const float *w, int Cout4, float *accbuf, int nthreads)
+{
+    const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
+    const int64_t ntiles = RP / 16;
+    const int nblk = Cout4 / 4;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t r0 = t * 16;
+        for (int cb = 0; cb < nblk; cb++) {
+            const float *wb = w + (int64_t)cb * J * 4;
+            V8 c00 = FN(vsplat)(0.f), c01 = c00, c10 = c00, c11 = c00;
+            V8 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+            for (int j = 0; j < J; j++) {
+                const float *s = xp + jbase[j] + r0;
+                V8 x0 = FN(vload)(s), x1 = FN(vload)(s + 8);
+                const float *wj = wb + 4 * j;
+                V8 w0 = FN(vsplat)(wj[0]), w1 = FN(vsplat)(wj[1]);
+                V8 w2 = FN(vsplat)(wj[2]), w3 = FN(vsplat)(wj[3]);
+                c00 += w0 * x0; c01 += w0 * x1; c10 += w1 * x0; c11 += w1 * x1;
+                c20 += w2 * x0; c21 += w2 * x1; c30 += w3 * x0; c31 += w3 * x1;
+            }
+            float *o = accbuf + (int64_t)cb * 4 * RP + r0;
+            FN(vstore)(o, c00); FN(vstore)(o + 8, c01);
+            FN(vstore)(o + RP, c10); FN(vstore)(o + RP + 8, c11);
+            FN(vstore)(o + 2 * RP, c20); FN(vstore)(o + 2 * RP + 8, c21);
+            FN(vstore)(o + 3 * RP, c30); FN(vstore)(o + 3 * RP + 8, c31);
+        }
+    }
+}
+
+/* Fully-connected lookup: T[m][k] = x_m . cb[m][k], then y[co] = bias +
+ * sum_m T[m][asmt[co][m]].  The subspaces are taken in blocks of
+ * qe_fc_block(K) whose table rows fit in L1, and every output is advanced over
+ * one block before the next block's rows are touched.  asmt is in the blocked
+ * layout of qe_fc_block(): block b holds [Cout][its subspaces], so the
+ * indices stream through memory in order. */
+static void FN(lut_fc)(const float *x, int Cin, const float *cb, int M, int K, int d,
+                       const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
+                       int relu, int nthreads)
+{
+    for (int m = 0; m < M; m++) {
+        int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
+        const float *xm = x + c0;
+        const float *cbm = cb + (int64_t)m * K * d;
+        for (int k = 0; k < K; k++) {
+            float s = 0.f;
+            for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
+            T[(int64_t)m * K + k] = s;
+        }
+    }
+    const int mblock = qe_fc_block(K);
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        #pragma omp for schedule(static)
+        for (int co = 0; co < Cout; co++) y[co] = bias ? bias[co] : 0.f;
+        for (int m0 = 0; m0 < M; m0 += mblock) {
+            const int m1 = m0 + mblock < M ? m0 + mblock : M;
+            const float *Tb = T + (int64_t)m0 * K;
+            const uint8_t *ablk = asmt + (int64_t)Cout * m0;
+            const int mb = m1 - m0;
+            #pragma omp for schedule(static)
+            for (int co = 0; co < Cout; co++) {
+                const uint8_t *a = ablk + (int64_t)co * mb - m0;
+                float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f, s5 = 0.f, s6 = 0.f, s7 = 0.f;
+                const float *Tm = Tb;
+                int m = m0;
+                for (; m + 7 < m1; m += 8, Tm += 8 * K) {
+                    s0 += Tm[a[m]];
+                    s1 += Tm[K + a[m + 1]];
+                    s2 += Tm[2 * K + a[m + 2]];
+                    s3 += Tm[3 * K + a[m + 3]];
+                    s4 += Tm[4 * K + a[m + 4]];
+                    s5 += Tm[5 * K + a[m + 5]];
+                    s6 += Tm[6 * K + a[m + 6]];
+                    s7 += Tm[7 * K + a[m + 7]];
+                }
+                for (; m < m1; m++, Tm += K) s0 += Tm[a[m]];
+                y[co] += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+            }
+        }
+        if (relu) {
+            #pragma omp for schedule(static)
+            for (int co = 0; co < Cout; co++) y[co] = y[co] > 0.f ? y[co] : 0.f;
+        }
+    }
+}
+
+static void FN(dense_fc)(const float *x, int Cin, const float *w, int Cout, const float *bias,
+                         float *y, int relu, int nthreads)
+{
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int co = 0; co < Cout; co++) {
+        const float *wc = w + (int64_t)co * Cin;
+        V8 a0 = FN(vsplat)(0.f), a1 = a0;
+        int i = 0;
+        for (; i + 15 < Cin; i += 16) {
+            a0 += FN(vload)(wc + i) * FN(vload)(x + i);
+            a1 += FN(vload)(wc + i + 8) * FN(vload)(x + i + 8);
+        }
+        a0 += a1;
+        float s = 0.f;
+        for (int l = 0; l < 8; l++) s += a0[l];
+        for (; i < Cin; i++) s += wc[i] * x[i];
+        s += bias ? bias[co] : 0.f;
+        y[co] = (relu && s < 0.f) ? 0.f : s;
+    }
+}
+
+static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float alpha,
+                    float beta, float k, float *sq)
+{
+    /* Direct window sums (no running sum, so no drift across channels). */
+    const int pre = (size - 1) / 2, post = size - 1 - pre;
+    const float a = alpha / (float)size;
+    const int fast_beta = (beta == 0.75f);
+    for (int c = 0; c < C; c++) {
+        int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
+        for (int64_t p = 0; p < HW; p++) sq[p] = 0.f;
+        for (int cc = lo; cc <= hi; cc++) {
+            const float *xa = x + cc * HW;
+            for (int64_t p = 0; p < HW; p++) sq[p] += xa[p] * xa[p];
+        }
+        const float *xc = x + c * HW;
+        float *yc = y + c * HW;
+        if (fast_beta) {
+            /* s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))) */
+            for (int64_t p = 0; p < HW; p++) {
+                float r = sqrtf(k + a * sq[p]);
+                yc[p] = xc[p] / (r * sqrtf(r));
+            }
+        } else {
+            for (int64_t p = 0; p < HW; p++) yc[p] = xc[p] * powf(k + a * sq[p], -beta);
+        }
+    }
+}
+
+#undef V8
+#undef FN

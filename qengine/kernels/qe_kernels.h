@@ -1,0 +1,108 @@
+/* qengine compute kernels: public C interface.
+ *
+ * Every function here runs without the Python GIL and touches only the
+ * memory passed to it, so concurrent calls from several threads are safe as
+ * long as each call has its own output and scratch buffers.
+ *
+ * The hot kernels are compiled several times (one body per instruction set,
+ * see qe_impl.h) and chosen at run time by qe_set_isa().
+ */
+#ifndef QE_KERNELS_H
+#define QE_KERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define QE_TILE 32 /* output positions per register tile; scratch planes are padded to it */
+
+enum { QE_ISA_GENERIC = 0, QE_ISA_AVX2 = 1, QE_ISA_COUNT = 2 };
+
+/* Geometry of one convolution group in the "phase plane" layout.
+ *
+ * The padded input (Hp x Wp) is split into S*S phase planes of Hq x Wq,
+ * plane (a, b) holding xpad[i*S + a][j*S + b].  Output position (oh, ow) is
+ * flattened to r = oh*Wq + ow; kernel tap (kh, kw) then reads plane
+ * (kh%S, kw%S) at r + (kh/S)*Wq + kw/S, a contiguous run for a tile of r.
+ * Columns ow >= OW of the flattened output are computed and discarded. */
+typedef struct {
+    int C, H, W;          /* input channels of one group, input height, width */
+    int KH, KW, S, P;     /* kernel size, stride, padding */
+    int OH, OW;           /* output size */
+    int Hq, Wq, SS;       /* phase plane size, SS = S*S */
+    int64_t R;            /* flattened output length OH*Wq */
+    int64_t PS;           /* floats per plane, >= R rounded to QE_TILE + max shift */
+} qe_conv_geom;
+
+int qe_conv_geom_init(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int P);
+
+/* Scratch sizes in floats. */
+int64_t qe_phase_floats(const qe_conv_geom *g);                 /* SS*C*PS */
+int64_t qe_lut_floats(const qe_conv_geom *g, int M, int K);     /* SS*M*K*PS */
+int64_t qe_acc_floats(const qe_conv_geom *g, int Cout);         /* Cout*R rounded to QE_TILE */
+
+/* Split one group's input x [C][H][W] into zero-padded phase planes xp [SS][C][PS]. */
+void qe_phase_split(const qe_conv_geom *g, const float *x, float *xp);
+
+/* Lookup-table convolution of one group.
+ *   xp    phase planes from qe_phase_split
+ *   cb    codebook [M][K][d]; subspace m covers channels [m*d, min(C, (m+1)*d))
+ *   asmt  codeword indices [Cout][KH][KW][M]
+ *   T     scratch of qe_lut_floats() floats (the lookup table)
+ *   acc   scratch of qe_acc_floats() floats (partial sums)
+ *   y     output [Cout][OH][OW], bias added, ReLU applied when relu != 0
+ * Returns 0, or -1 when a small internal allocation fails. */
+int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
+                const uint8_t *asmt, int Cout, const float *bias, float *T, float *acc,
+                float *y, int relu, int nthreads);
+
+/* Dense convolution of one group.  w is blocked by four output channels:
+ * [ceil(Cout/4)][C*KH*KW][4] (zeros past Cout); acc is scratch of
+ * qe_acc_floats(g, ceil(Cout/4)*4) floats. */
+int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
+                  const float *bias, float *acc, float *y, int relu, int nthreads);
+
+/* Subspaces per block in the fully-connected lookup (table rows of one block
+ * fit in L1).  The kernel takes its indices blocked: for each block of
+ * subspaces [m0, m1), the [Cout][m1 - m0] indices, blocks one after another. */
+int qe_fc_block(int K);
+
+/* Lookup-table fully-connected layer for one input vector x [Cin].
+ *   cb [M][K][d], asmt blocked as above, T scratch of M*K floats, y [Cout]. */
+void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
+               const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
+               int relu, int nthreads);
+
+/* Dense fully-connected layer: w [Cout][Cin]. */
+void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
+                 float *y, int relu, int nthreads);
+
+/* Local response normalisation across channels (Caffe ACROSS_CHANNELS):
+ * y = x * (k + alpha/size * sum of x^2 over `size` neighbouring channels)^-beta.
+ * x, y: [C][HW]; sq: scratch of 2*HW floats. */
+void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
+            float k, float *sq);
+
+/* Max (kind 0) or average (kind 1) pooling of x [C][H][W] into y [C][OH][OW]
+ * with Caffe's rules (OH, OW already computed with ceil rounding). */
+void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
+             int SH, int SW, int PH, int PW, int kind);
+
+/* y = x > 0 ? x : slope * x over n floats (y may equal x). */
+void qe_relu(const float *x, float *y, int64_t n, float slope);
+
+/* Softmax over C channels for each of HW positions: x, y [C][HW]. */
+void qe_softmax(const float *x, float *y, int C, int64_t HW);
+
+/* Unpack n values of `bits` bits (1..8) from a bit stream.  msb_first = 0:
+ * value i is bits [i*bits, (i+1)*bits) of the stream, bit t being bit t%8 of
+ * byte t/8 (LSB first).  msb_first = 1: the original Quantized-CNN order,
+ * most significant bit first.  The caller guarantees nbytes*8 >= n*bits. */
+void qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
+                    uint8_t *dst);
+
+/* Instruction-set dispatch. */
+int qe_isa_supported(int isa);
+int qe_set_isa(int isa);       /* returns 0, or -1 if not supported here */
+int qe_get_isa(void);
+
+#endif

@@ -1,0 +1,460 @@
+"""The runtime: a loaded model that runs its layer graph on the C kernels.
+
+Python here only orchestrates: it checks inputs, allocates outputs and calls
+one kernel per layer; every kernel releases the GIL.  A Model is immutable
+after loading and keeps one scratch workspace per calling thread, so one
+Model may serve many threads at once.
+"""
+import os
+import threading
+import time
+
+import numpy as np
+
+from . import _kernels
+from .errors import FormatError, InputError, ModelError, QEngineError
+from .format import QcnnFile
+from .graph import infer_shapes, pool_output
+from .preprocess import Preprocessor
+
+MODES = ("exact", "fast")
+
+
+def _isa_from_env():
+    isa = os.environ.get("QENGINE_ISA")
+    if isa:
+        try:
+            _kernels.set_isa(isa)
+        except ValueError as e:
+            raise QEngineError(f"QENGINE_ISA={isa}: {e}") from None
+
+
+_isa_from_env()
+
+
+class _Op:
+    """One layer, ready to run: per-sample input and output shapes known."""
+
+    weighted = False
+
+    def __init__(self, L, in_shapes, out_shape):
+        self.name, self.type = L["name"], L["type"]
+        self.bottom, self.top = list(L["bottom"]), list(L["top"])
+        self.params = L["params"]
+        self.in_shapes, self.out_shape = in_shapes, out_shape
+
+    def workspace(self):
+        return 0
+
+    def cost(self):
+        """Theoretical work: (dense multiply-adds, table multiply-adds, lookups)."""
+        return 0, 0, 0
+
+    def new_out(self, n):
+        return np.empty((n,) + tuple(self.out_shape), np.float32)
+
+
+def _tensor(qf, name, dtype, shape, where):
+    a = qf.tensor(name)
+    if a.dtype != dtype or tuple(a.shape) != tuple(shape):
+        raise ModelError(f"{qf.path}: {where}: tensor {name!r} is {a.dtype} {list(a.shape)}, "
+                         f"expected {np.dtype(dtype)} {list(shape)}")
+    return a
+
+
+class _Weighted(_Op):
+    weighted = True
+
+    def __init__(self, L, in_shapes, out_shape, qf, dense_small=True):
+        super().__init__(L, in_shapes, out_shape)
+        self.dense_small = dense_small
+        w = L.get("weights")
+        where = f"layer {self.name!r}"
+        if not isinstance(w, dict) or w.get("mode") not in ("lut", "dense"):
+            raise ModelError(f"{qf.path}: {where}: missing or unknown weights mode")
+        self.mode = w["mode"]
+        self.strategy = w["mode"]
+        cout = self.params["num_output"]
+        self.bias = (_tensor(qf, w["bias"], np.float32, (cout,), where) if w.get("bias")
+                     else np.zeros(cout, np.float32))
+        self._load(qf, w, where, cout)
+
+    def _check_lut(self, qf, w, where, idx_shape):
+        cb = qf.tensor(w["codebook"])
+        if cb.dtype != np.float32 or cb.ndim != 3:
+            raise ModelError(f"{qf.path}: {where}: codebook must be float32 [M, K, d]")
+        M, K, d = cb.shape
+        if not (1 <= K <= 256 and d >= 1):
+            raise ModelError(f"{qf.path}: {where}: codebook K={K}, d={d} out of range")
+        idx = _tensor(qf, w["indices"], np.uint8, idx_shape(M), where)
+        if idx.size and int(idx.max()) >= K:
+            raise ModelError(f"{qf.path}: {where}: codeword index {int(idx.max())} >= K={K}")
+        if not np.all(np.isfinite(cb)):
+            raise ModelError(f"{qf.path}: {where}: codebook holds NaN or infinity")
+        self.codebook, self.indices = np.ascontiguousarray(cb), np.ascontiguousarray(idx)
+        self.M, self.K, self.d = M, K, d
+
+
+def dequantize_conv(codebook, indices, cin_group):
+    """Dense weights [Cout, Cg, KH, KW] of a quantized convolution:
+    w[o, m*d + c, kh, kw] = codebook[m, indices[o, kh, kw, m], c]."""
+    M, K, d = codebook.shape
+    sub = codebook[np.arange(M)[None, None, None, :], indices]   # [Cout, KH, KW, M, d]
+    cout, kh, kw = indices.shape[:3]
+    w = sub.reshape(cout, kh, kw, M * d)[..., :cin_group]
+    return np.ascontiguousarray(w.transpose(0, 3, 1, 2), np.float32)
+
+
+def dequantize_fc(codebook, indices, cin):
+    """Dense weights [Cout, Cin] of a quantized fully-connected layer."""
+    M, K, d = codebook.shape
+    sub = codebook[np.arange(M)[None, :], indices]                # [Cout, M, d]
+    return np.ascontiguousarray(sub.reshape(indices.shape[0], M * d)[:, :cin], np.float32)
+
+
+class _Conv(_Weighted):
+    def _load(self, qf, w, where, cout):
+        c, h, wd = self.in_shapes[0]
+        p = self.params
+        self.kh, self.kw = p["kernel"]
+        self.group = p["group"]
+        cg = c // self.group
+        if self.mode == "lut":
+            def shape(M):
+                if M != -(-cg // max(1, qf.tensor(w["codebook"]).shape[2])):
+                    raise ModelError(f"{qf.path}: {where}: {M} subspaces do not cover {cg} channels")
+                return (cout, self.kh, self.kw, M)
+            self._check_lut(qf, w, where, shape)
+            # A first layer with fewer input channels than the subspace dimension
+            # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
+            # entry would replace under d multiply-adds while the table is K
+            # times larger than the input.  Run it densely on the dequantized
+            # weights, the same sums in another order.
+            self.strategy = "lut"
+            if self.dense_small and self.M == 1 and cg < self.d:
+                self.strategy = "dequantized"
+                self.weight_blocked = _kernels.block_conv_weights(
+                    dequantize_conv(self.codebook, self.indices, cg), self.group)
+        else:
+            self.strategy = "dense"
+            self.weight_blocked = _kernels.block_conv_weights(
+                _tensor(qf, w["weight"], np.float32, (cout, cg, self.kh, self.kw), where),
+                self.group)
+
+    def workspace(self):
+        c, h, w = self.in_shapes[0]
+        g = self.group
+        if self.strategy == "lut":
+            return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
+                                                  self.params["pad"], self.M, self.K,
+                                                  self.params["num_output"] // g)
+        return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
+                                              self.params["pad"], 0, 0, 0)
+
+    def cost(self):
+        c, _, _ = self.in_shapes[0]
+        cout, oh, ow = self.out_shape
+        dense = cout * oh * ow * (c // self.group) * self.kh * self.kw
+        if self.strategy != "lut":
+            return dense, 0, 0
+        _, h, w = self.in_shapes[0]
+        s, pd = self.params["stride"], self.params["pad"]
+        # table entries: every padded input position the kernel can touch, per subspace
+        table = self.group * self.K * (c // self.group) * (h + 2 * pd) * (w + 2 * pd)
+        lookups = cout * oh * ow * self.kh * self.kw * self.M
+        return dense, table, lookups
+
+    def run(self, xs, ws, nthreads, relu):
+        x = xs[0]
+        out = self.new_out(x.shape[0])
+        p = self.params
+        if self.strategy == "lut":
+            _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
+                              self.group, relu, out, ws, nthreads)
+        else:
+            _kernels.conv_dense(x, self.weight_blocked, self.bias, self.kh, self.kw, p["stride"],
+                                p["pad"], relu, out, ws, nthreads)
+        return out
+
+
+def block_fc_indices(asmt, K):
+    """Indices [Cout, M] -> the blocked layout the fully-connected kernel reads:
+    for each block of fc_block(K) subspaces, that block's [Cout, mb] indices."""
+    a = np.asarray(asmt, np.uint8)
+    mb = _kernels.fc_block(K)
+    out = np.empty(a.size, np.uint8).reshape(a.shape)
+    flat = out.reshape(-1)
+    pos = 0
+    for m0 in range(0, a.shape[1], mb):
+        blk = a[:, m0:m0 + mb]
+        flat[pos:pos + blk.size] = blk.reshape(-1)
+        pos += blk.size
+    return out
+
+
+class _FC(_Weighted):
+    def _load(self, qf, w, where, cout):
+        self.cin = int(np.prod(self.in_shapes[0]))
+        if self.mode == "lut":
+            def shape(M):
+                if M != -(-self.cin // max(1, qf.tensor(w["codebook"]).shape[2])):
+                    raise ModelError(f"{qf.path}: {where}: {M} subspaces do not cover "
+                                     f"{self.cin} inputs")
+                return (cout, M)
+            self._check_lut(qf, w, where, shape)
+            self.indices = block_fc_indices(self.indices, self.K)
+        else:
+            self.weight = np.ascontiguousarray(
+                _tensor(qf, w["weight"], np.float32, (cout, self.cin), where))
+
+    def workspace(self):
+        return self.M * self.K if self.mode == "lut" else 0
+
+    def cost(self):
+        cout = self.params["num_output"]
+        dense = cout * self.cin
+        if self.mode != "lut":
+            return dense, 0, 0
+        return dense, self.K * self.cin, cout * self.M
+
+    def run(self, xs, ws, nthreads, relu):
+        x = xs[0].reshape(xs[0].shape[0], -1)
+        out = self.new_out(x.shape[0])
+        if self.mode == "lut":
+            _kernels.fc_lut(x, self.codebook, self.indices, self.bias, relu, out, ws, nthreads)
+        else:
+            _kernels.fc_dense(x, self.weight, self.bias, relu, out, nthreads)
+        return out
+
+
+class _ReLU(_Op):
+    def run(self, xs, ws, nthreads, relu):
+        x = xs[0]
+        out = np.empty_like(x)
+        _kernels.relu(x.reshape(-1), out.reshape(-1), self.params["negative_slope"])
+        return out
+
+
+class _LRN(_Op):
+    def workspace(self):
+        _, h, w = self.in_shapes[0]
+        return h * w
+
+    def run(self, xs, ws, nthreads, relu):
+        x = xs[0]
+        out = np.empty_like(x)
+        p = self.params
+        _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], ws)
+        return out
+
+
+class _Pool(_Op):
+    def run(self, xs, ws, nthreads, relu):
+        x = xs[0]
+        out = self.new_out(x.shape[0])
+        p = self.params
+        _, h, w = self.in_shapes[0]
+        if p["global"]:
+            _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE")
+        else:
+            (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
+            _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE")
+        return out
+
+
+class _Concat(_Op):
+    def run(self, xs, ws, nthreads, relu):
+        return np.ascontiguousarray(np.concatenate(xs, axis=1))
+
+
+class _Dropout(_Op):
+    def run(self, xs, ws, nthreads, relu):
+        return xs[0]
+
+
+class _Softmax(_Op):
+    def run(self, xs, ws, nthreads, relu):
+        x = xs[0]
+        out = np.empty_like(x)
+        n, c = x.shape[:2]
+        _kernels.softmax(x.reshape(n, c, -1), out.reshape(n, c, -1))
+        return out
+
+
+_OPS = {"Convolution": _Conv, "InnerProduct": _FC, "ReLU": _ReLU, "LRN": _LRN, "Pooling": _Pool,
+        "Concat": _Concat, "Dropout": _Dropout, "Softmax": _Softmax}
+
+
+class Model:
+    """A loaded .qcnn model. Create with qengine.load(path)."""
+
+    def __init__(self, path, mode="exact", threads=1, strategy="auto"):
+        if strategy not in ("auto", "lut"):
+            raise InputError(f"strategy must be 'auto' or 'lut', got {strategy!r}")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "fast":
+            raise QEngineError("mode='fast' (8-bit lookup tables) is not available in this "
+                               "version; use mode='exact'")
+        self.mode = mode
+        self.threads = threads
+        qf = QcnnFile(path)
+        self.path = qf.path
+        self.file_size = qf.size
+        meta = qf.metadata
+        graph = meta.get("graph")
+        if not isinstance(graph, dict):
+            raise FormatError(f"{qf.path}: metadata has no layer graph")
+        try:
+            shapes = infer_shapes(graph)
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{qf.path}: malformed layer graph ({type(e).__name__}: {e})") from None
+        except ModelError as e:
+            raise ModelError(f"{qf.path}: {e}") from None
+        self.graph = graph
+        self.metadata = meta
+        self.input_name = graph["input"]["name"]
+        self.input_shape = tuple(graph["input"]["shape"])
+        self.blob_shapes = shapes
+        self._ops = []
+        try:
+            for L in graph["layers"]:
+                cls = _OPS[L["type"]]
+                ins = [shapes[b] for b in L["bottom"]]
+                out = shapes[L["top"][0]]
+                self._ops.append(cls(L, ins, out, qf, strategy == "auto") if cls.weighted
+                                 else cls(L, ins, out))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{qf.path}: malformed layer entry ({type(e).__name__}: {e})") from None
+        if not self._ops:
+            raise ModelError(f"{qf.path}: the model has no layers")
+        self.layer_names = [op.name for op in self._ops]
+        names = meta.get("class_names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise FormatError(f"{qf.path}: class_names must be a list of strings")
+        self.class_names = names
+        mean = None
+        pp = meta.get("preprocess") or {}
+        if isinstance(pp.get("mean"), dict) and pp["mean"].get("type") == "image":
+            mean = qf.tensor(pp["mean"].get("tensor", ""))
+        self.preprocessor = Preprocessor(pp, self.input_shape, mean)
+        self._ws_floats = max([op.workspace() for op in self._ops] + [16])
+        self._local = threading.local()
+        # last layer that reads each blob, to drop activations early
+        self._last_use = {}
+        for i, op in enumerate(self._ops):
+            for b in op.bottom:
+                self._last_use[b] = i
+        self._qf = qf
+
+    # -- running ----------------------------------------------------------
+    def _workspace(self):
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
+            ws = self._local.ws = np.empty(self._ws_floats, np.float32)
+        return ws
+
+    def forward(self, x, outputs=None, profile=None):
+        """Run the network on a preprocessed float32 batch x [N, C, H, W].
+
+        Returns the last layer's output, or with outputs=[names] a dict of those
+        layers' outputs ([N, C, H, W], or [N, C] after fully-connected layers).
+        With profile={} the seconds spent in each layer are added to it."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            raise InputError(f"input must be a batch [N, C, H, W]; got {list(x.shape)} "
+                             f"(add a batch axis: x[None])")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] < 1:
+            raise InputError(f"input must be [N, {', '.join(map(str, self.input_shape))}] with "
+                             f"N >= 1, got {list(x.shape)}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        want = None
+        if outputs is not None:
+            if isinstance(outputs, str):
+                outputs = [outputs]
+            want = list(outputs)
+            unknown = [n for n in want if n not in self.layer_names]
+            if unknown:
+                raise InputError(f"unknown layer name(s) {unknown}; layers: {self.layer_names}")
+        ws = self._workspace()
+        nthreads = max(1, int(self.threads))
+        blobs = {self.input_name: x}
+        results = {}
+        keep = set(want or [])
+        ops = self._ops
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            fuse = (op.weighted and i + 1 < len(ops) and ops[i + 1].type == "ReLU"
+                    and ops[i + 1].params["negative_slope"] == 0.0
+                    and ops[i + 1].bottom == op.top and ops[i + 1].top == op.top
+                    and op.name not in keep)
+            t0 = time.perf_counter() if profile is not None else 0.0
+            out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse)
+            if profile is not None:
+                profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
+            if op.name in keep:
+                results[op.name] = out
+            if fuse:
+                i += 1
+                if ops[i].name in keep:
+                    results[ops[i].name] = out
+            for b in op.bottom:
+                if self._last_use.get(b, -1) <= i and b in blobs:
+                    del blobs[b]
+            for t in op.top:
+                blobs[t] = out
+            i += 1
+        if want is not None:
+            return {n: results[n] for n in want}
+        return out
+
+    def preprocess(self, images):
+        """Images (paths, PIL images, uint8 arrays) -> float32 batch [N, C, H, W]."""
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
+            images = [images]
+        return np.stack([self.preprocessor(im) for im in images])
+
+    def predict(self, images, top=5):
+        """Classify images; returns, per image, the top classes as dicts
+        {"index", "label", "prob"}, most probable first."""
+        batch = self.preprocess(images)
+        out = self.forward(batch)
+        probs = out.reshape(out.shape[0], -1).astype(np.float64)
+        if self._ops[-1].type != "Softmax":
+            probs = np.exp(probs - probs.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+        top = max(1, min(int(top), probs.shape[1]))
+        res = []
+        for p in probs:
+            idx = np.argsort(-p, kind="stable")[:top]
+            res.append([{"index": int(i), "label": self.label(int(i)), "prob": float(p[i])}
+                        for i in idx])
+        return res
+
+    def label(self, i):
+        return self.class_names[i] if 0 <= i < len(self.class_names) else str(i)
+
+    # -- introspection ----------------------------------------------------
+    def layer_costs(self):
+        """[(name, type, dense MACs, table MACs, lookups)] per layer, per image."""
+        return [(op.name, op.type) + op.cost() for op in self._ops]
+
+    def layer_strategies(self):
+        """{layer: "lut" | "dequantized" | "dense"} for the weighted layers."""
+        return {op.name: op.strategy for op in self._ops if op.weighted}
+
+    def __repr__(self):
+        return (f"<qengine.Model {os.path.basename(self.path)} input={self.input_shape} "
+                f"layers={len(self._ops)} mode={self.mode}>")
+
+
+def load(path, mode="exact", threads=1, strategy="auto"):
+    """Load a .qcnn model once; call forward()/predict() on it many times.
+
+    mode      "exact" (float lookup tables)
+    threads   threads each call may use (the kernels split output positions)
+    strategy  "auto" runs a first convolution whose input has fewer channels than
+              the subspace dimension densely on its dequantized weights (faster,
+              same sums); "lut" forces lookup tables for every quantized layer."""
+    return Model(path, mode=mode, threads=threads, strategy=strategy)
