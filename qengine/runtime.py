@@ -92,6 +92,7 @@ class _Weighted(_Op):
         if not np.all(np.isfinite(cb)):
             raise ModelError(f"{qf.path}: {where}: codebook holds NaN or infinity")
         self.codebook, self.indices = np.ascontiguousarray(cb), np.ascontiguousarray(idx)
+        self.indices_raw = self.indices  # [Cout, ...] as stored; self.indices may be re-laid
         self.M, self.K, self.d = M, K, d
 
 
@@ -137,9 +138,8 @@ class _Conv(_Weighted):
                     dequantize_conv(self.codebook, self.indices, cg), self.group)
         else:
             self.strategy = "dense"
-            self.weight_blocked = _kernels.block_conv_weights(
-                _tensor(qf, w["weight"], np.float32, (cout, cg, self.kh, self.kw), where),
-                self.group)
+            self.weight = _tensor(qf, w["weight"], np.float32, (cout, cg, self.kh, self.kw), where)
+            self.weight_blocked = _kernels.block_conv_weights(self.weight, self.group)
 
     def workspace(self):
         c, h, w = self.in_shapes[0]
@@ -149,7 +149,8 @@ class _Conv(_Weighted):
                                                   self.params["pad"], self.M, self.K,
                                                   self.params["num_output"] // g)
         return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
-                                              self.params["pad"], 0, 0, 0)
+                                              self.params["pad"], 0, 0,
+                                              self.params["num_output"] // g)
 
     def cost(self):
         c, _, _ = self.in_shapes[0]

@@ -1,0 +1,155 @@
+"""qbench: time a .qcnn model layer by layer.
+
+    qbench model.qcnn [--runs 20] [--warmup 3] [--threads 1] [--batch 1] [--json]
+    qbench --synthetic alexnet      (a built-in random model; nothing to download)
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+from . import fail
+
+
+def _fmt_int(n):
+    return f"{n / 1e6:.1f}"
+
+
+def bench(model, runs, warmup, batch):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + model.input_shape).astype(np.float32) * 50
+    for _ in range(warmup):
+        model.forward(x)
+    totals, per_layer = [], []
+    for _ in range(runs):
+        prof = {}
+        t0 = time.perf_counter()
+        model.forward(x, profile=prof)
+        totals.append(time.perf_counter() - t0)
+        per_layer.append(prof)
+    return totals, per_layer
+
+
+def report(model, totals, per_layer, args, size):
+    import numpy as np
+    from .. import __version__, _kernels
+    batch = args.batch
+    ms_img = np.array(totals) * 1e3 / batch
+    costs = {c[0]: c[2:] for c in model.layer_costs()}
+    strategies = model.layer_strategies()
+    layer_ms = {n: float(np.median([p.get(n, 0.0) for p in per_layer])) * 1e3 / batch
+                for n in model.layer_names}
+    total_layer_ms = sum(layer_ms.values()) or 1.0
+    dense = sum(c[0] for c in costs.values())
+    qcost = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in costs.values())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    layers = []
+    for n in model.layer_names:
+        dmac, tmac, lk = costs[n]
+        layers.append({"name": n, "type": next(op.type for op in model._ops if op.name == n),
+                       "strategy": strategies.get(n, ""), "ms": round(layer_ms[n], 4),
+                       "share": round(layer_ms[n] / total_layer_ms, 4), "dense_macs": dmac,
+                       "table_macs": tmac, "lookups": lk})
+    res = {
+        "qengine": __version__, "model": args.model_name, "mode": model.mode,
+        "isa": _kernels.get_isa(), "threads": model.threads, "batch": batch, "runs": len(totals),
+        "ms_per_image": {"median": float(np.median(ms_img)), "mean": float(ms_img.mean()),
+                         "min": float(ms_img.min()), "max": float(ms_img.max())},
+        "images_per_s": float(1e3 / np.median(ms_img)),
+        "size_bytes": size, "peak_rss_bytes": rss,
+        "dense_macs": dense, "quantized_ops": qcost,
+        "theoretical_speedup": dense / qcost if qcost else 1.0,
+        "layers": layers,
+    }
+    return res
+
+
+def print_table(r):
+    print(f"qengine {r['qengine']}  {r['model']}  mode={r['mode']}  isa={r['isa']}  "
+          f"threads={r['threads']}  batch={r['batch']}  runs={r['runs']}")
+    print()
+    hdr = (f"{'layer':<10} {'type':<13} {'strategy':<12} {'ms':>8} {'share':>6} "
+           f"{'dense MMAC':>11} {'table MMAC':>11} {'lookups M':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    for L in r["layers"]:
+        if L["ms"] < 0.005 and not L["dense_macs"]:
+            continue
+        print(f"{L['name']:<10} {L['type']:<13} {L['strategy']:<12} {L['ms']:>8.3f} "
+              f"{L['share'] * 100:>5.1f}% {_fmt_int(L['dense_macs']):>11} "
+              f"{_fmt_int(L['table_macs']):>11} {_fmt_int(L['lookups']):>10}")
+    print("-" * len(hdr))
+    m = r["ms_per_image"]
+    print(f"ms per image   median {m['median']:.2f}   mean {m['mean']:.2f}   min {m['min']:.2f}   "
+          f"max {m['max']:.2f}")
+    print(f"images/s       {r['images_per_s']:.1f}")
+    print(f"theoretical    {r['theoretical_speedup']:.2f}x fewer operations than the dense network "
+          f"({r['dense_macs'] / 1e6:.0f}M multiply-adds vs {r['quantized_ops'] / 1e6:.0f}M "
+          f"table multiply-adds + lookups)")
+    print(f"file size      {r['size_bytes']:,} bytes ({r['size_bytes'] / 2**20:.2f} MiB)")
+    print(f"peak memory    {r['peak_rss_bytes'] / 2**20:.1f} MiB RSS")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="qbench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", nargs="?", help="the .qcnn model")
+    ap.add_argument("--synthetic", metavar="ARCH",
+                    help="benchmark a built-in random model of this architecture (alexnet, "
+                         "caffenet, vgg_cnn_s, vgg16) instead of a file")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    ap.add_argument("--threads", type=int, default=1, help="threads (default 1)")
+    ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    ap.add_argument("--exact", action="store_true",
+                    help="float lookup tables (the only mode in this version)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(argv)
+    if (args.model is None) == (args.synthetic is None):
+        fail("qbench", "give a model file or --synthetic ARCH (not both)", 2)
+    for name in ("runs", "threads", "batch"):
+        if getattr(args, name) < 1:
+            fail("qbench", f"--{name} must be at least 1", 2)
+    if args.warmup < 0:
+        fail("qbench", "--warmup must be 0 or more", 2)
+
+    from ..errors import QEngineError
+    from ..runtime import load
+    tmpdir = None
+    try:
+        path = args.model
+        if args.synthetic:
+            from ..synthetic import make_synthetic
+            tmpdir = tempfile.TemporaryDirectory(prefix="qbench-")
+            path = os.path.join(tmpdir.name, f"synthetic-{args.synthetic}.qcnn")
+            if not args.json:
+                print(f"making a synthetic {args.synthetic} model (random codebooks, seed 0)...",
+                      file=sys.stderr)
+            try:
+                make_synthetic(args.synthetic, path)
+            except ValueError as e:
+                fail("qbench", str(e), 2)
+        args.model_name = f"synthetic:{args.synthetic}" if args.synthetic else path
+        model = load(path, mode="exact", threads=args.threads)
+        size = os.path.getsize(path)
+        totals, per_layer = bench(model, args.runs, args.warmup, args.batch)
+        r = report(model, totals, per_layer, args, size)
+    except QEngineError as e:
+        fail("qbench", str(e))
+    except MemoryError:
+        fail("qbench", f"out of memory (batch {args.batch} too large?)")
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print_table(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

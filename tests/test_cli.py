@@ -1,0 +1,104 @@
+"""The command-line tools end to end, as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, shared_path
+
+from modelkit import build
+
+
+def run(tool, *args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.path.join(ROOT, "tests") + os.pathsep + \
+        env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", f"qengine.cli.{tool}", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_qconvert_qrun_qbench_alexnet(tmp_path):
+    src = shared_path("qcnn-alexnet")
+    out = tmp_path / "alexnet.qcnn"
+    r = run("qconvert", src, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stderr and out.exists()
+    # refuses to overwrite without --force, and keeps the file
+    before = out.read_bytes()
+    r = run("qconvert", src, "-o", str(out))
+    assert r.returncode != 0 and "--force" in r.stderr
+    assert out.read_bytes() == before
+    assert run("qconvert", src, "-o", str(out), "--force", "-q").returncode == 0
+
+    imgs = [shared_path("ilsvrc12-val", "bmp", f"ILSVRC2012_val_{i:08d}.BMP") for i in (1, 2)]
+    r = run("qrun", str(out), *imgs, "--json", "--top", "3")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["image"] for x in lines] == imgs
+    for x in lines:
+        assert len(x["top"]) == 3 and x["ms"] > 0
+        assert set(x["top"][0]) == {"index", "label", "prob"}
+        assert 0 <= x["top"][0]["prob"] <= 1
+    r = run("qrun", str(out), imgs[0])
+    assert r.returncode == 0 and "1." in r.stdout
+
+    r = run("qbench", str(out), "--runs", "2", "--warmup", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)
+    assert b["ms_per_image"]["median"] > 0 and b["images_per_s"] > 0
+    assert b["size_bytes"] == out.stat().st_size and b["peak_rss_bytes"] > 0
+    names = [L["name"] for L in b["layers"]]
+    assert names[0] == "conv1" and "fc8" in names
+    assert 2.5 < b["theoretical_speedup"] < 5
+    r = run("qbench", str(out), "--runs", "2", "--warmup", "0")
+    assert r.returncode == 0 and "images/s" in r.stdout and "conv3" in r.stdout
+
+
+def test_qbench_synthetic_and_qrun_on_small_model(tmp_path):
+    r = run("qbench", "--synthetic", "alexnet", "--runs", "1", "--warmup", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == "synthetic:alexnet"
+    r = run("qbench", "--synthetic", "lenet9")
+    assert r.returncode == 2 and "unknown architecture" in r.stderr
+
+    model = tmp_path / "tiny.qcnn"
+    build(model)
+    from PIL import Image
+    import numpy as np
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(img)
+    r = run("qrun", str(model), str(img), "--top", "2")
+    assert r.returncode == 0, r.stderr
+    assert "class" in r.stdout
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
+def test_qrun_bad_image_gives_one_line(tmp_path, content):
+    model = tmp_path / "tiny.qcnn"
+    build(model)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(content)
+    r = run("qrun", str(model), str(bad))
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    r = run("qrun", str(tmp_path / "none.qcnn"), "x.jpg")
+    assert r.returncode == 1 and "none.qcnn" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    model = tmp_path / "tiny.qcnn"
+    build(model)
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    (tmp_path / "bad.qcnn").write_bytes(bytes(data))
+    for tool in ("qrun", "qbench"):
+        args = [str(tmp_path / "bad.qcnn")] + (["x.png"] if tool == "qrun" else [])
+        r = run(tool, *args)
+        assert r.returncode == 1 and "checksum" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = run("qconvert", str(tmp_path), "-o", str(tmp_path / "o.qcnn"))
+    assert r.returncode == 1 and "no Quantized-CNN files" in r.stderr
+    assert not (tmp_path / "o.qcnn").exists()

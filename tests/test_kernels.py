@@ -1,0 +1,163 @@
+"""Every kernel against the plain numpy reference, on every instruction set."""
+import numpy as np
+import pytest
+
+from qengine import _kernels, reference
+from qengine.runtime import block_fc_indices, dequantize_conv, dequantize_fc
+
+RNG = np.random.default_rng(1234)
+
+
+def close(a, b, tol=2e-5):
+    scale = max(float(np.abs(b).max()), 1e-6)
+    err = float(np.abs(a.astype(np.float64) - b).max()) / scale
+    assert err <= tol, f"max relative error {err:.3g} > {tol}"
+
+
+# (C, H, W, KH, KW, stride, pad, groups, Cout, d, K)
+CONV_CASES = [
+    (3, 19, 23, 5, 5, 2, 0, 1, 8, 8, 16),      # first layer: C < d
+    (12, 9, 11, 3, 3, 1, 1, 1, 7, 5, 32),      # d does not divide C, odd Cout
+    (16, 13, 13, 3, 3, 1, 1, 2, 12, 8, 64),    # groups share one codebook
+    (10, 17, 15, 4, 3, 3, 2, 2, 6, 4, 8),      # stride 3, uneven kernel, pad > 1
+    (9, 8, 8, 1, 1, 1, 0, 1, 5, 4, 256),       # 1x1, K = 256
+    (6, 31, 29, 11, 11, 4, 0, 1, 9, 8, 128),   # AlexNet conv1-like
+    (4, 3, 3, 3, 3, 1, 1, 1, 3, 3, 4),         # output as large as a tiny input
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_conv_lut_matches_numpy(isa, case, nthreads):
+    C, H, W, KH, KW, S, P, G, Cout, d, K = case
+    cg = C // G
+    M = -(-cg // d)
+    x = RNG.standard_normal((2, C, H, W)).astype(np.float32)
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (Cout, KH, KW, M)).astype(np.uint8)
+    b = RNG.standard_normal(Cout).astype(np.float32)
+    ref = reference.conv2d(x, dequantize_conv(cb, idx, cg), b, S, P, G)
+    oh, ow = _kernels.conv_output_size(H, W, KH, KW, S, P)
+    assert ref.shape[2:] == (oh, ow)
+    ws = np.empty(_kernels.conv_workspace_floats(cg, H, W, KH, KW, S, P, M, K, Cout // G),
+                  np.float32)
+    for relu in (False, True):
+        out = np.full((2, Cout, oh, ow), np.nan, np.float32)
+        _kernels.conv_lut(x, cb, idx, b, S, P, G, relu, out, ws, nthreads)
+        close(out, np.maximum(ref, 0) if relu else ref)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_dense_matches_numpy(isa, case):
+    C, H, W, KH, KW, S, P, G, Cout, _, _ = case
+    cg = C // G
+    x = RNG.standard_normal((2, C, H, W)).astype(np.float32)
+    w = RNG.standard_normal((Cout, cg, KH, KW)).astype(np.float32)
+    b = RNG.standard_normal(Cout).astype(np.float32)
+    ref = reference.conv2d(x, w, b, S, P, G)
+    ws = np.empty(_kernels.conv_workspace_floats(cg, H, W, KH, KW, S, P, 0, 0, Cout // G),
+                  np.float32)
+    out = np.full(ref.shape, np.nan, np.float32)
+    _kernels.conv_dense(x, _kernels.block_conv_weights(w, G), b, KH, KW, S, P, False, out, ws)
+    close(out, ref)
+
+
+# (Cin, Cout, d, K)
+FC_CASES = [(37, 5, 4, 32), (1000, 33, 1, 16), (130, 7, 8, 256), (4608, 64, 4, 32), (3, 2, 4, 2)]
+
+
+@pytest.mark.parametrize("case", FC_CASES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_fc_lut_matches_numpy(isa, case, nthreads):
+    cin, cout, d, K = case
+    M = -(-cin // d)
+    x = RNG.standard_normal((3, cin)).astype(np.float32)
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
+    b = RNG.standard_normal(cout).astype(np.float32)
+    ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
+    ws = np.empty(M * K, np.float32)
+    for relu in (False, True):
+        out = np.full((3, cout), np.nan, np.float32)
+        _kernels.fc_lut(x, cb, block_fc_indices(idx, K), b, relu, out, ws, nthreads)
+        close(out, np.maximum(ref, 0) if relu else ref)
+
+
+@pytest.mark.parametrize("cin,cout", [(1, 1), (15, 3), (16, 4), (333, 17)])
+def test_fc_dense_matches_numpy(isa, cin, cout):
+    x = RNG.standard_normal((2, cin)).astype(np.float32)
+    w = RNG.standard_normal((cout, cin)).astype(np.float32)
+    b = RNG.standard_normal(cout).astype(np.float32)
+    out = np.empty((2, cout), np.float32)
+    _kernels.fc_dense(x, w, b, False, out)
+    close(out, reference.fc(x, w, b))
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 1.0), (3, 0.5, 0.6, 2.0),
+                                               (5, 5e-4, 0.75, 2.0), (1, 1.0, 1.0, 1.0)])
+def test_lrn_matches_numpy(isa, size, alpha, beta, k):
+    x = (RNG.standard_normal((2, 7, 5, 6)) * 30).astype(np.float32)
+    out = np.empty_like(x)
+    _kernels.lrn(x, out, size, alpha, beta, k, np.empty(30, np.float32))
+    close(out, reference.lrn(x, size, alpha, beta, k), 1e-5)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("h,w,k,s,p", [(55, 55, 3, 2, 0), (13, 13, 3, 2, 0), (7, 9, 2, 2, 0),
+                                       (8, 8, 3, 2, 1), (6, 5, 3, 3, 1), (1, 1, 1, 1, 0)])
+def test_pool_matches_numpy(method, h, w, k, s, p):
+    from qengine.graph import pool_output
+    x = RNG.standard_normal((2, 3, h, w)).astype(np.float32)
+    ref = reference.pool(x, (k, k), (s, s), (p, p), method)
+    out = np.empty((2, 3, pool_output(h, k, s, p), pool_output(w, k, s, p)), np.float32)
+    assert out.shape == ref.shape
+    _kernels.pool(x, out, k, k, s, s, p, p, method == "AVE")
+    close(out, ref, 1e-6)
+
+
+def test_caffe_ceil_pooling_sizes():
+    from qengine.graph import pool_output
+    assert pool_output(55, 3, 2, 0) == 27      # AlexNet pool1
+    assert pool_output(13, 3, 2, 0) == 6       # pool5
+    assert pool_output(6, 3, 2, 0) == 3        # ceil: (6-3)/2 = 1.5 -> 2, +1
+    assert pool_output(5, 2, 2, 1) == 3        # last window must start inside the image
+
+
+def test_relu_and_softmax():
+    x = RNG.standard_normal(1001).astype(np.float32)
+    out = np.empty_like(x)
+    _kernels.relu(x, out, 0.1)
+    close(out, reference.relu(x, 0.1), 1e-7)
+    x = (RNG.standard_normal((3, 10, 4)) * 20).astype(np.float32)
+    out = np.empty_like(x)
+    _kernels.softmax(x, out)
+    close(out, reference.softmax(x), 1e-6)
+    assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_bit_unpacking_both_orders(bits):
+    from qengine.format import pack_bits
+    n = 1001
+    v = RNG.integers(0, 1 << bits, n).astype(np.uint8)
+    out = np.empty(n, np.uint8)
+    _kernels.unpack_bits(np.frombuffer(pack_bits(v, bits), np.uint8), bits, n, False, out)
+    assert np.array_equal(out, v)
+    # MSB-first stream, built independently with numpy
+    stream = np.unpackbits(v[:, None], axis=1)[:, 8 - bits:].reshape(-1)
+    msb = np.packbits(stream)
+    _kernels.unpack_bits(msb, bits, n, True, out)
+    assert np.array_equal(out, v)
+
+
+def test_kernels_reject_bad_shapes():
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    cb = np.zeros((1, 4, 4), np.float32)
+    idx = np.zeros((2, 3, 3, 1), np.uint8)
+    with pytest.raises(ValueError):
+        _kernels.conv_lut(x, cb, idx, np.zeros(2, np.float32), 1, 0, 1, False,
+                          np.zeros((1, 2, 4, 4), np.float32), np.zeros(10, np.float32))
+    with pytest.raises(ValueError):
+        _kernels.unpack_bits(np.zeros(1, np.uint8), 9, 1, False, np.zeros(1, np.uint8))
+    with pytest.raises(ValueError):
+        _kernels.set_isa("sse9")

@@ -1,0 +1,135 @@
+"""The runtime on small built models: every layer type against numpy, the API,
+errors, and concurrency."""
+import threading
+
+import numpy as np
+import pytest
+
+import qengine
+from qengine import reference
+from qengine.runtime import dequantize_conv, dequantize_fc
+
+from modelkit import build
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.qcnn"
+    graph, params = build(path)
+    return str(path), graph, params
+
+
+def dense_weights(graph, params):
+    from qengine.graph import infer_shapes
+    shapes = infer_shapes(graph)
+    out = {}
+    for L in graph["layers"]:
+        if L["name"] not in params:
+            continue
+        p = params[L["name"]]
+        if len(p) == 2:
+            out[L["name"]] = p
+            continue
+        cb, idx, b = p
+        cin = shapes[L["bottom"][0]]
+        if L["type"] == "Convolution":
+            out[L["name"]] = (dequantize_conv(cb, idx, cin[0] // L["params"]["group"]), b)
+        else:
+            out[L["name"]] = (dequantize_fc(cb, idx, int(np.prod(cin))), b)
+    return out
+
+
+def test_every_layer_matches_numpy(tiny, isa):
+    path, graph, params = tiny
+    m = qengine.load(path)
+    x = np.random.default_rng(5).standard_normal((3,) + m.input_shape).astype(np.float32) * 3
+    names = [L["name"] for L in graph["layers"]]
+    got = m.forward(x, outputs=names)
+    want = reference.forward(graph, dense_weights(graph, params), x, outputs=names)
+    for n in names:
+        ref = want[n]
+        scale = max(float(np.abs(ref).max()), 1e-6)
+        err = float(np.abs(got[n] - ref).max()) / scale
+        assert got[n].shape == ref.shape, n
+        assert err < 1e-5, f"{n}: relative error {err:.3g}"
+    # the plain forward returns the last layer and equals the named output
+    assert np.array_equal(m.forward(x), got["prob"])
+    assert np.allclose(got["prob"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_strategies_agree(tiny):
+    path, _, _ = tiny
+    a, b = qengine.load(path), qengine.load(path, strategy="lut")
+    assert a.layer_strategies()["c1"] == "dequantized"   # 3 input channels < d = 4
+    assert b.layer_strategies()["c1"] == "lut"
+    x = np.random.default_rng(1).standard_normal((2,) + a.input_shape).astype(np.float32)
+    ya, yb = a.forward(x, outputs=["c1"])["c1"], b.forward(x, outputs=["c1"])["c1"]
+    assert np.abs(ya - yb).max() <= 1e-5 * np.abs(yb).max()
+
+
+def test_model_attributes_and_predict(tiny):
+    path, graph, _ = tiny
+    m = qengine.load(path)
+    assert m.input_shape == (3, 21, 19)
+    assert m.layer_names == [L["name"] for L in graph["layers"]]
+    assert m.class_names == [f"class{i}" for i in range(5)]
+    img = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    res = m.predict([img, img], top=3)
+    assert len(res) == 2 and len(res[0]) == 3
+    assert res[0] == res[1]
+    probs = [t["prob"] for t in res[0]]
+    assert probs == sorted(probs, reverse=True)
+    assert all(t["label"] == f"class{t['index']}" for t in res[0])
+
+
+def test_bad_inputs_raise_qengine_errors(tiny):
+    path, _, _ = tiny
+    m = qengine.load(path)
+    with pytest.raises(qengine.InputError):
+        m.forward(np.zeros((3, 21, 19), np.float32))
+    with pytest.raises(qengine.InputError):
+        m.forward(np.zeros((1, 3, 20, 19), np.float32))
+    with pytest.raises(qengine.InputError):
+        m.forward(np.zeros((0, 3, 21, 19), np.float32))
+    with pytest.raises(qengine.InputError):
+        m.forward(np.zeros((1, 3, 21, 19), np.float32), outputs=["nope"])
+    with pytest.raises(qengine.ImageError):
+        m.predict(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(qengine.QEngineError):
+        qengine.load(path, mode="turbo")
+    with pytest.raises(qengine.FormatError):
+        qengine.load(path + ".missing")
+
+
+def test_threads_give_identical_results_in_parallel(tiny):
+    path, _, _ = tiny
+    m = qengine.load(path)
+    xs = [np.random.default_rng(i).standard_normal((2,) + m.input_shape).astype(np.float32)
+          for i in range(8)]
+    serial = [m.forward(x) for x in xs]
+    results = [None] * 8
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                y = m.forward(xs[i])
+                assert np.array_equal(y, serial[i])
+            results[i] = True
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and all(results)
+
+
+def test_multithreaded_kernels_match_single(tiny):
+    path, _, _ = tiny
+    x = np.random.default_rng(3).standard_normal((2, 3, 21, 19)).astype(np.float32)
+    y1 = qengine.load(path, threads=1).forward(x)
+    y2 = qengine.load(path, threads=2).forward(x)
+    assert np.abs(y1 - y2).max() <= 1e-6
