@@ -35,8 +35,9 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                  int SH, int SW, int PH, int PW, int kind)
     void qe_relu(const float *x, float *y, int64_t n, float slope)
     void qe_softmax(const float *x, float *y, int C, int64_t HW)
-    void qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
-                        uint8_t *dst)
+    int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
+                       uint8_t *dst)
+    int qe_resize_bilinear_ac(const float *x, int C, int H, int W, float *y, int OH, int OW)
     int qe_isa_supported(int isa)
     int qe_set_isa(int isa)
     int qe_get_isa()
@@ -264,12 +265,27 @@ def softmax(const float[:, :, ::1] x, float[:, :, ::1] out):
 
 
 def unpack_bits(const uint8_t[::1] src, int bits, int64_t n, bint msb_first, uint8_t[::1] out):
-    """Unpack n values of `bits` bits into out (see qe_unpack_bits)."""
+    """Unpack n values of `bits` bits into out (see qe_unpack_bits); returns the largest."""
     if bits < 1 or bits > 8:
         raise ValueError(f"bits must be 1..8, got {bits}")
     if n < 0 or out.shape[0] < n or src.shape[0] * 8 < n * bits:
         raise ValueError("bit stream too short for the values requested")
     if n == 0:
-        return
+        return 0
+    cdef int mx
     with nogil:
-        qe_unpack_bits(&src[0], src.shape[0], bits, msb_first, n, &out[0])
+        mx = qe_unpack_bits(&src[0], src.shape[0], bits, msb_first, n, &out[0])
+    return mx
+
+
+def resize_bilinear_ac(const float[:, :, ::1] x, float[:, :, ::1] out):
+    """Bilinear align-corners resize of x [C,H,W] into out [C,OH,OW]."""
+    if out.shape[0] != x.shape[0] or x.shape[1] < 1 or x.shape[2] < 1 or out.shape[1] < 1 \
+            or out.shape[2] < 1:
+        raise ValueError("resize shapes are invalid")
+    cdef int rc
+    with nogil:
+        rc = qe_resize_bilinear_ac(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &out[0, 0, 0],
+                                   out.shape[1], out.shape[2])
+    if rc != 0:
+        raise MemoryError("out of memory in resize")

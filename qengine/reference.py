@@ -124,9 +124,9 @@ def model_weights(model):
             continue
         if op.type == "Convolution":
             cg = op.in_shapes[0][0] // op.group
-            w = (dequantize_conv(op.codebook, op.indices_raw, cg) if op.mode == "lut"
+            w = (dequantize_conv(op.codebook, op.stored_indices(), cg) if op.mode == "lut"
                  else op.weight)
         else:
-            w = dequantize_fc(op.codebook, op.indices_raw, op.cin) if op.mode == "lut" else op.weight
+            w = dequantize_fc(op.codebook, op.stored_indices(), op.cin) if op.mode == "lut" else op.weight
         ws[op.name] = (w, op.bias)
     return ws

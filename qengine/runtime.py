@@ -92,8 +92,12 @@ class _Weighted(_Op):
         if not np.all(np.isfinite(cb)):
             raise ModelError(f"{qf.path}: {where}: codebook holds NaN or infinity")
         self.codebook, self.indices = np.ascontiguousarray(cb), np.ascontiguousarray(idx)
-        self.indices_raw = self.indices  # [Cout, ...] as stored; self.indices may be re-laid
         self.M, self.K, self.d = M, K, d
+        self._qf, self._idx_name = qf, w["indices"]
+
+    def stored_indices(self):
+        """The codeword indices as stored in the file (the kernels may hold them re-laid)."""
+        return self._qf.tensor(self._idx_name)
 
 
 def dequantize_conv(codebook, indices, cin_group):

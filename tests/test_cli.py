@@ -12,11 +12,15 @@ from modelkit import build
 
 
 def run(tool, *args):
+    """Run a tool the way its console script does, with the same interpreter and
+    the same qengine package the tests import."""
+    import qengine
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + os.path.join(ROOT, "tests") + os.pathsep + \
-        env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", f"qengine.cli.{tool}", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
+    env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+    code = f"import sys; from qengine.cli.{tool} import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(ROOT), env=env)
 
 
 def test_qconvert_qrun_qbench_alexnet(tmp_path):

@@ -1,28 +1,68 @@
 /* Unpacking of bit-packed codeword indices. */
+#include <string.h>
 #include "qe_kernels.h"
 
-void qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
-                    uint8_t *dst)
+/* Load up to 8 bytes as a little-endian (or big-endian) 64-bit word. */
+static inline uint64_t load_le(const uint8_t *p, int n)
+{
+    uint64_t w = 0;
+    for (int i = n - 1; i >= 0; i--) w = (w << 8) | p[i];
+    return w;
+}
+
+static inline uint64_t load_be(const uint8_t *p, int n)
+{
+    uint64_t w = 0;
+    for (int i = 0; i < n; i++) w = (w << 8) | p[i];
+    return w;
+}
+
+int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
+                   uint8_t *dst)
 {
     const unsigned mask = (1u << bits) - 1u;
+    unsigned mx = 0;
+    int64_t i = 0;
     if (bits == 8) {
-        for (int64_t i = 0; i < n; i++) dst[i] = src[i];
-        return;
+        memcpy(dst, src, (size_t)n);
+        for (int64_t j = 0; j < n; j++) mx = src[j] > mx ? src[j] : mx;
+        return (int)mx;
     }
-    if (!msb_first) {
-        /* LSB-first: a 16-bit window always holds a value of <= 8 bits. */
-        for (int64_t i = 0; i < n; i++) {
-            int64_t t = i * bits, byte = t >> 3;
-            unsigned w = src[byte];
+    /* Eight values fill exactly `bits` bytes: unpack them from one word. */
+    const int64_t groups = n / 8;
+    for (int64_t gidx = 0; gidx < groups; gidx++) {
+        const uint8_t *p = src + gidx * bits;
+        uint8_t *o = dst + gidx * 8;
+        if (!msb_first) {
+            uint64_t w = load_le(p, bits);
+            for (int k = 0; k < 8; k++) {
+                unsigned v = (unsigned)(w >> (k * bits)) & mask;
+                o[k] = (uint8_t)v;
+                mx = v > mx ? v : mx;
+            }
+        } else {
+            uint64_t w = load_be(p, bits);
+            for (int k = 0; k < 8; k++) {
+                unsigned v = (unsigned)(w >> ((7 - k) * bits)) & mask;
+                o[k] = (uint8_t)v;
+                mx = v > mx ? v : mx;
+            }
+        }
+    }
+    for (i = groups * 8; i < n; i++) {
+        int64_t t = i * bits, byte = t >> 3;
+        unsigned w, v;
+        if (!msb_first) {
+            w = src[byte];
             if (byte + 1 < nbytes) w |= (unsigned)src[byte + 1] << 8;
-            dst[i] = (uint8_t)((w >> (t & 7)) & mask);
-        }
-    } else {
-        for (int64_t i = 0; i < n; i++) {
-            int64_t t = i * bits, byte = t >> 3;
-            unsigned w = (unsigned)src[byte] << 8;
+            v = (w >> (t & 7)) & mask;
+        } else {
+            w = (unsigned)src[byte] << 8;
             if (byte + 1 < nbytes) w |= src[byte + 1];
-            dst[i] = (uint8_t)((w >> (16 - (t & 7) - bits)) & mask);
+            v = (w >> (16 - (t & 7) - bits)) & mask;
         }
+        dst[i] = (uint8_t)v;
+        mx = v > mx ? v : mx;
     }
+    return (int)mx;
 }

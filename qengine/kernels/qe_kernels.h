@@ -96,9 +96,15 @@ void qe_softmax(const float *x, float *y, int C, int64_t HW);
 /* Unpack n values of `bits` bits (1..8) from a bit stream.  msb_first = 0:
  * value i is bits [i*bits, (i+1)*bits) of the stream, bit t being bit t%8 of
  * byte t/8 (LSB first).  msb_first = 1: the original Quantized-CNN order,
- * most significant bit first.  The caller guarantees nbytes*8 >= n*bits. */
-void qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
+ * most significant bit first.  The caller guarantees nbytes*8 >= n*bits.
+ * Returns the largest value unpacked. */
+int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
                     uint8_t *dst);
+
+/* Bilinear resize with align-corners sampling of x [C][H][W] to y [C][OH][OW]:
+ * output (i, j) samples input (i*(H-1)/(OH-1), j*(W-1)/(OW-1)).  Returns -1 if out
+ * of memory. */
+int qe_resize_bilinear_ac(const float *x, int C, int H, int W, float *y, int OH, int OW);
 
 /* Instruction-set dispatch. */
 int qe_isa_supported(int isa);
