@@ -94,7 +94,7 @@ def qdelta_decode(buf, shape, step, where):
         raise FormatError(f"{where}: compressed data does not decode to shape {list(shape)}")
     z = np.frombuffer(raw, np.uint8).reshape(4, count).T.copy().view("<u4").reshape(shape)
     z = z.astype(np.int64)
-    r = np.where(z & 1, -(z >> 1) - 1, z >> 1)
+    r = (z >> 1) ^ -(z & 1)          # zigzag back to signed
     q = np.cumsum(np.cumsum(r, axis=-2), axis=-1)
     return (q * step).astype(np.float32)
 

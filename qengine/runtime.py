@@ -187,13 +187,12 @@ def block_fc_indices(asmt, K):
     for each block of fc_block(K) subspaces, that block's [Cout, mb] indices."""
     a = np.asarray(asmt, np.uint8)
     mb = _kernels.fc_block(K)
-    out = np.empty(a.size, np.uint8).reshape(a.shape)
+    out = np.empty(a.shape, np.uint8)
     flat = out.reshape(-1)
-    pos = 0
-    for m0 in range(0, a.shape[1], mb):
-        blk = a[:, m0:m0 + mb]
-        flat[pos:pos + blk.size] = blk.reshape(-1)
-        pos += blk.size
+    cout, M = a.shape
+    for m0 in range(0, M, mb):
+        w = min(mb, M - m0)
+        flat[cout * m0:cout * (m0 + w)].reshape(cout, w)[...] = a[:, m0:m0 + w]
     return out
 
 
@@ -338,11 +337,12 @@ class Model:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise FormatError(f"{qf.path}: class_names must be a list of strings")
         self.class_names = names
-        mean = None
         pp = meta.get("preprocess") or {}
-        if isinstance(pp.get("mean"), dict) and pp["mean"].get("type") == "image":
-            mean = qf.tensor(pp["mean"].get("tensor", ""))
-        self.preprocessor = Preprocessor(pp, self.input_shape, mean)
+        if not isinstance(pp, dict):
+            raise FormatError(f"{qf.path}: preprocess metadata must be an object")
+        self._preprocess_spec = pp
+        self._preprocessor = None
+        self._pp_lock = threading.Lock()
         self._ws_floats = max([op.workspace() for op in self._ops] + [16])
         self._local = threading.local()
         # last layer that reads each blob, to drop activations early
@@ -413,6 +413,19 @@ class Model:
         if want is not None:
             return {n: results[n] for n in want}
         return out
+
+    @property
+    def preprocessor(self):
+        """The model's preprocessing, built on first use (it may decode a mean image)."""
+        if self._preprocessor is None:
+            with self._pp_lock:
+                if self._preprocessor is None:
+                    pp = self._preprocess_spec
+                    mean = None
+                    if isinstance(pp.get("mean"), dict) and pp["mean"].get("type") == "image":
+                        mean = self._qf.tensor(str(pp["mean"].get("tensor", "")))
+                    self._preprocessor = Preprocessor(pp, self.input_shape, mean)
+        return self._preprocessor
 
     def preprocess(self, images):
         """Images (paths, PIL images, uint8 arrays) -> float32 batch [N, C, H, W]."""

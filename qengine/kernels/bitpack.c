@@ -22,33 +22,36 @@ int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, 
 {
     const unsigned mask = (1u << bits) - 1u;
     unsigned mx = 0;
-    int64_t i = 0;
+    int64_t i;
     if (bits == 8) {
         memcpy(dst, src, (size_t)n);
         for (int64_t j = 0; j < n; j++) mx = src[j] > mx ? src[j] : mx;
         return (int)mx;
     }
-    /* Eight values fill exactly `bits` bytes: unpack them from one word. */
+    /* Eight values fill exactly `bits` bytes: unpack them from one word.  The
+     * switch gives the compiler a constant width to unroll each loop for. */
     const int64_t groups = n / 8;
-    for (int64_t gidx = 0; gidx < groups; gidx++) {
-        const uint8_t *p = src + gidx * bits;
-        uint8_t *o = dst + gidx * 8;
-        if (!msb_first) {
-            uint64_t w = load_le(p, bits);
-            for (int k = 0; k < 8; k++) {
-                unsigned v = (unsigned)(w >> (k * bits)) & mask;
-                o[k] = (uint8_t)v;
-                mx = v > mx ? v : mx;
-            }
-        } else {
-            uint64_t w = load_be(p, bits);
-            for (int k = 0; k < 8; k++) {
-                unsigned v = (unsigned)(w >> ((7 - k) * bits)) & mask;
-                o[k] = (uint8_t)v;
-                mx = v > mx ? v : mx;
-            }
-        }
+#define QE_UNPACK_GROUPS(B)                                                          \
+    for (int64_t gi = 0; gi < groups; gi++) {                                        \
+        const uint8_t *p = src + gi * (B);                                           \
+        uint8_t *o = dst + gi * 8;                                                   \
+        uint64_t w = msb_first ? load_be(p, (B)) : load_le(p, (B));                  \
+        for (int k = 0; k < 8; k++) {                                                \
+            unsigned v = (unsigned)(w >> (msb_first ? (7 - k) * (B) : k * (B))) & mask; \
+            o[k] = (uint8_t)v;                                                       \
+            mx = v > mx ? v : mx;                                                    \
+        }                                                                            \
     }
+    switch (bits) {
+    case 1: QE_UNPACK_GROUPS(1) break;
+    case 2: QE_UNPACK_GROUPS(2) break;
+    case 3: QE_UNPACK_GROUPS(3) break;
+    case 4: QE_UNPACK_GROUPS(4) break;
+    case 5: QE_UNPACK_GROUPS(5) break;
+    case 6: QE_UNPACK_GROUPS(6) break;
+    default: QE_UNPACK_GROUPS(7) break;
+    }
+#undef QE_UNPACK_GROUPS
     for (i = groups * 8; i < n; i++) {
         int64_t t = i * bits, byte = t >> 3;
         unsigned w, v;
