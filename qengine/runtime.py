@@ -345,6 +345,8 @@ class Model:
         self._pp_lock = threading.Lock()
         self._ws_floats = max([op.workspace() for op in self._ops] + [16])
         self._local = threading.local()
+        self._executor = None
+        self._pool_lock = threading.Lock()
         # last layer that reads each blob, to drop activations early
         self._last_use = {}
         for i, op in enumerate(self._ops):
@@ -381,8 +383,36 @@ class Model:
             unknown = [n for n in want if n not in self.layer_names]
             if unknown:
                 raise InputError(f"unknown layer name(s) {unknown}; layers: {self.layer_names}")
-        ws = self._workspace()
         nthreads = max(1, int(self.threads))
+        n = x.shape[0]
+        if nthreads > 1 and n > 1:
+            # A batch: one slice of images per thread, each thread's kernels
+            # single-threaded (they release the GIL, so the slices run in parallel).
+            parts = min(nthreads, n)
+            bounds = [n * i // parts for i in range(parts + 1)]
+            profs = [None if profile is None else {} for _ in range(parts)]
+            futs = [self._pool().submit(self._run, x[bounds[i]:bounds[i + 1]], want, profs[i], 1)
+                    for i in range(parts)]
+            outs = [f.result() for f in futs]
+            if profile is not None:
+                for pr in profs:
+                    for k, v in pr.items():
+                        profile[k] = profile.get(k, 0.0) + v / parts
+            if want is not None:
+                return {k: np.concatenate([o[k] for o in outs]) for k in want}
+            return np.concatenate(outs)
+        return self._run(x, want, profile, nthreads)
+
+    def _pool(self):
+        with self._pool_lock:
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._executor = ThreadPoolExecutor(max_workers=max(1, int(self.threads)),
+                                                    thread_name_prefix="qengine")
+            return self._executor
+
+    def _run(self, x, want, profile, nthreads):
+        ws = self._workspace()
         blobs = {self.input_name: x}
         results = {}
         keep = set(want or [])
