@@ -5,7 +5,7 @@ Each wrapper checks shapes, then calls the C kernel with the GIL released.
 Scratch memory (`ws`) is passed in by the caller so that a Model can keep one
 workspace per thread and reuse it across calls.
 """
-from libc.stdint cimport uint8_t, int64_t
+from libc.stdint cimport uint8_t, int32_t, int64_t
 
 cdef extern from "kernels/qe_kernels.h" nogil:
     int QE_TILE
@@ -24,6 +24,12 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
                       const float *bias, float *acc, float *y, int relu, int nthreads)
     int qe_fc_block(int K)
+    int qe_fc_q8_pad_cout(int Cout)
+    int qe_fc_q8_pad_m(int M)
+    void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out)
+    void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d,
+                  const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q,
+                  int32_t *acc, float *y, int relu, int nthreads)
     void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
                    const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                    int relu, int nthreads)
@@ -203,6 +209,45 @@ def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::
         for n in range(N):
             qe_lut_fc(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &asmt[0, 0], Cout, &bias[0],
                       &ws[0], &out[n, 0], relu, nthreads)
+
+
+def fc_q8_layout(const uint8_t[:, ::1] asmt):
+    """Indices [Cout, M] -> the 8-bit fully-connected kernel's layout (a flat uint8 array)."""
+    import numpy as np
+    cdef int Cout = asmt.shape[0], M = asmt.shape[1]
+    out = np.empty(<int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M), np.uint8)
+    cdef uint8_t[::1] o = out
+    with nogil:
+        qe_fc_q8_layout(&asmt[0, 0], Cout, M, &o[0])
+    return out
+
+
+def fc_q8_workspace_floats(int M, int K, int Cout):
+    """Scratch floats the 8-bit fully-connected kernel needs."""
+    return M * K + (qe_fc_q8_pad_m(M) * 32 + 3) // 4 + qe_fc_q8_pad_cout(Cout)
+
+
+def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] idxq, int Cout,
+          const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
+    """Fast-path fully-connected layer (8-bit tables, K <= 32). x [N,Cin], cb [M,K,d],
+    idxq from fc_q8_layout(), out [N,Cout]."""
+    cdef int N = x.shape[0], Cin = x.shape[1]
+    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    if K > 32 or M != (Cin + d - 1) // d:
+        raise ValueError(f"8-bit FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
+    if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
+        raise ValueError("index layout does not match the layer")
+    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout:
+        raise ValueError("bias or output shape does not match the layer")
+    if ws.shape[0] < fc_q8_workspace_floats(M, K, Cout):
+        raise ValueError("workspace too small")
+    cdef int64_t qoff = <int64_t>M * K
+    cdef int64_t aoff = qoff + (qe_fc_q8_pad_m(M) * 32 + 3) // 4
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_fc_q8(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
+                     <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[n, 0], relu, nthreads)
 
 
 def fc_dense(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias, bint relu,

@@ -65,9 +65,10 @@ def _tensor(qf, name, dtype, shape, where):
 class _Weighted(_Op):
     weighted = True
 
-    def __init__(self, L, in_shapes, out_shape, qf, dense_small=True):
+    def __init__(self, L, in_shapes, out_shape, qf, dense_small=True, fast=False):
         super().__init__(L, in_shapes, out_shape)
         self.dense_small = dense_small
+        self.fast = fast
         w = L.get("weights")
         where = f"layer {self.name!r}"
         if not isinstance(w, dict) or w.get("mode") not in ("lut", "dense"):
@@ -206,12 +207,18 @@ class _FC(_Weighted):
                                      f"{self.cin} inputs")
                 return (cout, M)
             self._check_lut(qf, w, where, shape)
-            self.indices = block_fc_indices(self.indices, self.K)
+            if self.fast and self.K <= 32:
+                self.strategy = "lut8"
+                self.indices = _kernels.fc_q8_layout(self.indices)
+            else:
+                self.indices = block_fc_indices(self.indices, self.K)
         else:
             self.weight = np.ascontiguousarray(
                 _tensor(qf, w["weight"], np.float32, (cout, self.cin), where))
 
     def workspace(self):
+        if self.strategy == "lut8":
+            return _kernels.fc_q8_workspace_floats(self.M, self.K, self.params["num_output"])
         return self.M * self.K if self.mode == "lut" else 0
 
     def cost(self):
@@ -224,7 +231,10 @@ class _FC(_Weighted):
     def run(self, xs, ws, nthreads, relu):
         x = xs[0].reshape(xs[0].shape[0], -1)
         out = self.new_out(x.shape[0])
-        if self.mode == "lut":
+        if self.strategy == "lut8":
+            _kernels.fc_q8(x, self.codebook, self.indices, self.params["num_output"], self.bias,
+                           relu, out, ws, nthreads)
+        elif self.mode == "lut":
             _kernels.fc_lut(x, self.codebook, self.indices, self.bias, relu, out, ws, nthreads)
         else:
             _kernels.fc_dense(x, self.weight, self.bias, relu, out, nthreads)
@@ -297,9 +307,6 @@ class Model:
             raise InputError(f"strategy must be 'auto' or 'lut', got {strategy!r}")
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "fast":
-            raise QEngineError("mode='fast' (8-bit lookup tables) is not available in this "
-                               "version; use mode='exact'")
         self.mode = mode
         self.threads = threads
         qf = QcnnFile(path)
@@ -326,8 +333,8 @@ class Model:
                 cls = _OPS[L["type"]]
                 ins = [shapes[b] for b in L["bottom"]]
                 out = shapes[L["top"][0]]
-                self._ops.append(cls(L, ins, out, qf, strategy == "auto") if cls.weighted
-                                 else cls(L, ins, out))
+                self._ops.append(cls(L, ins, out, qf, strategy == "auto", mode == "fast")
+                                 if cls.weighted else cls(L, ins, out))
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{qf.path}: malformed layer entry ({type(e).__name__}: {e})") from None
         if not self._ops:
@@ -500,7 +507,10 @@ class Model:
 def load(path, mode="exact", threads=1, strategy="auto"):
     """Load a .qcnn model once; call forward()/predict() on it many times.
 
-    mode      "exact" (float lookup tables)
+    mode      "exact": float lookup tables everywhere.
+              "fast": fully-connected layers with K <= 32 codewords use 8-bit tables
+              looked up inside SIMD registers (one scale per layer and image, one
+              offset per table row); convolutions keep float tables (see README).
     threads   threads each call may use (the kernels split output positions)
     strategy  "auto" runs a first convolution whose input has fewer channels than
               the subspace dimension densely on its dequantized weights (faster,

@@ -47,6 +47,9 @@ def test_qconvert_qrun_qbench_alexnet(tmp_path):
         assert 0 <= x["top"][0]["prob"] <= 1
     r = run("qrun", str(out), imgs[0])
     assert r.returncode == 0 and "1." in r.stdout
+    fast = json.loads(run("qrun", str(out), imgs[0], "--json").stdout)
+    exact = json.loads(run("qrun", str(out), imgs[0], "--json", "--exact").stdout)
+    assert fast["top"][0]["index"] == exact["top"][0]["index"]
 
     r = run("qbench", str(out), "--runs", "2", "--warmup", "1", "--json")
     assert r.returncode == 0, r.stderr
@@ -56,8 +59,10 @@ def test_qconvert_qrun_qbench_alexnet(tmp_path):
     names = [L["name"] for L in b["layers"]]
     assert names[0] == "conv1" and "fc8" in names
     assert 2.5 < b["theoretical_speedup"] < 5
-    r = run("qbench", str(out), "--runs", "2", "--warmup", "0")
+    assert b["mode"] == "fast"
+    r = run("qbench", str(out), "--runs", "2", "--warmup", "0", "--exact")
     assert r.returncode == 0 and "images/s" in r.stdout and "conv3" in r.stdout
+    assert "mode=exact" in r.stdout
 
 
 def test_qbench_synthetic_and_qrun_on_small_model(tmp_path):

@@ -105,7 +105,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="threads (default 1)")
     ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     ap.add_argument("--exact", action="store_true",
-                    help="float lookup tables (the only mode in this version)")
+                    help="float lookup tables everywhere (default: the fast path)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
     if (args.model is None) == (args.synthetic is None):
@@ -133,7 +133,7 @@ def main(argv=None):
             except ValueError as e:
                 fail("qbench", str(e), 2)
         args.model_name = f"synthetic:{args.synthetic}" if args.synthetic else path
-        model = load(path, mode="exact", threads=args.threads)
+        model = load(path, mode="exact" if args.exact else "fast", threads=args.threads)
         size = os.path.getsize(path)
         totals, per_layer = bench(model, args.runs, args.warmup, args.batch)
         r = report(model, totals, per_layer, args, size)

@@ -17,7 +17,8 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
     ap.add_argument("--json", action="store_true", help="one JSON object per image per line")
     ap.add_argument("--exact", action="store_true",
-                    help="float lookup tables (the only mode in this version)")
+                    help="float lookup tables everywhere (default: the fast path, 8-bit tables "
+                         "where they pay)")
     ap.add_argument("--threads", type=int, default=1, help="threads per image (default 1)")
     args = ap.parse_args(argv)
     if args.top < 1:
@@ -28,7 +29,7 @@ def main(argv=None):
     from ..errors import QEngineError
     from ..runtime import load
     try:
-        model = load(args.model, mode="exact", threads=args.threads)
+        model = load(args.model, mode="exact" if args.exact else "fast", threads=args.threads)
     except QEngineError as e:
         fail("qrun", str(e))
     status = 0

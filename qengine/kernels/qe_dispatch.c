@@ -16,8 +16,13 @@ static inline int qe_thread_num(void) { return 0; }
 /* How many tiles ahead the lookup prefetches table rows. */
 #define QE_PREFETCH_TILES 2
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
+
 #define QE_SUFFIX _generic
 #include "qe_impl.h"
+#include "qe_q8.h"
 #undef QE_SUFFIX
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -25,7 +30,10 @@ static inline int qe_thread_num(void) { return 0; }
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define QE_SUFFIX _avx2
+#define QE_IMPL_AVX2 1
 #include "qe_impl.h"
+#include "qe_q8.h"
+#undef QE_IMPL_AVX2
 #undef QE_SUFFIX
 #pragma GCC pop_options
 #endif
@@ -42,16 +50,17 @@ typedef struct {
                    const float *, float *, float *, int, int);
     void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
     void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *);
+    void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
 } qe_kernel_table;
 
 static const qe_kernel_table qe_tables[QE_ISA_COUNT] = {
     {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
-     lrn_generic},
+     lrn_generic, fc_q8_lookup_generic},
 #ifdef QE_HAVE_AVX2_BUILD
-    {lut_build_avx2, lut_lookup_avx2, scatter_rows_avx2, dense_conv_avx2, lut_fc_avx2, dense_fc_avx2, lrn_avx2},
+    {lut_build_avx2, lut_lookup_avx2, scatter_rows_avx2, dense_conv_avx2, lut_fc_avx2, dense_fc_avx2, lrn_avx2, fc_q8_lookup_avx2},
 #else
     {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
-     lrn_generic},
+     lrn_generic, fc_q8_lookup_generic},
 #endif
 };
 
@@ -145,8 +154,8 @@ static int plan_lut(const qe_conv_geom *g, int M, int K, qe_tap_plan *p)
             int before = j;
             for (int kh = a; kh < g->KH; kh += g->S)
                 for (int kw = b; kw < g->KW; kw += g->S) {
-                    p->tbase[j] = ((int64_t)ph * M + m) * K * g->PS
-                                  + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+                    int64_t shift = (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+                    p->tbase[j] = ((int64_t)ph * M + m) * K * g->PS + shift;
                     p->aoff[j] = (kh * g->KW + kw) * M + m;
                     j++;
                 }
@@ -213,4 +222,78 @@ void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, 
             float k, float *sq)
 {
     K_()->lrn(x, y, C, HW, size, alpha, beta, k, sq);
+}
+
+/* ---- fast path: 8-bit tables ---------------------------------------------- */
+
+int qe_fc_q8_pad_cout(int Cout) { return (Cout + 31) / 32 * 32; }
+int qe_fc_q8_pad_m(int M) { return (M + 1) / 2 * 2; }
+
+void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out)
+{
+    const int Cp = qe_fc_q8_pad_cout(Cout), Mp = qe_fc_q8_pad_m(M);
+    memset(out, 0, (size_t)Cp * (size_t)Mp);
+    for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
+        const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
+        for (int co = 0; co < Cout; co++) {
+            uint8_t *blk = out + (int64_t)Cp * m0 + (int64_t)(co / 32) * 32 * mb + co % 32;
+            const uint8_t *row = a + (int64_t)co * M;
+            for (int mm = 0; mm < mb && m0 + mm < M; mm++) blk[mm * 32] = row[m0 + mm];
+        }
+    }
+}
+
+/* Quantise the float table T [M][K] into q [Mp][32] (see qe_q8.h); returns the
+ * scale and writes the sum of the row offsets. */
+static float fc_q8_quantize(const float *T, int M, int K, int Mp, uint8_t *q, double *offsum)
+{
+    float range = 0.f;
+    double osum = 0.0;
+    for (int m = 0; m < M; m++) {
+        const float *t = T + (int64_t)m * K;
+        float lo = t[0], hi = t[0];
+        for (int k = 1; k < K; k++) { lo = t[k] < lo ? t[k] : lo; hi = t[k] > hi ? t[k] : hi; }
+        if (hi - lo > range) range = hi - lo;
+        osum += lo;
+    }
+    const float s = range > 0.f ? range / 255.f : 1.f;
+    const float inv = 1.f / s;
+    memset(q, 0, (size_t)Mp * 32);
+    for (int m = 0; m < M; m++) {
+        const float *t = T + (int64_t)m * K;
+        float lo = t[0];
+        for (int k = 1; k < K; k++) lo = t[k] < lo ? t[k] : lo;
+        uint8_t *qr = q + (int64_t)m * 32;
+        for (int k = 0; k < K; k++) {
+            float v = (t[k] - lo) * inv + 0.5f;
+            qr[k] = (uint8_t)(v >= 255.f ? 255 : (int)v);
+        }
+    }
+    *offsum = osum;
+    return s;
+}
+
+void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+              int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
+              int nthreads)
+{
+    const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
+    /* the float table, as in the exact path */
+    for (int m = 0; m < M; m++) {
+        int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
+        const float *xm = x + c0;
+        const float *cbm = cb + (int64_t)m * K * d;
+        for (int k = 0; k < K; k++) {
+            float s = 0.f;
+            for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
+            T[(int64_t)m * K + k] = s;
+        }
+    }
+    double offsum;
+    const float s = fc_q8_quantize(T, M, K, Mp, q, &offsum);
+    K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);
+    for (int co = 0; co < Cout; co++) {
+        float v = s * (float)acc[co] + (float)offsum + (bias ? bias[co] : 0.f);
+        y[co] = (relu && v < 0.f) ? 0.f : v;
+    }
 }

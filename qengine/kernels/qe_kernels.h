@@ -72,6 +72,18 @@ void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
                const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                int relu, int nthreads);
 
+/* Fast path: fully-connected lookup with 8-bit tables (K <= 32), see qe_q8.h.
+ * Indices are re-laid by qe_fc_q8_layout() into qe_fc_q8_pad_cout(Cout) *
+ * qe_fc_q8_pad_m(M) bytes.  Scratch: T (M*K floats), q (Mp*32 bytes),
+ * acc (Cout_pad int32). */
+#define QE_Q8_MBLOCK 128
+int qe_fc_q8_pad_cout(int Cout);
+int qe_fc_q8_pad_m(int M);
+void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out);
+void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+              int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
+              int nthreads);
+
 /* Dense fully-connected layer: w [Cout][Cin]. */
 void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
                  float *y, int relu, int nthreads);

@@ -1,0 +1,99 @@
+"""The fast path: 8-bit fully-connected tables, against the float path, with
+its worst-case error bound, bit-identical on every instruction set."""
+import numpy as np
+import pytest
+
+import qengine
+from qengine import _kernels, reference
+from qengine.runtime import dequantize_fc
+
+from conftest import ISAS
+from modelkit import build
+
+RNG = np.random.default_rng(77)
+
+
+def q8_bound(x, cb):
+    """Worst case |fast - exact| of one output: half a quantisation step per
+    subspace, the step being the largest table-row range / 255 (plus float slack)."""
+    M, K, d = cb.shape
+    xp = np.zeros(M * d, np.float64)
+    xp[:x.size] = x
+    T = np.einsum("mkd,md->mk", cb.astype(np.float64), xp.reshape(M, d))
+    s = (T.max(axis=1) - T.min(axis=1)).max() / 255
+    return M * s / 2 + 1e-4 * np.abs(T).sum(axis=1).max()
+
+
+@pytest.mark.parametrize("cin,cout,d,K", [(37, 5, 4, 32), (1000, 70, 1, 16), (301, 33, 3, 20),
+                                          (4096, 64, 4, 32), (2, 1, 4, 2), (520, 40, 2, 32)])
+def test_fc_q8_within_bound_and_identical_across_isas(cin, cout, d, K):
+    M = -(-cin // d)
+    x = RNG.standard_normal((2, cin)).astype(np.float32)
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
+    b = RNG.standard_normal(cout).astype(np.float32)
+    ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
+    lay = _kernels.fc_q8_layout(idx)
+    ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
+    outs = []
+    before = _kernels.get_isa()
+    try:
+        for isa in ISAS:
+            _kernels.set_isa(isa)
+            out = np.full((2, cout), np.nan, np.float32)
+            _kernels.fc_q8(x, cb, lay, cout, b, False, out, ws)
+            outs.append(out)
+    finally:
+        _kernels.set_isa(before)
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0]), "8-bit sums differ between instruction sets"
+    for n in range(2):
+        err = np.abs(outs[0][n] - ref[n]).max()
+        assert err <= q8_bound(x[n], cb), f"error {err} above the worst-case bound"
+    # and far below it on average: rounding errors cancel
+    rel = np.linalg.norm(outs[0] - ref) / np.linalg.norm(ref)
+    assert rel < 0.05
+
+
+def test_fc_q8_relu_and_zero_input():
+    M, K, d, cout = 10, 32, 4, 40
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
+    b = RNG.standard_normal(cout).astype(np.float32)
+    ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
+    out = np.empty((1, cout), np.float32)
+    # a zero input: every table is zero, the output is exactly the bias
+    _kernels.fc_q8(np.zeros((1, M * d), np.float32), cb, _kernels.fc_q8_layout(idx), cout, b,
+                   False, out, ws)
+    assert np.array_equal(out[0], b)
+    _kernels.fc_q8(np.zeros((1, M * d), np.float32), cb, _kernels.fc_q8_layout(idx), cout, b,
+                   True, out, ws)
+    assert np.array_equal(out[0], np.maximum(b, 0))
+
+
+def test_fast_model_close_to_exact(tmp_path, isa):
+    path = tmp_path / "m.qcnn"
+    build(path, dense=("c2b",), k_fc=32)
+    ex, fa = qengine.load(str(path)), qengine.load(str(path), mode="fast")
+    assert fa.layer_strategies()["f1"] == "lut8" and fa.layer_strategies()["f2"] == "lut8"
+    assert ex.layer_strategies()["f1"] == "lut"
+    x = np.random.default_rng(2).standard_normal((4,) + ex.input_shape).astype(np.float32)
+    a = ex.forward(x, outputs=["p2", "f2"])
+    b = fa.forward(x, outputs=["p2", "f2"])
+    assert np.array_equal(a["p2"], b["p2"])          # convolutions are the same float path
+    rel = np.linalg.norm(a["f2"] - b["f2"]) / np.linalg.norm(a["f2"])
+    assert rel < 0.05
+
+
+def test_fast_alexnet_pool5_and_fc(alexnet_qcnn):
+    import os
+    from conftest import shared_path
+    ex = qengine.load(alexnet_qcnn)
+    fa = qengine.load(alexnet_qcnn, mode="fast")
+    for i in (1, 2):
+        x = np.load(os.path.join(shared_path("qcnn-alexnet-reference", f"ILSVRC2012_val_{i:08d}"),
+                                 "input_nchw_bgr.npy"))
+        a = ex.forward(x, outputs=["pool5", "fc6"])
+        b = fa.forward(x, outputs=["pool5", "fc6"])
+        assert np.linalg.norm(a["pool5"] - b["pool5"]) <= 0.01 * np.linalg.norm(a["pool5"])
+        assert np.linalg.norm(a["fc6"] - b["fc6"]) <= 0.05 * np.linalg.norm(a["fc6"])
