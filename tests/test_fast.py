@@ -97,3 +97,20 @@ def test_fast_alexnet_pool5_and_fc(alexnet_qcnn):
         b = fa.forward(x, outputs=["pool5", "fc6"])
         assert np.linalg.norm(a["pool5"] - b["pool5"]) <= 0.01 * np.linalg.norm(a["pool5"])
         assert np.linalg.norm(a["fc6"] - b["fc6"]) <= 0.05 * np.linalg.norm(a["fc6"])
+
+
+def test_dense_baselines_agree_with_qengine(tmp_path):
+    """The numpy and ONNX Runtime baselines run the same network (dequantized)."""
+    from qengine import baselines
+    path = tmp_path / "m.qcnn"
+    build(path)
+    m = qengine.load(str(path))
+    x = np.random.default_rng(4).standard_normal((2,) + m.input_shape).astype(np.float32)
+    rows = baselines.compare(m, x, runs=1, warmup=0)
+    names = [r[0] for r in rows]
+    assert names[0] == "qengine exact" and "numpy im2col+GEMM fp32" in names
+    for name, ms, diff in rows:
+        if name.startswith("onnxruntime int8"):
+            continue  # int8 weights: not expected to agree closely
+        assert ms is not None and ms > 0
+        assert diff <= 1e-5, (name, diff)

@@ -92,6 +92,15 @@ def print_table(r):
           f"table multiply-adds + lookups)")
     print(f"file size      {r['size_bytes']:,} bytes ({r['size_bytes'] / 2**20:.2f} MiB)")
     print(f"peak memory    {r['peak_rss_bytes'] / 2**20:.1f} MiB RSS")
+    if r.get("compare"):
+        print()
+        print(f"{'runtime (same run, interleaved)':<34} {'ms/image':>9} {'vs qengine':>11}  max|diff|")
+        for c in r["compare"]:
+            if c["ms_per_image"] is None:
+                print(f"{c['runtime']:<34} {'-':>9} {'-':>11}  {c['max_abs_diff']}")
+                continue
+            print(f"{c['runtime']:<34} {c['ms_per_image']:>9.2f} {c['ratio']:>10.2f}x  "
+                  f"{c['max_abs_diff']:.3g}")
 
 
 def main(argv=None):
@@ -107,6 +116,9 @@ def main(argv=None):
     ap.add_argument("--exact", action="store_true",
                     help="float lookup tables everywhere (default: the fast path)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time the dense network (dequantized weights) with numpy and, where "
+                         "installed, ONNX Runtime fp32 and int8, interleaved with qengine")
     args = ap.parse_args(argv)
     if (args.model is None) == (args.synthetic is None):
         fail("qbench", "give a model file or --synthetic ARCH (not both)", 2)
@@ -137,6 +149,15 @@ def main(argv=None):
         size = os.path.getsize(path)
         totals, per_layer = bench(model, args.runs, args.warmup, args.batch)
         r = report(model, totals, per_layer, args, size)
+        if args.compare:
+            import numpy as np
+            from ..baselines import compare
+            x = np.random.default_rng(1).standard_normal(
+                (args.batch,) + model.input_shape).astype(np.float32) * 50
+            rows = compare(model, x, args.runs)
+            q = rows[0][1]
+            r["compare"] = [{"runtime": n, "ms_per_image": ms, "ratio": (ms / q if ms else None),
+                             "max_abs_diff": d} for n, ms, d in rows]
     except QEngineError as e:
         fail("qbench", str(e))
     except MemoryError:

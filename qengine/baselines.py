@@ -1,0 +1,216 @@
+"""Dense baselines for `qbench --compare` and tools/: the same network with the
+dequantized weights, run by numpy (always) and by ONNX Runtime (fp32, and its
+dynamic int8 quantisation) where it is installed."""
+import numpy as np
+
+from . import reference
+from .graph import pool_output
+
+
+def _maxpool(x, kernel, stride, pad):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    n, c, h, w = x.shape
+    oh, ow = pool_output(h, kh, sh, ph), pool_output(w, kw, sw, pw)
+    eh, ew = (oh - 1) * sh + kh - h - ph, (ow - 1) * sw + kw - w - pw
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, max(eh, 0)), (pw, max(ew, 0))), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return win[:, :, ::sh, ::sw][:, :, :oh, :ow].max(axis=(4, 5))
+
+
+def _conv(x, w, b, s, p, g):
+    n, c, h, wd = x.shape
+    cout, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    oh, ow = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+    og = cout // g
+    out = np.empty((n, cout, oh * ow), np.float32)
+    for gi in range(g):
+        cols = np.lib.stride_tricks.sliding_window_view(xp[:, gi * cg:(gi + 1) * cg], (kh, kw),
+                                                        axis=(2, 3))[:, :, ::s, ::s][:, :, :oh, :ow]
+        cols = np.ascontiguousarray(cols.transpose(0, 1, 4, 5, 2, 3)).reshape(n, cg * kh * kw, -1)
+        out[:, gi * og:(gi + 1) * og] = np.matmul(w[gi * og:(gi + 1) * og].reshape(og, -1), cols)
+    out += b[None, :, None]
+    return out.reshape(n, cout, oh, ow)
+
+
+def numpy_runner(graph, weights):
+    """A callable x -> output: im2col + GEMM (numpy's BLAS) for conv and fc."""
+    def run(x):
+        blobs = {graph["input"]["name"]: x}
+        out = x
+        for L in graph["layers"]:
+            xs = [blobs[b] for b in L["bottom"]]
+            p, t = L["params"], L["type"]
+            if t == "Convolution":
+                w, b = weights[L["name"]]
+                out = _conv(xs[0], w, b, p["stride"], p["pad"], p["group"])
+            elif t == "InnerProduct":
+                w, b = weights[L["name"]]
+                out = xs[0].reshape(xs[0].shape[0], -1) @ w.T + b
+            elif t == "ReLU":
+                out = np.maximum(xs[0], 0) if p["negative_slope"] == 0 else \
+                    np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"]))
+            elif t == "LRN":
+                out = reference.lrn(xs[0], p["local_size"], p["alpha"], p["beta"], p["k"])
+            elif t == "Pooling" and p["pool"] == "MAX" and not p["global"]:
+                out = _maxpool(xs[0], p["kernel"], p["stride"], p["pad"])
+            elif t == "Pooling" and p["global"]:
+                out = (xs[0].mean(axis=(2, 3), keepdims=True) if p["pool"] == "AVE"
+                       else xs[0].max(axis=(2, 3), keepdims=True))
+            elif t == "Pooling":
+                out = reference.pool(xs[0], p["kernel"], p["stride"], p["pad"], p["pool"])
+            elif t == "Concat":
+                out = np.concatenate(xs, axis=1)
+            elif t == "Softmax":
+                out = reference.softmax(xs[0])
+            else:
+                out = xs[0]
+            for top in L["top"]:
+                blobs[top] = out
+        return out
+    return run
+
+
+def onnx_model(graph, weights, batch=1):
+    """The network as an ONNX ModelProto (needs the onnx package)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from .graph import infer_shapes
+    shapes = infer_shapes(graph)
+    nodes, inits = [], []
+    inp = graph["input"]["name"]
+    names = {inp: inp}
+
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
+        return name
+
+    out = inp
+    for L in graph["layers"]:
+        n, t, p = L["name"], L["type"], L["params"]
+        xs = [names[b] for b in L["bottom"]]
+        y = f"{n}__out"
+        if t == "Convolution":
+            w, b = weights[n]
+            kh, kw = p["kernel"]
+            nodes.append(helper.make_node("Conv", [xs[0], init(n + "_w", w), init(n + "_b", b)], [y],
+                                          kernel_shape=[kh, kw], strides=[p["stride"]] * 2,
+                                          pads=[p["pad"]] * 4, group=p["group"]))
+        elif t == "InnerProduct":
+            w, b = weights[n]
+            flat = y + "_flat"
+            nodes.append(helper.make_node("Flatten", [xs[0]], [flat], axis=1))
+            nodes.append(helper.make_node("Gemm", [flat, init(n + "_w", w), init(n + "_b", b)], [y],
+                                          transB=1))
+        elif t == "ReLU":
+            if p["negative_slope"]:
+                nodes.append(helper.make_node("LeakyRelu", xs, [y], alpha=p["negative_slope"]))
+            else:
+                nodes.append(helper.make_node("Relu", xs, [y]))
+        elif t == "LRN":
+            nodes.append(helper.make_node("LRN", xs, [y], size=p["local_size"], alpha=p["alpha"],
+                                          beta=p["beta"], bias=p["k"]))
+        elif t == "Pooling":
+            if p["global"]:
+                op = "GlobalAveragePool" if p["pool"] == "AVE" else "GlobalMaxPool"
+                nodes.append(helper.make_node(op, xs, [y]))
+            else:
+                (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
+                op = "MaxPool" if p["pool"] == "MAX" else "AveragePool"
+                kw_ = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
+                           ceil_mode=1)
+                if op == "AveragePool":
+                    kw_["count_include_pad"] = 1
+                nodes.append(helper.make_node(op, xs, [y], **kw_))
+        elif t == "Concat":
+            nodes.append(helper.make_node("Concat", xs, [y], axis=1))
+        elif t == "Softmax":
+            nodes.append(helper.make_node("Softmax", xs, [y], axis=1))
+        else:
+            nodes.append(helper.make_node("Identity", xs, [y]))
+        for top in L["top"]:
+            names[top] = y
+        out = y
+    c, h, w = graph["input"]["shape"]
+    last = shapes[graph["layers"][-1]["top"][0]]
+    g = helper.make_graph(nodes, "qengine_dense",
+                          [helper.make_tensor_value_info(inp, TensorProto.FLOAT, [batch, c, h, w])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                         [batch] + list(last))], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def onnxruntime_runners(graph, weights, batch=1, threads=1, int8=True):
+    """{name: callable} for ONNX Runtime fp32 (and dynamic int8); {} if not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    import os
+    import tempfile
+    model = onnx_model(graph, weights, batch)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    runners = {}
+
+    def runner(sess):
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})[0]
+
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    runners["onnxruntime fp32"] = runner(sess)
+    if int8:
+        try:
+            import logging
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            logging.getLogger().setLevel(logging.ERROR)
+            with tempfile.TemporaryDirectory() as d:
+                src, dst = os.path.join(d, "m.onnx"), os.path.join(d, "m8.onnx")
+                with open(src, "wb") as f:
+                    f.write(model.SerializeToString())
+                quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+                with open(dst, "rb") as f:
+                    data = f.read()
+            sess8 = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            runners["onnxruntime int8 (dynamic)"] = runner(sess8)
+        except Exception as e:  # quantisation tooling is optional and version-dependent
+            runners["onnxruntime int8 (dynamic)"] = e
+    return runners
+
+
+def compare(model, x, runs, warmup=2):
+    """Time qengine and every available dense baseline on x, interleaved run by run.
+    Returns [(name, median ms per image, max |diff| against qengine's output or
+    an error message)], qengine first."""
+    import time
+    weights = reference.model_weights(model)
+    runners = {"qengine " + model.mode: model.forward}
+    threads = max(1, int(model.threads))
+    for name, fn in onnxruntime_runners(model.graph, weights, batch=x.shape[0],
+                                        threads=threads).items():
+        runners[name] = fn
+    runners["numpy im2col+GEMM fp32"] = numpy_runner(model.graph, weights)
+    ref = model.forward(x)
+    times = {n: [] for n in runners}
+    diffs = {}
+    for n, fn in runners.items():
+        if isinstance(fn, Exception):
+            diffs[n] = f"unavailable: {fn}"
+            continue
+        y = np.asarray(fn(x)).reshape(ref.shape)
+        diffs[n] = float(np.abs(y - ref).max())
+        for _ in range(warmup):
+            fn(x)
+    for _ in range(runs):
+        for n, fn in runners.items():
+            if isinstance(fn, Exception):
+                continue
+            t0 = time.perf_counter()
+            fn(x)
+            times[n].append(time.perf_counter() - t0)
+    return [(n, float(np.median(times[n])) * 1e3 / x.shape[0] if times[n] else None, diffs[n])
+            for n in runners]
