@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Reproduce the peer table: one network, every runtime installed here, one run.
+
+    python tools/peer_table.py alexnet.qcnn [--runs 20] [--threads 1] [--json]
+
+Runs, interleaved, on the same input: qengine (fast and exact), numpy
+im2col+GEMM, and where installed ONNX Runtime (fp32, dynamic int8), PyTorch
+(fp32, eager) and OpenVINO (fp32, from the ONNX graph).  Every dense runtime
+gets the network with qengine's dequantized weights, so all compute the same
+function.  Medians of ms per image, ratios against qengine fast.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def torch_runner(graph, weights, threads):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    W = {n: (torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(np.ascontiguousarray(b)))
+         for n, (w, b) in weights.items()}
+
+    @torch.no_grad()
+    def run(x):
+        blobs = {graph["input"]["name"]: torch.from_numpy(x)}
+        out = None
+        for L in graph["layers"]:
+            xs = [blobs[b] for b in L["bottom"]]
+            p, t = L["params"], L["type"]
+            if t == "Convolution":
+                w, b = W[L["name"]]
+                out = F.conv2d(xs[0], w, b, p["stride"], p["pad"], 1, p["group"])
+            elif t == "InnerProduct":
+                w, b = W[L["name"]]
+                out = F.linear(xs[0].flatten(1), w, b)
+            elif t == "ReLU":
+                out = F.leaky_relu(xs[0], p["negative_slope"])
+            elif t == "LRN":
+                out = F.local_response_norm(xs[0], p["local_size"], p["alpha"], p["beta"], p["k"])
+            elif t == "Pooling" and p["global"]:
+                out = xs[0].mean((2, 3), keepdim=True) if p["pool"] == "AVE" else \
+                    xs[0].amax((2, 3), keepdim=True)
+            elif t == "Pooling":
+                f = F.max_pool2d if p["pool"] == "MAX" else F.avg_pool2d
+                out = f(xs[0], p["kernel"], p["stride"], p["pad"], ceil_mode=True)
+            elif t == "Concat":
+                out = torch.cat(xs, 1)
+            elif t == "Softmax":
+                out = torch.softmax(xs[0], 1)
+            else:
+                out = xs[0]
+            for top in L["top"]:
+                blobs[top] = out
+        return out.numpy()
+    return run
+
+
+def openvino_runner(graph, weights, threads):
+    import openvino as ov
+    from qengine.baselines import onnx_model
+    core = ov.Core()
+    model = core.read_model(onnx_model(graph, weights).SerializeToString(), b"")
+    cm = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                           "INFERENCE_PRECISION_HINT": "f32"})
+    req = cm.create_infer_request()
+    return lambda x: next(iter(req.infer({0: x}).values()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    import numpy as np
+    import qengine
+    from qengine import baselines, reference
+    fast = qengine.load(args.model, mode="fast", threads=args.threads)
+    exact = qengine.load(args.model, mode="exact", threads=args.threads)
+    weights = reference.model_weights(exact)
+    x = np.random.default_rng(0).standard_normal((1,) + exact.input_shape).astype(np.float32) * 50
+    runners = {"qengine fast": fast.forward, "qengine exact": exact.forward}
+    runners.update(baselines.onnxruntime_runners(exact.graph, weights, threads=args.threads))
+    for name, make in (("pytorch fp32", torch_runner), ("openvino fp32", openvino_runner)):
+        try:
+            runners[name] = make(exact.graph, weights, args.threads)
+        except ImportError:
+            runners[name] = ImportError("not installed")
+        except Exception as e:  # a runtime that cannot build this graph
+            runners[name] = e
+    runners["numpy im2col+GEMM fp32"] = baselines.numpy_runner(exact.graph, weights)
+    live = {n: f for n, f in runners.items() if not isinstance(f, Exception)}
+    for f in live.values():
+        for _ in range(3):
+            f(x)
+    times = {n: [] for n in live}
+    for _ in range(args.runs):
+        for n, f in live.items():
+            t0 = time.perf_counter()
+            f(x)
+            times[n].append(time.perf_counter() - t0)
+    base = float(np.median(times["qengine fast"]))
+    rows = []
+    for n, f in runners.items():
+        if isinstance(f, Exception):
+            rows.append({"runtime": n, "ms": None, "note": str(f)})
+        else:
+            ms = float(np.median(times[n])) * 1e3
+            rows.append({"runtime": n, "ms": ms, "vs_qengine_fast": ms / (base * 1e3)})
+    if args.json:
+        print(json.dumps({"model": args.model, "threads": args.threads, "runs": args.runs,
+                          "rows": rows}, indent=1))
+        return 0
+    print(f"{args.model}, batch 1, {args.threads} thread(s), median of {args.runs} interleaved runs")
+    print(f"{'runtime':<30} {'ms/image':>9} {'vs qengine fast':>16}")
+    for r in rows:
+        if r["ms"] is None:
+            print(f"{r['runtime']:<30} {'-':>9} {'':>16}  ({r['note']})")
+        else:
+            print(f"{r['runtime']:<30} {r['ms']:>9.2f} {r['vs_qengine_fast']:>15.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
