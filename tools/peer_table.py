@@ -21,12 +21,12 @@ def torch_runner(graph, weights, threads):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
-    W = {n: (torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(np.ascontiguousarray(b)))
+    W = {n: (torch.from_numpy(np.array(w, np.float32)), torch.from_numpy(np.array(b, np.float32)))
          for n, (w, b) in weights.items()}
 
     @torch.no_grad()
     def run(x):
-        blobs = {graph["input"]["name"]: torch.from_numpy(x)}
+        blobs = {graph["input"]["name"]: torch.from_numpy(np.array(x, np.float32))}
         out = None
         for L in graph["layers"]:
             xs = [blobs[b] for b in L["bottom"]]
