@@ -142,3 +142,169 @@ def convert_original(src_dir, out, arch=None, prototxt=None, labels=None, mean=N
     size = qformat.write(out, meta, tensors, force=force)
     log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {time.time() - t0:.1f} s")
     return size
+
+
+# -- dense Caffe models ---------------------------------------------------
+
+def load_caffe(prototxt, caffemodel):
+    """The graph of a deploy prototxt and its dense weights {layer: (w, b)} from a
+    .caffemodel, matched by layer name, shapes checked (legacy 4-D blobs reshaped)."""
+    from .graph import infer_shapes
+    from .readers.caffemodel import read_caffemodel
+    graph = read_prototxt(prototxt)
+    blobs = read_caffemodel(caffemodel)
+    shapes = infer_shapes(graph)
+    weights = {}
+    for L in graph["layers"]:
+        if L["type"] not in ("Convolution", "InnerProduct"):
+            continue
+        n, p = L["name"], L["params"]
+        if n not in blobs or not blobs[n]["blobs"]:
+            raise ModelError(f"{caffemodel}: no weights for layer {n!r} of {prototxt}")
+        bl = blobs[n]["blobs"]
+        cin = shapes[L["bottom"][0]]
+        cout = p["num_output"]
+        if L["type"] == "Convolution":
+            kh, kw = p["kernel"]
+            want = (cout, cin[0] // p["group"], kh, kw)
+        else:
+            want = (cout, int(np.prod(cin)))
+        w = bl[0]
+        if w.size != int(np.prod(want)):
+            raise ModelError(f"{caffemodel}: layer {n!r} weights {list(w.shape)} do not fit "
+                             f"{list(want)} from {prototxt}")
+        w = np.ascontiguousarray(w.reshape(want), np.float32)
+        if p.get("bias_term", True):
+            if len(bl) < 2 or bl[1].size != cout:
+                raise ModelError(f"{caffemodel}: layer {n!r} needs {cout} biases")
+            b = np.ascontiguousarray(bl[1].reshape(cout), np.float32)
+        else:
+            b = np.zeros(cout, np.float32)
+        weights[n] = (w, b)
+    return graph, weights
+
+
+def read_mean_file(path):
+    """A mean image from .npy ([C,H,W]) or the original .bin format."""
+    if str(path).endswith(".npy"):
+        try:
+            m = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{path}: cannot read mean image ({e})") from None
+        if m.ndim != 3 or not np.all(np.isfinite(m)):
+            raise FormatError(f"{path}: a mean image must be finite [C, H, W], is {m.shape}")
+        return np.ascontiguousarray(m, np.float32)
+    return read_mean(path)
+
+
+def make_preprocess(input_shape, mean=None, mean_pixel=None, scale=None, channel_order=None,
+                    resize=None, crop=None, tensors=None):
+    """Preprocessing metadata from qconvert's options (see preprocess.py)."""
+    c, h, w = input_shape
+    pre = {"channel_order": channel_order or ("bgr" if c == 3 else "gray")}
+    if mean is not None and mean_pixel is not None:
+        raise QEngineError("give --mean or --mean-pixel, not both")
+    if mean is not None:
+        m = read_mean_file(mean)
+        tensors["preprocess.mean"] = qformat.Tensor(m, encoding="qdelta2d", step=MEAN_STEP)
+        pre["mean"] = {"type": "image", "tensor": "preprocess.mean"}
+        if m.shape[1:] != (h, w) and resize is None:
+            resize = m.shape[1]
+    if mean_pixel is not None:
+        pre["mean"] = {"type": "pixel", "values": [float(v) for v in mean_pixel]}
+    if scale is not None:
+        pre["scale"] = float(scale)
+    if resize:
+        pre["resize"] = [int(resize), int(resize)] if np.isscalar(resize) else list(resize)
+        pre["resize_method"] = "bilinear"
+        pre["crop"] = [h, w] if crop is None else [int(crop), int(crop)]
+    elif crop:
+        pre["crop"] = [int(crop), int(crop)]
+    return pre
+
+
+def convert_caffe(prototxt, caffemodel, out, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
+                  layer_opts=None, keep_dense=(), labels=None, preprocess=None, iters=25, seed=0,
+                  calib=None, force=False, log=None, progress=None):
+    """Quantise a dense Caffe model into `out` (.qcnn).
+
+    layer_opts: {layer: {"subdim": d, "k": K}} overriding the defaults;
+    keep_dense: layer names kept as dense weights ("all" keeps every layer, which
+    makes a dense reference model); calib: float32 inputs [N, C, H, W] for error
+    correction (None: plain k-means); preprocess: keyword options of
+    make_preprocess() (mean, mean_pixel, scale, channel_order, resize, crop)."""
+    from .quantize import quantize_weights
+    log = log or (lambda m: None)
+    t0 = time.time()
+    if not force and os.path.exists(out):
+        raise QEngineError(f"{out}: already exists (use --force to replace it)")
+    graph, weights = load_caffe(prototxt, caffemodel)
+    layer_opts = dict(layer_opts or {})
+    known = {L["name"] for L in graph["layers"] if L["type"] in ("Convolution", "InnerProduct")}
+    all_dense = "all" in keep_dense
+    for n in list(layer_opts) + [k for k in keep_dense if k != "all"]:
+        if n not in known:
+            raise QEngineError(f"no Convolution or InnerProduct layer named {n!r}; "
+                               f"layers: {', '.join(sorted(known))}")
+    tensors, qinfo = {}, {}
+    pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors, **(preprocess or {}))
+    log(f"reading {prototxt} and {caffemodel} ({len(graph['layers'])} layers)")
+    plan = []
+    for L in graph["layers"]:
+        n = L["name"]
+        if n not in weights:
+            continue
+        kind = "conv" if L["type"] == "Convolution" else "fc"
+        if all_dense or n in keep_dense:
+            plan.append((L, kind, None, None))
+            continue
+        o = layer_opts.get(n, {})
+        d = int(o.get("subdim", conv_subdim if kind == "conv" else fc_subdim))
+        K = int(o.get("k", conv_k if kind == "conv" else fc_k))
+        if not 1 <= K <= 256 or d < 1:
+            raise QEngineError(f"layer {n!r}: need 1 <= K <= 256 and d >= 1 (got K={K}, d={d})")
+        plan.append((L, kind, d, K))
+    quantized = {}
+    for L, kind, d, K in plan:
+        n = L["name"]
+        w, b = weights[n]
+        if d is None:
+            L["weights"] = {"mode": "dense", "weight": f"{n}.weight", "bias": f"{n}.bias"}
+            tensors[f"{n}.weight"] = qformat.Tensor(w)
+            qinfo[n] = {"mode": "dense"}
+            log(f"  {n:<18} kept dense {list(w.shape)}")
+        else:
+            prog = (progress or (lambda label, total: None))(f"k-means {n}", iters)
+            cb, idx = quantize_weights(w, kind, d, K, iters=iters, seed=seed, progress=prog)
+            if prog:
+                prog.close()
+            quantized[n] = (cb, idx)
+            qinfo[n] = {"mode": "lut", "subdim": d, "k": int(cb.shape[1])}
+            log(f"  {n:<18} d={d} K={cb.shape[1]:<4} M={cb.shape[0]:<5} indices {list(idx.shape)}")
+        tensors[f"{n}.bias"] = qformat.Tensor(b)
+    if calib is not None and quantized:
+        from .errcorr import error_correct
+        quantized = error_correct(graph, weights, quantized, calib, log=log, progress=progress)
+    for n, (cb, idx) in quantized.items():
+        L = next(L for L in graph["layers"] if L["name"] == n)
+        K = cb.shape[1]
+        L["weights"] = {"mode": "lut", "codebook": f"{n}.codebook", "indices": f"{n}.indices",
+                        "bias": f"{n}.bias"}
+        tensors[f"{n}.codebook"] = qformat.Tensor(np.ascontiguousarray(cb, np.float32))
+        tensors[f"{n}.indices"] = qformat.Tensor(idx, bits=max(1, (K - 1).bit_length()))
+    names = read_labels(labels, output_classes(graph)) if labels else []
+    meta = {
+        "graph": graph,
+        "preprocess": pre,
+        "class_names": names,
+        "provenance": {"source": os.path.abspath(caffemodel), "source_format": "caffe",
+                       "architecture": os.path.abspath(prototxt),
+                       "converter": f"qengine {__version__}",
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "quantization": {"layers": qinfo, "kmeans_iters": iters, "seed": seed,
+                                        "error_correction": calib is not None,
+                                        "calibration_inputs": 0 if calib is None else len(calib)}},
+    }
+    size = qformat.write(out, meta, tensors, force=force)
+    log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {time.time() - t0:.1f} s")
+    return size
