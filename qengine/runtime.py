@@ -70,6 +70,7 @@ class _Weighted(_Op):
         self.dense_small = dense_small
         self.fast = fast
         w = L.get("weights")
+        self.L_weights = w
         where = f"layer {self.name!r}"
         if not isinstance(w, dict) or w.get("mode") not in ("lut", "dense"):
             raise ModelError(f"{qf.path}: {where}: missing or unknown weights mode")

@@ -2,6 +2,9 @@
 
     qbench model.qcnn [--runs 20] [--warmup 3] [--threads 1] [--batch 1] [--json]
     qbench --synthetic alexnet      (a built-in random model; nothing to download)
+    qbench model.qcnn --accuracy LABELLED_SET [--against dense.qcnn] [--limit N]
+        top-1/top-5 of the model (exact and fast paths) and of a dense reference,
+        their top-1 agreement, the theoretical speed-up and the compression.
 """
 import argparse
 import json
@@ -103,6 +106,76 @@ def print_table(r):
                   f"{c['max_abs_diff']:.3g}")
 
 
+def weight_bytes(model):
+    """(dense float32 weight bytes, stored weight bytes) of a model's weighted layers."""
+    dense = stored = 0
+    entries = model._qf.header["tensors"]
+    for op in model._ops:
+        if not op.weighted:
+            continue
+        cout = op.params["num_output"]
+        if op.type == "Convolution":
+            dense += 4 * (cout * op.in_shapes[0][0] // op.group * op.kh * op.kw + cout)
+        else:
+            dense += 4 * (cout * op.cin + cout)
+        w = op.L_weights
+        stored += sum(entries[w[k]]["nbytes"] for k in ("codebook", "indices", "weight", "bias")
+                      if w.get(k))
+    return dense, stored
+
+
+def accuracy(args):
+    import numpy as np
+    from ..datasets import evaluate, open_set
+    from ..runtime import load
+    items, labels = open_set(args.accuracy, limit=args.limit)
+    rows = []
+    models = []
+    if args.against:
+        models.append(("dense", args.against, "exact"))
+    models += [("model", args.model, "exact"), ("model", args.model, "fast")]
+    ref_pred = None
+    for role, path, mode in models:
+        m = load(path, mode=mode, threads=args.threads)
+        r = evaluate(m, items, labels, batch=max(args.batch, 32))
+        row = {"model": path, "role": role, "mode": mode, "top1": r["top1"], "top5": r["top5"]}
+        if role == "dense":
+            ref_pred = r["pred"]
+        elif ref_pred is not None:
+            row["top1_agreement"] = float((r["pred"] == ref_pred).mean())
+        if role == "model" and mode == "exact":
+            exact_pred = r["pred"]
+        if role == "model" and mode == "fast":
+            row["fast_vs_exact_agreement"] = float((r["pred"] == exact_pred).mean())
+        rows.append(row)
+        if role == "model" and mode == "exact":
+            costs = m.layer_costs()
+            dmacs = sum(c[2] for c in costs)
+            q = sum((c[3] + c[4]) if (c[3] or c[4]) else c[2] for c in costs)
+            dense_b, stored_b = weight_bytes(m)
+    return {"set": args.accuracy, "images": len(labels), "rows": rows,
+            "theoretical_speedup": dmacs / q if q else 1.0,
+            "dense_weight_bytes": dense_b, "stored_weight_bytes": stored_b,
+            "compression": dense_b / stored_b if stored_b else 1.0}
+
+
+def print_accuracy(r):
+    print(f"{r['set']}: {r['images']} labelled images")
+    print(f"{'model':<40} {'mode':<6} {'top-1':>7} {'top-5':>7} {'agree':>7}")
+    for row in r["rows"]:
+        agree = f"{row['top1_agreement'] * 100:6.2f}%" if "top1_agreement" in row else "      -"
+        name = row["model"] if len(row["model"]) <= 40 else "..." + row["model"][-37:]
+        print(f"{name:<40} {row['mode']:<6} {row['top1'] * 100:6.2f}% {row['top5'] * 100:6.2f}% "
+              f"{agree}")
+    for row in r["rows"]:
+        if "fast_vs_exact_agreement" in row:
+            print(f"fast path agrees with the exact path on "
+                  f"{row['fast_vs_exact_agreement'] * 100:.2f}% of top-1 predictions")
+    print(f"theoretical speed-up {r['theoretical_speedup']:.2f}x   compression "
+          f"{r['compression']:.1f}x (weights {r['dense_weight_bytes']:,} -> "
+          f"{r['stored_weight_bytes']:,} bytes)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qbench", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", nargs="?", help="the .qcnn model")
@@ -116,6 +189,11 @@ def main(argv=None):
     ap.add_argument("--exact", action="store_true",
                     help="float lookup tables everywhere (default: the fast path)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--accuracy", metavar="SET",
+                    help="measure top-1/top-5 on a labelled set (labels.txt, class folders or "
+                         "MNIST idx) instead of timing")
+    ap.add_argument("--against", metavar="DENSE", help="with --accuracy: a dense reference model")
+    ap.add_argument("--limit", type=int, help="with --accuracy: use the first N images")
     ap.add_argument("--compare", action="store_true",
                     help="also time the dense network (dequantized weights) with numpy and, where "
                          "installed, ONNX Runtime fp32 and int8, interleaved with qengine")
@@ -130,6 +208,18 @@ def main(argv=None):
 
     from ..errors import QEngineError
     from ..runtime import load
+    if args.accuracy:
+        if not args.model:
+            fail("qbench", "--accuracy needs a model file", 2)
+        try:
+            r = accuracy(args)
+        except QEngineError as e:
+            fail("qbench", str(e))
+        if args.json:
+            print(json.dumps(r, indent=1))
+        else:
+            print_accuracy(r)
+        return 0
     tmpdir = None
     try:
         path = args.model

@@ -1,43 +1,137 @@
 """qconvert: turn a model into a .qcnn file.
 
-    qconvert DIR -o model.qcnn [--arch alexnet | --prototxt deploy.prototxt]
-             [--labels class_names.txt] [--mean imagenet_mean.single.bin] [--force]
+    qconvert DIR -o model.qcnn [--arch alexnet | --prototxt deploy.prototxt] [--labels F] [--mean F]
+        DIR holds a model quantised by the original Quantized-CNN code
+        (*.ctrdLst.NN.bin, *.asmtLst.NN.cbn, *.biasVec.NN.bin): packed as it is.
 
-DIR holds a model quantized by the original Quantized-CNN code
-(*.ctrdLst.NN.bin, *.asmtLst.NN.cbn, *.biasVec.NN.bin).  The output is
-written atomically and an existing file is kept unless --force is given.
+    qconvert DIR -o model.qcnn                 (DIR holds one .prototxt and one .caffemodel)
+    qconvert --prototxt deploy.prototxt --caffemodel weights.caffemodel -o model.qcnn
+        a dense Caffe model: product-quantised (k-means per subspace), then, with
+        --calib, refined by error correction on calibration images.
+
+The output is written atomically; an existing file is kept unless --force.
 """
 import argparse
+import glob
 import os
 import sys
 
 from . import fail
 
 
+def _layer_opts(specs):
+    """--layer NAME:d=4,k=64 (repeatable) -> {NAME: {"subdim": 4, "k": 64}}"""
+    out = {}
+    for spec in specs or []:
+        name, sep, rest = spec.partition(":")
+        if not sep or not name:
+            raise ValueError(f"--layer {spec!r}: expected NAME:d=D,k=K")
+        opts = {}
+        for kv in rest.split(","):
+            k, eq, v = kv.partition("=")
+            if not eq or k.strip() not in ("d", "k") or not v.strip().isdigit():
+                raise ValueError(f"--layer {spec!r}: expected NAME:d=D,k=K")
+            opts["subdim" if k.strip() == "d" else "k"] = int(v)
+        out[name] = opts
+    return out
+
+
+def _floats(s, n=None, what="value"):
+    try:
+        vals = [float(v) for v in s.split(",")]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers, got {s!r}") from None
+    if n is not None and len(vals) not in n:
+        raise ValueError(f"{what}: expected {' or '.join(map(str, n))} numbers, got {len(vals)}")
+    return vals
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qconvert", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="directory of the original Quantized-CNN files")
+    ap.add_argument("src", nargs="?", help="directory of the model files")
     ap.add_argument("-o", "--output", required=True, help="the .qcnn file to write")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--arch", help="built-in architecture: alexnet (default), caffenet, "
-                                  "vgg_cnn_s, vgg16")
+    g.add_argument("--arch", help="built-in architecture for original Quantized-CNN files: "
+                                  "alexnet (default), caffenet, vgg_cnn_s, vgg16")
     g.add_argument("--prototxt", help="Caffe deploy.prototxt giving the architecture")
+    ap.add_argument("--caffemodel", help="dense Caffe weights to quantise")
     ap.add_argument("--labels", help="class names, one per line (default: DIR/class_names.txt)")
-    ap.add_argument("--mean", help="mean image .bin (default: DIR/imagenet_mean.single.bin)")
     ap.add_argument("--force", action="store_true", help="replace an existing output file")
     ap.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    pre = ap.add_argument_group("preprocessing stored in the model")
+    pre.add_argument("--mean", help="mean image (.npy [C,H,W] or original .bin)")
+    pre.add_argument("--mean-pixel", help="per-channel mean, e.g. 104,117,123")
+    pre.add_argument("--scale", type=float, help="multiply after subtracting the mean")
+    pre.add_argument("--channel-order", choices=["bgr", "rgb", "gray"],
+                     help="channel order the network expects (default bgr, gray for 1 channel)")
+    pre.add_argument("--resize", type=int, help="resize images to this square size first")
+    pre.add_argument("--crop", type=int, help="centre crop (default: the input size)")
+    q = ap.add_argument_group("quantisation of dense models")
+    q.add_argument("--conv-subdim", type=int, default=8, help="convolution subspace dimension (8)")
+    q.add_argument("--conv-k", type=int, default=128, help="convolution codebook size (128)")
+    q.add_argument("--fc-subdim", type=int, default=4, help="fully-connected subspace dimension (4)")
+    q.add_argument("--fc-k", type=int, default=32, help="fully-connected codebook size (32)")
+    q.add_argument("--layer", action="append", metavar="NAME:d=D,k=K",
+                   help="per-layer override (repeatable)")
+    q.add_argument("--keep-dense", action="append", default=[], metavar="LAYER",
+                   help="keep a layer's dense weights (repeatable; 'all' for a dense model)")
+    q.add_argument("--calib", help="calibration images (a directory) or inputs (.npy [N,C,H,W]) "
+                                   "for error correction; without it, plain k-means")
+    q.add_argument("--calib-count", type=int, default=256,
+                   help="calibration images to use (default 256)")
+    q.add_argument("--iters", type=int, default=25, help="k-means iterations (default 25)")
+    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = ap.parse_args(argv)
 
     from ..errors import QEngineError
-    from ..convert import convert_original
+    from .. import convert
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     try:
-        if os.path.isdir(args.src) and any(f.endswith(".caffemodel") for f in os.listdir(args.src)):
-            fail("qconvert", f"{args.src}: quantizing dense Caffe models is not supported yet; "
-                             f"this version packs models quantized by the original Quantized-CNN code")
-        convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
-                         labels=args.labels, mean=args.mean, force=args.force, log=log)
+        prototxt, caffemodel = args.prototxt, args.caffemodel
+        if args.src and not os.path.isdir(args.src):
+            fail("qconvert", f"{args.src}: not a directory")
+        if args.src and not caffemodel and not glob.glob(os.path.join(args.src, "*.ctrdLst.*")):
+            models = sorted(glob.glob(os.path.join(args.src, "*.caffemodel")))
+            protos = sorted(glob.glob(os.path.join(args.src, "*.prototxt")))
+            if models:
+                if len(models) != 1:
+                    fail("qconvert", f"{args.src}: {len(models)} .caffemodel files; pick one with "
+                                     f"--caffemodel")
+                caffemodel = models[0]
+                if not prototxt:
+                    deploy = [p for p in protos if "deploy" in os.path.basename(p)] or protos
+                    if len(deploy) != 1:
+                        fail("qconvert", f"{args.src}: need exactly one deploy .prototxt "
+                                         f"(found {len(protos)}); pick one with --prototxt")
+                    prototxt = deploy[0]
+        if caffemodel:
+            if not prototxt:
+                fail("qconvert", "--caffemodel needs --prototxt (or a DIR holding both)", 2)
+            preprocess = {"mean": args.mean, "scale": args.scale,
+                          "channel_order": args.channel_order, "resize": args.resize,
+                          "crop": args.crop}
+            if args.mean_pixel:
+                preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
+            calib = None
+            if args.calib:
+                calib = load_calibration(args.calib, prototxt, preprocess, args.calib_count, log)
+            from ..progress import Progress
+            convert.convert_caffe(
+                prototxt, caffemodel, args.output, conv_subdim=args.conv_subdim,
+                conv_k=args.conv_k, fc_subdim=args.fc_subdim, fc_k=args.fc_k,
+                layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
+                labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
+                calib=calib, force=args.force, log=log,
+                progress=None if args.quiet else (lambda label, total: Progress(label, total)))
+        elif args.src:
+            convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
+                                     labels=args.labels, mean=args.mean, force=args.force, log=log)
+        else:
+            fail("qconvert", "give a model directory, or --prototxt and --caffemodel", 2)
+    except ValueError as e:
+        fail("qconvert", str(e), 2)
     except QEngineError as e:
         fail("qconvert", str(e))
     except OSError as e:
@@ -45,6 +139,36 @@ def main(argv=None):
     except KeyboardInterrupt:
         fail("qconvert", "interrupted; no output written", 130)
     return 0
+
+
+def load_calibration(src, prototxt, preprocess, count, log):
+    """Calibration inputs [N, C, H, W]: an .npy, or images preprocessed as the model's."""
+    import numpy as np
+    from ..convert import make_preprocess, read_prototxt
+    from ..datasets import open_set
+    from ..errors import FormatError
+    from ..preprocess import Preprocessor
+    graph = read_prototxt(prototxt)
+    shape = tuple(graph["input"]["shape"])
+    if src.endswith(".npy"):
+        try:
+            x = np.load(src, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{src}: cannot read calibration inputs ({e})") from None
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise FormatError(f"{src}: calibration inputs must be [N, {', '.join(map(str, shape))}],"
+                              f" are {list(x.shape)}")
+        return np.ascontiguousarray(x[:count], np.float32)
+    tensors = {}
+    pre = make_preprocess(shape, tensors=tensors, **{k: v for k, v in preprocess.items()})
+    mean = tensors["preprocess.mean"].array if "preprocess.mean" in tensors else None
+    pp = Preprocessor(pre, shape, mean)
+    items, _ = open_set(src, labelled=False)
+    rng = np.random.default_rng(0)
+    if len(items) > count:
+        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
+    log(f"calibration: {len(items)} images from {src}")
+    return np.stack([pp(it) for it in items])
 
 
 if __name__ == "__main__":
