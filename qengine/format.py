@@ -154,6 +154,7 @@ def write(path, metadata, tensors, force=True):
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".qcnn-", suffix=".tmp", dir=d)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(pre)
             f.write(header)
@@ -183,6 +184,12 @@ def write(path, metadata, tensors, force=True):
     except OSError:
         pass
     return PREAMBLE.size + len(header) + (data_offset - PREAMBLE.size - len(header)) + data_len
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class QcnnFile:

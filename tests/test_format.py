@@ -68,6 +68,9 @@ def test_writer_is_atomic_and_refuses_to_overwrite(tmp_path):
         qformat.write(str(p), {}, {"z": Bad(np.zeros(3, np.float32))})
     assert p.read_bytes() == before
     assert [f for f in os.listdir(tmp_path) if f != "t.qcnn"] == []
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (os.stat(p).st_mode & 0o777) == 0o666 & ~mask
 
 
 def test_every_single_byte_flip_is_detected(tmp_path):
