@@ -223,10 +223,57 @@ def make_preprocess(input_shape, mean=None, mean_pixel=None, scale=None, channel
     return pre
 
 
-def convert_caffe(prototxt, caffemodel, out, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
-                  layer_opts=None, keep_dense=(), labels=None, preprocess=None, iters=25, seed=0,
-                  calib=None, force=False, log=None, progress=None):
-    """Quantise a dense Caffe model into `out` (.qcnn).
+def load_original_dense(directory, graph):
+    """Dense weights {layer: (w, b)} from the original code's dense layout:
+    *.convKnl.NN.bin [Cout, Cg, KH, KW], *.fcntWei.NN.bin [Cout, Cin] and
+    *.biasVec.NN.bin, matched to the graph by 1-based layer index."""
+    from .graph import infer_shapes
+    from .readers.qcnn_original import read_bin, scan_dir
+    found = scan_dir(directory)
+    shapes = infer_shapes(graph)
+    weights = {}
+    for idx, L in enumerate(graph["layers"], 1):
+        if L["type"] not in ("Convolution", "InnerProduct"):
+            continue
+        n, p = L["name"], L["params"]
+        kind = "convKnl" if L["type"] == "Convolution" else "fcntWei"
+        for key in ((kind, idx), ("biasVec", idx)):
+            if key not in found:
+                raise ModelError(f"{directory}: layer {idx} ({n}) has no {key[0]}.{idx:02d} file")
+        w = read_bin(found[(kind, idx)])
+        b = read_bin(found[("biasVec", idx)])
+        cin = shapes[L["bottom"][0]]
+        cout = p["num_output"]
+        want = ((cout, cin[0] // p["group"]) + tuple(p["kernel"]) if kind == "convKnl"
+                else (cout, int(np.prod(cin))))
+        if w.shape != want or b.shape != (cout,):
+            raise ModelError(f"{found[(kind, idx)]}: layer {idx} ({n}) needs weights {list(want)} "
+                             f"and {cout} biases, files have {list(w.shape)} and {list(b.shape)}")
+        weights[n] = (np.ascontiguousarray(w), np.ascontiguousarray(b))
+    return weights
+
+
+def convert_caffe(prototxt, caffemodel, out, **kw):
+    """Quantise a dense Caffe model into `out` (.qcnn); options as quantize_model()."""
+    graph, weights = load_caffe(prototxt, caffemodel)
+    source = {"source": os.path.abspath(caffemodel), "source_format": "caffe",
+              "architecture": os.path.abspath(prototxt)}
+    return quantize_model(graph, weights, out, source, **kw)
+
+
+def convert_original_dense(src_dir, out, arch=None, prototxt=None, **kw):
+    """Quantise a dense model in the original code's layout (convKnl/fcntWei/biasVec)."""
+    graph, arch_src = _graph_for(arch, prototxt)
+    weights = load_original_dense(src_dir, graph)
+    source = {"source": os.path.abspath(src_dir), "source_format": "quantized-cnn dense",
+              "architecture": arch_src}
+    return quantize_model(graph, weights, out, source, **kw)
+
+
+def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
+                   layer_opts=None, keep_dense=(), labels=None, preprocess=None, iters=25, seed=0,
+                   calib=None, force=False, log=None, progress=None):
+    """Quantise a dense model (graph and {layer: (w, b)}) into `out` (.qcnn).
 
     layer_opts: {layer: {"subdim": d, "k": K}} overriding the defaults;
     keep_dense: layer names kept as dense weights ("all" keeps every layer, which
@@ -238,7 +285,6 @@ def convert_caffe(prototxt, caffemodel, out, conv_subdim=8, conv_k=128, fc_subdi
     t0 = time.time()
     if not force and os.path.exists(out):
         raise QEngineError(f"{out}: already exists (use --force to replace it)")
-    graph, weights = load_caffe(prototxt, caffemodel)
     layer_opts = dict(layer_opts or {})
     known = {L["name"] for L in graph["layers"] if L["type"] in ("Convolution", "InnerProduct")}
     all_dense = "all" in keep_dense
@@ -248,7 +294,7 @@ def convert_caffe(prototxt, caffemodel, out, conv_subdim=8, conv_k=128, fc_subdi
                                f"layers: {', '.join(sorted(known))}")
     tensors, qinfo = {}, {}
     pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors, **(preprocess or {}))
-    log(f"reading {prototxt} and {caffemodel} ({len(graph['layers'])} layers)")
+    log(f"quantising {source['source']} ({len(graph['layers'])} layers)")
     plan = []
     for L in graph["layers"]:
         n = L["name"]
@@ -297,9 +343,7 @@ def convert_caffe(prototxt, caffemodel, out, conv_subdim=8, conv_k=128, fc_subdi
         "graph": graph,
         "preprocess": pre,
         "class_names": names,
-        "provenance": {"source": os.path.abspath(caffemodel), "source_format": "caffe",
-                       "architecture": os.path.abspath(prototxt),
-                       "converter": f"qengine {__version__}",
+        "provenance": {**source, "converter": f"qengine {__version__}",
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "quantization": {"layers": qinfo, "kmeans_iters": iters, "seed": seed,
                                         "error_correction": calib is not None,

@@ -127,6 +127,7 @@ def model_weights(model):
             w = (dequantize_conv(op.codebook, op.stored_indices(), cg) if op.mode == "lut"
                  else op.weight)
         else:
-            w = dequantize_fc(op.codebook, op.stored_indices(), op.cin) if op.mode == "lut" else op.weight
+            w = (dequantize_fc(op.codebook, op.stored_indices(), op.cin) if op.mode == "lut"
+                 else op.weight)
         ws[op.name] = (w, op.bias)
     return ws

@@ -136,9 +136,12 @@ class _Conv(_Weighted):
             # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
             # entry would replace under d multiply-adds while the table is K
             # times larger than the input.  Run it densely on the dequantized
-            # weights, the same sums in another order.
+            # weights, the same sums in another order.  So is any layer whose
+            # tables and lookups would cost more than its dense multiply-adds
+            # (1x1 convolutions with few outputs, for example).
             self.strategy = "lut"
-            if self.dense_small and self.M == 1 and cg < self.d:
+            dense_cost, table, lookups = self.cost()
+            if self.dense_small and ((self.M == 1 and cg < self.d) or table + lookups >= dense_cost):
                 self.strategy = "dequantized"
                 self.weight_blocked = _kernels.block_conv_weights(
                     dequantize_conv(self.codebook, self.indices, cg), self.group)
@@ -208,7 +211,12 @@ class _FC(_Weighted):
                                      f"{self.cin} inputs")
                 return (cout, M)
             self._check_lut(qf, w, where, shape)
-            if self.fast and self.K <= 32:
+            dense_cost, table, lookups = self.cost()
+            if self.dense_small and table + lookups >= dense_cost:
+                # tables would cost more than the dense layer: dequantize (same sums)
+                self.strategy = "dequantized"
+                self.weight = dequantize_fc(self.codebook, self.indices, self.cin)
+            elif self.fast and self.K <= 32:
                 self.strategy = "lut8"
                 self.indices = _kernels.fc_q8_layout(self.indices)
             else:
@@ -220,12 +228,12 @@ class _FC(_Weighted):
     def workspace(self):
         if self.strategy == "lut8":
             return _kernels.fc_q8_workspace_floats(self.M, self.K, self.params["num_output"])
-        return self.M * self.K if self.mode == "lut" else 0
+        return self.M * self.K if self.strategy == "lut" else 0
 
     def cost(self):
         cout = self.params["num_output"]
         dense = cout * self.cin
-        if self.mode != "lut":
+        if self.strategy not in ("lut", "lut8"):
             return dense, 0, 0
         return dense, self.K * self.cin, cout * self.M
 
@@ -235,7 +243,7 @@ class _FC(_Weighted):
         if self.strategy == "lut8":
             _kernels.fc_q8(x, self.codebook, self.indices, self.params["num_output"], self.bias,
                            relu, out, ws, nthreads)
-        elif self.mode == "lut":
+        elif self.strategy == "lut":
             _kernels.fc_lut(x, self.codebook, self.indices, self.bias, relu, out, ws, nthreads)
         else:
             _kernels.fc_dense(x, self.weight, self.bias, relu, out, nthreads)

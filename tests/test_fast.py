@@ -74,7 +74,8 @@ def test_fc_q8_relu_and_zero_input():
 def test_fast_model_close_to_exact(tmp_path, isa):
     path = tmp_path / "m.qcnn"
     build(path, dense=("c2b",), k_fc=32)
-    ex, fa = qengine.load(str(path)), qengine.load(str(path), mode="fast")
+    ex = qengine.load(str(path), strategy="lut")
+    fa = qengine.load(str(path), mode="fast", strategy="lut")
     assert fa.layer_strategies()["f1"] == "lut8" and fa.layer_strategies()["f2"] == "lut8"
     assert ex.layer_strategies()["f1"] == "lut"
     x = np.random.default_rng(2).standard_normal((4,) + ex.input_shape).astype(np.float32)

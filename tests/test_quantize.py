@@ -190,3 +190,37 @@ def test_cifar10_error_correction_halves_the_loss(tmp_path):
     loss_km, loss_ec = acc["d"] - acc["km"], acc["d"] - acc["ec"]
     assert loss_km > 0.005                 # plain k-means loses more than 0.5 pt here...
     assert loss_ec <= loss_km / 2, acc     # ...and error correction cuts the loss at least in half
+
+
+def test_original_dense_layout_is_quantised(tmp_path):
+    """*.convKnl / *.fcntWei / *.biasVec in the original code's layout, matched by layer
+    index; with as many codewords as vectors the quantised model equals the dense one."""
+    from qengine.convert import convert_original_dense
+    from qengine.runtime import dequantize_conv, dequantize_fc
+    from test_readers import write_bin
+    proto = tmp_path / "net.prototxt"
+    proto.write_text('input: "d" input_dim: 1 input_dim: 2 input_dim: 6 input_dim: 6\n'
+                     'layer { name: "c" type: "Convolution" bottom: "d" top: "c" '
+                     'convolution_param { num_output: 3 kernel_size: 3 } }\n'
+                     'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }\n'
+                     'layer { name: "f" type: "InnerProduct" bottom: "c" top: "f" '
+                     'inner_product_param { num_output: 4 } }\n')
+    rng = np.random.default_rng(0)
+    src = tmp_path / "dense"
+    src.mkdir()
+    wc, bc = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    wf, bf = rng.standard_normal((4, 48)), rng.standard_normal(4)
+    write_bin(src / "m.convKnl.01.bin", wc)
+    write_bin(src / "m.biasVec.01.bin", bc)
+    write_bin(src / "m.fcntWei.03.bin", wf)
+    write_bin(src / "m.biasVec.03.bin", bf)
+    out = tmp_path / "m.qcnn"
+    convert_original_dense(str(src), str(out), prototxt=str(proto), conv_subdim=2, conv_k=64,
+                           fc_subdim=4, fc_k=8)
+    m = qengine.load(str(out), strategy="lut")
+    conv, fc = (op for op in m._ops if op.weighted)
+    assert np.allclose(dequantize_conv(conv.codebook, conv.stored_indices(), 2), wc, atol=1e-6)
+    assert np.allclose(dequantize_fc(fc.codebook, fc.stored_indices(), 48), wf, atol=1e-6)
+    (src / "m.fcntWei.03.bin").unlink()
+    with pytest.raises(qengine.ModelError, match="layer 3"):
+        convert_original_dense(str(src), str(tmp_path / "n.qcnn"), prototxt=str(proto))

@@ -39,9 +39,12 @@ def dense_weights(graph, params):
     return out
 
 
-def test_every_layer_matches_numpy(tiny, isa):
+@pytest.mark.parametrize("strategy", ["lut", "auto"])
+def test_every_layer_matches_numpy(tiny, isa, strategy):
     path, graph, params = tiny
-    m = qengine.load(path)
+    m = qengine.load(path, strategy=strategy)
+    if strategy == "lut":
+        assert all(v in ("lut", "dense") for v in m.layer_strategies().values())
     x = np.random.default_rng(5).standard_normal((3,) + m.input_shape).astype(np.float32) * 3
     names = [L["name"] for L in graph["layers"]]
     got = m.forward(x, outputs=names)
@@ -61,6 +64,8 @@ def test_strategies_agree(tiny):
     path, _, _ = tiny
     a, b = qengine.load(path), qengine.load(path, strategy="lut")
     assert a.layer_strategies()["c1"] == "dequantized"   # 3 input channels < d = 4
+    # f1: its tables (8 x 90) and lookups (12 x 30) cost as much as its 1080 multiply-adds
+    assert a.layer_strategies()["f1"] == "dequantized" and b.layer_strategies()["f1"] == "lut"
     assert b.layer_strategies()["c1"] == "lut"
     x = np.random.default_rng(1).standard_normal((2,) + a.input_shape).astype(np.float32)
     ya, yb = a.forward(x, outputs=["c1"])["c1"], b.forward(x, outputs=["c1"])["c1"]

@@ -2,7 +2,9 @@
 
     qconvert DIR -o model.qcnn [--arch alexnet | --prototxt deploy.prototxt] [--labels F] [--mean F]
         DIR holds a model quantised by the original Quantized-CNN code
-        (*.ctrdLst.NN.bin, *.asmtLst.NN.cbn, *.biasVec.NN.bin): packed as it is.
+        (*.ctrdLst.NN.bin, *.asmtLst.NN.cbn, *.biasVec.NN.bin): packed as it is;
+        or a dense one in its layout (*.convKnl.NN.bin, *.fcntWei.NN.bin,
+        *.biasVec.NN.bin): quantised like a Caffe model.
 
     qconvert DIR -o model.qcnn                 (DIR holds one .prototxt and one .caffemodel)
     qconvert --prototxt deploy.prototxt --caffemodel weights.caffemodel -o model.qcnn
@@ -124,6 +126,21 @@ def main(argv=None):
                 layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
                 calib=calib, force=args.force, log=log,
+                progress=None if args.quiet else (lambda label, total: Progress(label, total)))
+        elif args.src and glob.glob(os.path.join(args.src, "*.convKnl.*")) + \
+                glob.glob(os.path.join(args.src, "*.fcntWei.*")):
+            preprocess = {"mean": args.mean, "scale": args.scale,
+                          "channel_order": args.channel_order, "resize": args.resize,
+                          "crop": args.crop}
+            if args.mean_pixel:
+                preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
+            from ..progress import Progress
+            convert.convert_original_dense(
+                args.src, args.output, arch=args.arch, prototxt=args.prototxt,
+                conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
+                fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
+                labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
+                force=args.force, log=log,
                 progress=None if args.quiet else (lambda label, total: Progress(label, total)))
         elif args.src:
             convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
