@@ -111,3 +111,52 @@ def test_missing_and_corrupt_files(tmp_path):
     r = run("qconvert", str(tmp_path), "-o", str(tmp_path / "o.qcnn"))
     assert r.returncode == 1 and "no Quantized-CNN files" in r.stderr
     assert not (tmp_path / "o.qcnn").exists()
+
+
+def test_qconvert_caffe_lenet_then_qrun_and_accuracy(tmp_path):
+    src = shared_path("caffe", "lenet")
+    out = tmp_path / "lenet.qcnn"
+    labels = tmp_path / "digits.txt"
+    labels.write_text("\n".join(f"digit {i}" for i in range(10)) + "\n")
+    r = run("qconvert", src, "-o", str(out), "--scale", "0.00390625", "--labels", str(labels),
+            "--layer", "conv2:d=4,k=64")
+    assert r.returncode == 0, r.stderr
+    assert "conv2" in r.stderr and "d=4 K=64" in r.stderr
+    # an MNIST digit as a PNG file, classified with the embedded labels
+    from qengine.datasets import open_set
+    from PIL import Image
+    items, y = open_set(shared_path("mnist-t10k"), limit=3)
+    img = tmp_path / "digit.png"
+    Image.fromarray(items[0]).save(img)
+    r = run("qrun", str(out), str(img), "--json", "--top", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["top"][0]["label"] == f"digit {y[0]}"
+    dense = tmp_path / "dense.qcnn"
+    assert run("qconvert", src, "-o", str(dense), "--scale", "0.00390625", "--keep-dense",
+               "all").returncode == 0
+    r = run("qbench", str(out), "--accuracy", shared_path("mnist-t10k"), "--against", str(dense),
+            "--limit", "2000", "--json")
+    assert r.returncode == 0, r.stderr
+    acc = json.loads(r.stdout)
+    rows = {(x["role"], x["mode"]): x for x in acc["rows"]}
+    assert rows[("dense", "exact")]["top1"] - rows[("model", "exact")]["top1"] <= 0.005
+    assert rows[("model", "fast")]["fast_vs_exact_agreement"] >= 0.99
+    assert acc["compression"] > 4 and acc["theoretical_speedup"] > 1
+
+
+def test_qconvert_caffe_errors(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "deploy.prototxt").write_text(
+        'input: "d" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+        'layer { name: "bn" type: "BatchNorm" bottom: "d" top: "bn" }\n'
+        'layer { name: "sc" type: "Scale" bottom: "bn" top: "sc" }\n')
+    (bad / "w.caffemodel").write_bytes(b"")
+    r = run("qconvert", str(bad), "-o", str(tmp_path / "o.qcnn"))
+    assert r.returncode == 1 and "unsupported layers: bn (BatchNorm), sc (Scale)" in r.stderr
+    r = run("qconvert", "--caffemodel", str(bad / "w.caffemodel"), "-o", str(tmp_path / "o.qcnn"))
+    assert r.returncode == 2 and "--prototxt" in r.stderr
+    r = run("qconvert", shared_path("caffe", "lenet"), "-o", str(tmp_path / "o.qcnn"),
+            "--layer", "conv9:d=2,k=4")
+    assert r.returncode == 1 and "conv9" in r.stderr
+    assert not (tmp_path / "o.qcnn").exists()
