@@ -331,7 +331,10 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
     if calib is not None and quantized:
         from .errcorr import error_correct
         quantized = error_correct(graph, weights, quantized, calib, log=log, progress=progress)
-    for n, (cb, idx) in quantized.items():
+    for n, q in quantized.items():
+        cb, idx = q[:2]
+        if len(q) > 2:                      # error correction refitted the bias
+            tensors[f"{n}.bias"] = qformat.Tensor(q[2])
         L = next(L for L in graph["layers"] if L["name"] == n)
         K = cb.shape[1]
         L["weights"] = {"mode": "lut", "codebook": f"{n}.codebook", "indices": f"{n}.indices",

@@ -158,11 +158,14 @@ def _refine(pat, R, group_of, C, A, iters, ridge=RIDGE):
             new_part = contrib(m)
             total += new_part - parts[m]
             parts[m] = new_part
-    return C.astype(np.float32), A
+    # bias correction: each output's mean residual moves into its bias
+    delta = (R - total).mean(axis=1)
+    return C.astype(np.float32), A, delta
 
 
 def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
-    """Refine one quantised layer; returns (codebook, indices, rel. error before, after)."""
+    """Refine one quantised layer; returns (codebook, indices, bias, relative response
+    error before, after)."""
     rng = np.random.default_rng(seed)
     M, K, d = codebook.shape
     if L["type"] == "InnerProduct":
@@ -195,8 +198,8 @@ def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
         group_of = np.arange(cout) // (cout // G)
         T = kh * kw
 
-    def err(C, A):
-        out = np.zeros_like(R)
+    def err(C, A, delta=0.0):
+        out = np.zeros_like(R) + np.asarray(delta)[..., None]
         C64 = C.astype(np.float64)
         for g in range(pat.shape[0]):
             cos = np.nonzero(group_of == g)[0]
@@ -206,16 +209,17 @@ def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
         return float(np.linalg.norm(R - out) / max(np.linalg.norm(R), 1e-30))
 
     before = err(codebook, A)
-    C2, A2 = _refine(pat, R, group_of, codebook, A, iters)
-    after = err(C2, A2)
+    C2, A2, delta = _refine(pat, R, group_of, codebook, A, iters)
+    after = err(C2, A2, delta)
     if after >= before:       # never make a layer worse
-        return codebook, indices, before, before
-    return C2, A2.reshape(indices.shape).astype(np.uint8), before, after
+        return codebook, indices, bias, before, before
+    return (C2, A2.reshape(indices.shape).astype(np.uint8), (bias + delta).astype(np.float32),
+            before, after)
 
 
 def error_correct(graph, weights, quantized, calib, iters=4, seed=0, log=None, progress=None):
     """Refine every quantised layer in graph order on calibration inputs calib
-    [N, C, H, W]; returns the refined {layer: (codebook, indices)}."""
+    [N, C, H, W]; returns the refined {layer: (codebook, indices, bias)}."""
     log = log or (lambda m: None)
     calib = np.ascontiguousarray(calib, np.float32)
     name_in = graph["input"]["name"]
@@ -230,12 +234,12 @@ def error_correct(graph, weights, quantized, calib, iters=4, seed=0, log=None, p
             yd = apply_layer(L, xd, (w, b))
             if n in quantized:
                 kind = "conv" if L["type"] == "Convolution" else "fc"
-                cb, idx = quantized[n]
-                cb, idx, e0, e1 = refine_layer(L, xq[0], yd, b, cb, idx, iters, seed)
-                out[n] = (cb, idx)
+                cb, idx = quantized[n][:2]
+                cb, idx, bq, e0, e1 = refine_layer(L, xq[0], yd, b, cb, idx, iters, seed)
+                out[n] = (cb, idx, bq)
                 log(f"  error correction {n:<18} response error {e0:.4f} -> {e1:.4f}")
                 wq = reconstruct(cb, idx, kind, w.shape)
-                yq = apply_layer(L, xq, (wq, b))
+                yq = apply_layer(L, xq, (wq, bq))
             else:
                 yq = apply_layer(L, xq, (w, b))
         else:

@@ -136,10 +136,10 @@ def test_error_correction_reduces_response_error():
     b = rng.standard_normal(12).astype(np.float32)
     y = apply_layer(L, [x], (w, b))
     cb, idx = quantize_weights(w, "conv", 2, 8)
-    cb2, idx2, before, after = refine_layer(L, x, y, b, cb, idx, iters=3)
+    cb2, idx2, b2, before, after = refine_layer(L, x, y, b, cb, idx, iters=3)
     assert after < 0.8 * before
     # the reported error is the real response error
-    yq = apply_layer(L, [x], (reconstruct(cb2, idx2, "conv", w.shape), b))
+    yq = apply_layer(L, [x], (reconstruct(cb2, idx2, "conv", w.shape), b2))
     real = np.linalg.norm(yq - y) / np.linalg.norm(y - b[None, :, None, None])
     assert abs(real - after) < 0.05 * after + 1e-3
     # fully-connected
@@ -149,7 +149,7 @@ def test_error_correction_reduces_response_error():
     wf = rng.standard_normal((10, 60)).astype(np.float32)
     yf = apply_layer(Lf, [xf], (wf, b[:10]))
     cbf, idxf = quantize_weights(wf, "fc", 3, 4)
-    _, _, before, after = refine_layer(Lf, xf, yf, b[:10], cbf, idxf, iters=3)
+    _, _, _, before, after = refine_layer(Lf, xf, yf, b[:10], cbf, idxf, iters=3)
     assert after < 0.8 * before
 
 
