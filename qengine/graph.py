@@ -193,8 +193,86 @@ def from_prototxt(text, source="<prototxt>"):
     if min(chw) < 1 or max(chw) > MAX_DIM:
         raise ModelError(f"{source}: invalid input shape {input_shape}")
     g = {"input": {"name": str(input_name), "shape": chw}, "layers": layers}
+    validate(g)
     infer_shapes(g)
     return g
+
+
+MAX_BLOB = 1 << 28  # elements of one activation (per image); a model above it is refused
+
+
+def _is_int(v, lo, hi):
+    return type(v) is int and lo <= v <= hi
+
+
+def _is_num(v):
+    import math
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def validate(g):
+    """Check a graph's structure and every parameter's type and range (a graph
+    read from a file is untrusted).  Raises ModelError naming the layer."""
+    if not isinstance(g, dict) or not isinstance(g.get("input"), dict) \
+            or not isinstance(g.get("layers"), list):
+        raise ModelError("graph must have an input and a list of layers")
+    inp = g["input"]
+    shape = inp.get("shape")
+    if not isinstance(inp.get("name"), str) or not isinstance(shape, list) or len(shape) != 3 \
+            or not all(_is_int(v, 1, MAX_DIM) for v in shape):
+        raise ModelError(f"graph input must have a name and a shape [C, H, W], got {inp!r:.200}")
+    if len(g["layers"]) > MAX_LAYERS:
+        raise ModelError(f"more than {MAX_LAYERS} layers")
+    names = set()
+    for i, L in enumerate(g["layers"]):
+        if not isinstance(L, dict) or not isinstance(L.get("name"), str):
+            raise ModelError(f"layer {i + 1}: not an object with a name")
+        where = f"layer {L['name'][:100]!r}"
+        if L["name"] in names:
+            raise ModelError(f"{where}: duplicate layer name")
+        names.add(L["name"])
+        t, p = L.get("type"), L.get("params")
+        if t not in SUPPORTED or not isinstance(p, dict):
+            raise ModelError(f"{where}: unsupported type {t!r:.50} or missing params")
+        for key in ("bottom", "top"):
+            v = L.get(key)
+            if not isinstance(v, list) or not v or len(v) > 64 or \
+                    not all(isinstance(x, str) and len(x) < 1024 for x in v):
+                raise ModelError(f"{where}: {key} must be a list of blob names")
+
+        def need(cond, what):
+            if not cond:
+                raise ModelError(f"{where}: invalid {what} in {p!r:.200}")
+
+        if t == "Convolution":
+            need(_is_int(p.get("num_output"), 1, MAX_DIM), "num_output")
+            k = p.get("kernel")
+            need(isinstance(k, list) and len(k) == 2 and all(_is_int(v, 1, 4096) for v in k),
+                 "kernel")
+            need(_is_int(p.get("stride"), 1, 4096), "stride")
+            need(_is_int(p.get("pad"), 0, 4096), "pad")
+            need(_is_int(p.get("group"), 1, MAX_DIM), "group")
+        elif t == "InnerProduct":
+            need(_is_int(p.get("num_output"), 1, MAX_DIM), "num_output")
+        elif t == "ReLU":
+            need(_is_num(p.get("negative_slope")), "negative_slope")
+        elif t == "LRN":
+            need(_is_int(p.get("local_size"), 1, 1023) and p["local_size"] % 2 == 1, "local_size")
+            need(all(_is_num(p.get(k)) for k in ("alpha", "beta", "k")), "alpha, beta or k")
+            need(p["k"] > 0 or p["alpha"] > 0, "k")
+        elif t == "Pooling":
+            need(p.get("pool") in ("MAX", "AVE") and isinstance(p.get("global"), bool), "pool")
+            for key, lo in (("kernel", 1), ("stride", 1), ("pad", 0)):
+                v = p.get(key)
+                need(isinstance(v, list) and len(v) == 2 and all(_is_int(x, lo, 4096) for x in v),
+                     key)
+            if not p["global"]:
+                need(p["pad"][0] < p["kernel"][0] and p["pad"][1] < p["kernel"][1], "pad")
+        elif t == "Concat":
+            need(p.get("axis") == 1, "axis")
+        w = L.get("weights")
+        if t in WEIGHTED and w is not None:
+            need(isinstance(w, dict) and all(isinstance(v, str) for k, v in w.items()), "weights")
 
 
 def pool_output(size, kernel, stride, pad):
@@ -263,6 +341,9 @@ def infer_shapes(g):
             out = x
         else:  # ReLU, Dropout, Softmax
             out = x
+        if layer_input_size(out) > MAX_BLOB or min(out) < 1:
+            raise ModelError(f"{where}: output {list(out)} is empty or larger than {MAX_BLOB} "
+                             f"values per image")
         for top in L["top"]:
             shapes[top] = tuple(int(v) for v in out)
     return shapes

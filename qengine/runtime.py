@@ -14,7 +14,7 @@ import numpy as np
 from . import _kernels
 from .errors import FormatError, InputError, ModelError, QEngineError
 from .format import QcnnFile
-from .graph import infer_shapes, pool_output
+from .graph import infer_shapes, validate
 from .preprocess import Preprocessor
 
 MODES = ("exact", "fast")
@@ -326,6 +326,7 @@ class Model:
         if not isinstance(graph, dict):
             raise FormatError(f"{qf.path}: metadata has no layer graph")
         try:
+            validate(graph)
             shapes = infer_shapes(graph)
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{qf.path}: malformed layer graph ({type(e).__name__}: {e})") from None
