@@ -262,7 +262,8 @@ def validate(g):
             need(p["k"] > 0 or p["alpha"] > 0, "k")
         elif t == "Pooling":
             need(p.get("pool") in ("MAX", "AVE") and isinstance(p.get("global"), bool), "pool")
-            for key, lo in (("kernel", 1), ("stride", 1), ("pad", 0)):
+            glob = p.get("global") is True
+            for key, lo in (("kernel", 0 if glob else 1), ("stride", 1), ("pad", 0)):
                 v = p.get(key)
                 need(isinstance(v, list) and len(v) == 2 and all(_is_int(x, lo, 4096) for x in v),
                      key)
