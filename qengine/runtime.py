@@ -18,6 +18,9 @@ from .graph import infer_shapes, validate
 from .preprocess import Preprocessor
 
 MODES = ("exact", "fast")
+# A quantized layer runs densely on its dequantized weights when its tables and
+# lookups would cost this many times its dense multiply-adds (same sums either way).
+DEQUANTIZE_RATIO = 1.25
 
 
 def _isa_from_env():
@@ -141,7 +144,8 @@ class _Conv(_Weighted):
             # (1x1 convolutions with few outputs, for example).
             self.strategy = "lut"
             dense_cost, table, lookups = self.cost()
-            if self.dense_small and ((self.M == 1 and cg < self.d) or table + lookups >= dense_cost):
+            if self.dense_small and ((self.M == 1 and cg < self.d)
+                                     or table + lookups > DEQUANTIZE_RATIO * dense_cost):
                 self.strategy = "dequantized"
                 self.weight_blocked = _kernels.block_conv_weights(
                     dequantize_conv(self.codebook, self.indices, cg), self.group)
@@ -212,11 +216,12 @@ class _FC(_Weighted):
                 return (cout, M)
             self._check_lut(qf, w, where, shape)
             dense_cost, table, lookups = self.cost()
-            if self.dense_small and table + lookups >= dense_cost:
-                # tables would cost more than the dense layer: dequantize (same sums)
+            q8 = self.fast and self.K <= 32   # 8-bit lookups are far cheaper than multiply-adds
+            if self.dense_small and not q8 and table + lookups > DEQUANTIZE_RATIO * dense_cost:
+                # tables would cost clearly more than the dense layer: dequantize (same sums)
                 self.strategy = "dequantized"
                 self.weight = dequantize_fc(self.codebook, self.indices, self.cin)
-            elif self.fast and self.K <= 32:
+            elif q8:
                 self.strategy = "lut8"
                 self.indices = _kernels.fc_q8_layout(self.indices)
             else:

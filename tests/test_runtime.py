@@ -64,8 +64,10 @@ def test_strategies_agree(tiny):
     path, _, _ = tiny
     a, b = qengine.load(path), qengine.load(path, strategy="lut")
     assert a.layer_strategies()["c1"] == "dequantized"   # 3 input channels < d = 4
-    # f1: its tables (8 x 90) and lookups (12 x 30) cost as much as its 1080 multiply-adds
-    assert a.layer_strategies()["f1"] == "dequantized" and b.layer_strategies()["f1"] == "lut"
+    # c2a: tables (16 x 6 x 15 x 11) and lookups (6 x 121 x 9 x 1) cost 3x its 5400 multiply-adds
+    assert a.layer_strategies()["c2a"] == "dequantized" and b.layer_strategies()["c2a"] == "lut"
+    # f1: tables (8 x 90) and lookups (12 x 30) cost the same as its 1080 multiply-adds: kept
+    assert a.layer_strategies()["f1"] == "lut"
     assert b.layer_strategies()["c1"] == "lut"
     x = np.random.default_rng(1).standard_normal((2,) + a.input_shape).astype(np.float32)
     ya, yb = a.forward(x, outputs=["c1"])["c1"], b.forward(x, outputs=["c1"])["c1"]
