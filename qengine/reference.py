@@ -1,5 +1,5 @@
 """A plain numpy implementation of every layer: the independent reference the
-tests check the C kernels against, and the dense baseline of tools/bench_dense.py.
+tests check the C kernels against, and part of the dense baselines (baselines.py).
 Written for clarity (im2col + matrix products), not speed."""
 import numpy as np
 

@@ -12,9 +12,13 @@ static inline int qe_thread_num(void) { return 0; }
 #endif
 
 /* Bytes of table planes one chunk of taps may touch per tile (fits in L2). */
+#ifndef QE_CHUNK_BYTES
 #define QE_CHUNK_BYTES (192 * 1024)
+#endif
 /* How many tiles ahead the lookup prefetches table rows. */
+#ifndef QE_PREFETCH_TILES
 #define QE_PREFETCH_TILES 2
+#endif
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
@@ -278,17 +282,9 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
               int nthreads)
 {
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
-    /* the float table, as in the exact path */
-    for (int m = 0; m < M; m++) {
-        int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
-        const float *xm = x + c0;
-        const float *cbm = cb + (int64_t)m * K * d;
-        for (int k = 0; k < K; k++) {
-            float s = 0.f;
-            for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
-            T[(int64_t)m * K + k] = s;
-        }
-    }
+    /* the float table, always from the portable build: its bits then do not
+     * depend on the instruction set (FMA contraction), nor do the 8-bit sums */
+    fc_table_generic(x, Cin, cb, M, K, d, T);
     double offsum;
     const float s = fc_q8_quantize(T, M, K, Mp, q, &offsum);
     K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);

@@ -201,9 +201,8 @@ static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t
  * one block before the next block's rows are touched.  asmt is in the blocked
  * layout of qe_fc_block(): block b holds [Cout][its subspaces], so the
  * indices stream through memory in order. */
-static void FN(lut_fc)(const float *x, int Cin, const float *cb, int M, int K, int d,
-                       const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
-                       int relu, int nthreads)
+/* The fully-connected lookup table: T[m][k] = x_m . cb[m][k]. */
+static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K, int d, float *T)
 {
     for (int m = 0; m < M; m++) {
         int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
@@ -215,6 +214,13 @@ static void FN(lut_fc)(const float *x, int Cin, const float *cb, int M, int K, i
             T[(int64_t)m * K + k] = s;
         }
     }
+}
+
+static void FN(lut_fc)(const float *x, int Cin, const float *cb, int M, int K, int d,
+                       const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
+                       int relu, int nthreads)
+{
+    FN(fc_table)(x, Cin, cb, M, K, d, T);
     const int mblock = qe_fc_block(K);
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
