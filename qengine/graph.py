@@ -35,6 +35,16 @@ _INPUT_TYPES = ("Input", "Data", "ImageData", "MemoryData", "DummyData")
 _TRAIN_ONLY = ("SoftmaxWithLoss", "Accuracy")
 
 
+def _sub(msg, key, where):
+    """The last sub-message `key` of msg (a dict), or {} when absent."""
+    vals = msg.get(key)
+    if not vals:
+        return {}
+    if not isinstance(vals[-1], dict):
+        raise FormatError(f"{where}: {key} must be a message {{...}}, got {vals[-1]!r:.50}")
+    return vals[-1]
+
+
 def _one(msg, key, default=None, kind=None):
     vals = msg.get(key)
     if not vals:
@@ -80,7 +90,7 @@ def _pair(msg, key, hkey, wkey, default, where):
 
 def _layer_params(ltype, msg, where):
     if ltype == "Convolution":
-        p = (msg.get("convolution_param") or [{}])[-1]
+        p = _sub(msg, "convolution_param", where)
         dil = p.get("dilation", [])
         if any(v != 1 for v in dil):
             raise ModelError(f"{where}: dilation {dil} is not supported (only 1)")
@@ -96,16 +106,16 @@ def _layer_params(ltype, msg, where):
                 "stride": stride[0], "pad": pad[0], "group": max(1, _int(p, "group", 1, where)),
                 "bias_term": bool(_one(p, "bias_term", True))}
     if ltype == "InnerProduct":
-        p = (msg.get("inner_product_param") or [{}])[-1]
+        p = _sub(msg, "inner_product_param", where)
         if _one(p, "transpose", False):
             raise ModelError(f"{where}: transposed InnerProduct weights are not supported")
         return {"num_output": _int(p, "num_output", 0, where),
                 "bias_term": bool(_one(p, "bias_term", True))}
     if ltype == "ReLU":
-        p = (msg.get("relu_param") or [{}])[-1]
+        p = _sub(msg, "relu_param", where)
         return {"negative_slope": _float(p, "negative_slope", 0.0, where)}
     if ltype == "LRN":
-        p = (msg.get("lrn_param") or [{}])[-1]
+        p = _sub(msg, "lrn_param", where)
         region = _one(p, "norm_region", "ACROSS_CHANNELS")
         if region not in ("ACROSS_CHANNELS", 0):
             raise ModelError(f"{where}: LRN norm_region {region} is not supported")
@@ -115,9 +125,10 @@ def _layer_params(ltype, msg, where):
         return {"local_size": size, "alpha": _float(p, "alpha", 1.0, where),
                 "beta": _float(p, "beta", 0.75, where), "k": _float(p, "k", 1.0, where)}
     if ltype == "Pooling":
-        p = (msg.get("pooling_param") or [{}])[-1]
+        p = _sub(msg, "pooling_param", where)
         pool = _one(p, "pool", "MAX")
-        pool = {0: "MAX", 1: "AVE"}.get(pool, pool)
+        if isinstance(pool, int) and not isinstance(pool, bool):
+            pool = {0: "MAX", 1: "AVE"}.get(pool, pool)
         if pool not in ("MAX", "AVE"):
             raise ModelError(f"{where}: pooling method {pool} is not supported (MAX, AVE)")
         glob = bool(_one(p, "global_pooling", False))
@@ -128,13 +139,13 @@ def _layer_params(ltype, msg, where):
             raise ModelError(f"{where}: pooling kernel and stride must be at least 1")
         return {"pool": pool, "kernel": kernel, "stride": stride, "pad": pad, "global": glob}
     if ltype == "Concat":
-        p = (msg.get("concat_param") or [{}])[-1]
+        p = _sub(msg, "concat_param", where)
         axis = _one(p, "axis", _one(p, "concat_dim", 1))
         if axis != 1:
             raise ModelError(f"{where}: Concat along axis {axis} is not supported (only 1)")
         return {"axis": 1}
     if ltype == "Softmax":
-        p = (msg.get("softmax_param") or [{}])[-1]
+        p = _sub(msg, "softmax_param", where)
         if _one(p, "axis", 1) != 1:
             raise ModelError(f"{where}: Softmax only over axis 1 is supported")
         return {}
@@ -143,6 +154,14 @@ def _layer_params(ltype, msg, where):
 
 def from_prototxt(text, source="<prototxt>"):
     """Build a graph dict from Caffe deploy prototxt text (new or V1 syntax)."""
+    try:
+        return _from_prototxt(text, source)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        # a value of an unexpected kind somewhere the checks above did not foresee
+        raise FormatError(f"{source}: malformed prototxt ({type(e).__name__}: {e})") from None
+
+
+def _from_prototxt(text, source):
     msg = prototxt.parse(text, source)
     layers_msg = msg.get("layer", []) + msg.get("layers", [])
     if len(layers_msg) > MAX_LAYERS:
@@ -152,25 +171,27 @@ def from_prototxt(text, source="<prototxt>"):
         input_name = msg["input"][0]
         dims = msg.get("input_dim") or []
         if not dims and msg.get("input_shape"):
-            dims = msg["input_shape"][0].get("dim", [])
+            dims = _sub(msg, "input_shape", source).get("dim", [])
         input_shape = dims
     layers, unsupported = [], []
     for i, lm in enumerate(layers_msg):
+        if not isinstance(lm, dict):
+            raise FormatError(f"{source}: layer {i + 1} is not a message {{...}}")
         ltype = _one(lm, "type", None)
+        name = _one(lm, "name", f"layer{i + 1}")
+        where = f"{source}: layer {str(name)[:100]!r}"
+        if not isinstance(ltype, (str, int)) or isinstance(ltype, bool) or \
+                not isinstance(name, str):
+            raise FormatError(f"{where}: missing or invalid name or type")
         if isinstance(ltype, int) or ltype in _V1_TYPES:
             ltype = _V1_TYPES.get(ltype, str(ltype))
-        name = _one(lm, "name", f"layer{i + 1}")
-        where = f"{source}: layer {name!r}"
-        if not isinstance(ltype, str):
-            raise FormatError(f"{where}: missing type")
         # layers only in the TEST/TRAIN phase of a train_val file
         if ltype in _INPUT_TYPES:
             if input_name is None:
                 tops = lm.get("top", [])
                 input_name = tops[0] if tops else name
-                ip = (lm.get("input_param") or [{}])[-1]
-                shapes = ip.get("shape", [])
-                input_shape = shapes[0].get("dim", []) if shapes else []
+                ip = _sub(lm, "input_param", where)
+                input_shape = _sub(ip, "shape", where).get("dim", [])
             continue
         if ltype in _TRAIN_ONLY:
             continue
@@ -187,9 +208,12 @@ def from_prototxt(text, source="<prototxt>"):
         raise ModelError(f"{source}: unsupported layers: {', '.join(unsupported)}")
     if input_name is None:
         raise ModelError(f"{source}: no input declared (input/input_dim or an Input layer)")
-    if input_shape is None or len(input_shape) not in (3, 4):
-        raise ModelError(f"{source}: input shape must have 3 or 4 dims, got {input_shape}")
-    chw = [int(v) for v in input_shape[-3:]]
+    if not isinstance(input_name, str):
+        raise FormatError(f"{source}: the input name must be a string")
+    if input_shape is None or len(input_shape) not in (3, 4) or \
+            not all(type(v) is int for v in input_shape):
+        raise ModelError(f"{source}: input shape must be 3 or 4 integers, got {input_shape!r:.100}")
+    chw = list(input_shape[-3:])
     if min(chw) < 1 or max(chw) > MAX_DIM:
         raise ModelError(f"{source}: invalid input shape {input_shape}")
     g = {"input": {"name": str(input_name), "shape": chw}, "layers": layers}

@@ -160,6 +160,18 @@ def test_prototxt_syntax_new_and_v1():
     ('input: "d" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4 '
      'layer { name: "c" type: "ReLU" bottom: "zz" top: "c" }', ModelError, "zz"),
     ('a: @', FormatError, "unexpected character"),
+    # found by tools/fuzz.py: values of the wrong kind
+    ('input: "d" input_shape: "ape"', FormatError, "input_shape must be a message"),
+    ('input: "d" input_dim: 1 input_dim: 3 input_dim: F16 input_dim: 4', ModelError,
+     "3 or 4 integers"),
+    ('input: "d" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4 '
+     'layer { name: "r" type { x: 1 } bottom: "d" top: "r" }', FormatError, "invalid name or type"),
+    ('input: "d" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4 '
+     'layer { name: "c" type: "Convolution" bottom: "d" top: "c" convolution_param: "x" }',
+     FormatError, "must be a message"),
+    ('input: "d" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4 '
+     'layer { name: "p" type: "Pooling" bottom: "d" top: "p" pooling_param { pool { a: 1 } } }',
+     ModelError, "pooling method"),
     ("{" * 100, FormatError, "field name"),
 ])
 def test_prototxt_errors(text, exc, msg):
