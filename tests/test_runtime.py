@@ -108,21 +108,23 @@ def test_bad_inputs_raise_qengine_errors(tiny):
         qengine.load(path + ".missing")
 
 
-def test_threads_give_identical_results_in_parallel(tiny):
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_threads_give_identical_results_in_parallel(tiny, mode):
+    """8 threads making 200 predictions each on one Model: bit-identical to serial runs."""
     path, _, _ = tiny
-    m = qengine.load(path)
-    xs = [np.random.default_rng(i).standard_normal((2,) + m.input_shape).astype(np.float32)
-          for i in range(8)]
-    serial = [m.forward(x) for x in xs]
-    results = [None] * 8
-    errors = []
+    m = qengine.load(path, mode=mode)
+    imgs = [np.random.default_rng(i).integers(0, 256, (30, 25, 3), dtype=np.uint8)
+            for i in range(8)]
+    serial = [m.forward(m.preprocess(im)) for im in imgs]
+    errors, done = [], [0] * 8
 
     def work(i):
         try:
-            for _ in range(20):
-                y = m.forward(xs[i])
-                assert np.array_equal(y, serial[i])
-            results[i] = True
+            for _ in range(200):
+                y = m.forward(m.preprocess(imgs[i]))
+                if not np.array_equal(y, serial[i]):
+                    raise AssertionError(f"thread {i}: result differs from the serial run")
+                done[i] += 1
         except Exception as e:  # pragma: no cover
             errors.append(e)
 
@@ -131,7 +133,7 @@ def test_threads_give_identical_results_in_parallel(tiny):
         t.start()
     for t in ts:
         t.join()
-    assert not errors and all(results)
+    assert not errors and done == [200] * 8
 
 
 def test_multithreaded_kernels_match_single(tiny):
