@@ -15,24 +15,6 @@ static inline V8 FN(vload)(const float *p) { return *(const V8 *)p; }
 static inline void FN(vstore)(float *p, V8 v) { *(V8 *)p = v; }
 static inline V8 FN(vsplat)(float f) { V8 v = {f, f, f, f, f, f, f, f}; return v; }
 
-/* Write one tile of the flattened output (r0 .. r0+QE_TILE) into y [OH][OW]. */
-static inline void FN(scatter_tile)(const qe_conv_geom *g, int64_t r0, const float *acc,
-                                    float bias, int relu, float *yc)
-{
-    int oh = (int)(r0 / g->Wq), ow = (int)(r0 - (int64_t)oh * g->Wq);
-    int n = g->R - r0 < QE_TILE ? (int)(g->R - r0) : QE_TILE;
-    for (int i = 0; i < n; i++) {
-        if (ow < g->OW) {
-            float v = acc[i] + bias;
-            if (relu && v < 0.f) v = 0.f;
-            yc[(int64_t)oh * g->OW + ow] = v;
-        }
-        if (++ow == g->Wq) { ow = 0; oh++; }
-    }
-}
-
-/* T[ph][m][k][p] = sum_c cb[m][k][c] * xp[ph][m*d + c][p]: K inner products
- * for every input position and subspace, two codewords at a time. */
 /* Move a flattened accumulator row acc [ntiles*QE_TILE] into y [OH][OW]. */
 static void FN(scatter_rows)(const qe_conv_geom *g, const float *accbuf, int Cout,
                              const float *bias, int relu, float *y, int nthreads)
@@ -98,8 +80,8 @@ static void FN(lut_build)(const qe_conv_geom *g, const float *xp, const float *c
 }
 
 /* acc[co][r] = sum_j T[tbase[j] + asmt[co][aoff[j]]*PS + r]: every output is a
- * sum of table entries picked by the stored indices, QE_TILE positions at a
- * time.  The taps come in chunks (chunk_end) whose table planes fit in L2;
+ * sum of table entries picked by the stored indices, QE_TILE positions (eight
+ * vector accumulators) at a time.  The taps come in chunks (chunk_end) whose table planes fit in L2;
  * chunks are the outer loop so that neighbouring tiles reuse the planes
  * already in cache, and the partial sums wait in acc [Cout][ntiles*QE_TILE]. */
 static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t *tbase,
@@ -134,27 +116,14 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
             for (int co = 0; co < Cout; co++) {
                 const uint8_t *a = asmt + (int64_t)co * J;
                 float *yb = accbuf + (int64_t)co * RP + r0;
-                V8 a0, a1, a2, a3;
-                if (c == 0) {
-                    a0 = FN(vsplat)(0.f); a1 = a0; a2 = a0; a3 = a0;
-                } else {
-                    a0 = FN(vload)(yb); a1 = FN(vload)(yb + 8);
-                    a2 = FN(vload)(yb + 16); a3 = FN(vload)(yb + 24);
+                V8 acc[QE_TILE / 8];
+                for (int v = 0; v < QE_TILE / 8; v++)
+                    acc[v] = c == 0 ? FN(vsplat)(0.f) : FN(vload)(yb + 8 * v);
+                for (int j = jstart; j < jend; j++) {
+                    const float *src = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
+                    for (int v = 0; v < QE_TILE / 8; v++) acc[v] += FN(vload)(src + 8 * v);
                 }
-                V8 b0 = FN(vsplat)(0.f), b1 = b0, b2 = b0, b3 = b0;
-                int j = jstart;
-                for (; j + 1 < jend; j += 2) {
-                    const float *s = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
-                    const float *u = T + tbase[j + 1] + (int64_t)a[aoff[j + 1]] * PS + r0;
-                    a0 += FN(vload)(s); a1 += FN(vload)(s + 8); a2 += FN(vload)(s + 16); a3 += FN(vload)(s + 24);
-                    b0 += FN(vload)(u); b1 += FN(vload)(u + 8); b2 += FN(vload)(u + 16); b3 += FN(vload)(u + 24);
-                }
-                if (j < jend) {
-                    const float *s = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
-                    a0 += FN(vload)(s); a1 += FN(vload)(s + 8); a2 += FN(vload)(s + 16); a3 += FN(vload)(s + 24);
-                }
-                FN(vstore)(yb, a0 + b0); FN(vstore)(yb + 8, a1 + b1);
-                FN(vstore)(yb + 16, a2 + b2); FN(vstore)(yb + 24, a3 + b3);
+                for (int v = 0; v < QE_TILE / 8; v++) FN(vstore)(yb + 8 * v, acc[v]);
             }
         }
         jstart = jend;

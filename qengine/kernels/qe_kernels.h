@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define QE_TILE 32 /* output positions per register tile; scratch planes are padded to it */
+#define QE_TILE 64 /* output positions per register tile; scratch planes are padded to it */
 
 enum { QE_ISA_GENERIC = 0, QE_ISA_AVX2 = 1, QE_ISA_COUNT = 2 };
 
