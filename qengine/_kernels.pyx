@@ -9,6 +9,7 @@ from libc.stdint cimport uint8_t, int32_t, int64_t
 
 cdef extern from "kernels/qe_kernels.h" nogil:
     int QE_TILE
+    int QE_DENSE_CO
     int QE_ISA_GENERIC, QE_ISA_AVX2, QE_ISA_COUNT
     ctypedef struct qe_conv_geom:
         int C, H, W, KH, KW, S, P, OH, OW, Hq, Wq, SS
@@ -85,7 +86,8 @@ def conv_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int
     cdef qe_conv_geom g
     _geom(&g, C, H, W, KH, KW, S, P)
     if M <= 0:
-        return qe_phase_floats(&g) + qe_acc_floats(&g, (Cout + 3) // 4 * 4)
+        return qe_phase_floats(&g) + qe_acc_floats(&g, (Cout + QE_DENSE_CO - 1) // QE_DENSE_CO
+                                                   * QE_DENSE_CO)
     return qe_phase_floats(&g) + qe_lut_floats(&g, M, K) + qe_acc_floats(&g, Cout)
 
 
@@ -139,16 +141,17 @@ def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
 
 def block_conv_weights(w, int groups):
     """Dense weights [Cout, C/groups, KH, KW] -> the kernel's layout
-    [groups, ceil(Cout/groups/4), C/groups*KH*KW, 4], zero-padded."""
+    [groups, ceil(Cout/groups/B), C/groups*KH*KW, B] (B = QE_DENSE_CO), zero-padded."""
     import numpy as np
+    cdef int B = QE_DENSE_CO
     w = np.asarray(w, np.float32)
     cout = w.shape[0]
     og = cout // groups
     j = w.shape[1] * w.shape[2] * w.shape[3]
-    nb = (og + 3) // 4
-    out = np.zeros((groups, nb * 4, j), np.float32)
+    nb = (og + B - 1) // B
+    out = np.zeros((groups, nb * B, j), np.float32)
     out[:, :og] = w.reshape(groups, og, j)
-    return np.ascontiguousarray(out.reshape(groups, nb, 4, j).transpose(0, 1, 3, 2))
+    return np.ascontiguousarray(out.reshape(groups, nb, B, j).transpose(0, 1, 3, 2))
 
 
 def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
@@ -162,13 +165,14 @@ def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
     if groups <= 0 or C % groups or Cout % groups:
         raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
     cdef int Cg = C // groups, Og = Cout // groups
-    if wblk.shape[1] != (Og + 3) // 4 or wblk.shape[2] != Cg * kh * kw or wblk.shape[3] != 4:
+    if wblk.shape[1] != (Og + QE_DENSE_CO - 1) // QE_DENSE_CO or wblk.shape[2] != Cg * kh * kw \
+            or wblk.shape[3] != QE_DENSE_CO:
         raise ValueError("blocked weights do not match the convolution")
     _geom(&g, Cg, H, W, kh, kw, stride, pad)
     if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
         raise ValueError("bias or output shape does not match the convolution")
     cdef int64_t nxp = qe_phase_floats(&g)
-    if ws.shape[0] < nxp + qe_acc_floats(&g, (Og + 3) // 4 * 4):
+    if ws.shape[0] < nxp + qe_acc_floats(&g, (Og + QE_DENSE_CO - 1) // QE_DENSE_CO * QE_DENSE_CO):
         raise ValueError("workspace too small")
     cdef int n, gi, rc = 0
     with nogil:

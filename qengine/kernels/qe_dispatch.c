@@ -202,8 +202,8 @@ int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Co
     if (nthreads < 1) nthreads = 1;
     int64_t *jb = dense_tap_offsets(g);
     if (!jb) return -1;
-    int cout4 = (Cout + 3) / 4 * 4;
-    K_()->dense_conv(g, xp, jb, g->C * g->KH * g->KW, w, cout4, accbuf, nthreads);
+    int coutb = (Cout + QE_DENSE_CO - 1) / QE_DENSE_CO * QE_DENSE_CO;
+    K_()->dense_conv(g, xp, jb, g->C * g->KH * g->KW, w, coutb, accbuf, nthreads);
     K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
     free(jb);
     return 0;

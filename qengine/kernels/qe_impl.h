@@ -130,46 +130,45 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
     }
 }
 
-/* Dense convolution in the same phase-plane layout, register-blocked: four
- * output channels times 16 positions in eight accumulators.  w is blocked as
- * [Cout/4][J][4] (J = C*KH*KW taps in jbase order); acc [Cout][RP]. */
+/* Dense convolution in the same phase-plane layout, register-blocked: six
+ * output channels times 16 positions in twelve accumulators.  w is blocked as
+ * [Cout/6][J][6] (J = C*KH*KW taps in jbase order); acc [Cout][RP]. */
 static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t *jbase, int J,
-                           const float *w, int Cout4, float *accbuf, int nthreads)
+                           const float *w, int CoutB, float *accbuf, int nthreads)
 {
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
     const int64_t ntiles = RP / 16;
-    const int nblk = Cout4 / 4;
+    const int nblk = CoutB / QE_DENSE_CO;
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t t = 0; t < ntiles; t++) {
         const int64_t r0 = t * 16;
         for (int cb = 0; cb < nblk; cb++) {
-            const float *wb = w + (int64_t)cb * J * 4;
-            V8 c00 = FN(vsplat)(0.f), c01 = c00, c10 = c00, c11 = c00;
-            V8 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+            const float *wb = w + (int64_t)cb * J * QE_DENSE_CO;
+            V8 c00 = FN(vsplat)(0.f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+            V8 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
             for (int j = 0; j < J; j++) {
                 const float *s = xp + jbase[j] + r0;
                 V8 x0 = FN(vload)(s), x1 = FN(vload)(s + 8);
-                const float *wj = wb + 4 * j;
-                V8 w0 = FN(vsplat)(wj[0]), w1 = FN(vsplat)(wj[1]);
-                V8 w2 = FN(vsplat)(wj[2]), w3 = FN(vsplat)(wj[3]);
-                c00 += w0 * x0; c01 += w0 * x1; c10 += w1 * x0; c11 += w1 * x1;
-                c20 += w2 * x0; c21 += w2 * x1; c30 += w3 * x0; c31 += w3 * x1;
+                const float *wj = wb + QE_DENSE_CO * j;
+                V8 w0 = FN(vsplat)(wj[0]);
+                c00 += w0 * x0; c01 += w0 * x1;
+                w0 = FN(vsplat)(wj[1]); c10 += w0 * x0; c11 += w0 * x1;
+                w0 = FN(vsplat)(wj[2]); c20 += w0 * x0; c21 += w0 * x1;
+                w0 = FN(vsplat)(wj[3]); c30 += w0 * x0; c31 += w0 * x1;
+                w0 = FN(vsplat)(wj[4]); c40 += w0 * x0; c41 += w0 * x1;
+                w0 = FN(vsplat)(wj[5]); c50 += w0 * x0; c51 += w0 * x1;
             }
-            float *o = accbuf + (int64_t)cb * 4 * RP + r0;
+            float *o = accbuf + (int64_t)cb * QE_DENSE_CO * RP + r0;
             FN(vstore)(o, c00); FN(vstore)(o + 8, c01);
             FN(vstore)(o + RP, c10); FN(vstore)(o + RP + 8, c11);
             FN(vstore)(o + 2 * RP, c20); FN(vstore)(o + 2 * RP + 8, c21);
             FN(vstore)(o + 3 * RP, c30); FN(vstore)(o + 3 * RP + 8, c31);
+            FN(vstore)(o + 4 * RP, c40); FN(vstore)(o + 4 * RP + 8, c41);
+            FN(vstore)(o + 5 * RP, c50); FN(vstore)(o + 5 * RP + 8, c51);
         }
     }
 }
 
-/* Fully-connected lookup: T[m][k] = x_m . cb[m][k], then y[co] = bias +
- * sum_m T[m][asmt[co][m]].  The subspaces are taken in blocks of
- * qe_fc_block(K) whose table rows fit in L1, and every output is advanced over
- * one block before the next block's rows are touched.  asmt is in the blocked
- * layout of qe_fc_block(): block b holds [Cout][its subspaces], so the
- * indices stream through memory in order. */
 /* The fully-connected lookup table: T[m][k] = x_m . cb[m][k]. */
 static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K, int d, float *T)
 {

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #define QE_TILE 64 /* output positions per register tile; scratch planes are padded to it */
+#define QE_DENSE_CO 6 /* output channels per register block of the dense convolution */
 
 enum { QE_ISA_GENERIC = 0, QE_ISA_AVX2 = 1, QE_ISA_COUNT = 2 };
 
@@ -55,9 +56,9 @@ int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, 
                 const uint8_t *asmt, int Cout, const float *bias, float *T, float *acc,
                 float *y, int relu, int nthreads);
 
-/* Dense convolution of one group.  w is blocked by four output channels:
- * [ceil(Cout/4)][C*KH*KW][4] (zeros past Cout); acc is scratch of
- * qe_acc_floats(g, ceil(Cout/4)*4) floats. */
+/* Dense convolution of one group.  w is blocked by QE_DENSE_CO output
+ * channels: [ceil(Cout/B)][C*KH*KW][B] (zeros past Cout); acc is scratch of
+ * qe_acc_floats(g, ceil(Cout/B)*B) floats. */
 int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
                   const float *bias, float *acc, float *y, int relu, int nthreads);
 
