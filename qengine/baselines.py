@@ -33,42 +33,29 @@ def _conv(x, w, b, s, p, g):
     return out.reshape(n, cout, oh, ow)
 
 
+def _pool_fast(p, xs, wb):
+    x = xs[0]
+    if p["global"]:
+        return (x.mean(axis=(2, 3), keepdims=True) if p["pool"] == "AVE"
+                else x.max(axis=(2, 3), keepdims=True))
+    if p["pool"] == "MAX":
+        return _maxpool(x, p["kernel"], p["stride"], p["pad"])
+    return reference.pool(x, p["kernel"], p["stride"], p["pad"], p["pool"])
+
+
+# the reference's layers, with the heavy ones done the way a numpy user would
+NUMPY_LAYERS = {
+    "Convolution": lambda p, xs, wb: _conv(xs[0], wb[0], wb[1], p["stride"], p["pad"], p["group"]),
+    "InnerProduct": lambda p, xs, wb: xs[0].reshape(xs[0].shape[0], -1) @ wb[0].T + wb[1],
+    "ReLU": lambda p, xs, wb: (np.maximum(xs[0], 0) if p["negative_slope"] == 0 else
+                               np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"]))),
+    "Pooling": _pool_fast,
+}
+
+
 def numpy_runner(graph, weights):
     """A callable x -> output: im2col + GEMM (numpy's BLAS) for conv and fc."""
-    def run(x):
-        blobs = {graph["input"]["name"]: x}
-        out = x
-        for L in graph["layers"]:
-            xs = [blobs[b] for b in L["bottom"]]
-            p, t = L["params"], L["type"]
-            if t == "Convolution":
-                w, b = weights[L["name"]]
-                out = _conv(xs[0], w, b, p["stride"], p["pad"], p["group"])
-            elif t == "InnerProduct":
-                w, b = weights[L["name"]]
-                out = xs[0].reshape(xs[0].shape[0], -1) @ w.T + b
-            elif t == "ReLU":
-                out = np.maximum(xs[0], 0) if p["negative_slope"] == 0 else \
-                    np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"]))
-            elif t == "LRN":
-                out = reference.lrn(xs[0], p["local_size"], p["alpha"], p["beta"], p["k"])
-            elif t == "Pooling" and p["pool"] == "MAX" and not p["global"]:
-                out = _maxpool(xs[0], p["kernel"], p["stride"], p["pad"])
-            elif t == "Pooling" and p["global"]:
-                out = (xs[0].mean(axis=(2, 3), keepdims=True) if p["pool"] == "AVE"
-                       else xs[0].max(axis=(2, 3), keepdims=True))
-            elif t == "Pooling":
-                out = reference.pool(xs[0], p["kernel"], p["stride"], p["pad"], p["pool"])
-            elif t == "Concat":
-                out = np.concatenate(xs, axis=1)
-            elif t == "Softmax":
-                out = reference.softmax(xs[0])
-            else:
-                out = xs[0]
-            for top in L["top"]:
-                blobs[top] = out
-        return out
-    return run
+    return lambda x: reference.forward(graph, weights, x, layers=NUMPY_LAYERS)
 
 
 def onnx_model(graph, weights, batch=1):

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _kernels
 from .quantize import reconstruct
-from .reference import lrn, pool, softmax
+from .reference import LAYERS
 
 MAX_POSITIONS = 6144
 RIDGE = 1e-3
@@ -46,33 +46,31 @@ def _fc(x, w, b):
     return out
 
 
-def apply_layer(L, xs, wb=None):
-    t, p = L["type"], L["params"]
-    if t == "Convolution":
-        return _conv(xs[0], wb[0], wb[1], p)
-    if t == "InnerProduct":
-        return _fc(xs[0], wb[0], wb[1])
-    if t == "ReLU":
-        return np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"]))
-    if t == "LRN":
-        return lrn(xs[0], p["local_size"], p["alpha"], p["beta"], p["k"])
-    if t == "Pooling":
-        x = np.ascontiguousarray(xs[0], np.float32)
-        from .graph import pool_output
-        n, c, h, w = x.shape
-        if p["global"]:
-            out = np.empty((n, c, 1, 1), np.float32)
-            _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE")
-            return out
-        (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-        out = np.empty((n, c, pool_output(h, kh, sh, ph), pool_output(w, kw, sw, pw)), np.float32)
-        _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE")
+def _pool(p, xs, wb):
+    from .graph import pool_output
+    x = np.ascontiguousarray(xs[0], np.float32)
+    n, c, h, w = x.shape
+    if p["global"]:
+        out = np.empty((n, c, 1, 1), np.float32)
+        _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE")
         return out
-    if t == "Concat":
-        return np.concatenate(xs, axis=1)
-    if t == "Softmax":
-        return softmax(xs[0])
-    return xs[0]
+    (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
+    out = np.empty((n, c, pool_output(h, kh, sh, ph), pool_output(w, kw, sw, pw)), np.float32)
+    _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE")
+    return out
+
+
+# the reference's layers with the C kernels for the heavy ones (calibration runs are large)
+FAST_LAYERS = {
+    "Convolution": lambda p, xs, wb: _conv(xs[0], wb[0], wb[1], p),
+    "InnerProduct": lambda p, xs, wb: _fc(xs[0], wb[0], wb[1]),
+    "ReLU": lambda p, xs, wb: np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"])),
+    "Pooling": _pool,
+}
+
+
+def apply_layer(L, xs, wb=None):
+    return dict(LAYERS, **FAST_LAYERS)[L["type"]](L["params"], xs, wb)
 
 
 # -- the fit ---------------------------------------------------------------

@@ -78,35 +78,32 @@ def softmax(x):
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def forward(graph, weights, x, outputs=None):
+# one function per layer type: f(params, inputs, (w, b) or None) -> output
+LAYERS = {
+    "Convolution": lambda p, xs, wb: conv2d(xs[0], wb[0], wb[1], p["stride"], p["pad"],
+                                           p["group"]),
+    "InnerProduct": lambda p, xs, wb: fc(xs[0], wb[0], wb[1]),
+    "ReLU": lambda p, xs, wb: relu(xs[0], p["negative_slope"]),
+    "LRN": lambda p, xs, wb: lrn(xs[0], p["local_size"], p["alpha"], p["beta"], p["k"]),
+    "Pooling": lambda p, xs, wb: pool(xs[0], p["kernel"], p["stride"], p["pad"], p["pool"],
+                                      p["global"]),
+    "Concat": lambda p, xs, wb: np.concatenate(xs, axis=1),
+    "Dropout": lambda p, xs, wb: xs[0],
+    "Softmax": lambda p, xs, wb: softmax(xs[0]),
+}
+
+
+def forward(graph, weights, x, outputs=None, layers=None):
     """Run a graph densely. weights: {layer: (w, b)} with conv w [Cout,Cg,KH,KW]
-    and fc w [Cout,Cin]. Returns the last output or a dict of named outputs."""
+    and fc w [Cout,Cin]; layers: functions replacing some of LAYERS. Returns the
+    last output or a dict of named outputs."""
+    impl = dict(LAYERS, **(layers or {}))
     blobs = {graph["input"]["name"]: np.asarray(x, np.float32)}
     res = {}
     out = None
     for L in graph["layers"]:
-        xs = [blobs[b] for b in L["bottom"]]
-        p, t = L["params"], L["type"]
-        if t == "Convolution":
-            w, b = weights[L["name"]]
-            out = conv2d(xs[0], w, b, p["stride"], p["pad"], p["group"])
-        elif t == "InnerProduct":
-            w, b = weights[L["name"]]
-            out = fc(xs[0], w, b)
-        elif t == "ReLU":
-            out = relu(xs[0], p["negative_slope"])
-        elif t == "LRN":
-            out = lrn(xs[0], p["local_size"], p["alpha"], p["beta"], p["k"])
-        elif t == "Pooling":
-            out = pool(xs[0], p["kernel"], p["stride"], p["pad"], p["pool"], p["global"])
-        elif t == "Concat":
-            out = np.concatenate(xs, axis=1)
-        elif t == "Dropout":
-            out = xs[0]
-        elif t == "Softmax":
-            out = softmax(xs[0])
-        else:
-            raise ValueError(f"reference has no layer type {t}")
+        out = impl[L["type"]](L["params"], [blobs[b] for b in L["bottom"]],
+                              weights.get(L["name"]))
         res[L["name"]] = out
         for top in L["top"]:
             blobs[top] = out
