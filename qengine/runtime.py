@@ -488,7 +488,10 @@ class Model:
     def predict(self, images, top=5):
         """Classify images; returns, per image, the top classes as dicts
         {"index", "label", "prob"}, most probable first."""
-        batch = self.preprocess(images)
+        return self.classify(self.preprocess(images), top)
+
+    def classify(self, batch, top=5):
+        """The top classes of a preprocessed batch [N, C, H, W] (see predict)."""
         out = self.forward(batch)
         probs = out.reshape(out.shape[0], -1).astype(np.float64)
         if self._ops[-1].type != "Softmax":
