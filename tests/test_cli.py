@@ -160,3 +160,20 @@ def test_qconvert_caffe_errors(tmp_path):
             "--layer", "conv9:d=2,k=4")
     assert r.returncode == 1 and "conv9" in r.stderr
     assert not (tmp_path / "o.qcnn").exists()
+
+
+def test_qrun_batches_with_threads_and_skips_bad_images(tmp_path):
+    model = tmp_path / "tiny.qcnn"
+    build(model)
+    from PIL import Image
+    import numpy as np
+    good = tmp_path / "g.png"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    r = run("qrun", str(model), str(good), str(bad), str(good), "--threads", "2", "--json")
+    assert r.returncode == 1
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["image"] for x in lines] == [str(good), str(good)]
+    assert lines[0]["top"] == lines[1]["top"]
+    assert len(r.stderr.strip().splitlines()) == 1 and "bad.jpg" in r.stderr
