@@ -28,6 +28,10 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_fc_q8_pad_cout(int Cout)
     int qe_fc_q8_pad_m(int M)
     void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out)
+    int qe_fc_k_pad(int K)
+    void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d,
+                   const uint8_t *idxq, int Cout, const float *bias, float *T, float *acc,
+                   float *y, int relu, int nthreads)
     void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d,
                   const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q,
                   int32_t *acc, float *y, int relu, int nthreads)
@@ -252,6 +256,33 @@ def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] i
         for n in range(N):
             qe_fc_q8(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
                      <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[n, 0], relu, nthreads)
+
+
+def fc_f32_workspace_floats(int M, int K, int Cout):
+    """Scratch floats the register-lookup exact fully-connected kernel needs."""
+    return qe_fc_q8_pad_m(M) * qe_fc_k_pad(K) + qe_fc_q8_pad_cout(Cout)
+
+
+def fc_f32(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] idxq, int Cout,
+           const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
+    """Exact fully-connected layer with float tables looked up in registers (K <= 32);
+    indices from fc_q8_layout()."""
+    cdef int N = x.shape[0], Cin = x.shape[1]
+    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    if K > 32 or M != (Cin + d - 1) // d:
+        raise ValueError(f"register FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
+    if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
+        raise ValueError("index layout does not match the layer")
+    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout:
+        raise ValueError("bias or output shape does not match the layer")
+    if ws.shape[0] < fc_f32_workspace_floats(M, K, Cout):
+        raise ValueError("workspace too small")
+    cdef int64_t aoff = <int64_t>qe_fc_q8_pad_m(M) * qe_fc_k_pad(K)
+    cdef int n
+    with nogil:
+        for n in range(N):
+            qe_fc_f32(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
+                      &ws[aoff], &out[n, 0], relu, nthreads)
 
 
 def fc_dense(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias, bint relu,

@@ -224,6 +224,9 @@ class _FC(_Weighted):
             elif q8:
                 self.strategy = "lut8"
                 self.indices = _kernels.fc_q8_layout(self.indices)
+            elif self.K <= 32:
+                # float tables small enough to be looked up inside registers
+                self.indices = _kernels.fc_q8_layout(self.indices)
             else:
                 self.indices = block_fc_indices(self.indices, self.K)
         else:
@@ -233,6 +236,8 @@ class _FC(_Weighted):
     def workspace(self):
         if self.strategy == "lut8":
             return _kernels.fc_q8_workspace_floats(self.M, self.K, self.params["num_output"])
+        if self.strategy == "lut" and self.K <= 32:
+            return _kernels.fc_f32_workspace_floats(self.M, self.K, self.params["num_output"])
         return self.M * self.K if self.strategy == "lut" else 0
 
     def cost(self):
@@ -248,6 +253,9 @@ class _FC(_Weighted):
         if self.strategy == "lut8":
             _kernels.fc_q8(x, self.codebook, self.indices, self.params["num_output"], self.bias,
                            relu, out, ws, nthreads)
+        elif self.strategy == "lut" and self.K <= 32:
+            _kernels.fc_f32(x, self.codebook, self.indices, self.params["num_output"], self.bias,
+                            relu, out, ws, nthreads)
         elif self.strategy == "lut":
             _kernels.fc_lut(x, self.codebook, self.indices, self.bias, relu, out, ws, nthreads)
         else:

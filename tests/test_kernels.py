@@ -83,6 +83,36 @@ def test_fc_lut_matches_numpy(isa, case, nthreads):
         close(out, np.maximum(ref, 0) if relu else ref)
 
 
+@pytest.mark.parametrize("case", [c for c in FC_CASES if c[3] <= 32] + [(70, 45, 2, 7),
+                                                                         (300, 64, 3, 9)])
+def test_fc_register_lookup_matches_numpy_and_across_isas(case):
+    """The exact register-lookup FC kernel (K <= 32; larger K use fc_lut, tested above)."""
+    cin, cout, d, K = case
+    M = -(-cin // d)
+    x = RNG.standard_normal((2, cin)).astype(np.float32)
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
+    b = RNG.standard_normal(cout).astype(np.float32)
+    ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
+    lay = _kernels.fc_q8_layout(idx)
+    ws = np.empty(_kernels.fc_f32_workspace_floats(M, K, cout), np.float32)
+    outs = []
+    before = _kernels.get_isa()
+    try:
+        for isa in _kernels.ISA_NAMES:
+            if not _kernels.isa_supported(isa):
+                continue
+            _kernels.set_isa(isa)
+            out = np.full((2, cout), np.nan, np.float32)
+            _kernels.fc_f32(x, cb, lay, cout, b, True, out, ws)
+            outs.append(out)
+    finally:
+        _kernels.set_isa(before)
+    close(outs[0], np.maximum(ref, 0))
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+
+
 @pytest.mark.parametrize("cin,cout", [(1, 1), (15, 3), (16, 4), (333, 17)])
 def test_fc_dense_matches_numpy(isa, cin, cout):
     x = RNG.standard_normal((2, cin)).astype(np.float32)

@@ -55,16 +55,17 @@ typedef struct {
     void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
     void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *);
     void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
+    void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
 } qe_kernel_table;
 
 static const qe_kernel_table qe_tables[QE_ISA_COUNT] = {
     {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
-     lrn_generic, fc_q8_lookup_generic},
+     lrn_generic, fc_q8_lookup_generic, fc_f32_lookup_generic},
 #ifdef QE_HAVE_AVX2_BUILD
-    {lut_build_avx2, lut_lookup_avx2, scatter_rows_avx2, dense_conv_avx2, lut_fc_avx2, dense_fc_avx2, lrn_avx2, fc_q8_lookup_avx2},
+    {lut_build_avx2, lut_lookup_avx2, scatter_rows_avx2, dense_conv_avx2, lut_fc_avx2, dense_fc_avx2, lrn_avx2, fc_q8_lookup_avx2, fc_f32_lookup_avx2},
 #else
     {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
-     lrn_generic, fc_q8_lookup_generic},
+     lrn_generic, fc_q8_lookup_generic, fc_f32_lookup_generic},
 #endif
 };
 
@@ -290,6 +291,31 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
     K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);
     for (int co = 0; co < Cout; co++) {
         float v = s * (float)acc[co] + (float)offsum + (bias ? bias[co] : 0.f);
+        y[co] = (relu && v < 0.f) ? 0.f : v;
+    }
+}
+
+int qe_fc_k_pad(int K) { return K <= 8 ? 8 : K <= 16 ? 16 : 32; }
+
+void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+               int Cout, const float *bias, float *T, float *acc, float *y, int relu, int nthreads)
+{
+    const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout), Kp = qe_fc_k_pad(K);
+    /* table rows padded to Kp entries; padding rows and entries are zero */
+    memset(T, 0, sizeof(float) * (size_t)Mp * (size_t)Kp);
+    for (int m = 0; m < M; m++) {
+        int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
+        const float *xm = x + c0;
+        const float *cbm = cb + (int64_t)m * K * d;
+        for (int k = 0; k < K; k++) {
+            float s = 0.f;
+            for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
+            T[(int64_t)m * Kp + k] = s;
+        }
+    }
+    K_()->fc_f32_lookup(T, Mp, Kp, idxq, Cp, acc, nthreads);
+    for (int co = 0; co < Cout; co++) {
+        float v = acc[co] + (bias ? bias[co] : 0.f);
         y[co] = (relu && v < 0.f) ? 0.f : v;
     }
 }

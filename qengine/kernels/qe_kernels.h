@@ -85,6 +85,13 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
               int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
               int nthreads);
 
+/* Exact fully-connected lookup for K <= 32 in the qe_fc_q8_layout() index
+ * layout, looked up in registers.  Scratch: T (Mp * qe_fc_k_pad(K) floats),
+ * acc (Cout_pad floats). */
+int qe_fc_k_pad(int K);
+void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+               int Cout, const float *bias, float *T, float *acc, float *y, int relu, int nthreads);
+
 /* Dense fully-connected layer: w [Cout][Cin]. */
 void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
                  float *y, int relu, int nthreads);

@@ -71,3 +71,62 @@ static void FN(fc_q8_lookup)(const uint8_t *q, int Mp, const uint8_t *idx, int C
 }
 
 #undef FN
+
+#define FN(name) QE_CAT(name, QE_SUFFIX)
+
+/* Exact fully-connected lookup for K <= 32, in the index layout of
+ * qe_fc_q8_layout(): acc[co] += sum_m T[m][a[co][m]] with float tables of Kp
+ * (8, 16 or 32) entries per row.  The AVX2 body looks the table rows up
+ * inside registers (vpermps picks among 8 floats by the low 3 index bits,
+ * blends on bits 3 and 4 pick the register), 32 outputs at a time; both bodies
+ * add in the same order, so their sums are bit-identical. */
+static void FN(fc_f32_lookup)(const float *T, int Mp, int Kp, const uint8_t *idx, int Cout_pad,
+                              float *acc, int nthreads)
+{
+    const int ncb = Cout_pad / 32;
+    for (int co = 0; co < Cout_pad; co++) acc[co] = 0.f;
+    for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
+        const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
+        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        for (int c = 0; c < ncb; c++) {
+            const uint8_t *ib = idx + (int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb;
+            float *ac = acc + c * 32;
+#ifdef QE_IMPL_AVX2
+            __m256 s[4];
+            for (int g = 0; g < 4; g++) s[g] = _mm256_loadu_ps(ac + 8 * g);
+            for (int mm = 0; mm < mb; mm++) {
+                const float *tr = T + (int64_t)(m0 + mm) * Kp;
+                const __m256 t0 = _mm256_loadu_ps(tr);
+                const __m256 t1 = Kp > 8 ? _mm256_loadu_ps(tr + 8) : t0;
+                const __m256 t2 = Kp > 16 ? _mm256_loadu_ps(tr + 16) : t0;
+                const __m256 t3 = Kp > 16 ? _mm256_loadu_ps(tr + 24) : t0;
+                for (int g = 0; g < 4; g++) {
+                    __m256i i = _mm256_cvtepu8_epi32(
+                        _mm_loadl_epi64((const __m128i *)(ib + mm * 32 + 8 * g)));
+                    __m256 r = _mm256_permutevar8x32_ps(t0, i);
+                    if (Kp > 8) {
+                        __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(i, 28));
+                        r = _mm256_blendv_ps(r, _mm256_permutevar8x32_ps(t1, i), b3);
+                        if (Kp > 16) {
+                            __m256 hi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t2, i),
+                                                         _mm256_permutevar8x32_ps(t3, i), b3);
+                            r = _mm256_blendv_ps(r, hi,
+                                                 _mm256_castsi256_ps(_mm256_slli_epi32(i, 27)));
+                        }
+                    }
+                    s[g] = _mm256_add_ps(s[g], r);
+                }
+            }
+            for (int g = 0; g < 4; g++) _mm256_storeu_ps(ac + 8 * g, s[g]);
+#else
+            for (int mm = 0; mm < mb; mm++) {
+                const float *tr = T + (int64_t)(m0 + mm) * Kp;
+                const uint8_t *ii = ib + mm * 32;
+                for (int l = 0; l < 32; l++) ac[l] += tr[ii[l]];
+            }
+#endif
+        }
+    }
+}
+
+#undef FN
