@@ -114,11 +114,15 @@ def _refine(pat, R, group_of, C, A, iters, ridge=RIDGE):
             out[cos] = np.einsum("ntd,ptd->np", W, pat64[g, :, m], optimize=True)
         return out
 
-    parts = [contrib(m) for m in range(M)]
-    total = np.sum(parts, axis=0)
+    # the response of all subspaces; each subspace's own part is recomputed when
+    # needed rather than kept (M parts of Cout x P would not fit in memory)
+    total = np.zeros_like(R)
+    for m in range(M):
+        total += contrib(m)
     for _ in range(iters):
         for m in range(M):
-            E = R - total + parts[m]                       # what subspace m should explain
+            old_part = contrib(m)
+            E = R - total + old_part                       # what subspace m should explain
             # q[co, t] = X_t^T E_co
             q = np.empty((cout, T, d))
             for g in range(G):
@@ -153,9 +157,7 @@ def _refine(pat, R, group_of, C, A, iters, ridge=RIDGE):
                     s += np.einsum("uef,nf->nue", gm[:, t], delta)
                     a[:, t] = new
                 A[cos, :, m] = a
-            new_part = contrib(m)
-            total += new_part - parts[m]
-            parts[m] = new_part
+            total += contrib(m) - old_part
     # bias correction: each output's mean residual moves into its bias
     delta = (R - total).mean(axis=1)
     return C.astype(np.float32), A, delta
