@@ -41,6 +41,7 @@ def load_image(src):
             if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name}: image size {w}x{h} is empty or above the "
                                  f"{MAX_IMAGE_PIXELS}-pixel limit")
+            _check_raw_size(img, src, name)
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(img, dtype=np.float64)
@@ -63,6 +64,27 @@ def load_image(src):
         raise ImageError(f"{name}: refused, too many pixels ({e})") from None
     except Exception as e:  # PIL raises many types for bad files
         raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+def _check_raw_size(img, src, name):
+    """An uncompressed image (BMP, PPM, ...) must hold the bytes its header declares,
+    so that a small corrupt file cannot make the decoder allocate a large bitmap."""
+    import os
+    tile = getattr(img, "tile", None) or []
+    if not isinstance(src, (str, os.PathLike)) or len(tile) != 1 or tile[0][0] != "raw":
+        return
+    try:
+        args = tile[0][3]
+        offset = int(tile[0][2])
+        stride = int(args[1]) if len(args) > 1 and args[1] else 0
+        rows = int(tile[0][1][3]) - int(tile[0][1][1])
+    except (TypeError, ValueError, IndexError):
+        return
+    need = offset + abs(stride) * rows
+    have = os.path.getsize(src)
+    if stride and have < need:
+        raise ImageError(f"{name}: truncated or corrupt: its header declares {img.size[0]}x"
+                         f"{img.size[1]} pixels ({need} bytes), the file has {have}")
 
 
 def resize_align_corners(img, out_h, out_w):

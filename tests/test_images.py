@@ -73,3 +73,15 @@ def test_truncated_jpeg(tmp_path):
         load_image(str(p))
     with pytest.raises(ImageError, match="no such file"):
         load_image(str(tmp_path / "missing.jpg"))
+
+
+def test_bmp_declaring_more_pixels_than_it_holds(tmp_path):
+    """A small BMP whose header declares a huge bitmap is refused before decoding."""
+    p = tmp_path / "x.bmp"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p)
+    data = bytearray(p.read_bytes())
+    data[18:22] = (5000).to_bytes(4, "little")      # width
+    data[22:26] = (5000).to_bytes(4, "little")      # height
+    p.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="declares 5000x5000"):
+        load_image(str(p))
