@@ -43,9 +43,10 @@ static inline int qe_thread_num(void) { return 0; }
 #endif
 
 typedef struct {
-    void (*lut_build)(const qe_conv_geom *, const float *, const float *, int, int, int, float *, int);
+    void (*lut_build)(const qe_conv_geom *, const float *, const float *, int, int, int, float *,
+                      const int32_t *, int, int);
     void (*lut_lookup)(const qe_conv_geom *, const float *, const int64_t *, const int32_t *, int,
-                       const int32_t *, int, const int32_t *, const int64_t *, const int32_t *, int,
+                       int, int, int, const int64_t *, const int32_t *, int, int, int,
                        const uint8_t *, int, float *, int);
     void (*scatter_rows)(const qe_conv_geom *, const float *, int, const float *, int, float *, int);
     void (*dense_conv)(const qe_conv_geom *, const float *, const int64_t *, int, const float *,
@@ -123,13 +124,14 @@ typedef struct {
     int32_t *chunk_g;   /* first table group of each chunk, and one past the last */
     int64_t *gbase;     /* table offset of each group's first plane */
     int32_t *grows;     /* plane rows (kh/S values) each group's taps read */
+    int32_t *gblk;      /* table block (ph*M + m) of each group */
     int nchunks;
 } qe_tap_plan;
 
 static void plan_free(qe_tap_plan *p)
 {
     free(p->tbase); free(p->aoff); free(p->chunk_end); free(p->chunk_g); free(p->gbase);
-    free(p->grows);
+    free(p->grows); free(p->gblk);
 }
 
 static int plan_lut(const qe_conv_geom *g, int M, int K, qe_tap_plan *p)
@@ -141,8 +143,10 @@ static int plan_lut(const qe_conv_geom *g, int M, int K, qe_tap_plan *p)
     p->chunk_g = (int32_t *)malloc(sizeof(int32_t) * (size_t)(G + 2));
     p->gbase = (int64_t *)malloc(sizeof(int64_t) * (size_t)G);
     p->grows = (int32_t *)malloc(sizeof(int32_t) * (size_t)G);
+    p->gblk = (int32_t *)malloc(sizeof(int32_t) * (size_t)G);
     p->nchunks = 0;
-    if (!p->tbase || !p->aoff || !p->chunk_end || !p->chunk_g || !p->gbase || !p->grows) {
+    if (!p->tbase || !p->aoff || !p->chunk_end || !p->chunk_g || !p->gbase || !p->grows ||
+        !p->gblk) {
         plan_free(p);
         return -1;
     }
@@ -167,6 +171,7 @@ static int plan_lut(const qe_conv_geom *g, int M, int K, qe_tap_plan *p)
             if (j == before) continue; /* a phase no tap uses */
             p->gbase[ng] = ((int64_t)ph * M + m) * K * g->PS;
             p->grows[ng] = (g->KH - 1 - a) / g->S + 1;
+            p->gblk[ng] = ph * M + m;
             ng++;
             if (++in_chunk == per_chunk) {
                 p->chunk_end[p->nchunks++] = j;
@@ -189,9 +194,17 @@ int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, 
     qe_tap_plan plan;
     if (nthreads < 1) nthreads = 1;
     if (plan_lut(g, M, K, &plan) != 0) return -1;
-    K_()->lut_build(g, xp, cb, M, K, d, T, nthreads);
-    K_()->lut_lookup(g, T, plan.tbase, plan.aoff, g->KH * g->KW * M, plan.chunk_end, plan.nchunks,
-                     plan.chunk_g, plan.gbase, plan.grows, K, asmt, Cout, accbuf, nthreads);
+    /* chunk by chunk: build the chunk's table planes, then look them up while
+     * they are still in cache */
+    int jstart = 0;
+    for (int c = 0; c < plan.nchunks; c++) {
+        const int g0 = plan.chunk_g[c], g1 = plan.chunk_g[c + 1];
+        K_()->lut_build(g, xp, cb, M, K, d, T, plan.gblk + g0, g1 - g0, nthreads);
+        K_()->lut_lookup(g, T, plan.tbase, plan.aoff, g->KH * g->KW * M, jstart,
+                         plan.chunk_end[c], c == 0, plan.gbase, plan.grows, g0, g1, K, asmt,
+                         Cout, accbuf, nthreads);
+        jstart = plan.chunk_end[c];
+    }
     K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
     plan_free(&plan);
     return 0;

@@ -37,13 +37,13 @@ static void FN(scatter_rows)(const qe_conv_geom *g, const float *accbuf, int Cou
 }
 
 static void FN(lut_build)(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K,
-                          int d, float *T, int nthreads)
+                          int d, float *T, const int32_t *blks, int nblk, int nthreads)
 {
     const int64_t PS = g->PS;
     const int C = g->C;
-    const int nblk = g->SS * M;
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
-    for (int blk = 0; blk < nblk; blk++) {
+    for (int bi = 0; bi < nblk; bi++) {
+        const int blk = blks[bi];
         int ph = blk / M, m = blk - ph * M;
         int c0 = m * d, dm = C - c0 < d ? C - c0 : d;
         const float *X = xp + ((int64_t)ph * C + c0) * PS;
@@ -85,48 +85,41 @@ static void FN(lut_build)(const qe_conv_geom *g, const float *xp, const float *c
  * chunks are the outer loop so that neighbouring tiles reuse the planes
  * already in cache, and the partial sums wait in acc [Cout][ntiles*QE_TILE]. */
 static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t *tbase,
-                           const int32_t *aoff, int J, const int32_t *chunk_end, int nchunks,
-                           const int32_t *chunk_g, const int64_t *gbase, const int32_t *grows,
+                           const int32_t *aoff, int J, int jstart, int jend, int first,
+                           const int64_t *gbase, const int32_t *grows, int g0, int g1,
                            int K, const uint8_t *asmt, int Cout, float *accbuf, int nthreads)
 {
     const int64_t PS = g->PS;
     const int64_t ntiles = (g->R + QE_TILE - 1) / QE_TILE;
     const int64_t RP = ntiles * QE_TILE;
-    int jstart = 0;
-    for (int c = 0; c < nchunks; c++) {
-        const int jend = chunk_end[c];
-        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-        for (int64_t t = 0; t < ntiles; t++) {
-            const int64_t r0 = t * QE_TILE;
-            /* The planes of a chunk are too many for the hardware prefetchers
-             * to follow: fetch the rows the tile after next will read. */
-            if (t + QE_PREFETCH_TILES < ntiles) {
-                const int64_t rp = r0 + QE_PREFETCH_TILES * QE_TILE;
-                for (int gi = chunk_g[c]; gi < chunk_g[c + 1]; gi++)
-                    for (int k = 0; k < K; k++) {
-                        const float *base = T + gbase[gi] + (int64_t)k * PS + rp;
-                        for (int dh = 0; dh < grows[gi]; dh++) {
-                            const float *q = base + (int64_t)dh * g->Wq;
-                            __builtin_prefetch(q);
-                            __builtin_prefetch(q + 16);
-                            __builtin_prefetch(q + 32);
-                        }
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t r0 = t * QE_TILE;
+        /* The planes of a chunk are too many for the hardware prefetchers
+         * to follow: fetch the rows the tile after next will read. */
+        if (t + QE_PREFETCH_TILES < ntiles) {
+            const int64_t rp = r0 + QE_PREFETCH_TILES * QE_TILE;
+            for (int gi = g0; gi < g1; gi++)
+                for (int k = 0; k < K; k++) {
+                    const float *base = T + gbase[gi] + (int64_t)k * PS + rp;
+                    for (int dh = 0; dh < grows[gi]; dh++) {
+                        const float *q = base + (int64_t)dh * g->Wq;
+                        for (int o = 0; o < QE_TILE + 16; o += 16) __builtin_prefetch(q + o);
                     }
-            }
-            for (int co = 0; co < Cout; co++) {
-                const uint8_t *a = asmt + (int64_t)co * J;
-                float *yb = accbuf + (int64_t)co * RP + r0;
-                V8 acc[QE_TILE / 8];
-                for (int v = 0; v < QE_TILE / 8; v++)
-                    acc[v] = c == 0 ? FN(vsplat)(0.f) : FN(vload)(yb + 8 * v);
-                for (int j = jstart; j < jend; j++) {
-                    const float *src = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
-                    for (int v = 0; v < QE_TILE / 8; v++) acc[v] += FN(vload)(src + 8 * v);
                 }
-                for (int v = 0; v < QE_TILE / 8; v++) FN(vstore)(yb + 8 * v, acc[v]);
-            }
         }
-        jstart = jend;
+        for (int co = 0; co < Cout; co++) {
+            const uint8_t *a = asmt + (int64_t)co * J;
+            float *yb = accbuf + (int64_t)co * RP + r0;
+            V8 acc[QE_TILE / 8];
+            for (int v = 0; v < QE_TILE / 8; v++)
+                acc[v] = first ? FN(vsplat)(0.f) : FN(vload)(yb + 8 * v);
+            for (int j = jstart; j < jend; j++) {
+                const float *src = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
+                for (int v = 0; v < QE_TILE / 8; v++) acc[v] += FN(vload)(src + 8 * v);
+            }
+            for (int v = 0; v < QE_TILE / 8; v++) FN(vstore)(yb + 8 * v, acc[v]);
+        }
     }
 }
 
