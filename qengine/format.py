@@ -260,7 +260,7 @@ class QcnnFile:
             dtype, shape = e.get("dtype"), e.get("shape")
             off, nb, crc = e.get("offset"), e.get("nbytes"), e.get("crc32")
             enc, bits = e.get("encoding", "raw"), e.get("bits")
-            if dtype not in DTYPES or enc not in ENCODINGS:
+            if not isinstance(dtype, str) or dtype not in DTYPES or enc not in ENCODINGS:
                 self._fail(f"{where}: unknown dtype {dtype!r} or encoding {enc!r}")
             if (not isinstance(shape, list) or len(shape) > MAX_NDIM
                     or not all(type(s) is int and 0 <= s <= 1 << 40 for s in shape)):

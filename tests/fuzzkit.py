@@ -35,6 +35,44 @@ def mutate(data, rng):
     return bytes(b)
 
 
+_ODD_VALUES = [0, -1, 1, 2, 7, 2 ** 31, -2 ** 31, 2 ** 62, 1e308, -0.5, float("nan"), "x", "",
+               None, True, [], {}, [0, 0], [1, 2, 3], {"a": 1}]
+
+
+def mutate_header(data, rng):
+    """A .qcnn with one value of its JSON header changed (or removed), and the
+    header checksum recomputed: it reaches the graph and tensor-table checks."""
+    import json
+    import zlib
+    magic, version, crc, hlen, doff = struct.unpack_from("<8sIIQQ", data)
+    header = json.loads(data[32:32 + hlen])
+    paths = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, path + [k])
+        elif isinstance(node, list):
+            for i, v in enumerate(node[:64]):
+                walk(v, path + [i])
+        paths.append(path)
+    walk(header, [])
+    path = paths[int(rng.integers(0, len(paths)))]
+    if not path:
+        return data
+    parent = header
+    for key in path[:-1]:
+        parent = parent[key]
+    if rng.random() < 0.15 and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = _ODD_VALUES[int(rng.integers(0, len(_ODD_VALUES)))]
+    hb = json.dumps(header).encode()
+    new_doff = (32 + len(hb) + 63) // 64 * 64
+    pre = struct.pack("<8sIIQQ", magic, version, zlib.crc32(hb), len(hb), new_doff)
+    return pre + hb + b"\0" * (new_doff - 32 - len(hb)) + data[doff:]
+
+
 def seeds(tmp):
     """{reader: (seed bytes, function reading a path)} for every reader."""
     import qengine
@@ -46,8 +84,11 @@ def seeds(tmp):
     out = {}
     p = os.path.join(tmp, "seed.qcnn")
     build(p)
-    out["qcnn"] = (open(p, "rb").read(), lambda path: qengine.load(path).forward(
-        np.zeros((1, 3, 21, 19), np.float32)))
+    def run_model(path):
+        m = qengine.load(path)
+        m.forward(np.zeros((1,) + m.input_shape, np.float32))
+    out["qcnn"] = (open(p, "rb").read(), run_model)
+    out["qcnn-header"] = (open(p, "rb").read(), run_model)
     arr = np.arange(24, dtype="<f4").reshape(2, 3, 4)
     out["bin"] = (struct.pack("<i", 3) + struct.pack("<3i", 2, 3, 4) + arr.tobytes(), read_bin)
     vals = np.arange(50, dtype=np.uint8) % 32

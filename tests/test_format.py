@@ -129,6 +129,8 @@ def entry(**kw):
     ({"t": entry(nbytes=1 << 50)}, "outside"),
     ({"t": entry(offset=8)}, "aligned"),
     ({"t": entry(dtype="f64")}, "dtype"),
+    ({"t": entry(dtype=["f32"])}, "dtype"),            # found by tools/fuzz.py (qcnn-header)
+    ({"t": entry(dtype={"a": 1})}, "dtype"),
     ({"t": entry(nbytes=12)}, "needs"),
     ({"t": entry(dtype="u8", bits=9, shape=[8], nbytes=8)}, "bit width"),
     ({"t": entry(), "u": entry()}, "overlap"),

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from qengine import QEngineError
 
-from fuzzkit import mutate, seeds
+from fuzzkit import mutate, mutate_header, seeds
 
-READERS = ["qcnn", "bin", "cbn", "prototxt", "caffemodel", "png", "jpeg", "bmp"]
+READERS = ["qcnn", "qcnn-header", "bin", "cbn", "prototxt", "caffemodel", "png", "jpeg", "bmp"]
 _SEEDS = {}
 
 
@@ -36,7 +36,7 @@ def test_mutated_inputs_fail_cleanly(reader, tmp_path_factory):
         rng = np.random.default_rng(seed)
         b = data
         for _ in range(rounds):
-            b = mutate(b, rng)
+            b = mutate_header(b, rng) if reader == "qcnn-header" else mutate(b, rng)
         with open(read_path, "wb") as f:
             f.write(b)
         try:

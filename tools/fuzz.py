@@ -3,7 +3,9 @@
 
     python tools/fuzz.py [--per-reader 100000] [--readers qcnn,bin,...] [--out fuzz-out]
 
-Each reader runs in a worker process that mutates its seed (tests/fuzzkit.py),
+Each reader runs in a worker process that mutates its seed (tests/fuzzkit.py;
+"qcnn-header" changes values of a .qcnn's JSON header and re-signs it, to reach
+the graph and tensor-table checks behind the checksum),
 writes the input, and reads it.  Counted per reader: inputs tried, clean
 results, QEngineErrors, other exceptions (bugs), hangs (over 2 s, SIGALRM) and
 crashes (the worker killed by a signal; the input is kept in --out), and the
@@ -27,7 +29,7 @@ def worker(reader, start, count, seed, out):
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import numpy as np
     from qengine import QEngineError
-    from fuzzkit import mutate, seeds
+    from fuzzkit import mutate, mutate_header, seeds
 
     class Hang(Exception):
         pass
@@ -45,7 +47,7 @@ def worker(reader, start, count, seed, out):
         rng = np.random.default_rng([seed, i])
         b = data
         for _ in range(int(rng.integers(1, 5))):
-            b = mutate(b, rng)
+            b = mutate_header(b, rng) if reader == "qcnn-header" else mutate(b, rng)
         with open(path, "wb") as f:
             f.write(b)
         with open(cur, "w") as f:   # the parent saves it if this input crashes us
@@ -75,7 +77,8 @@ def worker(reader, start, count, seed, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--per-reader", type=int, default=100000)
-    ap.add_argument("--readers", default="qcnn,bin,cbn,prototxt,caffemodel,png,jpeg,bmp")
+    ap.add_argument("--readers",
+                    default="qcnn,qcnn-header,bin,cbn,prototxt,caffemodel,png,jpeg,bmp")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="fuzz-out")
     ap.add_argument("--chunk", type=int, default=5000, help="inputs per worker process")
