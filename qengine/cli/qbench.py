@@ -17,6 +17,9 @@ import time
 from . import fail
 
 
+WARMUP_SECONDS = 0.5
+
+
 def _fmt_int(n):
     return f"{n / 1e6:.1f}"
 
@@ -25,8 +28,13 @@ def bench(model, runs, warmup, batch):
     import numpy as np
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + model.input_shape).astype(np.float32) * 50
-    for _ in range(warmup):
+    # warm up for the runs asked, and (if any were asked) for at least half a second:
+    # caches, page mappings and the CPU's clock settle before anything is timed
+    t_end = time.perf_counter() + (WARMUP_SECONDS if warmup > 0 else 0.0)
+    done = 0
+    while done < warmup or time.perf_counter() < t_end:
         model.forward(x)
+        done += 1
     totals, per_layer = [], []
     for _ in range(runs):
         prof = {}
@@ -183,7 +191,8 @@ def main(argv=None):
                     help="benchmark a built-in random model of this architecture (alexnet, "
                          "caffenet, vgg_cnn_s, vgg16) instead of a file")
     ap.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed runs first (default 3; at least half a second unless 0)")
     ap.add_argument("--threads", type=int, default=1, help="threads (default 1)")
     ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     ap.add_argument("--exact", action="store_true",
