@@ -235,20 +235,29 @@ def fc_q8_workspace_floats(int M, int K, int Cout):
     return M * K + (qe_fc_q8_pad_m(M) * 32 + 3) // 4 + qe_fc_q8_pad_cout(Cout)
 
 
+cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cb,
+                          const uint8_t[::1] idxq, int Cout, const float[::1] bias,
+                          float[:, ::1] out, float[::1] ws, int64_t ws_need) except -1:
+    """Checks shared by the kernels taking fc_q8_layout() indices."""
+    cdef int Cin = x.shape[1], M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    if K > 32 or M != (Cin + d - 1) // d:
+        raise ValueError(f"{kernel} FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
+    if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
+        raise ValueError("index layout does not match the layer")
+    if bias.shape[0] != Cout or out.shape[0] != x.shape[0] or out.shape[1] != Cout:
+        raise ValueError("bias or output shape does not match the layer")
+    if ws.shape[0] < ws_need:
+        raise ValueError("workspace too small")
+    return 0
+
+
 def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] idxq, int Cout,
           const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
     """Fast-path fully-connected layer (8-bit tables, K <= 32). x [N,Cin], cb [M,K,d],
     idxq from fc_q8_layout(), out [N,Cout]."""
     cdef int N = x.shape[0], Cin = x.shape[1]
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
-    if K > 32 or M != (Cin + d - 1) // d:
-        raise ValueError(f"8-bit FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
-    if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
-        raise ValueError("index layout does not match the layer")
-    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout:
-        raise ValueError("bias or output shape does not match the layer")
-    if ws.shape[0] < fc_q8_workspace_floats(M, K, Cout):
-        raise ValueError("workspace too small")
+    _check_fc_layout("8-bit", x, cb, idxq, Cout, bias, out, ws, fc_q8_workspace_floats(M, K, Cout))
     cdef int64_t qoff = <int64_t>M * K
     cdef int64_t aoff = qoff + (qe_fc_q8_pad_m(M) * 32 + 3) // 4
     cdef int n
@@ -269,14 +278,8 @@ def fc_f32(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] 
     indices from fc_q8_layout()."""
     cdef int N = x.shape[0], Cin = x.shape[1]
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
-    if K > 32 or M != (Cin + d - 1) // d:
-        raise ValueError(f"register FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
-    if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
-        raise ValueError("index layout does not match the layer")
-    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout:
-        raise ValueError("bias or output shape does not match the layer")
-    if ws.shape[0] < fc_f32_workspace_floats(M, K, Cout):
-        raise ValueError("workspace too small")
+    _check_fc_layout("register", x, cb, idxq, Cout, bias, out, ws,
+                     fc_f32_workspace_floats(M, K, Cout))
     cdef int64_t aoff = <int64_t>qe_fc_q8_pad_m(M) * qe_fc_k_pad(K)
     cdef int n
     with nogil:

@@ -298,7 +298,7 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
     /* the float table, always from the portable build: its bits then do not
      * depend on the instruction set (FMA contraction), nor do the 8-bit sums */
-    fc_table_generic(x, Cin, cb, M, K, d, T);
+    fc_table_generic(x, Cin, cb, M, K, d, T, K);
     double offsum;
     const float s = fc_q8_quantize(T, M, K, Mp, q, &offsum);
     K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);
@@ -316,16 +316,7 @@ void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d, co
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout), Kp = qe_fc_k_pad(K);
     /* table rows padded to Kp entries; padding rows and entries are zero */
     memset(T, 0, sizeof(float) * (size_t)Mp * (size_t)Kp);
-    for (int m = 0; m < M; m++) {
-        int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
-        const float *xm = x + c0;
-        const float *cbm = cb + (int64_t)m * K * d;
-        for (int k = 0; k < K; k++) {
-            float s = 0.f;
-            for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
-            T[(int64_t)m * Kp + k] = s;
-        }
-    }
+    fc_table_generic(x, Cin, cb, M, K, d, T, Kp);
     K_()->fc_f32_lookup(T, Mp, Kp, idxq, Cp, acc, nthreads);
     for (int co = 0; co < Cout; co++) {
         float v = acc[co] + (bias ? bias[co] : 0.f);

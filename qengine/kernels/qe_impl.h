@@ -162,8 +162,9 @@ static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t
     }
 }
 
-/* The fully-connected lookup table: T[m][k] = x_m . cb[m][k]. */
-static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K, int d, float *T)
+/* The fully-connected lookup table: T[m][k] = x_m . cb[m][k], rows ldT floats apart. */
+static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K, int d, float *T,
+                         int ldT)
 {
     for (int m = 0; m < M; m++) {
         int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
@@ -172,7 +173,7 @@ static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K,
         for (int k = 0; k < K; k++) {
             float s = 0.f;
             for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
-            T[(int64_t)m * K + k] = s;
+            T[(int64_t)m * ldT + k] = s;
         }
     }
 }
@@ -181,7 +182,7 @@ static void FN(lut_fc)(const float *x, int Cin, const float *cb, int M, int K, i
                        const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                        int relu, int nthreads)
 {
-    FN(fc_table)(x, Cin, cb, M, K, d, T);
+    FN(fc_table)(x, Cin, cb, M, K, d, T, K);
     const int mblock = qe_fc_block(K);
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
