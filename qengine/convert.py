@@ -15,13 +15,13 @@ from .graph import from_prototxt
 from .readers.qcnn_original import load_quantized_layers, read_mean, scan_dir
 
 MEAN_STEP = 1.0 / 64  # mean images are stored to within 1/128 (see docs/FORMAT.md)
-MAX_LABELS_BYTES = 16 * 1024 * 1024
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # prototxt and labels files
 
 
 def read_prototxt(path):
     try:
         with open(path, "r", encoding="utf-8") as f:
-            text = f.read(MAX_LABELS_BYTES + 1)
+            text = f.read(MAX_TEXT_BYTES + 1)
     except (OSError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: cannot read prototxt ({e})") from None
     return from_prototxt(text, source=path)
@@ -50,11 +50,11 @@ def read_labels(path, n_classes=None):
     """One class name per line; line i (0-based) is class i."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_LABELS_BYTES + 1)
+            data = f.read(MAX_TEXT_BYTES + 1)
     except OSError as e:
         raise FormatError(f"{path}: cannot read labels ({e.strerror})") from None
-    if len(data) > MAX_LABELS_BYTES:
-        raise FormatError(f"{path}: labels file larger than {MAX_LABELS_BYTES} bytes")
+    if len(data) > MAX_TEXT_BYTES:
+        raise FormatError(f"{path}: labels file larger than {MAX_TEXT_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

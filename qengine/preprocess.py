@@ -87,31 +87,6 @@ def _check_raw_size(img, src, name):
                          f"{img.size[1]} pixels ({need} bytes), the file has {have}")
 
 
-def resize_align_corners(img, out_h, out_w):
-    """Bilinear resize with align-corners sampling (the original Quantized-CNN):
-    output pixel i samples input coordinate i * (in - 1) / (out - 1)."""
-    img = np.asarray(img, np.float32)
-    in_h, in_w = img.shape[:2]
-
-    def axis(n_in, n_out):
-        if n_out == 1 or n_in == 1:
-            pos = np.zeros(n_out)
-        else:
-            pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1))
-        i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (pos - i0).astype(np.float32)
-
-    y0, y1, wy = axis(in_h, out_h)
-    x0, x1, wx = axis(in_w, out_w)
-    shp = (-1, 1) + (1,) * (img.ndim - 2)
-    wy = wy.reshape(shp)
-    wxs = wx.reshape((1, -1) + (1,) * (img.ndim - 2))
-    top = img[y0][:, x0] * (1 - wxs) + img[y0][:, x1] * wxs
-    bot = img[y1][:, x0] * (1 - wxs) + img[y1][:, x1] * wxs
-    return top * (1 - wy) + bot * wy
-
-
 class Preprocessor:
     """Turns images into the network's input, following the model's metadata."""
 

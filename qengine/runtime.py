@@ -84,14 +84,19 @@ class _Weighted(_Op):
                      else np.zeros(cout, np.float32))
         self._load(qf, w, where, cout)
 
-    def _check_lut(self, qf, w, where, idx_shape):
+    def _check_lut(self, qf, w, where, cin, idx_prefix):
+        """Load codebook and indices; the M subspaces must cover the cin input
+        channels and the indices be idx_prefix + (M,)."""
         cb = qf.tensor(w["codebook"])
         if cb.dtype != np.float32 or cb.ndim != 3:
             raise ModelError(f"{qf.path}: {where}: codebook must be float32 [M, K, d]")
         M, K, d = cb.shape
         if not (1 <= K <= 256 and d >= 1):
             raise ModelError(f"{qf.path}: {where}: codebook K={K}, d={d} out of range")
-        idx = _tensor(qf, w["indices"], np.uint8, idx_shape(M), where)
+        if M != -(-cin // d):
+            raise ModelError(f"{qf.path}: {where}: {M} subspaces of d={d} do not cover {cin} "
+                             f"inputs")
+        idx = _tensor(qf, w["indices"], np.uint8, tuple(idx_prefix) + (M,), where)
         if idx.size and int(idx.max()) >= K:
             raise ModelError(f"{qf.path}: {where}: codeword index {int(idx.max())} >= K={K}")
         if not np.all(np.isfinite(cb)):
@@ -130,11 +135,7 @@ class _Conv(_Weighted):
         self.group = p["group"]
         cg = c // self.group
         if self.mode == "lut":
-            def shape(M):
-                if M != -(-cg // max(1, qf.tensor(w["codebook"]).shape[2])):
-                    raise ModelError(f"{qf.path}: {where}: {M} subspaces do not cover {cg} channels")
-                return (cout, self.kh, self.kw, M)
-            self._check_lut(qf, w, where, shape)
+            self._check_lut(qf, w, where, cg, (cout, self.kh, self.kw))
             # A first layer with fewer input channels than the subspace dimension
             # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
             # entry would replace under d multiply-adds while the table is K
@@ -209,12 +210,7 @@ class _FC(_Weighted):
     def _load(self, qf, w, where, cout):
         self.cin = int(np.prod(self.in_shapes[0]))
         if self.mode == "lut":
-            def shape(M):
-                if M != -(-self.cin // max(1, qf.tensor(w["codebook"]).shape[2])):
-                    raise ModelError(f"{qf.path}: {where}: {M} subspaces do not cover "
-                                     f"{self.cin} inputs")
-                return (cout, M)
-            self._check_lut(qf, w, where, shape)
+            self._check_lut(qf, w, where, self.cin, (cout,))
             dense_cost, table, lookups = self.cost()
             q8 = self.fast and self.K <= 32   # 8-bit lookups are far cheaper than multiply-adds
             if self.dense_small and not q8 and table + lookups > DEQUANTIZE_RATIO * dense_cost:
