@@ -18,6 +18,19 @@ def shared_path(*parts):
     return p
 
 
+def on_every_isa(fn):
+    """[fn() run with each instruction set this CPU supports], restoring the choice."""
+    before = _kernels.get_isa()
+    try:
+        outs = []
+        for isa in ISAS:
+            _kernels.set_isa(isa)
+            outs.append(fn())
+        return outs
+    finally:
+        _kernels.set_isa(before)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Run the test once per instruction set this CPU supports."""

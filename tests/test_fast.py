@@ -7,7 +7,7 @@ import qengine
 from qengine import _kernels, reference
 from qengine.runtime import dequantize_fc
 
-from conftest import ISAS
+from conftest import on_every_isa
 from modelkit import build
 
 RNG = np.random.default_rng(77)
@@ -35,16 +35,11 @@ def test_fc_q8_within_bound_and_identical_across_isas(cin, cout, d, K):
     ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
     lay = _kernels.fc_q8_layout(idx)
     ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
-    outs = []
-    before = _kernels.get_isa()
-    try:
-        for isa in ISAS:
-            _kernels.set_isa(isa)
-            out = np.full((2, cout), np.nan, np.float32)
-            _kernels.fc_q8(x, cb, lay, cout, b, False, out, ws)
-            outs.append(out)
-    finally:
-        _kernels.set_isa(before)
+    def run():
+        out = np.full((2, cout), np.nan, np.float32)
+        _kernels.fc_q8(x, cb, lay, cout, b, False, out, ws)
+        return out
+    outs = on_every_isa(run)
     for o in outs[1:]:
         assert np.array_equal(o, outs[0]), "8-bit sums differ between instruction sets"
     for n in range(2):

@@ -5,6 +5,8 @@ import pytest
 from qengine import _kernels, reference
 from qengine.runtime import block_fc_indices, dequantize_conv, dequantize_fc
 
+from conftest import on_every_isa
+
 RNG = np.random.default_rng(1234)
 
 
@@ -96,18 +98,11 @@ def test_fc_register_lookup_matches_numpy_and_across_isas(case):
     ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
     lay = _kernels.fc_q8_layout(idx)
     ws = np.empty(_kernels.fc_f32_workspace_floats(M, K, cout), np.float32)
-    outs = []
-    before = _kernels.get_isa()
-    try:
-        for isa in _kernels.ISA_NAMES:
-            if not _kernels.isa_supported(isa):
-                continue
-            _kernels.set_isa(isa)
-            out = np.full((2, cout), np.nan, np.float32)
-            _kernels.fc_f32(x, cb, lay, cout, b, True, out, ws)
-            outs.append(out)
-    finally:
-        _kernels.set_isa(before)
+    def run():
+        out = np.full((2, cout), np.nan, np.float32)
+        _kernels.fc_f32(x, cb, lay, cout, b, True, out, ws)
+        return out
+    outs = on_every_isa(run)
     close(outs[0], np.maximum(ref, 0))
     for o in outs[1:]:
         assert np.array_equal(o, outs[0])
