@@ -180,7 +180,6 @@ def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
         R = (y_target - bias).T.astype(np.float64)       # [Cout, P]
         A = indices.reshape(indices.shape[0], 1, M).astype(np.int64)
         group_of = np.zeros(indices.shape[0], np.int64)
-        T = 1
     else:
         p = L["params"]
         kh, kw = p["kernel"]
@@ -196,7 +195,6 @@ def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
         cout = indices.shape[0]
         A = indices.reshape(cout, kh * kw, M).astype(np.int64)
         group_of = np.arange(cout) // (cout // G)
-        T = kh * kw
 
     def err(C, A, delta=0.0):
         out = np.zeros_like(R) + np.asarray(delta)[..., None]

@@ -12,8 +12,6 @@ codebooks and indices to fit each layer's response on calibration inputs.
 import numpy as np
 
 from .errors import ModelError
-from .graph import infer_shapes
-from .progress import Progress
 
 MAX_CHUNK_FLOATS = 16 * 1024 * 1024  # distance matrix per k-means step
 

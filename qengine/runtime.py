@@ -173,7 +173,7 @@ class _Conv(_Weighted):
         if self.strategy != "lut":
             return dense, 0, 0
         _, h, w = self.in_shapes[0]
-        s, pd = self.params["stride"], self.params["pad"]
+        pd = self.params["pad"]
         # table entries: every padded input position the kernel can touch, per subspace
         table = self.group * self.K * (c // self.group) * (h + 2 * pd) * (w + 2 * pd)
         lookups = cout * oh * ow * self.kh * self.kw * self.M

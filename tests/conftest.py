@@ -18,6 +18,20 @@ def shared_path(*parts):
     return p
 
 
+def random_fc(rng, n, cin, cout, d, K):
+    """A random quantized fully-connected layer and input, with the numpy reference:
+    (x [n, cin], codebook [M, K, d], indices [cout, M], bias, reference output)."""
+    import numpy as np
+    from qengine import reference
+    from qengine.runtime import dequantize_fc
+    M = -(-cin // d)
+    x = rng.standard_normal((n, cin)).astype(np.float32)
+    cb = rng.standard_normal((M, K, d)).astype(np.float32)
+    idx = rng.integers(0, K, (cout, M)).astype(np.uint8)
+    b = rng.standard_normal(cout).astype(np.float32)
+    return x, cb, idx, b, reference.fc(x, dequantize_fc(cb, idx, cin), b)
+
+
 def on_every_isa(fn):
     """[fn() run with each instruction set this CPU supports], restoring the choice."""
     before = _kernels.get_isa()

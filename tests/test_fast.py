@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 
 import qengine
-from qengine import _kernels, reference
-from qengine.runtime import dequantize_fc
+from qengine import _kernels
 
-from conftest import on_every_isa
+from conftest import on_every_isa, random_fc
 from modelkit import build
 
 RNG = np.random.default_rng(77)
@@ -27,12 +26,8 @@ def q8_bound(x, cb):
 @pytest.mark.parametrize("cin,cout,d,K", [(37, 5, 4, 32), (1000, 70, 1, 16), (301, 33, 3, 20),
                                           (4096, 64, 4, 32), (2, 1, 4, 2), (520, 40, 2, 32)])
 def test_fc_q8_within_bound_and_identical_across_isas(cin, cout, d, K):
-    M = -(-cin // d)
-    x = RNG.standard_normal((2, cin)).astype(np.float32)
-    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
-    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
-    b = RNG.standard_normal(cout).astype(np.float32)
-    ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
+    x, cb, idx, b, ref = random_fc(RNG, 2, cin, cout, d, K)
+    M = cb.shape[0]
     lay = _kernels.fc_q8_layout(idx)
     ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
     def run():

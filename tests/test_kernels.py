@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from qengine import _kernels, reference
-from qengine.runtime import block_fc_indices, dequantize_conv, dequantize_fc
+from qengine.runtime import block_fc_indices, dequantize_conv
 
-from conftest import on_every_isa
+from conftest import on_every_isa, random_fc
 
 RNG = np.random.default_rng(1234)
 
@@ -72,12 +72,8 @@ FC_CASES = [(37, 5, 4, 32), (1000, 33, 1, 16), (130, 7, 8, 256), (4608, 64, 4, 3
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_fc_lut_matches_numpy(isa, case, nthreads):
     cin, cout, d, K = case
-    M = -(-cin // d)
-    x = RNG.standard_normal((3, cin)).astype(np.float32)
-    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
-    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
-    b = RNG.standard_normal(cout).astype(np.float32)
-    ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
+    x, cb, idx, b, ref = random_fc(RNG, 3, cin, cout, d, K)
+    M = cb.shape[0]
     ws = np.empty(M * K, np.float32)
     for relu in (False, True):
         out = np.full((3, cout), np.nan, np.float32)
@@ -90,12 +86,8 @@ def test_fc_lut_matches_numpy(isa, case, nthreads):
 def test_fc_register_lookup_matches_numpy_and_across_isas(case):
     """The exact register-lookup FC kernel (K <= 32; larger K use fc_lut, tested above)."""
     cin, cout, d, K = case
-    M = -(-cin // d)
-    x = RNG.standard_normal((2, cin)).astype(np.float32)
-    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
-    idx = RNG.integers(0, K, (cout, M)).astype(np.uint8)
-    b = RNG.standard_normal(cout).astype(np.float32)
-    ref = reference.fc(x, dequantize_fc(cb, idx, cin), b)
+    x, cb, idx, b, ref = random_fc(RNG, 2, cin, cout, d, K)
+    M = cb.shape[0]
     lay = _kernels.fc_q8_layout(idx)
     ws = np.empty(_kernels.fc_f32_workspace_floats(M, K, cout), np.float32)
     def run():

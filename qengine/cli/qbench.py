@@ -133,7 +133,6 @@ def weight_bytes(model):
 
 
 def accuracy(args):
-    import numpy as np
     from ..datasets import evaluate, open_set
     from ..runtime import load
     items, labels = open_set(args.accuracy, limit=args.limit)
