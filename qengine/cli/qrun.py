@@ -28,6 +28,8 @@ def main(argv=None):
     if args.threads < 1:
         fail("qrun", "--threads must be at least 1", 2)
 
+    import numpy as np
+
     from ..errors import QEngineError
     from ..runtime import load
     try:
@@ -49,7 +51,6 @@ def main(argv=None):
                 status = 1
         if not inputs:
             continue
-        import numpy as np
         tops = model.classify(np.stack(inputs), top=args.top)
         ms = (time.perf_counter() - t0) * 1e3 / len(inputs)
         for path, top in zip(paths, tops):
