@@ -7,7 +7,8 @@ from Cython.Build import cythonize
 
 KERNEL_SOURCES = ["qengine/_kernels.pyx"] + [
     os.path.join("qengine", "kernels", f)
-    for f in ("qe_dispatch.c", "conv_geom.c", "pool.c", "activation.c", "bitpack.c", "resize.c")
+    for f in ("qe_dispatch.c", "conv_geom.c", "pool.c", "activation.c", "bitpack.c", "resize.c",
+              "layout.c", "image.c")
 ]
 
 extra_compile = ["-O3", "-std=c11", "-fno-math-errno"]

@@ -5,6 +5,7 @@ Each wrapper checks shapes, then calls the C kernel with the GIL released.
 Scratch memory (`ws`) is passed in by the caller so that a Model can keep one
 workspace per thread and reuse it across calls.
 """
+from cython.view cimport array as cvarray
 from libc.stdint cimport uint8_t, int32_t, int64_t
 
 cdef extern from "kernels/qe_kernels.h" nogil:
@@ -27,7 +28,8 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_fc_block(int K)
     int qe_fc_q8_pad_cout(int Cout)
     int qe_fc_q8_pad_m(int M)
-    void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out)
+    int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
+                        uint8_t *out)
     int qe_fc_k_pad(int K)
     void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d,
                    const uint8_t *idxq, int Cout, const float *bias, float *T, float *acc,
@@ -49,11 +51,29 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
                        uint8_t *dst)
     int qe_resize_bilinear_ac(const float *x, int C, int H, int W, float *y, int OH, int OW)
+    int qe_qdelta_decode(const uint8_t *planes, int64_t outer, int64_t rows, int64_t cols,
+                         double step, float *out)
+    int qe_dequantize(const float *cb, int M, int K, int d, const uint8_t *idx, int64_t R, int T,
+                      int cin, float *out)
+    void qe_block_conv_weights(const float *w, int G, int og, int64_t J, int B, float *out)
+    void qe_block_fc_indices(const uint8_t *a, int Cout, int M, int mb, uint8_t *out)
+    int qe_max_u8(const uint8_t *p, int64_t n)
+    int qe_all_finite(const float *p, int64_t n)
+    void qe_pixels_to_planar(const uint8_t *px, int H, int W, int ch, int order, float *out)
+    void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0,
+                            const float *mean, int MH, int MW, int my0, int mx0, float scale,
+                            int apply_scale, int h, int w, float *out)
     int qe_isa_supported(int isa)
     int qe_set_isa(int isa)
     int qe_get_isa()
 
 ISA_NAMES = ("generic", "avx2")
+
+
+def empty_buffer(tuple shape, str fmt):
+    """A new uninitialised C-contiguous buffer ("f" float32, "i" int32, "B" uint8)."""
+    return memoryview(cvarray(shape=shape, itemsize=1 if fmt == "B" else 4, format=fmt,
+                              mode="c"))
 
 
 def isa_supported(str name):
@@ -143,19 +163,23 @@ def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
         raise MemoryError("out of memory in the convolution kernel")
 
 
-def block_conv_weights(w, int groups):
-    """Dense weights [Cout, C/groups, KH, KW] -> the kernel's layout
+def conv_blocked_shape(int cout, int groups, int64_t J):
+    """Shape of block_conv_weights()'s output for [cout, J] weights in `groups` groups."""
+    return (groups, ((cout // groups) + QE_DENSE_CO - 1) // QE_DENSE_CO, J, QE_DENSE_CO)
+
+
+def block_conv_weights(const float[:, ::1] w, int groups, float[:, :, :, ::1] out):
+    """Dense weights w [Cout, C/groups*KH*KW] -> the kernel's layout out
     [groups, ceil(Cout/groups/B), C/groups*KH*KW, B] (B = QE_DENSE_CO), zero-padded."""
-    import numpy as np
-    cdef int B = QE_DENSE_CO
-    w = np.asarray(w, np.float32)
-    cout = w.shape[0]
-    og = cout // groups
-    j = w.shape[1] * w.shape[2] * w.shape[3]
-    nb = (og + B - 1) // B
-    out = np.zeros((groups, nb * B, j), np.float32)
-    out[:, :og] = w.reshape(groups, og, j)
-    return np.ascontiguousarray(out.reshape(groups, nb, B, j).transpose(0, 1, 3, 2))
+    cdef int cout = w.shape[0]
+    cdef int64_t J = w.shape[1]
+    if groups < 1 or cout % groups or (out.shape[0], out.shape[1], out.shape[2], out.shape[3]) \
+            != conv_blocked_shape(cout, groups, J):
+        raise ValueError("blocked weight shape does not match the weights")
+    if cout == 0 or J == 0:
+        return
+    with nogil:
+        qe_block_conv_weights(&w[0, 0], groups, cout // groups, J, QE_DENSE_CO, &out[0, 0, 0, 0])
 
 
 def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
@@ -219,15 +243,36 @@ def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::
                       &ws[0], &out[n, 0], relu, nthreads)
 
 
-def fc_q8_layout(const uint8_t[:, ::1] asmt):
-    """Indices [Cout, M] -> the 8-bit fully-connected kernel's layout (a flat uint8 array)."""
-    import numpy as np
-    cdef int Cout = asmt.shape[0], M = asmt.shape[1]
-    out = np.empty(<int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M), np.uint8)
-    cdef uint8_t[::1] o = out
+def fc_q8_layout_size(int Cout, int M):
+    """Bytes of fc_q8_layout()'s output for indices [Cout, M]."""
+    return <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M)
+
+
+def fc_q8_layout(const uint8_t[::1] src, int bits, int Cout, int M, uint8_t[::1] out):
+    """Indices [Cout, M], as a stream of `bits`-bit values (LSB first; 8 = plain bytes),
+    -> the register FC kernels' layout (fc_q8_layout_size() bytes).  Returns the
+    largest index."""
+    if bits < 1 or bits > 8 or Cout < 1 or M < 1:
+        raise ValueError(f"invalid index layout: bits={bits}, Cout={Cout}, M={M}")
+    if src.shape[0] * 8 < <int64_t>Cout * M * bits or out.shape[0] != fc_q8_layout_size(Cout, M):
+        raise ValueError("index stream or layout size does not match the layer")
+    cdef int mx
     with nogil:
-        qe_fc_q8_layout(&asmt[0, 0], Cout, M, &o[0])
-    return out
+        mx = qe_fc_q8_layout(&src[0], src.shape[0], bits, Cout, M, &out[0])
+    if mx < 0:
+        raise MemoryError("out of memory laying out indices")
+    return mx
+
+
+def block_fc_indices(const uint8_t[:, ::1] asmt, int K, uint8_t[:, ::1] out):
+    """Indices [Cout, M] -> the float FC kernel's blocked layout (same size; see fc_lut)."""
+    cdef int Cout = asmt.shape[0], M = asmt.shape[1]
+    if out.shape[0] != Cout or out.shape[1] != M:
+        raise ValueError("blocked index shape does not match the indices")
+    if Cout == 0 or M == 0:
+        return
+    with nogil:
+        qe_block_fc_indices(&asmt[0, 0], Cout, M, qe_fc_block(K), &out[0, 0])
 
 
 def fc_q8_workspace_floats(int M, int K, int Cout):
@@ -372,3 +417,97 @@ def resize_bilinear_ac(const float[:, :, ::1] x, float[:, :, ::1] out):
                                    out.shape[1], out.shape[2])
     if rc != 0:
         raise MemoryError("out of memory in resize")
+
+
+def qdelta_decode(const uint8_t[::1] planes, int64_t outer, int64_t rows, int64_t cols,
+                  double step, float[::1] out):
+    """Decode a qdelta2d tensor of outer x rows x cols values (see docs/FORMAT.md)."""
+    cdef int64_t n = outer * rows * cols
+    if outer < 0 or rows < 0 or cols < 0 or planes.shape[0] != 4 * n or out.shape[0] != n:
+        raise ValueError("qdelta2d sizes do not match")
+    if n == 0:
+        return
+    cdef int rc
+    with nogil:
+        rc = qe_qdelta_decode(&planes[0], outer, rows, cols, step, &out[0])
+    if rc != 0:
+        raise MemoryError("out of memory decoding a qdelta2d tensor")
+
+
+def dequantize(const float[:, :, ::1] cb, const uint8_t[:, :, ::1] idx, int cin,
+               float[:, :, ::1] out):
+    """Dense weights out [R, cin, T] of a quantized layer: codebook cb [M, K, d],
+    indices idx [R, T, M] (T kernel taps, 1 for a fully-connected layer)."""
+    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    cdef int64_t R = idx.shape[0]
+    cdef int T = idx.shape[1]
+    if idx.shape[2] != M or d < 1 or M != (cin + d - 1) // d or out.shape[0] != R \
+            or out.shape[1] != cin or out.shape[2] != T:
+        raise ValueError("codebook, indices and dense shape do not match")
+    if R == 0 or T == 0 or cin == 0:
+        return
+    cdef int rc
+    with nogil:
+        rc = qe_dequantize(&cb[0, 0, 0], M, K, d, &idx[0, 0, 0], R, T, cin, &out[0, 0, 0])
+    if rc != 0:
+        raise ValueError(f"codeword index >= K={K}")
+
+
+def max_u8(const uint8_t[::1] a):
+    """The largest byte of a (0 if empty)."""
+    if a.shape[0] == 0:
+        return 0
+    cdef int mx
+    with nogil:
+        mx = qe_max_u8(&a[0], a.shape[0])
+    return mx
+
+
+def all_finite(const float[::1] a):
+    """True when no value of a is NaN or infinite."""
+    if a.shape[0] == 0:
+        return True
+    cdef int ok
+    with nogil:
+        ok = qe_all_finite(&a[0], a.shape[0])
+    return bool(ok)
+
+
+ORDERS = ("bgr", "rgb", "gray")
+
+
+def pixels_to_planar(const uint8_t[::1] px, int H, int W, int ch, str order,
+                     float[:, :, ::1] out):
+    """Interleaved 8-bit pixels [H, W, ch] (ch 1 = grey, 3 = RGB) -> planar floats
+    out [C, H, W] in the channel order "bgr", "rgb" or "gray"."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown channel order {order!r}")
+    cdef int o = ORDERS.index(order)
+    if ch not in (1, 3) or H < 1 or W < 1 or px.shape[0] != <int64_t>H * W * ch \
+            or out.shape[0] != (1 if o == 2 else 3) or out.shape[1] != H or out.shape[2] != W:
+        raise ValueError("pixel buffer and planar shape do not match")
+    with nogil:
+        qe_pixels_to_planar(&px[0], H, W, ch, o, &out[0, 0, 0])
+
+
+def crop_mean_scale(const float[:, :, ::1] x, int y0, int x0, const float[:, :, ::1] mean,
+                    int my0, int mx0, float scale, bint apply_scale, float[:, :, ::1] out):
+    """out = (x[:, y0:y0+h, x0:x0+w] - mean[:, my0:my0+h, mx0:mx0+w]) * scale; mean may be
+    None, the scale applies only with apply_scale."""
+    cdef int C = out.shape[0], h = out.shape[1], w = out.shape[2]
+    if x.shape[0] != C or y0 < 0 or x0 < 0 or y0 + h > x.shape[1] or x0 + w > x.shape[2]:
+        raise ValueError("crop window lies outside the image")
+    if mean is not None and (mean.shape[0] != C or my0 < 0 or mx0 < 0
+                             or my0 + h > mean.shape[1] or mx0 + w > mean.shape[2]):
+        raise ValueError("mean window lies outside the mean image")
+    if C == 0 or h == 0 or w == 0:
+        return
+    cdef const float *m = NULL
+    cdef int MH = 0, MW = 0
+    if mean is not None:
+        m = &mean[0, 0, 0]
+        MH = mean.shape[1]
+        MW = mean.shape[2]
+    with nogil:
+        qe_crop_mean_scale(&x[0, 0, 0], C, x.shape[1], x.shape[2], y0, x0, m, MH, MW, my0, mx0,
+                           scale, apply_scale, h, w, &out[0, 0, 0])

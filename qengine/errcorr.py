@@ -19,6 +19,7 @@ import numpy as np
 from . import _kernels
 from .quantize import reconstruct
 from .reference import LAYERS
+from .runtime import blocked_conv_weights
 
 MAX_POSITIONS = 6144
 RIDGE = 1e-3
@@ -34,8 +35,9 @@ def _conv(x, w, b, p):
     out = np.empty((n, w.shape[0], oh, ow), np.float32)
     ws = np.empty(_kernels.conv_workspace_floats(c // g, h, wd, kh, kw, p["stride"], p["pad"], 0, 0,
                                                  w.shape[0] // g), np.float32)
-    _kernels.conv_dense(np.ascontiguousarray(x, np.float32), _kernels.block_conv_weights(w, g), b,
-                        kh, kw, p["stride"], p["pad"], False, out, ws, 2)
+    wblk = blocked_conv_weights(np.ascontiguousarray(w, np.float32), g)
+    _kernels.conv_dense(np.ascontiguousarray(x, np.float32), wblk, b, kh, kw, p["stride"],
+                        p["pad"], False, out, ws, 2)
     return out
 
 

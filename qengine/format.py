@@ -16,11 +16,11 @@ import json
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import zlib
 
-import numpy as np
-
+from . import buffers
 from .errors import FormatError, QEngineError
 
 MAGIC = b"\x89QCNN\r\n\x1a"
@@ -31,7 +31,8 @@ MAX_HEADER = 64 * 1024 * 1024
 MAX_TENSORS = 100000
 MAX_NDIM = 8
 MAX_NAME = 256
-DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1"), "i32": np.dtype("<i4")}
+# dtype -> (buffer format, item size); numpy equivalents <f4, u1, <i4
+DTYPES = {"f32": ("f", 4), "u8": ("B", 1), "i32": ("i", 4)}
 ENCODINGS = ("raw", "qdelta2d")
 
 
@@ -45,6 +46,7 @@ def packed_nbytes(count, bits):
 
 def pack_bits(values, bits):
     """Pack uint8 values < 2**bits into an LSB-first bit stream (see FORMAT.md)."""
+    import numpy as np
     v = np.ascontiguousarray(values, np.uint8).reshape(-1)
     if bits == 8:
         return v.tobytes()
@@ -55,9 +57,10 @@ def pack_bits(values, bits):
 
 
 def unpack_bits(buf, bits, count):
+    """The first `count` values of an LSB-first bit stream, as a uint8 buffer."""
     from . import _kernels
-    out = np.empty(count, np.uint8)
-    _kernels.unpack_bits(np.frombuffer(buf, np.uint8), bits, count, False, out)
+    out = buffers.empty((count,), "B")
+    _kernels.unpack_bits(memoryview(buf).cast("B"), bits, count, False, out)
     return out
 
 
@@ -68,6 +71,7 @@ def unpack_bits(buf, bits, count):
 # planes (all low bytes, then all second bytes, ...) and deflated.
 
 def qdelta_encode(arr, step):
+    import numpy as np
     a = np.asarray(arr, np.float64)
     if a.ndim < 2:
         raise ValueError("qdelta2d needs at least 2 dimensions")
@@ -82,33 +86,34 @@ def qdelta_encode(arr, step):
 
 
 def qdelta_decode(buf, shape, step, where):
-    count = 1
-    for s in shape:
-        count *= s
+    """A qdelta2d payload -> float32 buffer of `shape`."""
+    from . import _kernels
+    count = buffers.count(shape)
     try:
         d = zlib.decompressobj()
-        raw = d.decompress(bytes(buf), count * 4 + 1)
+        raw = d.decompress(buf, count * 4 + 1)
     except zlib.error as e:
         raise FormatError(f"{where}: corrupt compressed data ({e})") from None
     if len(raw) != count * 4 or not d.eof:
         raise FormatError(f"{where}: compressed data does not decode to shape {list(shape)}")
-    z = np.frombuffer(raw, np.uint8).reshape(4, count).T.copy().view("<u4").reshape(shape)
-    z = z.astype(np.int64)
-    r = (z >> 1) ^ -(z & 1)          # zigzag back to signed
-    q = np.cumsum(np.cumsum(r, axis=-2), axis=-1)
-    return (q * step).astype(np.float32)
+    out = buffers.empty((count,), "f")
+    rows, cols = shape[-2], shape[-1]
+    _kernels.qdelta_decode(raw, count // (rows * cols), rows, cols, step, out)
+    return buffers.reshape(out, shape)
 
 
 class Tensor:
     """One tensor to write: a numpy array and how to store it."""
 
     def __init__(self, array, bits=None, encoding="raw", step=None):
+        import numpy as np
         self.array = np.ascontiguousarray(array)
         self.bits = bits
         self.encoding = encoding
         self.step = step
 
     def payload(self):
+        import numpy as np
         a = self.array
         if self.encoding == "qdelta2d":
             return qdelta_encode(a, self.step), "f32"
@@ -279,7 +284,7 @@ class QcnnFile:
                     self._fail(f"{where}: invalid bit width {bits!r}")
                 want = packed_nbytes(count, bits)
             else:
-                want = count * DTYPES[dtype].itemsize
+                want = count * DTYPES[dtype][1]
             if enc == "raw" and nb != want:
                 self._fail(f"{where}: holds {nb} bytes, its shape needs {want}")
             if enc == "qdelta2d":
@@ -322,20 +327,45 @@ class QcnnFile:
         except KeyError:
             raise FormatError(f"{self.path}: tensor {name!r} is missing") from None
 
-    def tensor(self, name):
-        """The tensor as a numpy array: a read-only view of the mapped file for
-        raw tensors, a new array for packed or encoded ones."""
+    def view(self, name):
+        """The tensor as a shaped memoryview (format "f", "B" or "i"): a read-only
+        view of the mapped file for raw tensors, a new buffer for packed or encoded
+        ones.  Needs no numpy.  Empty tensors are refused."""
         e = self.entry(name)
         shape = tuple(e["shape"])
+        where = f"{self.path}: tensor {name!r}"
+        count = buffers.count(shape)
+        if count == 0:
+            raise FormatError(f"{where}: is empty (shape {list(shape)})")
         data = self._buf[e["offset"]:e["offset"] + e["nbytes"]]
         if e.get("encoding", "raw") == "qdelta2d":
-            return qdelta_decode(data, shape, e["step"], f"{self.path}: tensor {name!r}")
-        count = 1
-        for s in shape:
-            count *= s
+            return qdelta_decode(data, shape, e["step"], where)
         if e.get("bits"):
-            return unpack_bits(data, e["bits"], count).reshape(shape)
-        return np.frombuffer(data, DTYPES[e["dtype"]], count).reshape(shape)
+            return buffers.reshape(unpack_bits(data, e["bits"], count), shape)
+        fmt, size = DTYPES[e["dtype"]]
+        if size > 1 and sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+            import array
+            a = array.array(fmt, bytes(data))
+            a.byteswap()
+            data = a
+        return buffers.shaped(data, shape, fmt)
+
+    def packed(self, name):
+        """A uint8 tensor as stored: (bytes, bits), an LSB-first stream of `bits`-bit
+        values (8: plain bytes), for kernels that unpack while they lay out."""
+        e = self.entry(name)
+        if e["dtype"] != "u8" or e.get("encoding", "raw") != "raw":
+            raise FormatError(f"{self.path}: tensor {name!r} is not a uint8 tensor")
+        return self._buf[e["offset"]:e["offset"] + e["nbytes"]], e.get("bits") or 8
+
+    def tensor(self, name):
+        """The tensor as a numpy array (see view())."""
+        import numpy as np
+        e = self.entry(name)
+        if buffers.count(e["shape"]) == 0:
+            return np.empty(tuple(e["shape"]), {"f32": np.float32, "u8": np.uint8,
+                                                "i32": np.int32}[e["dtype"]])
+        return np.asarray(self.view(name))
 
     def close(self):
         self._buf = None

@@ -9,23 +9,36 @@ The preprocessing metadata (all keys optional):
     crop           [H, W]: centre crop, offset floor((size - crop) / 2)
     scale          multiply after subtracting the mean (default 1)
 """
-import numpy as np
+import math
+import os
+import struct
+import sys
 
+from . import buffers
 from .errors import ImageError, ModelError
 
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: 100 megapixels
 
 
-def load_image(src):
-    """An image as an H x W x 3 (or H x W for grey) uint8 RGB array.
-    `src` is a path, a PIL image, or a uint8 array (H x W x 3 RGB or H x W)."""
-    if isinstance(src, np.ndarray):
+def _is_array(src):
+    np = sys.modules.get("numpy")   # a numpy array can only exist if numpy was imported
+    return np is not None and isinstance(src, np.ndarray)
+
+
+def read_pixels(src):
+    """An image as (pixels, H, W, channels): 8-bit interleaved pixels, RGB
+    (3 channels) or grey (1, only for H x W arrays), in a bytes-like object.
+    `src` is a path, a PIL image, or a uint8 array (H x W x 3 RGB or H x W).
+    Needs no numpy for paths and PIL images."""
+    if _is_array(src):
+        import numpy as np
         if src.dtype != np.uint8 or src.ndim not in (2, 3) or (src.ndim == 3 and src.shape[2] != 3):
             raise ImageError(f"image arrays must be H x W x 3 (RGB) or H x W uint8, got "
                              f"{src.dtype} {src.shape}")
         if min(src.shape[:2]) < 1:
             raise ImageError("image array is empty")
-        return src
+        a = np.ascontiguousarray(src)
+        return memoryview(a).cast("B"), a.shape[0], a.shape[1], 1 if a.ndim == 2 else 3
     try:
         from PIL import Image, ImageOps
     except ImportError:  # pragma: no cover
@@ -44,16 +57,18 @@ def load_image(src):
             _check_raw_size(img, src, name)
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                import numpy as np
                 a = np.asarray(img, dtype=np.float64)
                 peak = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(a.max()))
                 a = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
-                return np.repeat(a[:, :, None], 3, axis=2)
+                a = np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
+                return memoryview(a).cast("B"), a.shape[0], a.shape[1], 3
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(bg, rgba)
             img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8)
+            return img.tobytes(), img.size[1], img.size[0], 3
     except ImageError:
         raise
     except FileNotFoundError:
@@ -66,10 +81,20 @@ def load_image(src):
         raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
 
 
+def load_image(src):
+    """An image as an H x W x 3 (or H x W for grey arrays) uint8 RGB numpy array
+    (see read_pixels)."""
+    if _is_array(src):
+        read_pixels(src)   # the checks
+        return src
+    import numpy as np
+    px, h, w, ch = read_pixels(src)
+    return np.frombuffer(px, np.uint8).reshape(h, w, ch)
+
+
 def _check_raw_size(img, src, name):
     """An uncompressed image (BMP, PPM, ...) must hold the bytes its header declares,
     so that a small corrupt file cannot make the decoder allocate a large bitmap."""
-    import os
     tile = getattr(img, "tile", None) or []
     if not isinstance(src, (str, os.PathLike)) or len(tile) != 1 or tile[0][0] != "raw":
         return
@@ -111,73 +136,72 @@ class Preprocessor:
             raise ModelError(f"preprocessing: crop {self.crop} is larger than resize {size}")
         if not self.crop and size and size != (h, w):
             raise ModelError(f"preprocessing: resize {size} without crop must equal the input")
-        self.mean = None
+        self.mean = None     # a [C, MH, MW] float buffer, and where the crop starts in it
+        self.mean_at_crop = False
         m = self.spec.get("mean")
         if m and m.get("type") == "pixel":
-            vals = np.asarray(m.get("values"), np.float32).reshape(-1)
-            if vals.size not in (1, c):
-                raise ModelError(f"preprocessing: {vals.size} mean values for {c} channels")
-            self.mean = vals.reshape(-1, 1, 1)
+            vals = m.get("values")
+            if not isinstance(vals, list) or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e30
+                    for v in vals):
+                raise ModelError("preprocessing: mean values must be a list of finite numbers")
+            if len(vals) not in (1, c):
+                raise ModelError(f"preprocessing: {len(vals)} mean values for {c} channels")
+            vals = vals * c if len(vals) == 1 else vals
+            plane = h * w
+            self.mean = buffers.shaped(b"".join(struct.pack("<f", v) * plane for v in vals),
+                                       (c, h, w), "f")
         elif m and m.get("type") == "image":
             if mean_image is None:
                 raise ModelError("preprocessing: mean image missing")
-            mi = np.asarray(mean_image, np.float32)
+            mi = mean_image
+            if not (isinstance(mi, memoryview) and buffers.format_of(mi) == "f"
+                    and mi.c_contiguous):
+                import numpy as np
+                mi = memoryview(np.ascontiguousarray(mean_image, np.float32))
             if mi.ndim != 3 or mi.shape[0] != c:
-                raise ModelError(f"preprocessing: mean image shape {mi.shape} for {c} channels")
+                raise ModelError(f"preprocessing: mean image shape {tuple(mi.shape)} for {c} "
+                                 f"channels")
             if mi.shape[1:] not in ((h, w), size):
-                raise ModelError(f"preprocessing: mean image {mi.shape[1:]} matches neither the "
-                                 f"resized {size} nor the input {h}x{w} size")
+                raise ModelError(f"preprocessing: mean image {tuple(mi.shape[1:])} matches "
+                                 f"neither the resized {size} nor the input {h}x{w} size")
+            from . import _kernels
+            if not _kernels.all_finite(buffers.reshape(mi, (-1,))):
+                raise ModelError("preprocessing: mean image holds NaN or infinity")
             self.mean = mi
+            # a mean of the resized size is subtracted before the centre crop
+            self.mean_at_crop = tuple(mi.shape[1:]) != (h, w)
         elif m:
             raise ModelError(f"preprocessing: unknown mean type {m.get('type')!r}")
 
     def __call__(self, image):
-        """One image (path, PIL image or uint8 array) -> float32 [C, H, W]."""
-        a = load_image(image)
+        """One image (path, PIL image or uint8 array) -> float32 buffer [C, H, W]."""
+        from . import _kernels
+        px, H, W, ch = read_pixels(image)
         c, h, w = self.input_shape
-        if self.order == "gray":
-            if a.ndim == 3:
-                a = np.round(a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114)
-            a = np.asarray(a, np.float32)[None]
-        else:
-            if a.ndim == 2:
-                a = np.repeat(a[:, :, None], 3, axis=2)
-            a = np.asarray(a, np.float32)
-            if self.order == "bgr":
-                a = a[..., ::-1]
-            a = np.ascontiguousarray(a.transpose(2, 0, 1))
+        a = buffers.empty((c, H, W))
+        _kernels.pixels_to_planar(px, H, W, ch, self.order, a)
         target = tuple(self.resize) if self.resize else (h, w)
-        if a.shape[1:] != target:
+        if (H, W) != target:
             a = self._resize(a, *target)
-        if self.mean is not None and self.mean.ndim == 3 and self.mean.shape[1:] == a.shape[1:] \
-                and a.shape[1:] != (h, w):
-            a = a - self.mean
-            a = self._crop(a, h, w)
-        else:
-            a = self._crop(a, h, w)
-            if self.mean is not None:
-                a = a - self.mean
-        if self.scale != 1.0:
-            a = a * self.scale
-        return np.ascontiguousarray(a, np.float32)
+        if target[0] < h or target[1] < w:
+            raise ImageError(f"image {target[0]}x{target[1]} is smaller than the crop {h}x{w}")
+        y0, x0 = (target[0] - h) // 2, (target[1] - w) // 2
+        out = buffers.empty((c, h, w))
+        _kernels.crop_mean_scale(a, y0, x0, self.mean, y0 if self.mean_at_crop else 0,
+                                 x0 if self.mean_at_crop else 0, self.scale, self.scale != 1.0,
+                                 out)
+        return out
 
     def _resize(self, a, out_h, out_w):
+        out = buffers.empty((a.shape[0], out_h, out_w))
         if self.method == "bilinear_align_corners":
             from . import _kernels
-            out = np.empty((a.shape[0], out_h, out_w), np.float32)
-            _kernels.resize_bilinear_ac(np.ascontiguousarray(a, np.float32), out)
+            _kernels.resize_bilinear_ac(a, out)
             return out
         from PIL import Image
-        chans = [np.asarray(Image.fromarray(ch.astype(np.float32), mode="F").resize(
-            (out_w, out_h), Image.BILINEAR)) for ch in a]
-        return np.stack(chans)
-
-    @staticmethod
-    def _crop(a, h, w):
-        H, W = a.shape[1:]
-        if (H, W) == (h, w):
-            return a
-        if H < h or W < w:
-            raise ImageError(f"image {H}x{W} is smaller than the crop {h}x{w}")
-        y, x = (H - h) // 2, (W - w) // 2
-        return a[:, y:y + h, x:x + w]
+        src, dst = buffers.rows(a), buffers.rows(out)
+        for ch in range(a.shape[0]):
+            img = Image.frombytes("F", (a.shape[2], a.shape[1]), bytes(src[ch]))
+            dst[ch][:] = img.resize((out_w, out_h), Image.BILINEAR).tobytes()
+        return out

@@ -126,5 +126,5 @@ def model_weights(model):
         else:
             w = (dequantize_fc(op.codebook, op.stored_indices(), op.cin) if op.mode == "lut"
                  else op.weight)
-        ws[op.name] = (w, op.bias)
+        ws[op.name] = (np.asarray(w), np.asarray(op.bias))
     return ws

@@ -5,15 +5,14 @@ one kernel per layer; every kernel releases the GIL.  A Model is immutable
 after loading and keeps one scratch workspace per calling thread, so one
 Model may serve many threads at once.
 """
+import math
 import os
 import threading
 import time
 
-import numpy as np
-
-from . import _kernels
+from . import _kernels, buffers
 from .errors import FormatError, InputError, ModelError, QEngineError
-from .format import QcnnFile
+from .format import DTYPES, QcnnFile
 from .graph import infer_shapes, validate
 from .preprocess import Preprocessor
 
@@ -54,15 +53,23 @@ class _Op:
         return 0, 0, 0
 
     def new_out(self, n):
-        return np.empty((n,) + tuple(self.out_shape), np.float32)
+        return buffers.empty((n,) + tuple(self.out_shape))
+
+
+def _check_tensor(qf, name, dtype, shape, where):
+    """The file's tensor `name` must have this dtype ("f32", "u8") and shape."""
+    e = qf.entry(name)
+    if e["dtype"] != dtype or tuple(e["shape"]) != tuple(shape):
+        def dname(d):
+            return buffers.DTYPE_NAMES[DTYPES[d][0]] if d in DTYPES else str(d)
+        raise ModelError(f"{qf.path}: {where}: tensor {name!r} is {dname(e['dtype'])} "
+                         f"{list(e['shape'])}, expected {dname(dtype)} {list(shape)}")
 
 
 def _tensor(qf, name, dtype, shape, where):
-    a = qf.tensor(name)
-    if a.dtype != dtype or tuple(a.shape) != tuple(shape):
-        raise ModelError(f"{qf.path}: {where}: tensor {name!r} is {a.dtype} {list(a.shape)}, "
-                         f"expected {np.dtype(dtype)} {list(shape)}")
-    return a
+    """A tensor of the file as a buffer of the expected dtype and shape."""
+    _check_tensor(qf, name, dtype, shape, where)
+    return qf.view(name)
 
 
 class _Weighted(_Op):
@@ -80,15 +87,16 @@ class _Weighted(_Op):
         self.mode = w["mode"]
         self.strategy = w["mode"]
         cout = self.params["num_output"]
-        self.bias = (_tensor(qf, w["bias"], np.float32, (cout,), where) if w.get("bias")
-                     else np.zeros(cout, np.float32))
+        self.bias = (_tensor(qf, w["bias"], "f32", (cout,), where) if w.get("bias")
+                     else buffers.zeros((cout,)))
         self._load(qf, w, where, cout)
 
     def _check_lut(self, qf, w, where, cin, idx_prefix):
-        """Load codebook and indices; the M subspaces must cover the cin input
-        channels and the indices be idx_prefix + (M,)."""
-        cb = qf.tensor(w["codebook"])
-        if cb.dtype != np.float32 or cb.ndim != 3:
+        """Load the codebook and check the indices' entry: the M subspaces must
+        cover the cin input channels and the indices be idx_prefix + (M,).  The
+        indices themselves are read by _unpacked_indices() or a layout kernel."""
+        cb = qf.view(w["codebook"])
+        if buffers.format_of(cb) != "f" or cb.ndim != 3:
             raise ModelError(f"{qf.path}: {where}: codebook must be float32 [M, K, d]")
         M, K, d = cb.shape
         if not (1 <= K <= 256 and d >= 1):
@@ -96,35 +104,63 @@ class _Weighted(_Op):
         if M != -(-cin // d):
             raise ModelError(f"{qf.path}: {where}: {M} subspaces of d={d} do not cover {cin} "
                              f"inputs")
-        idx = _tensor(qf, w["indices"], np.uint8, tuple(idx_prefix) + (M,), where)
-        if idx.size and int(idx.max()) >= K:
-            raise ModelError(f"{qf.path}: {where}: codeword index {int(idx.max())} >= K={K}")
-        if not np.all(np.isfinite(cb)):
+        _check_tensor(qf, w["indices"], "u8", tuple(idx_prefix) + (M,), where)
+        if not _kernels.all_finite(buffers.reshape(cb, (-1,))):
             raise ModelError(f"{qf.path}: {where}: codebook holds NaN or infinity")
-        self.codebook, self.indices = np.ascontiguousarray(cb), np.ascontiguousarray(idx)
+        self.codebook, self.indices = cb, None
         self.M, self.K, self.d = M, K, d
-        self._qf, self._idx_name = qf, w["indices"]
+        self._qf, self._idx_name, self._where = qf, w["indices"], where
+
+    def _check_top(self, top):
+        if top >= self.K:
+            raise ModelError(f"{self._qf.path}: {self._where}: codeword index {top} >= "
+                             f"K={self.K}")
+
+    def _unpacked_indices(self):
+        """The indices as stored, unpacked to bytes, every one checked < K."""
+        idx = self._qf.view(self._idx_name)
+        self._check_top(_kernels.max_u8(buffers.reshape(idx, (-1,))))
+        return idx
 
     def stored_indices(self):
         """The codeword indices as stored in the file (the kernels may hold them re-laid)."""
         return self._qf.tensor(self._idx_name)
 
 
+def _dequantize(codebook, indices, cin):
+    """Dense weights [R, cin, T] from a codebook [M, K, d] and indices [R, T, M] (buffers)."""
+    R, T, _ = indices.shape
+    out = buffers.empty((R, cin, T))
+    _kernels.dequantize(codebook, indices, cin, out)
+    return out
+
+
 def dequantize_conv(codebook, indices, cin_group):
-    """Dense weights [Cout, Cg, KH, KW] of a quantized convolution:
+    """Dense weights [Cout, Cg, KH, KW] (numpy) of a quantized convolution:
     w[o, m*d + c, kh, kw] = codebook[m, indices[o, kh, kw, m], c]."""
-    M, K, d = codebook.shape
-    sub = codebook[np.arange(M)[None, None, None, :], indices]   # [Cout, KH, KW, M, d]
-    cout, kh, kw = indices.shape[:3]
-    w = sub.reshape(cout, kh, kw, M * d)[..., :cin_group]
-    return np.ascontiguousarray(w.transpose(0, 3, 1, 2), np.float32)
+    import numpy as np
+    idx = np.ascontiguousarray(indices, np.uint8)
+    cout, kh, kw, M = idx.shape
+    w = _dequantize(np.ascontiguousarray(codebook, np.float32), idx.reshape(cout, kh * kw, M),
+                    cin_group)
+    return buffers.to_numpy(w).reshape(cout, cin_group, kh, kw)
 
 
 def dequantize_fc(codebook, indices, cin):
-    """Dense weights [Cout, Cin] of a quantized fully-connected layer."""
-    M, K, d = codebook.shape
-    sub = codebook[np.arange(M)[None, :], indices]                # [Cout, M, d]
-    return np.ascontiguousarray(sub.reshape(indices.shape[0], M * d)[:, :cin], np.float32)
+    """Dense weights [Cout, Cin] (numpy) of a quantized fully-connected layer."""
+    import numpy as np
+    idx = np.ascontiguousarray(indices, np.uint8)
+    w = _dequantize(np.ascontiguousarray(codebook, np.float32), idx[:, None, :], cin)
+    return buffers.to_numpy(w).reshape(idx.shape[0], cin)
+
+
+def blocked_conv_weights(w, groups):
+    """Dense weights [Cout, Cg, KH, KW] (a buffer) -> the dense kernel's blocked layout."""
+    cout = w.shape[0]
+    w2 = buffers.reshape(w, (cout, -1))
+    out = buffers.empty(_kernels.conv_blocked_shape(cout, groups, w2.shape[1]))
+    _kernels.block_conv_weights(w2, groups, out)
+    return out
 
 
 class _Conv(_Weighted):
@@ -136,6 +172,7 @@ class _Conv(_Weighted):
         cg = c // self.group
         if self.mode == "lut":
             self._check_lut(qf, w, where, cg, (cout, self.kh, self.kw))
+            self.indices = self._unpacked_indices()
             # A first layer with fewer input channels than the subspace dimension
             # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
             # entry would replace under d multiply-adds while the table is K
@@ -148,12 +185,13 @@ class _Conv(_Weighted):
             if self.dense_small and ((self.M == 1 and cg < self.d)
                                      or table + lookups > DEQUANTIZE_RATIO * dense_cost):
                 self.strategy = "dequantized"
-                self.weight_blocked = _kernels.block_conv_weights(
-                    dequantize_conv(self.codebook, self.indices, cg), self.group)
+                taps = buffers.reshape(self.indices, (cout, self.kh * self.kw, self.M))
+                self.weight_blocked = blocked_conv_weights(
+                    _dequantize(self.codebook, taps, cg), self.group)
         else:
             self.strategy = "dense"
-            self.weight = _tensor(qf, w["weight"], np.float32, (cout, cg, self.kh, self.kw), where)
-            self.weight_blocked = _kernels.block_conv_weights(self.weight, self.group)
+            self.weight = _tensor(qf, w["weight"], "f32", (cout, cg, self.kh, self.kw), where)
+            self.weight_blocked = blocked_conv_weights(self.weight, self.group)
 
     def workspace(self):
         c, h, w = self.in_shapes[0]
@@ -195,20 +233,24 @@ class _Conv(_Weighted):
 def block_fc_indices(asmt, K):
     """Indices [Cout, M] -> the blocked layout the fully-connected kernel reads:
     for each block of fc_block(K) subspaces, that block's [Cout, mb] indices."""
-    a = np.asarray(asmt, np.uint8)
-    mb = _kernels.fc_block(K)
-    out = np.empty(a.shape, np.uint8)
-    flat = out.reshape(-1)
-    cout, M = a.shape
-    for m0 in range(0, M, mb):
-        w = min(mb, M - m0)
-        flat[cout * m0:cout * (m0 + w)].reshape(cout, w)[...] = a[:, m0:m0 + w]
+    out = buffers.empty(asmt.shape, "B")
+    _kernels.block_fc_indices(asmt, K, out)
     return out
+
+
+def fc_register_layout(asmt, shape=None, bits=8):
+    """Indices [Cout, M] -> the layout of the register-lookup FC kernels (fc_q8,
+    fc_f32); `asmt` may also be the packed stream of `bits`-bit values of `shape`.
+    Returns the layout and the largest index."""
+    cout, M = shape or asmt.shape
+    out = buffers.empty((_kernels.fc_q8_layout_size(cout, M),), "B")
+    top = _kernels.fc_q8_layout(buffers.reshape(asmt, (-1,)), bits, cout, M, out)
+    return out, top
 
 
 class _FC(_Weighted):
     def _load(self, qf, w, where, cout):
-        self.cin = int(np.prod(self.in_shapes[0]))
+        self.cin = buffers.count(self.in_shapes[0])
         if self.mode == "lut":
             self._check_lut(qf, w, where, self.cin, (cout,))
             dense_cost, table, lookups = self.cost()
@@ -216,18 +258,21 @@ class _FC(_Weighted):
             if self.dense_small and not q8 and table + lookups > DEQUANTIZE_RATIO * dense_cost:
                 # tables would cost clearly more than the dense layer: dequantize (same sums)
                 self.strategy = "dequantized"
-                self.weight = dequantize_fc(self.codebook, self.indices, self.cin)
-            elif q8:
-                self.strategy = "lut8"
-                self.indices = _kernels.fc_q8_layout(self.indices)
+                taps = buffers.reshape(self._unpacked_indices(), (cout, 1, self.M))
+                self.weight = buffers.reshape(_dequantize(self.codebook, taps, self.cin),
+                                              (cout, self.cin))
             elif self.K <= 32:
-                # float tables small enough to be looked up inside registers
-                self.indices = _kernels.fc_q8_layout(self.indices)
+                # fast: 8-bit tables; exact: float tables small enough to be looked up
+                # inside registers.  Unpacked and laid out in one pass.
+                if q8:
+                    self.strategy = "lut8"
+                stream, bits = qf.packed(self._idx_name)
+                self.indices, top = fc_register_layout(stream, (cout, self.M), bits)
+                self._check_top(top)
             else:
-                self.indices = block_fc_indices(self.indices, self.K)
+                self.indices = block_fc_indices(self._unpacked_indices(), self.K)
         else:
-            self.weight = np.ascontiguousarray(
-                _tensor(qf, w["weight"], np.float32, (cout, self.cin), where))
+            self.weight = _tensor(qf, w["weight"], "f32", (cout, self.cin), where)
 
     def workspace(self):
         if self.strategy == "lut8":
@@ -244,7 +289,7 @@ class _FC(_Weighted):
         return dense, self.K * self.cin, cout * self.M
 
     def run(self, xs, ws, nthreads, relu):
-        x = xs[0].reshape(xs[0].shape[0], -1)
+        x = buffers.reshape(xs[0], (xs[0].shape[0], -1))
         out = self.new_out(x.shape[0])
         if self.strategy == "lut8":
             _kernels.fc_q8(x, self.codebook, self.indices, self.params["num_output"], self.bias,
@@ -262,8 +307,9 @@ class _FC(_Weighted):
 class _ReLU(_Op):
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
-        out = np.empty_like(x)
-        _kernels.relu(x.reshape(-1), out.reshape(-1), self.params["negative_slope"])
+        out = buffers.empty(x.shape)
+        _kernels.relu(buffers.reshape(x, (-1,)), buffers.reshape(out, (-1,)),
+                      self.params["negative_slope"])
         return out
 
 
@@ -274,7 +320,7 @@ class _LRN(_Op):
 
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
-        out = np.empty_like(x)
+        out = buffers.empty(x.shape)
         p = self.params
         _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], ws)
         return out
@@ -296,7 +342,7 @@ class _Pool(_Op):
 
 class _Concat(_Op):
     def run(self, xs, ws, nthreads, relu):
-        return np.ascontiguousarray(np.concatenate(xs, axis=1))
+        return buffers.concat(xs, 1)
 
 
 class _Dropout(_Op):
@@ -307,9 +353,9 @@ class _Dropout(_Op):
 class _Softmax(_Op):
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
-        out = np.empty_like(x)
+        out = buffers.empty(x.shape)
         n, c = x.shape[:2]
-        _kernels.softmax(x.reshape(n, c, -1), out.reshape(n, c, -1))
+        _kernels.softmax(buffers.reshape(x, (n, c, -1)), buffers.reshape(out, (n, c, -1)))
         return out
 
 
@@ -384,15 +430,16 @@ class Model:
     def _workspace(self):
         ws = getattr(self._local, "ws", None)
         if ws is None:
-            ws = self._local.ws = np.empty(self._ws_floats, np.float32)
+            ws = self._local.ws = buffers.empty((self._ws_floats,))
         return ws
 
     def forward(self, x, outputs=None, profile=None):
         """Run the network on a preprocessed float32 batch x [N, C, H, W].
 
         Returns the last layer's output, or with outputs=[names] a dict of those
-        layers' outputs ([N, C, H, W], or [N, C] after fully-connected layers).
-        With profile={} the seconds spent in each layer are added to it."""
+        layers' outputs ([N, C, H, W], or [N, C] after fully-connected layers),
+        as numpy arrays.  With profile={} the seconds spent in each layer are added to it."""
+        import numpy as np
         x = np.asarray(x)
         if x.ndim == 3:
             raise InputError(f"input must be a batch [N, C, H, W]; got {list(x.shape)} "
@@ -400,7 +447,7 @@ class Model:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] < 1:
             raise InputError(f"input must be [N, {', '.join(map(str, self.input_shape))}] with "
                              f"N >= 1, got {list(x.shape)}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = memoryview(np.ascontiguousarray(x, dtype=np.float32))
         want = None
         if outputs is not None:
             if isinstance(outputs, str):
@@ -409,6 +456,13 @@ class Model:
             unknown = [n for n in want if n not in self.layer_names]
             if unknown:
                 raise InputError(f"unknown layer name(s) {unknown}; layers: {self.layer_names}")
+        out = self._forward(x, want, profile)
+        if want is not None:
+            return {k: buffers.to_numpy(v) for k, v in out.items()}
+        return buffers.to_numpy(out)
+
+    def _forward(self, x, want=None, profile=None):
+        """forward() on a checked C-contiguous float32 buffer [N, C, H, W]; returns buffers."""
         nthreads = max(1, int(self.threads))
         n = x.shape[0]
         if nthreads > 1 and n > 1:
@@ -425,8 +479,8 @@ class Model:
                     for k, v in pr.items():
                         profile[k] = profile.get(k, 0.0) + v / parts
             if want is not None:
-                return {k: np.concatenate([o[k] for o in outs]) for k in want}
-            return np.concatenate(outs)
+                return {k: buffers.concat([o[k] for o in outs], 0) for k in want}
+            return buffers.concat(outs, 0)
         return self._run(x, want, profile, nthreads)
 
     def _pool(self):
@@ -479,34 +533,48 @@ class Model:
                     pp = self._preprocess_spec
                     mean = None
                     if isinstance(pp.get("mean"), dict) and pp["mean"].get("type") == "image":
-                        mean = self._qf.tensor(str(pp["mean"].get("tensor", "")))
+                        mean = self._qf.view(str(pp["mean"].get("tensor", "")))
                     self._preprocessor = Preprocessor(pp, self.input_shape, mean)
         return self._preprocessor
 
     def preprocess(self, images):
-        """Images (paths, PIL images, uint8 arrays) -> float32 batch [N, C, H, W]."""
+        """Images (paths, PIL images, uint8 arrays) -> float32 batch [N, C, H, W] (numpy)."""
+        return buffers.to_numpy(self._preprocess(images))
+
+    def _preprocess(self, images):
         if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
             images = [images]
-        return np.stack([self.preprocessor(im) for im in images])
+        return self.stack([self.preprocessor(im) for im in images])
+
+    def stack(self, inputs):
+        """Preprocessed inputs [C, H, W] (buffers from Model.preprocessor) -> a batch buffer."""
+        return buffers.concat([buffers.reshape(a, (1,) + tuple(a.shape)) for a in inputs], 0)
 
     def predict(self, images, top=5):
         """Classify images; returns, per image, the top classes as dicts
         {"index", "label", "prob"}, most probable first."""
-        return self.classify(self.preprocess(images), top)
+        return self.classify(self._preprocess(images), top)
 
     def classify(self, batch, top=5):
-        """The top classes of a preprocessed batch [N, C, H, W] (see predict)."""
-        out = self.forward(batch)
-        probs = out.reshape(out.shape[0], -1).astype(np.float64)
-        if self._ops[-1].type != "Softmax":
-            probs = np.exp(probs - probs.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-        top = max(1, min(int(top), probs.shape[1]))
+        """The top classes of a preprocessed batch [N, C, H, W] (see predict): a numpy
+        array, or a batch buffer from Model.stack (then numpy is not needed)."""
+        if isinstance(batch, memoryview) and buffers.format_of(batch) == "f" \
+                and batch.c_contiguous and tuple(batch.shape[1:]) == self.input_shape:
+            out = self._forward(batch)
+        else:
+            out = memoryview(self.forward(batch))
+        softmax = self._ops[-1].type == "Softmax"
         res = []
-        for p in probs:
-            idx = np.argsort(-p, kind="stable")[:top]
-            res.append([{"index": int(i), "label": self.label(int(i)), "prob": float(p[i])}
-                        for i in idx])
+        for row in buffers.rows(out):
+            p = row.cast("f").tolist()
+            if not softmax:
+                hi = max(p)
+                e = [math.exp(v - hi) for v in p]
+                total = sum(e)
+                p = [v / total for v in e]
+            order = sorted(range(len(p)), key=p.__getitem__, reverse=True)
+            k = max(1, min(int(top), len(p)))
+            res.append([{"index": i, "label": self.label(i), "prob": p[i]} for i in order[:k]])
         return res
 
     def label(self, i):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from qengine import _kernels, reference
-from qengine.runtime import block_fc_indices, dequantize_conv
+from qengine.runtime import (block_fc_indices, blocked_conv_weights, dequantize_conv,
+                             fc_register_layout)
 
 from conftest import on_every_isa, random_fc
 
@@ -60,7 +61,7 @@ def test_conv_dense_matches_numpy(isa, case):
     ws = np.empty(_kernels.conv_workspace_floats(cg, H, W, KH, KW, S, P, 0, 0, Cout // G),
                   np.float32)
     out = np.full(ref.shape, np.nan, np.float32)
-    _kernels.conv_dense(x, _kernels.block_conv_weights(w, G), b, KH, KW, S, P, False, out, ws)
+    _kernels.conv_dense(x, blocked_conv_weights(w, G), b, KH, KW, S, P, False, out, ws)
     close(out, ref)
 
 
@@ -88,7 +89,7 @@ def test_fc_register_lookup_matches_numpy_and_across_isas(case):
     cin, cout, d, K = case
     x, cb, idx, b, ref = random_fc(RNG, 2, cin, cout, d, K)
     M = cb.shape[0]
-    lay = _kernels.fc_q8_layout(idx)
+    lay = fc_register_layout(idx)[0]
     ws = np.empty(_kernels.fc_f32_workspace_floats(M, K, cout), np.float32)
     def run():
         out = np.full((2, cout), np.nan, np.float32)
@@ -165,6 +166,22 @@ def test_bit_unpacking_both_orders(bits):
     msb = np.packbits(stream)
     _kernels.unpack_bits(msb, bits, n, True, out)
     assert np.array_equal(out, v)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("cout,M", [(1, 1), (33, 7), (70, 130), (5, 257)])
+def test_register_layout_unpacks_while_it_lays_out(bits, cout, M):
+    """Laid out straight from the packed stream (rows need not start on a byte)
+    == laid out from the unpacked bytes; both report the largest index."""
+    from qengine.format import pack_bits
+    idx = RNG.integers(0, 1 << bits, (cout, M)).astype(np.uint8)
+    from_bytes, top = fc_register_layout(idx)
+    stream = np.frombuffer(pack_bits(idx, bits), np.uint8)
+    from_stream, top2 = fc_register_layout(stream, (cout, M), bits)
+    assert bytes(from_stream) == bytes(from_bytes)
+    assert top == top2 == idx.max()
+    with pytest.raises(ValueError):
+        fc_register_layout(stream[:len(stream) // 2], (cout, M + 64), bits)
 
 
 def test_kernels_reject_bad_shapes():

@@ -28,8 +28,7 @@ def main(argv=None):
     if args.threads < 1:
         fail("qrun", "--threads must be at least 1", 2)
 
-    import numpy as np
-
+    # no numpy here: importing it would take longer than classifying the photo
     from ..errors import QEngineError
     from ..runtime import load
     try:
@@ -44,14 +43,14 @@ def main(argv=None):
         paths, inputs = [], []
         for path in args.images[i:i + step]:
             try:
-                inputs.append(model.preprocess(path)[0])
+                inputs.append(model.preprocessor(path))
                 paths.append(path)
             except QEngineError as e:
                 print(f"qrun: error: {e}", file=sys.stderr)
                 status = 1
         if not inputs:
             continue
-        tops = model.classify(np.stack(inputs), top=args.top)
+        tops = model.classify(model.stack(inputs), top=args.top)
         ms = (time.perf_counter() - t0) * 1e3 / len(inputs)
         for path, top in zip(paths, tops):
             if args.json:

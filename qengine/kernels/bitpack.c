@@ -1,71 +1,119 @@
-/* Unpacking of bit-packed codeword indices. */
+/* Decoding of stored tensors: bit-packed codeword indices, qdelta2d images. */
+#include <stdlib.h>
 #include <string.h>
 #include "qe_kernels.h"
 
-/* Load up to 8 bytes as a little-endian (or big-endian) 64-bit word. */
-static inline uint64_t load_le(const uint8_t *p, int n)
+/* A little-endian 64-bit word from 8 bytes (any alignment). */
+static inline uint64_t load8_le(const uint8_t *p)
 {
-    uint64_t w = 0;
-    for (int i = n - 1; i >= 0; i--) w = (w << 8) | p[i];
+    uint64_t w;
+    memcpy(&w, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
     return w;
 }
 
-static inline uint64_t load_be(const uint8_t *p, int n)
+/* Store a 64-bit word as 8 little-endian bytes (any alignment). */
+static inline void store8_le(uint8_t *p, uint64_t w)
 {
-    uint64_t w = 0;
-    for (int i = 0; i < n; i++) w = (w << 8) | p[i];
-    return w;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    memcpy(p, &w, 8);
+}
+
+int qe_unpack_row(const uint8_t *src, int64_t nbytes, int64_t bit0, int bits, int64_t n,
+                  uint8_t *dst)
+{
+    const unsigned mask = (1u << bits) - 1u;
+    int64_t i = 0;
+    if ((bit0 & 7) == 0) {
+        /* Eight values fill exactly `bits` bytes: take them from one 8-byte load
+         * while a whole load stays inside the stream.  The switch gives the
+         * compiler a constant width to unroll each loop for. */
+        const uint8_t *p0 = src + (bit0 >> 3);
+        int64_t groups = n / 8;
+        const int64_t room = nbytes - (bit0 >> 3) - 8;   /* last safe load offset */
+        if (room < 0) groups = 0;
+        else if ((groups - 1) * bits > room) groups = room / bits + 1;
+#define QE_UNPACK_GROUPS(B)                                                    \
+        for (int64_t gi = 0; gi < groups; gi++) {                              \
+            const uint64_t w = load8_le(p0 + gi * (B));                        \
+            uint8_t *o = dst + gi * 8;                                         \
+            uint64_t v = 0;                                                    \
+            for (int k = 0; k < 8; k++) v |= ((w >> (k * (B))) & mask) << (8 * k); \
+            store8_le(o, v);                                                   \
+        }
+        switch (bits) {
+        case 1: QE_UNPACK_GROUPS(1) break;
+        case 2: QE_UNPACK_GROUPS(2) break;
+        case 3: QE_UNPACK_GROUPS(3) break;
+        case 4: QE_UNPACK_GROUPS(4) break;
+        case 5: QE_UNPACK_GROUPS(5) break;
+        case 6: QE_UNPACK_GROUPS(6) break;
+        default: QE_UNPACK_GROUPS(7) break;
+        }
+#undef QE_UNPACK_GROUPS
+        i = groups * 8;
+    }
+    for (; i < n; i++) {   /* the rest, two bytes at a time */
+        const int64_t t = bit0 + i * bits, byte = t >> 3;
+        unsigned w = src[byte];
+        if (byte + 1 < nbytes) w |= (unsigned)src[byte + 1] << 8;
+        dst[i] = (uint8_t)((w >> (t & 7)) & mask);
+    }
+    return qe_max_u8(dst, n);
 }
 
 int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
                    uint8_t *dst)
 {
-    const unsigned mask = (1u << bits) - 1u;
-    unsigned mx = 0;
-    int64_t i;
     if (bits == 8) {
         memcpy(dst, src, (size_t)n);
-        for (int64_t j = 0; j < n; j++) mx = src[j] > mx ? src[j] : mx;
-        return (int)mx;
+        return qe_max_u8(src, n);
     }
-    /* Eight values fill exactly `bits` bytes: unpack them from one word.  The
-     * switch gives the compiler a constant width to unroll each loop for. */
+    if (!msb_first) return qe_unpack_row(src, nbytes, 0, bits, n, dst);
+    /* the original Quantized-CNN order: most significant bit first */
+    const unsigned mask = (1u << bits) - 1u;
     const int64_t groups = n / 8;
-#define QE_UNPACK_GROUPS(B)                                                          \
-    for (int64_t gi = 0; gi < groups; gi++) {                                        \
-        const uint8_t *p = src + gi * (B);                                           \
-        uint8_t *o = dst + gi * 8;                                                   \
-        uint64_t w = msb_first ? load_be(p, (B)) : load_le(p, (B));                  \
-        for (int k = 0; k < 8; k++) {                                                \
-            unsigned v = (unsigned)(w >> (msb_first ? (7 - k) * (B) : k * (B))) & mask; \
-            o[k] = (uint8_t)v;                                                       \
-            mx = v > mx ? v : mx;                                                    \
-        }                                                                            \
+    int64_t i;
+    for (int64_t gi = 0; gi < groups; gi++) {
+        const uint8_t *p = src + gi * bits;
+        uint64_t w = 0;
+        for (int b = 0; b < bits; b++) w = (w << 8) | p[b];
+        for (int k = 0; k < 8; k++) dst[gi * 8 + k] = (uint8_t)((w >> ((7 - k) * bits)) & mask);
     }
-    switch (bits) {
-    case 1: QE_UNPACK_GROUPS(1) break;
-    case 2: QE_UNPACK_GROUPS(2) break;
-    case 3: QE_UNPACK_GROUPS(3) break;
-    case 4: QE_UNPACK_GROUPS(4) break;
-    case 5: QE_UNPACK_GROUPS(5) break;
-    case 6: QE_UNPACK_GROUPS(6) break;
-    default: QE_UNPACK_GROUPS(7) break;
-    }
-#undef QE_UNPACK_GROUPS
     for (i = groups * 8; i < n; i++) {
         int64_t t = i * bits, byte = t >> 3;
-        unsigned w, v;
-        if (!msb_first) {
-            w = src[byte];
-            if (byte + 1 < nbytes) w |= (unsigned)src[byte + 1] << 8;
-            v = (w >> (t & 7)) & mask;
-        } else {
-            w = (unsigned)src[byte] << 8;
-            if (byte + 1 < nbytes) w |= src[byte + 1];
-            v = (w >> (16 - (t & 7) - bits)) & mask;
-        }
-        dst[i] = (uint8_t)v;
-        mx = v > mx ? v : mx;
+        unsigned w = (unsigned)src[byte] << 8;
+        if (byte + 1 < nbytes) w |= src[byte + 1];
+        dst[i] = (uint8_t)((w >> (16 - (t & 7) - bits)) & mask);
     }
-    return (int)mx;
+    return qe_max_u8(dst, n);
+}
+
+int qe_qdelta_decode(const uint8_t *planes, int64_t outer, int64_t rows, int64_t cols,
+                     double step, float *out)
+{
+    const int64_t count = outer * rows * cols;
+    int64_t *colsum = (int64_t *)malloc(sizeof(int64_t) * (size_t)(cols > 0 ? cols : 1));
+    if (!colsum) return -1;
+    for (int64_t o = 0; o < outer; o++) {
+        memset(colsum, 0, sizeof(int64_t) * (size_t)cols);
+        for (int64_t i = 0; i < rows; i++) {
+            int64_t q = 0;
+            for (int64_t j = 0; j < cols; j++) {
+                const int64_t e = (o * rows + i) * cols + j;
+                const uint32_t z = (uint32_t)planes[e] | (uint32_t)planes[count + e] << 8
+                                   | (uint32_t)planes[2 * count + e] << 16
+                                   | (uint32_t)planes[3 * count + e] << 24;
+                colsum[j] += (int64_t)(z >> 1) ^ -(int64_t)(z & 1);   /* zigzag back */
+                q += colsum[j];
+                out[e] = (float)((double)q * step);
+            }
+        }
+    }
+    free(colsum);
+    return 0;
 }

@@ -247,18 +247,40 @@ void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, 
 int qe_fc_q8_pad_cout(int Cout) { return (Cout + 31) / 32 * 32; }
 int qe_fc_q8_pad_m(int M) { return (M + 1) / 2 * 2; }
 
-void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out)
+int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
+                    uint8_t *out)
 {
     const int Cp = qe_fc_q8_pad_cout(Cout), Mp = qe_fc_q8_pad_m(M);
-    memset(out, 0, (size_t)Cp * (size_t)Mp);
-    for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
-        const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
-        for (int co = 0; co < Cout; co++) {
-            uint8_t *blk = out + (int64_t)Cp * m0 + (int64_t)(co / 32) * 32 * mb + co % 32;
-            const uint8_t *row = a + (int64_t)co * M;
-            for (int mm = 0; mm < mb && m0 + mm < M; mm++) blk[mm * 32] = row[m0 + mm];
+    /* 32 outputs at a time: unpack their rows into `rows` [32][Mp] (zero past M
+     * and past Cout), then transpose each block of QE_Q8_MBLOCK subspaces into
+     * the block's [mb][32] bytes, written in order. */
+    uint8_t *rows = (uint8_t *)malloc((size_t)32 * Mp);
+    if (!rows) return -1;
+    int mx = 0;
+    for (int c0 = 0; c0 < Cp; c0 += 32) {
+        for (int r = 0; r < 32; r++) {
+            uint8_t *row = rows + (int64_t)r * Mp;
+            const int co = c0 + r;
+            memset(row + M, 0, (size_t)(Mp - M));
+            if (co >= Cout) {
+                memset(row, 0, (size_t)M);
+            } else if (bits < 8) {
+                const int rmx = qe_unpack_row(src, nbytes, (int64_t)co * M * bits, bits, M, row);
+                mx = rmx > mx ? rmx : mx;
+            } else {
+                memcpy(row, src + (int64_t)co * M, (size_t)M);
+            }
+        }
+        for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
+            const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
+            uint8_t *blk = out + (int64_t)Cp * m0 + (int64_t)c0 * mb;
+            for (int mm = 0; mm < mb; mm++)
+                for (int r = 0; r < 32; r++) blk[mm * 32 + r] = rows[(int64_t)r * Mp + m0 + mm];
         }
     }
+    if (bits == 8) mx = qe_max_u8(src, (int64_t)Cout * M);
+    free(rows);
+    return mx;
 }
 
 /* Quantise the float table T [M][K] into q [Mp][32] (see qe_q8.h); returns the

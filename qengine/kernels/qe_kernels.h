@@ -80,7 +80,11 @@ void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
 #define QE_Q8_MBLOCK 128
 int qe_fc_q8_pad_cout(int Cout);
 int qe_fc_q8_pad_m(int M);
-void qe_fc_q8_layout(const uint8_t *a, int Cout, int M, uint8_t *out);
+/* Lays out indices [Cout][M], given as a stream of `bits`-bit values (LSB
+ * first; 8 = plain bytes) of nbytes bytes, for the register FC kernels.
+ * Returns the largest index, or -1 if out of memory. */
+int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
+                    uint8_t *out);
 void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
               int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
               int nthreads);
@@ -121,10 +125,54 @@ void qe_softmax(const float *x, float *y, int C, int64_t HW);
 int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
                     uint8_t *dst);
 
+/* Unpack n LSB-first values of `bits` bits (1..7) starting at bit bit0 of a
+ * stream of nbytes bytes (the caller guarantees it holds them); returns the
+ * largest value. */
+int qe_unpack_row(const uint8_t *src, int64_t nbytes, int64_t bit0, int bits, int64_t n,
+                  uint8_t *dst);
+
 /* Bilinear resize with align-corners sampling of x [C][H][W] to y [C][OH][OW]:
  * output (i, j) samples input (i*(H-1)/(OH-1), j*(W-1)/(OW-1)).  Returns -1 if out
  * of memory. */
 int qe_resize_bilinear_ac(const float *x, int C, int H, int W, float *y, int OH, int OW);
+
+/* Decode a qdelta2d tensor (see docs/FORMAT.md): `planes` holds 4 planes of
+ * outer*rows*cols bytes (byte b of every zigzag-coded value in plane b); the
+ * values are second differences over the last two axes.  out = (float)(q * step).
+ * Returns -1 if out of memory. */
+int qe_qdelta_decode(const uint8_t *planes, int64_t outer, int64_t rows, int64_t cols,
+                     double step, float *out);
+
+/* Dense weights of a quantized layer: out[r][c][t] = cb[c/d][idx[r][t][c/d]][c%d]
+ * for c < cin, with cb [M][K][d], idx [R][T][M], out [R][cin][T] (T = kernel
+ * taps of a convolution, 1 for a fully-connected layer).  Returns -1 if an
+ * index is >= K. */
+int qe_dequantize(const float *cb, int M, int K, int d, const uint8_t *idx, int64_t R, int T,
+                  int cin, float *out);
+
+/* Dense convolution weights w [G*og][J] -> the dense kernel's layout
+ * [G][ceil(og/B)][J][B], zero-padded to whole blocks of B outputs. */
+void qe_block_conv_weights(const float *w, int G, int og, int64_t J, int B, float *out);
+
+/* Indices a [Cout][M] -> the float FC kernel's layout: for each block of mb
+ * subspaces, that block's [Cout][mb] indices (the last block may be narrower). */
+void qe_block_fc_indices(const uint8_t *a, int Cout, int M, int mb, uint8_t *out);
+
+/* The largest of n bytes (0 when n = 0); 1 if all n floats are finite, else 0. */
+int qe_max_u8(const uint8_t *p, int64_t n);
+int qe_all_finite(const float *p, int64_t n);
+
+/* Interleaved 8-bit pixels px [H][W][ch] (ch = 1 grey or 3 RGB) -> planar
+ * floats out [C][H][W].  order 0: BGR, 1: RGB (C = 3; grey input repeated),
+ * 2: grey (C = 1; RGB converted with round-half-even(0.299 R + 0.587 G + 0.114 B)). */
+void qe_pixels_to_planar(const uint8_t *px, int H, int W, int ch, int order, float *out);
+
+/* out[c][i][j] = (x[c][y0+i][x0+j] - mean[c][my0+i][mx0+j]) (* scale if apply_scale)
+ * for out [C][h][w], x [C][H][W], mean [C][MH][MW] or NULL.  The caller checks
+ * that every window lies inside its array. */
+void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0, const float *mean,
+                        int MH, int MW, int my0, int mx0, float scale, int apply_scale,
+                        int h, int w, float *out);
 
 /* Instruction-set dispatch. */
 int qe_isa_supported(int isa);

@@ -1,0 +1,131 @@
+"""Preprocessing (the numpy-free C path) against a plain numpy reference of the spec
+in qengine/preprocess.py, for every channel order, input kind, resize and mean."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from qengine import buffers, format as qformat
+from qengine.errors import ModelError
+from qengine.preprocess import Preprocessor
+
+RNG = np.random.default_rng(5)
+
+
+def resize_align_corners(a, oh, ow):
+    """[C, H, W] float64 -> [C, oh, ow]: sample (i*(H-1)/(oh-1), j*(W-1)/(ow-1))."""
+    c, h, w = a.shape
+    ys = np.arange(oh) * ((h - 1) / (oh - 1) if oh > 1 else 0.0)
+    xs = np.arange(ow) * ((w - 1) / (ow - 1) if ow > 1 else 0.0)
+    y0 = np.minimum(ys.astype(int), h - 1)
+    x0 = np.minimum(xs.astype(int), w - 1)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = a[:, y0][:, :, x0] * (1 - fx) + a[:, y0][:, :, x1] * fx
+    bot = a[:, y1][:, :, x0] * (1 - fx) + a[:, y1][:, :, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def reference(rgb, spec, shape, mean_image=None):
+    """The spec, step by step, in numpy float64 (rgb: H x W x 3 or H x W uint8)."""
+    c, h, w = shape
+    order = spec.get("channel_order", "bgr")
+    a = rgb.astype(np.float64)
+    if order == "gray":
+        a = np.round(a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114) if a.ndim == 3 \
+            else a
+        a = a[None]
+    else:
+        if a.ndim == 2:
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        a = (a[..., ::-1] if order == "bgr" else a).transpose(2, 0, 1)
+    size = tuple(spec["resize"]) if spec.get("resize") else (h, w)
+    if a.shape[1:] != size:
+        if spec.get("resize_method", "bilinear_align_corners") == "bilinear":
+            a = np.stack([np.asarray(Image.fromarray(ch.astype(np.float32), mode="F").resize(
+                (size[1], size[0]), Image.BILINEAR)) for ch in a]).astype(np.float64)
+        else:
+            a = resize_align_corners(a, *size)
+    y, x = (size[0] - h) // 2, (size[1] - w) // 2
+    m = spec.get("mean")
+    if m and m["type"] == "image" and mean_image.shape[1:] == size and size != (h, w):
+        a = a - mean_image
+    a = a[:, y:y + h, x:x + w]
+    if m and m["type"] == "image" and mean_image.shape[1:] == (h, w):
+        a = a - mean_image
+    if m and m["type"] == "pixel":
+        a = a - np.asarray(m["values"], np.float64).reshape(-1, 1, 1)
+    return a * spec.get("scale", 1.0)
+
+
+CASES = [
+    ({"channel_order": "bgr"}, (3, 20, 24), (20, 24)),
+    ({"channel_order": "rgb", "resize": [30, 33], "crop": [20, 24]}, (3, 20, 24), (47, 61)),
+    ({"channel_order": "bgr", "resize": [26, 26], "crop": [21, 21], "mean": "image-resized"},
+     (3, 21, 21), (35, 29)),
+    ({"channel_order": "bgr", "resize": [26, 26], "crop": [21, 21], "mean": "image-crop",
+      "scale": 0.017}, (3, 21, 21), (13, 50)),
+    ({"channel_order": "rgb", "mean": "pixel", "scale": 0.5}, (3, 16, 16), (40, 23)),
+    ({"channel_order": "gray", "scale": 0.00390625}, (1, 28, 28), (31, 29)),
+    ({"channel_order": "gray", "resize": [32, 32], "crop": [28, 28], "mean": "pixel"},
+     (1, 28, 28), (28, 28)),
+    ({"channel_order": "rgb", "resize": [30, 30], "crop": [24, 24], "resize_method": "bilinear",
+      "mean": "image-resized"}, (3, 24, 24), (50, 41)),
+]
+
+
+@pytest.mark.parametrize("spec,shape,img_hw", CASES)
+@pytest.mark.parametrize("kind", ["pil", "array", "grey-array"])
+def test_preprocessing_matches_numpy_reference(spec, shape, img_hw, kind):
+    spec = dict(spec)
+    c, h, w = shape
+    rgb = RNG.integers(0, 256, img_hw + (3,), dtype=np.uint8)
+    if kind == "grey-array":
+        rgb = rgb[..., 1].copy()
+    mean_image = None
+    if spec.get("mean") == "pixel":
+        spec["mean"] = {"type": "pixel", "values": [float(v) for v in RNG.uniform(0, 200, c)]}
+    elif spec.get("mean", "").startswith("image"):
+        size = tuple(spec["resize"]) if spec.get("mean") == "image-resized" else (h, w)
+        mean_image = RNG.uniform(0, 255, (c,) + size).astype(np.float32)
+        spec["mean"] = {"type": "image", "tensor": "m"}
+    pp = Preprocessor(spec, shape, mean_image)
+    src = Image.fromarray(rgb) if kind == "pil" else rgb
+    got = np.asarray(pp(src))
+    assert got.shape == shape and got.dtype == np.float32
+    want = reference(rgb, spec, shape, mean_image)
+    assert np.abs(got - want).max() <= 2e-4 * max(1.0, np.abs(want).max())
+
+
+def test_mean_image_from_file_is_the_stored_one(tmp_path):
+    """A qdelta2d mean read back through the C decoder (no numpy) is the encoded image."""
+    mean = np.cumsum(RNG.uniform(-2, 2, (3, 40, 37)), axis=2).astype(np.float32) + 100
+    step = 1 / 64
+    qformat.write(str(tmp_path / "m.qcnn"), {}, {"m": qformat.Tensor(mean, encoding="qdelta2d",
+                                                                      step=step)})
+    back = qformat.QcnnFile(str(tmp_path / "m.qcnn")).view("m")
+    assert isinstance(back, memoryview) and tuple(back.shape) == mean.shape
+    assert np.abs(np.asarray(back) - mean).max() <= step / 2 + 1e-4
+
+
+def test_bad_means_are_model_errors():
+    with pytest.raises(ModelError, match="finite"):
+        Preprocessor({"mean": {"type": "pixel", "values": [1.0, float("nan"), 2.0]}}, (3, 4, 4))
+    with pytest.raises(ModelError, match="mean values"):
+        Preprocessor({"mean": {"type": "pixel", "values": [1.0, 2.0]}}, (3, 4, 4))
+    bad = np.ones((3, 4, 4), np.float32)
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(ModelError, match="NaN or infinity"):
+        Preprocessor({"mean": {"type": "image", "tensor": "m"}}, (3, 4, 4), bad)
+
+
+def test_buffers_reshape_concat_and_rows():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    b = np.arange(100, 116, dtype=np.float32).reshape(2, 2, 4)
+    assert np.array_equal(np.asarray(buffers.concat([memoryview(a), memoryview(b)], 1)),
+                          np.concatenate([a, b], 1))
+    assert np.array_equal(np.asarray(buffers.concat([memoryview(a), memoryview(a)], 0)),
+                          np.concatenate([a, a], 0))
+    assert np.array_equal(np.asarray(buffers.reshape(memoryview(a), (4, -1))), a.reshape(4, -1))
+    assert [bytes(r) for r in buffers.rows(memoryview(a))] == [a[0].tobytes(), a[1].tobytes()]
+    with pytest.raises(ValueError):
+        buffers.empty((3, 0))
