@@ -272,13 +272,15 @@ def convert_original_dense(src_dir, out, arch=None, prototxt=None, **kw):
 
 def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
                    layer_opts=None, keep_dense=(), labels=None, preprocess=None, iters=25, seed=0,
-                   calib=None, force=False, log=None, progress=None):
+                   calib=None, speedup=None, force=False, log=None, progress=None):
     """Quantise a dense model (graph and {layer: (w, b)}) into `out` (.qcnn).
 
     layer_opts: {layer: {"subdim": d, "k": K}} overriding the defaults;
     keep_dense: layer names kept as dense weights ("all" keeps every layer, which
     makes a dense reference model); calib: float32 inputs [N, C, H, W] for error
-    correction (None: plain k-means); preprocess: keyword options of
+    correction (None: plain k-means); speedup: a theoretical speed-up for which
+    plan.py picks each remaining layer's d and K (or keeps it dense), measuring
+    errors on calib; preprocess: keyword options of
     make_preprocess() (mean, mean_pixel, scale, channel_order, resize, crop)."""
     from .quantize import quantize_weights
     log = log or (lambda m: None)
@@ -292,8 +294,17 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
         if n not in known:
             raise QEngineError(f"no Convolution or InnerProduct layer named {n!r}; "
                                f"layers: {', '.join(sorted(known))}")
+    # everything that can fail on the user's input fails before the long work
+    names = read_labels(labels, output_classes(graph)) if labels else []
     tensors, qinfo = {}, {}
     pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors, **(preprocess or {}))
+    if speedup is not None and not all_dense:
+        from .plan import plan as plan_layers
+        log(f"planning per-layer settings for a {speedup:g}x theoretical speed-up")
+        planned, dense_set = plan_layers(graph, weights, speedup, calib, keep_dense=keep_dense,
+                                  fixed=layer_opts, seed=seed, log=log, progress=progress)
+        layer_opts = {**planned, **layer_opts}
+        keep_dense = tuple(dense_set)
     log(f"quantising {source['source']} ({len(graph['layers'])} layers)")
     plan = []
     for L in graph["layers"]:
@@ -341,7 +352,6 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
                         "bias": f"{n}.bias"}
         tensors[f"{n}.codebook"] = qformat.Tensor(np.ascontiguousarray(cb, np.float32))
         tensors[f"{n}.indices"] = qformat.Tensor(idx, bits=max(1, (K - 1).bit_length()))
-    names = read_labels(labels, output_classes(graph)) if labels else []
     meta = {
         "graph": graph,
         "preprocess": pre,

@@ -379,3 +379,30 @@ def layer_input_size(shape):
     for v in shape:
         n *= v
     return n
+
+
+def layer_cost(L, in_shape, out_shape, K=None, M=None):
+    """Theoretical work of a Convolution or InnerProduct layer per image:
+    (dense multiply-adds, table multiply-adds, lookups).  With K and M (codebook
+    size, subspaces) the lookup-table form, else the dense one (0, 0 for tables).
+
+    A convolution's table holds K inner products per subspace at every padded
+    input position the kernel can touch (K x C multiply-adds per position); each
+    output then sums one entry per kernel tap and subspace.  A fully-connected
+    layer's table holds K x Cin multiply-adds; each output sums M entries."""
+    cout = L["params"]["num_output"]
+    if L["type"] == "Convolution":
+        c, h, w = in_shape
+        _, oh, ow = out_shape
+        p = L["params"]
+        kh, kw = p["kernel"]
+        g, pd = p["group"], p["pad"]
+        dense = cout * oh * ow * (c // g) * kh * kw
+        if K is None:
+            return dense, 0, 0
+        return dense, g * K * (c // g) * (h + 2 * pd) * (w + 2 * pd), cout * oh * ow * kh * kw * M
+    cin = layer_input_size(in_shape)
+    if K is None:
+        return cout * cin, 0, 0
+    return cout * cin, K * cin, cout * M
+

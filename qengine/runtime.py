@@ -13,7 +13,7 @@ import time
 from . import _kernels, buffers
 from .errors import FormatError, InputError, ModelError, QEngineError
 from .format import DTYPES, QcnnFile
-from .graph import infer_shapes, validate
+from .graph import infer_shapes, layer_cost, validate
 from .preprocess import Preprocessor
 
 MODES = ("exact", "fast")
@@ -40,6 +40,7 @@ class _Op:
     weighted = False
 
     def __init__(self, L, in_shapes, out_shape):
+        self.L = L
         self.name, self.type = L["name"], L["type"]
         self.bottom, self.top = list(L["bottom"]), list(L["top"])
         self.params = L["params"]
@@ -205,17 +206,9 @@ class _Conv(_Weighted):
                                               self.params["num_output"] // g)
 
     def cost(self):
-        c, _, _ = self.in_shapes[0]
-        cout, oh, ow = self.out_shape
-        dense = cout * oh * ow * (c // self.group) * self.kh * self.kw
-        if self.strategy != "lut":
-            return dense, 0, 0
-        _, h, w = self.in_shapes[0]
-        pd = self.params["pad"]
-        # table entries: every padded input position the kernel can touch, per subspace
-        table = self.group * self.K * (c // self.group) * (h + 2 * pd) * (w + 2 * pd)
-        lookups = cout * oh * ow * self.kh * self.kw * self.M
-        return dense, table, lookups
+        lut = self.strategy == "lut"
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
 
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
@@ -282,11 +275,9 @@ class _FC(_Weighted):
         return self.M * self.K if self.strategy == "lut" else 0
 
     def cost(self):
-        cout = self.params["num_output"]
-        dense = cout * self.cin
-        if self.strategy not in ("lut", "lut8"):
-            return dense, 0, 0
-        return dense, self.K * self.cin, cout * self.M
+        lut = self.strategy in ("lut", "lut8")
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
 
     def run(self, xs, ws, nthreads, relu):
         x = buffers.reshape(xs[0], (xs[0].shape[0], -1))

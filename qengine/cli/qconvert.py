@@ -83,6 +83,10 @@ def main(argv=None):
                                    "for error correction; without it, plain k-means")
     q.add_argument("--calib-count", type=int, default=256,
                    help="calibration images to use (default 256)")
+    q.add_argument("--speedup", type=float, metavar="S",
+                   help="pick each layer's d and K (or keep it dense) for a theoretical speed-up "
+                        "of S over the dense network, with the least response error on the "
+                        "calibration inputs (see README); --layer and --keep-dense still apply")
     q.add_argument("--iters", type=int, default=25, help="k-means iterations (default 25)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = ap.parse_args(argv)
@@ -125,7 +129,7 @@ def main(argv=None):
                 conv_k=args.conv_k, fc_subdim=args.fc_subdim, fc_k=args.fc_k,
                 layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
-                calib=calib, force=args.force, log=log,
+                calib=calib, speedup=args.speedup, force=args.force, log=log,
                 progress=None if args.quiet else (lambda label, total: Progress(label, total)))
         elif args.src and glob.glob(os.path.join(args.src, "*.convKnl.*")) + \
                 glob.glob(os.path.join(args.src, "*.fcntWei.*")):
@@ -140,7 +144,7 @@ def main(argv=None):
                 conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
                 fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
-                force=args.force, log=log,
+                speedup=args.speedup, force=args.force, log=log,
                 progress=None if args.quiet else (lambda label, total: Progress(label, total)))
         elif args.src:
             convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
