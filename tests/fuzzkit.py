@@ -115,8 +115,15 @@ def seeds(tmp):
         layer("f", "InnerProduct", [blob(np.ones((5, 16)), legacy=True)], v1=True)
     out["caffemodel"] = (cm, read_caffemodel)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), np.uint8))
+    from qengine.preprocess import Preprocessor
+    pre = Preprocessor({"channel_order": "bgr", "resize": [9, 9], "crop": [7, 7],
+                        "mean": {"type": "pixel", "values": [1.0, 2.0, 3.0]}}, (3, 7, 7))
+
+    def read_image(path):
+        load_image(path)      # the numpy view callers get
+        pre(path)             # the numpy-free path qrun takes (decode, planes, resize, crop)
     for fmt in ("PNG", "JPEG", "BMP"):
         buf = io.BytesIO()
         img.save(buf, format=fmt)
-        out[fmt.lower()] = (buf.getvalue(), load_image)
+        out[fmt.lower()] = (buf.getvalue(), read_image)
     return out
