@@ -84,6 +84,26 @@ static void FN(lut_build)(const qe_conv_geom *g, const float *xp, const float *c
  * vector accumulators) at a time.  The taps come in chunks (chunk_end) whose table planes fit in L2;
  * chunks are the outer loop so that neighbouring tiles reuse the planes
  * already in cache, and the partial sums wait in acc [Cout][ntiles*QE_TILE]. */
+/* One tile of NV vectors (8 positions each) at r0, for every output channel.
+ * Always inlined with a constant NV, so that the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void FN(lut_tile)(
+    const float *T, const int64_t *tbase, const int32_t *aoff, int J, int jstart, int jend,
+    int first, int64_t PS, const uint8_t *asmt, int Cout, float *accbuf, int64_t RP,
+    int64_t r0, const int NV)
+{
+    for (int co = 0; co < Cout; co++) {
+        const uint8_t *a = asmt + (int64_t)co * J;
+        float *yb = accbuf + (int64_t)co * RP + r0;
+        V8 acc[QE_TILE / 8];
+        for (int v = 0; v < NV; v++) acc[v] = first ? FN(vsplat)(0.f) : FN(vload)(yb + 8 * v);
+        for (int j = jstart; j < jend; j++) {
+            const float *src = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
+            for (int v = 0; v < NV; v++) acc[v] += FN(vload)(src + 8 * v);
+        }
+        for (int v = 0; v < NV; v++) FN(vstore)(yb + 8 * v, acc[v]);
+    }
+}
+
 static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t *tbase,
                            const int32_t *aoff, int J, int jstart, int jend, int first,
                            const int64_t *gbase, const int32_t *grows, int g0, int g1,
@@ -108,18 +128,23 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
                     }
                 }
         }
-        for (int co = 0; co < Cout; co++) {
-            const uint8_t *a = asmt + (int64_t)co * J;
-            float *yb = accbuf + (int64_t)co * RP + r0;
-            V8 acc[QE_TILE / 8];
-            for (int v = 0; v < QE_TILE / 8; v++)
-                acc[v] = first ? FN(vsplat)(0.f) : FN(vload)(yb + 8 * v);
-            for (int j = jstart; j < jend; j++) {
-                const float *src = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
-                for (int v = 0; v < QE_TILE / 8; v++) acc[v] += FN(vload)(src + 8 * v);
-            }
-            for (int v = 0; v < QE_TILE / 8; v++) FN(vstore)(yb + 8 * v, acc[v]);
+        /* the last tile sums only the vectors that hold real positions (on
+         * small layers it is mostly padding: 3 of 64 positions on a 13x13 map) */
+        const int64_t left = g->R - r0;
+        const int nv = left >= QE_TILE ? QE_TILE / 8 : (int)((left + 7) / 8);
+#define QE_TILE_CALL(NV) FN(lut_tile)(T, tbase, aoff, J, jstart, jend, first, PS, asmt, Cout, \
+                                      accbuf, RP, r0, NV)
+        switch (nv) {
+        case 1: QE_TILE_CALL(1); break;
+        case 2: QE_TILE_CALL(2); break;
+        case 3: QE_TILE_CALL(3); break;
+        case 4: QE_TILE_CALL(4); break;
+        case 5: QE_TILE_CALL(5); break;
+        case 6: QE_TILE_CALL(6); break;
+        case 7: QE_TILE_CALL(7); break;
+        default: QE_TILE_CALL(QE_TILE / 8); break;
         }
+#undef QE_TILE_CALL
     }
 }
 
