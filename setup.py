@@ -11,7 +11,7 @@ KERNEL_SOURCES = ["qengine/_kernels.pyx"] + [
               "layout.c", "image.c")
 ]
 
-extra_compile = ["-O3", "-std=c11", "-fno-math-errno"]
+extra_compile = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast"]
 extra_link = []
 if sys.platform != "win32":
     extra_compile.append("-fopenmp")
