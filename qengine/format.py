@@ -358,6 +358,24 @@ class QcnnFile:
             raise FormatError(f"{self.path}: tensor {name!r} is not a uint8 tensor")
         return self._buf[e["offset"]:e["offset"] + e["nbytes"]], e.get("bits") or 8
 
+    def release(self, name):
+        """Tell the OS that the mapped bytes of `name` are not needed any more (after a
+        kernel has copied them into its own layout), so that they leave the resident
+        memory.  Harmless: a later read maps them in again from the file."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if self._mm is None or advice is None:
+            return
+        e = self.entry(name)
+        page = mmap.PAGESIZE
+        start = self.data_offset + e["offset"]
+        first = -(-start // page) * page
+        last = (start + e["nbytes"]) // page * page
+        if last > first:
+            try:
+                self._mm.madvise(advice, first, last - first)
+            except (OSError, ValueError):  # pragma: no cover - advice only
+                pass
+
     def tensor(self, name):
         """The tensor as a numpy array (see view())."""
         import numpy as np

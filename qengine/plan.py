@@ -148,6 +148,9 @@ def plan(graph, weights, speedup, calib=None, keep_dense=(), fixed=None, subdims
     x = None
     if calib is not None:
         x = np.ascontiguousarray(calib[:MAX_PLAN_INPUTS], np.float32)
+        log(f"plan: response errors on {len(x)} calibration inputs")
+    else:
+        log("plan: no calibration inputs, so weight errors stand in for response errors")
     blobs = {graph["input"]["name"]: x}
     options = {}
     for i, L in enumerate(graph["layers"]):

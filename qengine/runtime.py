@@ -121,6 +121,8 @@ class _Weighted(_Op):
         """The indices as stored, unpacked to bytes, every one checked < K."""
         idx = self._qf.view(self._idx_name)
         self._check_top(_kernels.max_u8(buffers.reshape(idx, (-1,))))
+        if self._qf.entry(self._idx_name).get("bits"):
+            self._qf.release(self._idx_name)     # unpacked into a buffer of its own
         return idx
 
     def stored_indices(self):
@@ -262,6 +264,7 @@ class _FC(_Weighted):
                 stream, bits = qf.packed(self._idx_name)
                 self.indices, top = fc_register_layout(stream, (cout, self.M), bits)
                 self._check_top(top)
+                qf.release(self._idx_name)
             else:
                 self.indices = block_fc_indices(self._unpacked_indices(), self.K)
         else:

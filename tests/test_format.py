@@ -202,3 +202,16 @@ def test_model_level_validation(tmp_path):
     qformat.write(str(q), meta, t4)
     with pytest.raises(FormatError, match="f1.codebook"):
         qengine.load(str(q))
+
+
+def test_released_tensors_read_back_unchanged(tmp_path):
+    """release() only drops mapped pages from memory; the data reads back the same."""
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 32, (300, 1000)).astype(np.uint8)
+    cb = rng.standard_normal((1000, 32, 4)).astype(np.float32)
+    qformat.write(str(tmp_path / "r.qcnn"), {}, {"i": qformat.Tensor(idx, bits=5), "c": cb})
+    f = qformat.QcnnFile(str(tmp_path / "r.qcnn"))
+    before = f.tensor("c").copy()
+    for name in ("i", "c"):
+        f.release(name)
+    assert np.array_equal(f.tensor("i"), idx) and np.array_equal(f.tensor("c"), before)
