@@ -224,3 +224,24 @@ def test_original_dense_layout_is_quantised(tmp_path):
     (src / "m.fcntWei.03.bin").unlink()
     with pytest.raises(qengine.ModelError, match="layer 3"):
         convert_original_dense(str(src), str(tmp_path / "n.qcnn"), prototxt=str(proto))
+
+
+def test_original_dense_layout_takes_calibration_from_the_command_line(tmp_path):
+    """qconvert DIR --calib x.npy quantises the original dense layout with error correction."""
+    from qengine.cli.qconvert import main
+    from test_readers import write_bin
+    proto = tmp_path / "net.prototxt"
+    proto.write_text('input: "d" input_dim: 1 input_dim: 4 input_dim: 6 input_dim: 6\n'
+                     'layer { name: "c" type: "Convolution" bottom: "d" top: "c" '
+                     'convolution_param { num_output: 8 kernel_size: 3 } }\n')
+    rng = np.random.default_rng(1)
+    src = tmp_path / "dense"
+    src.mkdir()
+    write_bin(src / "m.convKnl.01.bin", rng.standard_normal((8, 4, 3, 3)))
+    write_bin(src / "m.biasVec.01.bin", rng.standard_normal(8))
+    np.save(tmp_path / "calib.npy", rng.standard_normal((6, 4, 6, 6)).astype(np.float32))
+    out = tmp_path / "m.qcnn"
+    main([str(src), "-o", str(out), "--prototxt", str(proto), "--conv-subdim", "2",
+          "--conv-k", "4", "--calib", str(tmp_path / "calib.npy"), "-q"])
+    q = qengine.load(str(out)).metadata["provenance"]["quantization"]
+    assert q["error_correction"] and q["calibration_inputs"] == 6

@@ -138,13 +138,17 @@ def main(argv=None):
                           "crop": args.crop}
             if args.mean_pixel:
                 preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
+            calib = None
+            if args.calib:
+                arch_file = args.prototxt or convert.preset_path(args.arch or "alexnet")
+                calib = load_calibration(args.calib, arch_file, preprocess, args.calib_count, log)
             from ..progress import Progress
             convert.convert_original_dense(
                 args.src, args.output, arch=args.arch, prototxt=args.prototxt,
                 conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
                 fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
-                speedup=args.speedup, force=args.force, log=log,
+                calib=calib, speedup=args.speedup, force=args.force, log=log,
                 progress=None if args.quiet else (lambda label, total: Progress(label, total)))
         elif args.src:
             convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
