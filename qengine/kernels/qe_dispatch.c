@@ -45,9 +45,8 @@ static inline int qe_thread_num(void) { return 0; }
 typedef struct {
     void (*lut_build)(const qe_conv_geom *, const float *, const float *, int, int, int, float *,
                       const int32_t *, int, int);
-    void (*lut_lookup)(const qe_conv_geom *, const float *, const int64_t *, const int32_t *, int,
-                       int, int, int, const int64_t *, const int32_t *, int, int, int,
-                       const uint8_t *, int, float *, int);
+    void (*lut_lookup)(const qe_conv_geom *, const float *, const int64_t *, int, int,
+                       const int64_t *, const int32_t *, int, int, int, int, float *, int);
     void (*scatter_rows)(const qe_conv_geom *, const float *, int, const float *, int, float *, int);
     void (*dense_conv)(const qe_conv_geom *, const float *, const int64_t *, int, const float *,
                        int, float *, int);
@@ -195,16 +194,33 @@ int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, 
     if (nthreads < 1) nthreads = 1;
     if (plan_lut(g, M, K, &plan) != 0) return -1;
     /* chunk by chunk: build the chunk's table planes, then look them up while
-     * they are still in cache */
-    int jstart = 0;
+     * they are still in cache.  Each output's row offsets for the chunk's taps
+     * are computed once, not once per tile. */
+    const int J = g->KH * g->KW * M;
+    int jmax = 0, jstart = 0;
     for (int c = 0; c < plan.nchunks; c++) {
-        const int g0 = plan.chunk_g[c], g1 = plan.chunk_g[c + 1];
-        K_()->lut_build(g, xp, cb, M, K, d, T, plan.gblk + g0, g1 - g0, nthreads);
-        K_()->lut_lookup(g, T, plan.tbase, plan.aoff, g->KH * g->KW * M, jstart,
-                         plan.chunk_end[c], c == 0, plan.gbase, plan.grows, g0, g1, K, asmt,
-                         Cout, accbuf, nthreads);
+        const int jn = plan.chunk_end[c] - jstart;
+        jmax = jn > jmax ? jn : jmax;
         jstart = plan.chunk_end[c];
     }
+    int64_t *off = (int64_t *)malloc(sizeof(int64_t) * (size_t)Cout * (size_t)(jmax > 0 ? jmax : 1));
+    if (!off) { plan_free(&plan); return -1; }
+    jstart = 0;
+    for (int c = 0; c < plan.nchunks; c++) {
+        const int g0 = plan.chunk_g[c], g1 = plan.chunk_g[c + 1];
+        const int jn = plan.chunk_end[c] - jstart;
+        for (int co = 0; co < Cout; co++) {
+            const uint8_t *a = asmt + (int64_t)co * J;
+            int64_t *o = off + (int64_t)co * jn;
+            for (int j = 0; j < jn; j++)
+                o[j] = plan.tbase[jstart + j] + (int64_t)a[plan.aoff[jstart + j]] * g->PS;
+        }
+        K_()->lut_build(g, xp, cb, M, K, d, T, plan.gblk + g0, g1 - g0, nthreads);
+        K_()->lut_lookup(g, T, off, jn, c == 0, plan.gbase, plan.grows, g0, g1, K, Cout, accbuf,
+                         nthreads);
+        jstart = plan.chunk_end[c];
+    }
+    free(off);
     K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
     plan_free(&plan);
     return 0;

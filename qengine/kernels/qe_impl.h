@@ -79,35 +79,36 @@ static void FN(lut_build)(const qe_conv_geom *g, const float *xp, const float *c
     }
 }
 
-/* acc[co][r] = sum_j T[tbase[j] + asmt[co][aoff[j]]*PS + r]: every output is a
- * sum of table entries picked by the stored indices, QE_TILE positions (eight
- * vector accumulators) at a time.  The taps come in chunks (chunk_end) whose table planes fit in L2;
- * chunks are the outer loop so that neighbouring tiles reuse the planes
- * already in cache, and the partial sums wait in acc [Cout][ntiles*QE_TILE]. */
 /* One tile of NV vectors (8 positions each) at r0, for every output channel.
- * Always inlined with a constant NV, so that the accumulators stay in registers. */
+ * off [Cout][jn]: where each output's table row for each tap of the chunk
+ * starts.  Always inlined with a constant NV, so that the accumulators stay in
+ * registers. */
 static inline __attribute__((always_inline)) void FN(lut_tile)(
-    const float *T, const int64_t *tbase, const int32_t *aoff, int J, int jstart, int jend,
-    int first, int64_t PS, const uint8_t *asmt, int Cout, float *accbuf, int64_t RP,
+    const float *T, const int64_t *off, int jn, int first, int Cout, float *accbuf, int64_t RP,
     int64_t r0, const int NV)
 {
     for (int co = 0; co < Cout; co++) {
-        const uint8_t *a = asmt + (int64_t)co * J;
+        const int64_t *o = off + (int64_t)co * jn;
         float *yb = accbuf + (int64_t)co * RP + r0;
+        const float *Tr = T + r0;
         V8 acc[QE_TILE / 8];
         for (int v = 0; v < NV; v++) acc[v] = first ? FN(vsplat)(0.f) : FN(vload)(yb + 8 * v);
-        for (int j = jstart; j < jend; j++) {
-            const float *src = T + tbase[j] + (int64_t)a[aoff[j]] * PS + r0;
+        for (int j = 0; j < jn; j++) {
+            const float *src = Tr + o[j];
             for (int v = 0; v < NV; v++) acc[v] += FN(vload)(src + 8 * v);
         }
         for (int v = 0; v < NV; v++) FN(vstore)(yb + 8 * v, acc[v]);
     }
 }
 
-static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t *tbase,
-                           const int32_t *aoff, int J, int jstart, int jend, int first,
-                           const int64_t *gbase, const int32_t *grows, int g0, int g1,
-                           int K, const uint8_t *asmt, int Cout, float *accbuf, int nthreads)
+/* acc[co][r] (+)= sum over the chunk's taps j of T[off[co][j] + r]: every output
+ * is a sum of table entries picked by its indices, QE_TILE positions (eight
+ * vector accumulators) at a time.  The taps come in chunks whose table planes
+ * fit in L2; chunks are the outer loop so that neighbouring tiles reuse the
+ * planes already in cache, and the partial sums wait in acc [Cout][RP]. */
+static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t *off, int jn,
+                           int first, const int64_t *gbase, const int32_t *grows, int g0, int g1,
+                           int K, int Cout, float *accbuf, int nthreads)
 {
     const int64_t PS = g->PS;
     const int64_t ntiles = (g->R + QE_TILE - 1) / QE_TILE;
@@ -132,8 +133,7 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
          * small layers it is mostly padding: 3 of 64 positions on a 13x13 map) */
         const int64_t left = g->R - r0;
         const int nv = left >= QE_TILE ? QE_TILE / 8 : (int)((left + 7) / 8);
-#define QE_TILE_CALL(NV) FN(lut_tile)(T, tbase, aoff, J, jstart, jend, first, PS, asmt, Cout, \
-                                      accbuf, RP, r0, NV)
+#define QE_TILE_CALL(NV) FN(lut_tile)(T, off, jn, first, Cout, accbuf, RP, r0, NV)
         switch (nv) {
         case 1: QE_TILE_CALL(1); break;
         case 2: QE_TILE_CALL(2); break;
