@@ -7,6 +7,7 @@ workspace per thread and reuse it across calls.
 """
 from cython.view cimport array as cvarray
 from libc.stdint cimport uint8_t, int32_t, int64_t
+from libc.stdlib cimport free
 
 cdef extern from "kernels/qe_kernels.h" nogil:
     int QE_TILE
@@ -58,6 +59,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_block_conv_weights(const float *w, int G, int og, int64_t J, int B, float *out)
     void qe_block_fc_indices(const uint8_t *a, int Cout, int M, int mb, uint8_t *out)
     int qe_max_u8(const uint8_t *p, int64_t n)
+    void *qe_alloc(int64_t nbytes)
     int qe_all_finite(const float *p, int64_t n)
     void qe_pixels_to_planar(const uint8_t *px, int H, int W, int ch, int order, float *out)
     void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0,
@@ -72,8 +74,18 @@ ISA_NAMES = ("generic", "avx2")
 
 def empty_buffer(tuple shape, str fmt):
     """A new uninitialised C-contiguous buffer ("f" float32, "i" int32, "B" uint8)."""
-    return memoryview(cvarray(shape=shape, itemsize=1 if fmt == "B" else 4, format=fmt,
-                              mode="c"))
+    cdef Py_ssize_t item = 1 if fmt == "B" else 4
+    cdef cvarray arr = cvarray(shape=shape, itemsize=item, format=fmt, mode="c",
+                               allocate_buffer=False)
+    cdef int64_t n = item
+    for s in shape:
+        n *= <int64_t>s
+    cdef void *p = qe_alloc(n)
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {n} bytes")
+    arr.data = <char *>p
+    arr.callback_free_data = free
+    return memoryview(arr)
 
 
 def isa_supported(str name):

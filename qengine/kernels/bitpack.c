@@ -23,6 +23,18 @@ static inline void store8_le(uint8_t *p, uint64_t w)
     memcpy(p, &w, 8);
 }
 
+/* The eight B-bit values in the low 8*B bits of w, one per byte: split the
+ * bit string in halves three times (4 values per 32-bit lane, 2 per 16-bit
+ * lane, 1 per byte), a few shifts and masks instead of eight. */
+static inline uint64_t spread8(uint64_t w, const int B)
+{
+    const uint64_t m4 = (1ull << (4 * B)) - 1, m2 = (1ull << (2 * B)) - 1, m1 = (1ull << B) - 1;
+    const uint64_t l2 = m2 | m2 << 32, l1 = m1 * 0x0001000100010001ull;
+    uint64_t y = (w & m4) | ((w >> (4 * B)) & m4) << 32;
+    y = (y & l2) | ((y >> (2 * B)) & l2) << 16;
+    return (y & l1) | ((y >> B) & l1) << 8;
+}
+
 int qe_unpack_row(const uint8_t *src, int64_t nbytes, int64_t bit0, int bits, int64_t n,
                   uint8_t *dst)
 {
@@ -41,9 +53,7 @@ int qe_unpack_row(const uint8_t *src, int64_t nbytes, int64_t bit0, int bits, in
         for (int64_t gi = 0; gi < groups; gi++) {                              \
             const uint64_t w = load8_le(p0 + gi * (B));                        \
             uint8_t *o = dst + gi * 8;                                         \
-            uint64_t v = 0;                                                    \
-            for (int k = 0; k < 8; k++) v |= ((w >> (k * (B))) & mask) << (8 * k); \
-            store8_le(o, v);                                                   \
+            store8_le(o, spread8(w, (B)));                                     \
         }
         switch (bits) {
         case 1: QE_UNPACK_GROUPS(1) break;

@@ -263,6 +263,37 @@ void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, 
 int qe_fc_q8_pad_cout(int Cout) { return (Cout + 31) / 32 * 32; }
 int qe_fc_q8_pad_m(int M) { return (M + 1) / 2 * 2; }
 
+/* Transpose an 8 x 8 block of bytes held as 8 words (word i = row i, byte j of a
+ * word in memory order = column j): three rounds of swapping 1-, 2- and 4-byte
+ * halves between rows 1, 2 and 4 apart.  The masks and shifts assume the
+ * bytes were loaded in memory order, which memcpy gives on either endianness
+ * as long as loads and stores use the same order. */
+static inline void transpose8x8(uint64_t w[8])
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    static const uint64_t mk[3] = {0xFF00FF00FF00FF00ull, 0xFFFF0000FFFF0000ull,
+                                   0xFFFFFFFF00000000ull};
+#else
+    static const uint64_t mk[3] = {0x00FF00FF00FF00FFull, 0x0000FFFF0000FFFFull,
+                                   0x00000000FFFFFFFFull};
+#endif
+    for (int st = 0; st < 3; st++) {
+        const int s = 1 << st, sh = 8 * s;
+        for (int i = 0; i < 8; i++) {
+            if (i & s) continue;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            const uint64_t t = ((w[i] << sh) ^ w[i + s]) & mk[st];
+            w[i + s] ^= t;
+            w[i] ^= t >> sh;
+#else
+            const uint64_t t = ((w[i] >> sh) ^ w[i + s]) & mk[st];
+            w[i + s] ^= t;
+            w[i] ^= t << sh;
+#endif
+        }
+    }
+}
+
 int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
                     uint8_t *out)
 {
@@ -290,7 +321,16 @@ int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int 
         for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
             const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
             uint8_t *blk = out + (int64_t)Cp * m0 + (int64_t)c0 * mb;
-            for (int mm = 0; mm < mb; mm++)
+            int mm = 0;
+            for (; mm + 8 <= mb; mm += 8)      /* 8 x 8 byte blocks, transposed in registers */
+                for (int r = 0; r < 32; r += 8) {
+                    uint64_t w[8];
+                    for (int i = 0; i < 8; i++)
+                        memcpy(&w[i], rows + (int64_t)(r + i) * Mp + m0 + mm, 8);
+                    transpose8x8(w);
+                    for (int j = 0; j < 8; j++) memcpy(blk + (mm + j) * 32 + r, &w[j], 8);
+                }
+            for (; mm < mb; mm++)
                 for (int r = 0; r < 32; r++) blk[mm * 32 + r] = rows[(int64_t)r * Mp + m0 + mm];
         }
     }
