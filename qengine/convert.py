@@ -5,6 +5,7 @@ convert_original(): pack a model quantized by the original Quantized-CNN code
 and class names.
 """
 import os
+import re
 import time
 
 import numpy as np
@@ -46,8 +47,12 @@ def preset_graph(name):
     return read_prototxt(preset_path(name))
 
 
+_WNID = re.compile(r"n\d{8}\s+")
+
+
 def read_labels(path, n_classes=None):
-    """One class name per line; line i (0-based) is class i."""
+    """One class name per line; line i (0-based) is class i.  When every line
+    starts with a WordNet id (Caffe's synset_words.txt), the ids are dropped."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_TEXT_BYTES + 1)
@@ -62,6 +67,9 @@ def read_labels(path, n_classes=None):
     names = [ln.strip() for ln in text.splitlines()]
     while names and not names[-1]:
         names.pop()
+    # Caffe's synset_words.txt: "n01440764 tench, Tinca tinca" -> "tench, Tinca tinca"
+    if names and all(_WNID.match(n) for n in names):
+        names = [_WNID.sub("", n, count=1) for n in names]
     if n_classes is not None and len(names) != n_classes:
         raise ModelError(f"{path}: {len(names)} class names for a network with {n_classes} outputs")
     return names

@@ -245,3 +245,14 @@ def test_original_dense_layout_takes_calibration_from_the_command_line(tmp_path)
           "--conv-k", "4", "--calib", str(tmp_path / "calib.npy"), "-q"])
     q = qengine.load(str(out)).metadata["provenance"]["quantization"]
     assert q["error_correction"] and q["calibration_inputs"] == 6
+
+
+def test_labels_drop_wordnet_ids_only_when_every_line_has_one(tmp_path):
+    from qengine.convert import read_labels
+    p = tmp_path / "synset_words.txt"
+    p.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    assert read_labels(str(p), 2) == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
+    p.write_text("n01440764 tench\ncat\n")
+    assert read_labels(str(p)) == ["n01440764 tench", "cat"]
+    with pytest.raises(qengine.ModelError, match="2 class names"):
+        read_labels(str(p), 3)
