@@ -18,6 +18,11 @@ from . import buffers
 from .errors import ImageError, ModelError
 
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: 100 megapixels
+# A compressed file declaring more pixels than this per byte of file is refused
+# before decoding: photos stay under ~100, solid-colour images reach ~300 (JPEG),
+# ~1,000 (8-bit PNG, GIF) and ~8,000 (1-bit PNG: deflate's 1032:1 bound), while a
+# few hundred corrupt bytes could otherwise claim tens of megapixels.
+MAX_PIXELS_PER_BYTE = 16384
 
 
 def _is_array(src):
@@ -94,9 +99,17 @@ def load_image(src):
 
 def _check_raw_size(img, src, name):
     """An uncompressed image (BMP, PPM, ...) must hold the bytes its header declares,
-    so that a small corrupt file cannot make the decoder allocate a large bitmap."""
+    and a compressed one at most MAX_PIXELS_PER_BYTE pixels per byte of file, so that
+    a small corrupt file cannot make the decoder allocate a large bitmap."""
     tile = getattr(img, "tile", None) or []
-    if not isinstance(src, (str, os.PathLike)) or len(tile) != 1 or tile[0][0] != "raw":
+    if not isinstance(src, (str, os.PathLike)):
+        return
+    w, h = img.size
+    have = os.path.getsize(src)
+    if w * h > MAX_PIXELS_PER_BYTE * max(have, 1):
+        raise ImageError(f"{name}: refused: its header declares {w}x{h} pixels in a "
+                         f"{have}-byte file (corrupt, or a decompression bomb)")
+    if len(tile) != 1 or tile[0][0] != "raw":
         return
     try:
         args = tile[0][3]

@@ -85,3 +85,20 @@ def test_bmp_declaring_more_pixels_than_it_holds(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(ImageError, match="declares 5000x5000"):
         load_image(str(p))
+
+
+def test_compressed_file_declaring_far_more_pixels_than_its_bytes_allow(tmp_path):
+    """A few hundred bytes of JPEG claiming 8000x8000 pixels are refused before
+    decoding; a real solid-colour image of that size still opens."""
+    p = tmp_path / "x.jpg"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(p, quality=50)
+    data = bytearray(p.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 7] = (8000).to_bytes(2, "big")     # height
+    data[sof + 7:sof + 9] = (8000).to_bytes(2, "big")     # width
+    p.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="declares 8000x8000 pixels"):
+        load_image(str(p))
+    big = tmp_path / "solid.png"
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(big)
+    assert load_image(str(big)).shape == (2000, 3000, 3)
