@@ -129,3 +129,22 @@ def test_buffers_reshape_concat_and_rows():
     assert [bytes(r) for r in buffers.rows(memoryview(a))] == [a[0].tobytes(), a[1].tobytes()]
     with pytest.raises(ValueError):
         buffers.empty((3, 0))
+
+
+def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode(tmp_path):
+    """A photo far larger than the network's input is decoded by the JPEG decoder at
+    1/2..1/8 scale (both sides kept >= the resize target); the network input stays
+    close to the one from the full decode."""
+    from qengine.preprocess import read_pixels
+    y, x = np.mgrid[0:1536, 0:2048]
+    rgb = np.stack([(x * 255 // 2047), (y * 255 // 1535), ((x + y) % 256)], -1).astype(np.uint8)
+    p = tmp_path / "big.jpg"
+    Image.fromarray(rgb).save(p, quality=95)
+    px, H, W, ch = read_pixels(str(p), min_size=256)
+    assert (H, W) == (384, 512) and len(px) == H * W * 3        # 1/4 scale, not 1/8 (256 < 192)
+    assert read_pixels(str(p))[1:3] == (1536, 2048)
+    spec = {"channel_order": "bgr", "resize": [256, 256], "crop": [227, 227],
+            "mean": {"type": "pixel", "values": [104.0, 117.0, 123.0]}}
+    got = np.asarray(Preprocessor(spec, (3, 227, 227))(str(p)))
+    full = reference(np.asarray(Image.open(p).convert("RGB")), spec, (3, 227, 227))
+    assert np.abs(got - full).mean() < 2.0
