@@ -62,6 +62,8 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void *qe_alloc(int64_t nbytes)
     int qe_all_finite(const float *p, int64_t n)
     void qe_pixels_to_planar(const uint8_t *px, int H, int W, int ch, int order, float *out)
+    int qe_resize_pixels_ac(const uint8_t *px, int H, int W, int ch, int order, float *y, int C,
+                            int OH, int OW)
     void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0,
                             const float *mean, int MH, int MW, int my0, int mx0, float scale,
                             int apply_scale, int h, int w, float *out)
@@ -523,3 +525,21 @@ def crop_mean_scale(const float[:, :, ::1] x, int y0, int x0, const float[:, :, 
     with nogil:
         qe_crop_mean_scale(&x[0, 0, 0], C, x.shape[1], x.shape[2], y0, x0, m, MH, MW, my0, mx0,
                            scale, apply_scale, h, w, &out[0, 0, 0])
+
+
+def resize_pixels_ac(const uint8_t[::1] px, int H, int W, int ch, str order,
+                     float[:, :, ::1] out):
+    """pixels_to_planar() followed by resize_bilinear_ac() into out [C, OH, OW], the
+    same numbers, holding two converted input rows instead of the whole image."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown channel order {order!r}")
+    cdef int o = ORDERS.index(order)
+    if ch not in (1, 3) or H < 1 or W < 1 or px.shape[0] != <int64_t>H * W * ch \
+            or out.shape[0] != (1 if o == 2 else 3) or out.shape[1] < 1 or out.shape[2] < 1:
+        raise ValueError("pixel buffer and resized shape do not match")
+    cdef int rc
+    with nogil:
+        rc = qe_resize_pixels_ac(&px[0], H, W, ch, o, &out[0, 0, 0], out.shape[0], out.shape[1],
+                                 out.shape[2])
+    if rc != 0:
+        raise MemoryError("out of memory in resize")

@@ -199,10 +199,15 @@ class Preprocessor:
         c, h, w = self.input_shape
         target = tuple(self.resize) if self.resize else (h, w)
         px, H, W, ch = read_pixels(image, min_size=max(target))
-        a = buffers.empty((c, H, W))
-        _kernels.pixels_to_planar(px, H, W, ch, self.order, a)
-        if (H, W) != target:
-            a = self._resize(a, *target)
+        if (H, W) != target and self.method == "bilinear_align_corners":
+            # straight from the 8-bit pixels: no float copy of the whole image
+            a = buffers.empty((c,) + target)
+            _kernels.resize_pixels_ac(px, H, W, ch, self.order, a)
+        else:
+            a = buffers.empty((c, H, W))
+            _kernels.pixels_to_planar(px, H, W, ch, self.order, a)
+            if (H, W) != target:
+                a = self._resize(a, *target)
         if target[0] < h or target[1] < w:
             raise ImageError(f"image {target[0]}x{target[1]} is smaller than the crop {h}x{w}")
         y0, x0 = (target[0] - h) // 2, (target[1] - w) // 2
@@ -213,11 +218,9 @@ class Preprocessor:
         return out
 
     def _resize(self, a, out_h, out_w):
+        """PIL's bilinear resize of float planes (the align-corners method resizes
+        straight from the pixels in __call__)."""
         out = buffers.empty((a.shape[0], out_h, out_w))
-        if self.method == "bilinear_align_corners":
-            from . import _kernels
-            _kernels.resize_bilinear_ac(a, out)
-            return out
         from PIL import Image
         src, dst = buffers.rows(a), buffers.rows(out)
         for ch in range(a.shape[0]):

@@ -179,6 +179,12 @@ void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0, con
                         int MH, int MW, int my0, int mx0, float scale, int apply_scale,
                         int h, int w, float *out);
 
+/* qe_resize_bilinear_ac of the planes qe_pixels_to_planar would make from px
+ * [H][W][ch] (channel order `order`), into y [C][OH][OW], without making them:
+ * only two converted input rows are held at a time.  Returns -1 if out of memory. */
+int qe_resize_pixels_ac(const uint8_t *px, int H, int W, int ch, int order, float *y, int C,
+                        int OH, int OW);
+
 /* Instruction-set dispatch. */
 int qe_isa_supported(int isa);
 int qe_set_isa(int isa);       /* returns 0, or -1 if not supported here */
