@@ -21,6 +21,7 @@ offered (the runtime would run them densely anyway).
 """
 import numpy as np
 
+from .buffers import count
 from .errors import QEngineError
 from .graph import infer_shapes, layer_cost
 
@@ -30,21 +31,26 @@ PLAN_ITERS = 10          # k-means iterations per candidate (the final run uses 
 MAX_PLAN_INPUTS = 8      # calibration inputs the errors are measured on
 
 
+def _subspace_inputs(L, in_shape):
+    """The inputs a subspace splits: channels per group, or the flattened input."""
+    if L["type"] == "Convolution":
+        return in_shape[0] // L["params"]["group"]
+    return count(in_shape)
+
+
 def operations(L, in_shape, out_shape, d=None, K=None):
     """A layer's theoretical operations per image: dense multiply-adds, or with
     (d, K) table multiply-adds plus lookups."""
     if d is None:
         return layer_cost(L, in_shape, out_shape)[0]
-    cin = in_shape[0] // L["params"]["group"] if L["type"] == "Convolution" else \
-        int(np.prod(in_shape))
-    _, table, lookups = layer_cost(L, in_shape, out_shape, K, -(-cin // d))
+    _, table, lookups = layer_cost(L, in_shape, out_shape, K,
+                                   -(-_subspace_inputs(L, in_shape) // d))
     return table + lookups
 
 
 def candidates(L, in_shape, out_shape, subdims=SUBDIMS, ks=KS):
     """[(d, K, cost)] worth trying for one layer: cheaper than its dense form."""
-    cin = in_shape[0] // L["params"]["group"] if L["type"] == "Convolution" else \
-        int(np.prod(in_shape))
+    cin = _subspace_inputs(L, in_shape)
     dense = operations(L, in_shape, out_shape)
     out = []
     for d in sorted(set(min(d, cin) for d in subdims)):
@@ -152,7 +158,7 @@ def plan(graph, weights, speedup, calib=None, keep_dense=(), fixed=None, subdims
     else:
         log("plan: no calibration inputs, so weight errors stand in for response errors")
     blobs = {graph["input"]["name"]: x}
-    options = {}
+    options, dense_ops = {}, {}
     for i, L in enumerate(graph["layers"]):
         n = L["name"]
         xs = [blobs[b] for b in L["bottom"]] if x is not None else None
@@ -160,8 +166,8 @@ def plan(graph, weights, speedup, calib=None, keep_dense=(), fixed=None, subdims
         if n in weights:
             w, b = weights[n]
             kind = "conv" if L["type"] == "Convolution" else "fc"
-            dense_cost = operations(L, shapes[L["bottom"][0]], shapes[L["top"][0]])
-            pts = [] if n in fixed else [(dense_cost, 0.0, None)]
+            dense_ops[n] = operations(L, shapes[L["bottom"][0]], shapes[L["top"][0]])
+            pts = [] if n in fixed else [(dense_ops[n], 0.0, None)]
             if xs is not None:
                 y = apply_layer(L, xs, (w, b))
                 y_energy = max(float(np.sum(np.square(y, dtype=np.float64))), 1e-30)
@@ -188,23 +194,24 @@ def plan(graph, weights, speedup, calib=None, keep_dense=(), fixed=None, subdims
                 blobs[t] = y
     if bar:
         bar.close()
-    fixed = dense_total - sum(opts[0][0] for opts in options.values())
+    # operations outside the planned layers (unweighted Convolution / InnerProduct)
+    fixed = dense_total - sum(dense_ops.values())
     picked = choose(options, dense_total / speedup - fixed)
     if picked is None:
         best = sum(min(p[0] for p in opts) for opts in options.values()) + fixed
         raise QEngineError(f"a {speedup:g}x theoretical speed-up is out of reach: the cheapest "
                            f"settings on the grid give {dense_total / best:.2f}x")
-    layer_opts, dense = {}, set(keep_dense)
+    layer_opts, dense, total = {}, set(keep_dense), fixed
     for n, opt in picked.items():
-        pts = {p[2]: p for p in options[n]}
+        cost, err, _ = next(p for p in options[n] if p[2] == opt)
+        total += cost
         if opt is None:
             dense.add(n)
             log(f"  plan {n:<18} dense")
         else:
             layer_opts[n] = {"subdim": opt[0], "k": opt[1]}
-            log(f"  plan {n:<18} d={opt[0]} K={opt[1]:<4} error {pts[opt][1]:.4f} "
-                f"({pts[None][0] / pts[opt][0]:.1f}x fewer operations)")
-    total = fixed + sum({p[2]: p for p in options[n]}[picked[n]][0] for n in picked)
+            log(f"  plan {n:<18} d={opt[0]} K={opt[1]:<4} error {err:.4f} "
+                f"({dense_ops[n] / cost:.1f}x fewer operations)")
     log(f"plan: {dense_total / total:.2f}x fewer operations than the dense network "
         f"(target {speedup:g}x)")
     return layer_opts, dense

@@ -97,3 +97,20 @@ def test_plan_reaches_the_speedup_it_promises(tmp_path):
     assert set(m.layer_strategies().values()) >= {"lut"}
     with pytest.raises(QEngineError, match="out of reach"):
         plan(graph, weights, 50, calib=x, subdims=(4,), ks=(16,))
+
+
+def test_plan_keeps_the_users_settings_and_counts_them_in_the_budget(tmp_path):
+    from qengine.convert import quantize_model
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    x = np.random.default_rng(2).standard_normal((4,) + tuple(graph["input"]["shape"]))
+    x = x.astype(np.float32)
+    user = {"c2": {"subdim": 8, "k": 16}}
+    opts, dense = plan(graph, weights, 1.5, calib=x, fixed=user)
+    assert opts["c2"] == {"subdim": 8, "k": 16} and "c2" not in dense
+    out = tmp_path / "p.qcnn"
+    quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, speedup=1.5,
+                   layer_opts=user, force=True)
+    m = qengine.load(str(out), strategy="lut")
+    ops = sum(c[3] + c[4] if c[3] else c[2] for c in m.layer_costs())
+    assert sum(c[2] for c in m.layer_costs()) / ops >= 1.5
+    assert m.metadata["provenance"]["quantization"]["layers"]["c2"]["subdim"] == 8
