@@ -115,41 +115,14 @@ def main(argv=None):
         if caffemodel:
             if not prototxt:
                 fail("qconvert", "--caffemodel needs --prototxt (or a DIR holding both)", 2)
-            preprocess = {"mean": args.mean, "scale": args.scale,
-                          "channel_order": args.channel_order, "resize": args.resize,
-                          "crop": args.crop}
-            if args.mean_pixel:
-                preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
-            calib = None
-            if args.calib:
-                calib = load_calibration(args.calib, prototxt, preprocess, args.calib_count, log)
-            from ..progress import Progress
-            convert.convert_caffe(
-                prototxt, caffemodel, args.output, conv_subdim=args.conv_subdim,
-                conv_k=args.conv_k, fc_subdim=args.fc_subdim, fc_k=args.fc_k,
-                layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
-                labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
-                calib=calib, speedup=args.speedup, force=args.force, log=log,
-                progress=None if args.quiet else (lambda label, total: Progress(label, total)))
+            convert.convert_caffe(prototxt, caffemodel, args.output,
+                                  **_quantize_options(args, prototxt, log))
         elif args.src and glob.glob(os.path.join(args.src, "*.convKnl.*")) + \
                 glob.glob(os.path.join(args.src, "*.fcntWei.*")):
-            preprocess = {"mean": args.mean, "scale": args.scale,
-                          "channel_order": args.channel_order, "resize": args.resize,
-                          "crop": args.crop}
-            if args.mean_pixel:
-                preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
-            calib = None
-            if args.calib:
-                arch_file = args.prototxt or convert.preset_path(args.arch or "alexnet")
-                calib = load_calibration(args.calib, arch_file, preprocess, args.calib_count, log)
-            from ..progress import Progress
-            convert.convert_original_dense(
-                args.src, args.output, arch=args.arch, prototxt=args.prototxt,
-                conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
-                fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
-                labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
-                calib=calib, speedup=args.speedup, force=args.force, log=log,
-                progress=None if args.quiet else (lambda label, total: Progress(label, total)))
+            arch_file = args.prototxt or convert.preset_path(args.arch or "alexnet")
+            convert.convert_original_dense(args.src, args.output, arch=args.arch,
+                                           prototxt=args.prototxt,
+                                           **_quantize_options(args, arch_file, log))
         elif args.src:
             convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
                                      labels=args.labels, mean=args.mean, force=args.force, log=log)
@@ -164,6 +137,25 @@ def main(argv=None):
     except KeyboardInterrupt:
         fail("qconvert", "interrupted; no output written", 130)
     return 0
+
+
+def _quantize_options(args, arch_file, log):
+    """Keyword options of convert.quantize_model() from the command line: the
+    preprocessing stored in the model, calibration inputs (preprocessed as the
+    network `arch_file` describes) and the quantisation settings."""
+    from ..progress import Progress
+    preprocess = {"mean": args.mean, "scale": args.scale, "channel_order": args.channel_order,
+                  "resize": args.resize, "crop": args.crop}
+    if args.mean_pixel:
+        preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
+    calib = None
+    if args.calib:
+        calib = load_calibration(args.calib, arch_file, preprocess, args.calib_count, log)
+    return dict(conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
+                fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
+                labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
+                calib=calib, speedup=args.speedup, force=args.force, log=log,
+                progress=None if args.quiet else (lambda label, total: Progress(label, total)))
 
 
 def load_calibration(src, prototxt, preprocess, count, log):
