@@ -15,6 +15,7 @@ Layer types and their params (all integers unless said):
     Concat        axis (1 only)
     Dropout, Softmax   (no params; Softmax over channels)
 """
+from .buffers import count
 from .errors import FormatError, ModelError
 from .readers import prototxt
 
@@ -366,7 +367,7 @@ def infer_shapes(g):
             out = x
         else:  # ReLU, Dropout, Softmax
             out = x
-        if layer_input_size(out) > MAX_BLOB or min(out) < 1:
+        if count(out) > MAX_BLOB or min(out) < 1:
             raise ModelError(f"{where}: output {list(out)} is empty or larger than {MAX_BLOB} "
                              f"values per image")
         for top in L["top"]:
@@ -374,11 +375,6 @@ def infer_shapes(g):
     return shapes
 
 
-def layer_input_size(shape):
-    n = 1
-    for v in shape:
-        n *= v
-    return n
 
 
 def layer_cost(L, in_shape, out_shape, K=None, M=None):
@@ -401,7 +397,7 @@ def layer_cost(L, in_shape, out_shape, K=None, M=None):
         if K is None:
             return dense, 0, 0
         return dense, g * K * (c // g) * (h + 2 * pd) * (w + 2 * pd), cout * oh * ow * kh * kw * M
-    cin = layer_input_size(in_shape)
+    cin = count(in_shape)
     if K is None:
         return cout * cin, 0, 0
     return cout * cin, K * cin, cout * M
