@@ -62,7 +62,7 @@ def read_pixels(src, min_size=None):
             if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name}: image size {w}x{h} is empty or above the "
                                  f"{MAX_IMAGE_PIXELS}-pixel limit")
-            _check_raw_size(img, src, name)
+            _check_declared_size(img, src, name)
             if min_size and getattr(img, "format", None) == "JPEG" and \
                     min(w, h) >= 2 * min_size:
                 img.draft(img.mode, (min_size, min_size))
@@ -103,10 +103,10 @@ def load_image(src):
     return np.frombuffer(px, np.uint8).reshape(h, w, ch)
 
 
-def _check_raw_size(img, src, name):
-    """An uncompressed image (BMP, PPM, ...) must hold the bytes its header declares,
-    and a compressed one at most MAX_PIXELS_PER_BYTE pixels per byte of file, so that
-    a small corrupt file cannot make the decoder allocate a large bitmap."""
+def _check_declared_size(img, src, name):
+    """A file may declare at most MAX_PIXELS_PER_BYTE pixels per byte of itself, and
+    an uncompressed one (BMP, PPM, ...) must hold the bytes its header declares, so
+    that a small corrupt file cannot make the decoder allocate a large bitmap."""
     tile = getattr(img, "tile", None) or []
     if not isinstance(src, (str, os.PathLike)):
         return
