@@ -1,8 +1,8 @@
 """Plain buffers for the runtime, so that running a model needs no numpy.
 
 The kernels take any C-contiguous buffer (typed memoryviews), so the runtime
-keeps activations, weights and scratch in Python memoryviews over bytearrays
-(or over the mapped .qcnn file).  Importing numpy costs more than a whole
+keeps activations, weights and scratch in Python memoryviews over C arrays
+(_kernels.empty_buffer), bytearrays or the mapped .qcnn file.  Importing numpy costs more than a whole
 AlexNet forward pass; qrun therefore never imports it, and the public API
 converts to numpy arrays only where it hands results to the caller.
 """
@@ -12,6 +12,7 @@ DTYPE_NAMES = {"f": "float32", "B": "uint8", "i": "int32"}
 
 
 def count(shape):
+    """The number of values of a shape."""
     n = 1
     for s in shape:
         n *= s
