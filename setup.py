@@ -5,11 +5,34 @@ import sys
 from setuptools import Extension, setup
 from Cython.Build import cythonize
 
-KERNEL_SOURCES = ["qengine/_kernels.pyx"] + [
-    os.path.join("qengine", "kernels", f)
-    for f in ("qe_dispatch.c", "conv_geom.c", "pool.c", "activation.c", "bitpack.c", "resize.c",
-              "layout.c", "image.c")
-]
+KERNEL_FILES = ["qe_dispatch.c", "isa_generic.c", "isa_avx2.c", "isa_avx512.c", "conv_geom.c",
+                "pool.c", "activation.c", "bitpack.c", "resize.c", "layout.c", "image.c"]
+HEADERS = ["qe_kernels.h", "qe_isa.h", "qe_bodies.h", "qe_impl.h", "qe_q8.h", "qe_simd.h",
+           "qe_conv16.h"]
+define_macros = []
+
+
+def simde_include():
+    """The folder holding simde/x86/avx512.h (Debian libsimde-dev), or None.
+    With it the AVX-512 kernels are built a second time for the baseline CPU as
+    the test-only instruction set "avx512-emulated"."""
+    cands = [os.environ.get("QENGINE_SIMDE", ""), "/usr/include", "/usr/local/include"]
+    for d in cands:
+        if d and os.path.exists(os.path.join(d, "simde", "x86", "avx512.h")):
+            return d
+    return None
+
+
+SIMDE = simde_include()
+include_dirs = []
+if SIMDE and os.environ.get("QENGINE_SIMDE") != "0":
+    KERNEL_FILES.append("isa_avx512_emulated.c")
+    define_macros.append(("QE_HAVE_SIMDE", "1"))
+    if SIMDE not in ("/usr/include", "/usr/local/include"):
+        include_dirs.append(SIMDE)
+
+KERNEL_SOURCES = ["qengine/_kernels.pyx"] + [os.path.join("qengine", "kernels", f)
+                                            for f in KERNEL_FILES]
 
 extra_compile = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast"]
 extra_link = []
@@ -20,7 +43,9 @@ if sys.platform != "win32":
 ext = Extension(
     "qengine._kernels",
     sources=KERNEL_SOURCES,
-    depends=[os.path.join("qengine", "kernels", f) for f in ("qe_kernels.h", "qe_impl.h")],
+    depends=[os.path.join("qengine", "kernels", f) for f in HEADERS],
+    define_macros=define_macros,
+    include_dirs=include_dirs,
     extra_compile_args=extra_compile,
     extra_link_args=extra_link,
 )

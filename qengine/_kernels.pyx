@@ -12,7 +12,8 @@ from libc.stdlib cimport free
 cdef extern from "kernels/qe_kernels.h" nogil:
     int QE_TILE
     int QE_DENSE_CO
-    int QE_ISA_GENERIC, QE_ISA_AVX2, QE_ISA_COUNT
+    int QE_ISA_COUNT
+    int QE_C16_MAX_TAPS
     ctypedef struct qe_conv_geom:
         int C, H, W, KH, KW, S, P, OH, OW, Hq, Wq, SS
         int64_t R, PS
@@ -67,11 +68,26 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0,
                             const float *mean, int MH, int MW, int my0, int mx0, float scale,
                             int apply_scale, int h, int w, float *out)
+    int qe_conv16_kp(int K)
+    int qe_conv16_cop(int Cout)
+    int qe_conv16_max_k()
+    int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout)
+    void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
+    int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
+                  const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
+                  int nthreads)
+    void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
+                          int Cop, int64_t R, int32_t *acc, int nthreads)
+    int qe_conv16_slot(int c)
+    const char *qe_isa_name(int isa)
+    int qe_isa_built(int isa)
     int qe_isa_supported(int isa)
     int qe_set_isa(int isa)
+    int qe_best_isa()
     int qe_get_isa()
 
-ISA_NAMES = ("generic", "avx2")
+# Every instruction set qe_dispatch.c knows, in its order (some may not be built here).
+ISA_NAMES = tuple(qe_isa_name(i).decode() for i in range(QE_ISA_COUNT))
 
 
 def empty_buffer(tuple shape, str fmt):
@@ -90,18 +106,33 @@ def empty_buffer(tuple shape, str fmt):
     return memoryview(arr)
 
 
+def isa_built(str name):
+    """True when the kernels for `name` were compiled into this build."""
+    return name in ISA_NAMES and bool(qe_isa_built(ISA_NAMES.index(name)))
+
+
 def isa_supported(str name):
-    """True when this CPU can run the kernels compiled for `name`."""
+    """True when this build has the kernels for `name` and this CPU can run them."""
     if name not in ISA_NAMES:
         return False
     return bool(qe_isa_supported(ISA_NAMES.index(name)))
 
 
+def best_isa():
+    """The instruction set chosen when none is forced: the highest native one."""
+    return ISA_NAMES[qe_best_isa()]
+
+
 def set_isa(str name):
-    """Force the kernels of one instruction set ("generic", "avx2")."""
+    """Force the kernels of one instruction set (see ISA_NAMES)."""
     if name not in ISA_NAMES:
         raise ValueError(f"unknown instruction set {name!r}; known: {', '.join(ISA_NAMES)}")
-    if qe_set_isa(ISA_NAMES.index(name)) != 0:
+    i = ISA_NAMES.index(name)
+    if not qe_isa_built(i):
+        raise ValueError(f"instruction set {name!r} is not built into this qengine"
+                         + (" (install SIMDe, Debian libsimde-dev, and rebuild)"
+                            if name == "avx512-emulated" else ""))
+    if qe_set_isa(i) != 0:
         raise ValueError(f"instruction set {name!r} is not supported by this CPU")
 
 
@@ -175,6 +206,111 @@ def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
                 break
     if rc != 0:
         raise MemoryError("out of memory in the convolution kernel")
+
+
+def conv16_max_k():
+    """Largest K whose 16-bit tables the current instruction set looks up in
+    registers (0: none; the fast convolution then keeps float tables)."""
+    return qe_conv16_max_k()
+
+
+def conv16_layout_shape(int cout, int groups, int J):
+    """Shape of conv16_layout()'s output for `cout` outputs and J = KH*KW*M taps."""
+    return (groups, J, qe_conv16_cop(cout // groups))
+
+
+def conv16_layout(const uint8_t[:, ::1] asmt, int groups, uint8_t[:, :, ::1] out):
+    """Indices asmt [Cout, KH*KW*M] -> the fast convolution's layout
+    out [groups, KH*KW*M, Cout/groups rounded up to 64] (zero-padded)."""
+    cdef int cout = asmt.shape[0], J = asmt.shape[1]
+    if groups < 1 or cout % groups or (out.shape[0], out.shape[1], out.shape[2]) \
+            != conv16_layout_shape(cout, groups, J):
+        raise ValueError("fast convolution index layout shape does not match the indices")
+    cdef int og = cout // groups, gi
+    with nogil:
+        for gi in range(groups):
+            qe_conv16_layout(&asmt[gi * og, 0], og, J, &out[gi, 0, 0])
+
+
+def conv16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int M, int K,
+                            int Cout):
+    """Scratch floats the fast convolution of one group needs (phase planes included)."""
+    cdef qe_conv_geom g
+    _geom(&g, C, H, W, KH, KW, S, P)
+    cdef int64_t nb = qe_conv16_bytes(&g, M, K, Cout)
+    if nb < 0:
+        raise ValueError(f"K={K} has no 16-bit table layout")
+    return qe_phase_floats(&g) + (nb + 3) // 4 + 16
+
+
+def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
+           const uint8_t[:, :, ::1] aT, int KH, int KW, const float[::1] bias,
+           int stride, int pad, bint relu, float[:, :, :, ::1] out, float[::1] ws,
+           int nthreads=1):
+    """Fast lookup-table convolution with 16-bit register tables. x [N,C,H,W],
+    cb [M,K,d], aT from conv16_layout() [groups, KH*KW*M, Cop], out [N,Cout,OH,OW]."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    cdef int groups = aT.shape[0], Cout = out.shape[1]
+    cdef qe_conv_geom g
+    if groups <= 0 or C % groups or Cout % groups:
+        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    cdef int Cg = C // groups, Og = Cout // groups
+    _geom(&g, Cg, H, W, KH, KW, stride, pad)
+    if M != (Cg + d - 1) // d or aT.shape[1] != KH * KW * M or aT.shape[2] != qe_conv16_cop(Og):
+        raise ValueError(f"codebook has {M} subspaces of d={d}, index layout "
+                         f"{list(aT.shape)}, input channels per group {Cg}")
+    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
+        raise ValueError("bias or output shape does not match the convolution")
+    cdef int64_t nxp = qe_phase_floats(&g), nb = qe_conv16_bytes(&g, M, K, Og)
+    if nb < 0 or ws.shape[0] < nxp + (nb + 3) // 4 + 16:
+        raise ValueError(f"workspace too small for the fast convolution")
+    # the byte scratch starts 64-byte aligned
+    cdef char *wb = <char *>&ws[nxp]
+    wb = wb + ((64 - (<size_t>wb) % 64) % 64)
+    cdef int n, gi, rc = 0
+    with nogil:
+        for n in range(N):
+            for gi in range(groups):
+                qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
+                rc = qe_conv16(&g, &ws[0], &cb[0, 0, 0], M, K, d, &aT[gi, 0, 0], Og,
+                               &bias[gi * Og], wb, &out[n, gi * Og, 0, 0], relu, nthreads)
+                if rc != 0:
+                    break
+            if rc != 0:
+                break
+    if rc == -2:
+        raise ValueError(f"layer too large for 16-bit tables ({KH * KW * M} taps, K={K})")
+    if rc != 0:
+        raise MemoryError("out of memory in the fast convolution kernel")
+
+
+def conv16_lookup(const uint8_t[::1] Q, int Kp, const int64_t[::1] tb,
+                  const uint8_t[:, ::1] aT, int64_t R, int32_t[:, ::1] acc, int nthreads=1):
+    """The fast convolution's lookup stage alone (for tests): acc [R, Cop] int32,
+    acc[r, slot] = sum over taps j of the 16-bit entry aT[j, c] of the table at
+    Q[tb[j] + r*2*Kp:] (low bytes, then high bytes), slot = conv16_slot(c)."""
+    cdef int J = aT.shape[0], Cop = aT.shape[1], j
+    cdef int64_t need = 0
+    if Kp not in (16, 32, 64, 128) or Cop % 64 or R % 4 or tb.shape[0] != J \
+            or acc.shape[0] != R or acc.shape[1] != Cop:
+        raise ValueError("conv16_lookup: inconsistent shapes")
+    for j in range(J):
+        if tb[j] < 0 or tb[j] + R * 2 * Kp > Q.shape[0]:
+            raise ValueError("conv16_lookup: a table lies outside Q")
+    for j in range(aT.shape[0]):
+        for c in range(Cop):
+            if aT[j, c] >= Kp:
+                raise ValueError("conv16_lookup: an index is >= Kp")
+    if J == 0 or R == 0:
+        return
+    with nogil:
+        qe_conv16_lookup(&Q[0], Kp, &tb[0], J, &aT[0, 0], Cop, R, &acc[0, 0], nthreads)
+
+
+def conv16_slot(int c):
+    """Where channel c of a 64-channel block sits in conv16_lookup's accumulators."""
+    return (c // 64) * 64 + qe_conv16_slot(c % 64)
 
 
 def conv_blocked_shape(int cout, int groups, int64_t J):

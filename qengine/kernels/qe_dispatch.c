@@ -4,99 +4,94 @@
 #include <stdlib.h>
 #include <string.h>
 #include "qe_kernels.h"
-#ifdef _OPENMP
-#include <omp.h>
-static inline int qe_thread_num(void) { return omp_get_thread_num(); }
-#else
-static inline int qe_thread_num(void) { return 0; }
-#endif
 
 /* Bytes of table planes one chunk of taps may touch per tile (fits in L2). */
 #ifndef QE_CHUNK_BYTES
 #define QE_CHUNK_BYTES (192 * 1024)
 #endif
-/* How many tiles ahead the lookup prefetches table rows. */
-#ifndef QE_PREFETCH_TILES
-#define QE_PREFETCH_TILES 2
-#endif
+#include "qe_isa.h"
+
+/* Instruction sets, in the order of enum qe_isa (qe_kernels.h): their names,
+ * their kernel tables (NULL where not built) and what the CPU must offer. */
+static const char *const qe_isa_names[QE_ISA_COUNT] = {"generic", "avx2", "avx512",
+                                                       "avx512-emulated"};
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
+#define QE_X86 1
 #endif
 
-#define QE_SUFFIX _generic
-#include "qe_impl.h"
-#include "qe_q8.h"
-#undef QE_SUFFIX
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define QE_HAVE_AVX2_BUILD 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define QE_SUFFIX _avx2
-#define QE_IMPL_AVX2 1
-#include "qe_impl.h"
-#include "qe_q8.h"
-#undef QE_IMPL_AVX2
-#undef QE_SUFFIX
-#pragma GCC pop_options
-#endif
-
-typedef struct {
-    void (*lut_build)(const qe_conv_geom *, const float *, const float *, int, int, int, float *,
-                      const int32_t *, int, int);
-    void (*lut_lookup)(const qe_conv_geom *, const float *, const int64_t *, int, int,
-                       const int64_t *, const int32_t *, int, int, int, int, float *, int);
-    void (*scatter_rows)(const qe_conv_geom *, const float *, int, const float *, int, float *, int);
-    void (*dense_conv)(const qe_conv_geom *, const float *, const int64_t *, int, const float *,
-                       int, float *, int);
-    void (*lut_fc)(const float *, int, const float *, int, int, int, const uint8_t *, int,
-                   const float *, float *, float *, int, int);
-    void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
-    void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *);
-    void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
-    void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
-} qe_kernel_table;
-
-static const qe_kernel_table qe_tables[QE_ISA_COUNT] = {
-    {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
-     lrn_generic, fc_q8_lookup_generic, fc_f32_lookup_generic},
-#ifdef QE_HAVE_AVX2_BUILD
-    {lut_build_avx2, lut_lookup_avx2, scatter_rows_avx2, dense_conv_avx2, lut_fc_avx2, dense_fc_avx2, lrn_avx2, fc_q8_lookup_avx2, fc_f32_lookup_avx2},
+static const qe_kernel_table *const qe_tables[QE_ISA_COUNT] = {
+    &qe_kernels_generic,
+#ifdef QE_X86
+    &qe_kernels_avx2, &qe_kernels_avx512,
 #else
-    {lut_build_generic, lut_lookup_generic, scatter_rows_generic, dense_conv_generic, lut_fc_generic, dense_fc_generic,
-     lrn_generic, fc_q8_lookup_generic, fc_f32_lookup_generic},
+    NULL, NULL,
+#endif
+#ifdef QE_HAVE_SIMDE
+    &qe_kernels_avx512_emulated,
+#else
+    NULL,
 #endif
 };
 
 static int qe_isa = -1; /* -1: not chosen yet, pick the best on first use */
 
+const char *qe_isa_name(int isa)
+{
+    return isa >= 0 && isa < QE_ISA_COUNT ? qe_isa_names[isa] : NULL;
+}
+
+int qe_isa_built(int isa)
+{
+    return isa >= 0 && isa < QE_ISA_COUNT && qe_tables[isa] != NULL;
+}
+
 int qe_isa_supported(int isa)
 {
-    if (isa == QE_ISA_GENERIC) return 1;
-#ifdef QE_HAVE_AVX2_BUILD
-    if (isa == QE_ISA_AVX2) {
+    if (!qe_isa_built(isa)) return 0;
+    switch (isa) {
+#ifdef QE_X86
+    case QE_ISA_AVX2:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
+    case QE_ISA_AVX512:
+        /* libgcc also checks that the OS saves the zmm state (XCR0) */
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
 #endif
-    return 0;
+    case QE_ISA_GENERIC:
+    case QE_ISA_AVX512_EMULATED: /* portable code: runs anywhere it was built */
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 int qe_set_isa(int isa)
 {
-    if (isa < 0 || isa >= QE_ISA_COUNT || !qe_isa_supported(isa)) return -1;
+    if (!qe_isa_supported(isa)) return -1;
     qe_isa = isa;
     return 0;
 }
 
+int qe_best_isa(void)
+{
+    /* the highest native level; the emulated one only when asked for */
+    if (qe_isa_supported(QE_ISA_AVX512)) return QE_ISA_AVX512;
+    if (qe_isa_supported(QE_ISA_AVX2)) return QE_ISA_AVX2;
+    return QE_ISA_GENERIC;
+}
+
 int qe_get_isa(void)
 {
-    if (qe_isa < 0) qe_isa = qe_isa_supported(QE_ISA_AVX2) ? QE_ISA_AVX2 : QE_ISA_GENERIC;
+    if (qe_isa < 0) qe_isa = qe_best_isa();
     return qe_isa;
 }
 
-static const qe_kernel_table *K_(void) { return &qe_tables[qe_get_isa()]; }
+static const qe_kernel_table *K_(void) { return qe_tables[qe_get_isa()]; }
 
 /* Offsets of dense kernel tap j = (c, kh, kw) in the phase planes. */
 static int64_t *dense_tap_offsets(const qe_conv_geom *g)
@@ -376,7 +371,7 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
     /* the float table, always from the portable build: its bits then do not
      * depend on the instruction set (FMA contraction), nor do the 8-bit sums */
-    fc_table_generic(x, Cin, cb, M, K, d, T, K);
+    qe_kernels_generic.fc_table(x, Cin, cb, M, K, d, T, K);
     double offsum;
     const float s = fc_q8_quantize(T, M, K, Mp, q, &offsum);
     K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);
@@ -394,10 +389,162 @@ void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d, co
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout), Kp = qe_fc_k_pad(K);
     /* table rows padded to Kp entries; padding rows and entries are zero */
     memset(T, 0, sizeof(float) * (size_t)Mp * (size_t)Kp);
-    fc_table_generic(x, Cin, cb, M, K, d, T, Kp);
+    qe_kernels_generic.fc_table(x, Cin, cb, M, K, d, T, Kp);
     K_()->fc_f32_lookup(T, Mp, Kp, idxq, Cp, acc, nthreads);
     for (int co = 0; co < Cout; co++) {
         float v = acc[co] + (bias ? bias[co] : 0.f);
         y[co] = (relu && v < 0.f) ? 0.f : v;
     }
+}
+
+/* ---- fast convolution: 16-bit register tables ------------------------------ */
+
+int qe_conv16_kp(int K)
+{
+    return K <= 0 ? -1 : K <= 16 ? 16 : K <= 32 ? 32 : K <= 64 ? 64 : K <= 128 ? 128 : -1;
+}
+
+int qe_conv16_cop(int Cout) { return (Cout + 63) / 64 * 64; }
+
+int qe_conv16_max_k(void) { return K_()->conv16_max_k; }
+
+int qe_conv16_slot(int c) { return 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4; }
+
+static int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+/* Scratch regions of qe_conv16, in bytes from the start of ws. */
+typedef struct {
+    int64_t T, mins, Q, acc, off, end;
+} qe_c16_ws;
+
+static int c16_ws(const qe_conv_geom *g, int M, int K, int Cout, qe_c16_ws *w)
+{
+    const int Kp = qe_conv16_kp(K);
+    if (Kp < 0) return -1;
+    const int64_t planes = (int64_t)g->SS * M * g->PS;
+    const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
+    w->T = 0;
+    w->mins = w->T + align64(qe_lut_floats(g, M, K) * 4);
+    w->Q = w->mins + align64(planes * 4);
+    w->acc = w->Q + align64(planes * 2 * Kp + 64);
+    w->off = w->acc + align64(RP * qe_conv16_cop(Cout) * 4);
+    w->end = w->off + align64(RP * 4);
+    return 0;
+}
+
+int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout)
+{
+    qe_c16_ws w;
+    return c16_ws(g, M, K, Cout, &w) == 0 ? w.end : -1;
+}
+
+void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
+{
+    const int Cop = qe_conv16_cop(Cout);
+    for (int j = 0; j < J; j++) {
+        uint8_t *o = out + (int64_t)j * Cop;
+        for (int co = 0; co < Cout; co++) o[co] = asmt[(int64_t)co * J + j];
+        memset(o + Cout, 0, (size_t)(Cop - Cout));
+    }
+}
+
+void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
+                      int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads < 1 ? 1 : nthreads);
+}
+
+/* Quantise the float tables T [G][K][PS] into Q (see qe_conv16.h): the
+ * smallest entry of each table goes to mins [G][PS]; returns the scale.
+ * Compiled here, without FMA contraction, so that the entries do not depend
+ * on the instruction set. */
+static float c16_quantize(const float *T, int G, int K, int Kp, int64_t PS, float *mins,
+                          float *hi, uint8_t *Q)
+{
+    float range = 0.f;
+    for (int gi = 0; gi < G; gi++) {
+        const float *Tg = T + (int64_t)gi * K * PS;
+        float *lo = mins + gi * PS;
+        memcpy(lo, Tg, sizeof(float) * (size_t)PS);
+        memcpy(hi, Tg, sizeof(float) * (size_t)PS);
+        for (int k = 1; k < K; k++) {
+            const float *t = Tg + (int64_t)k * PS;
+            for (int64_t r = 0; r < PS; r++) {
+                lo[r] = t[r] < lo[r] ? t[r] : lo[r];
+                hi[r] = t[r] > hi[r] ? t[r] : hi[r];
+            }
+        }
+        for (int64_t r = 0; r < PS; r++) range = hi[r] - lo[r] > range ? hi[r] - lo[r] : range;
+    }
+    const float s = range > 0.f ? range / 65535.f : 1.f;
+    const float inv = 1.f / s;
+    for (int gi = 0; gi < G; gi++) {
+        const float *Tg = T + (int64_t)gi * K * PS;
+        const float *lo = mins + gi * PS;
+        uint8_t *Qg = Q + (int64_t)gi * PS * 2 * Kp;
+        for (int k = 0; k < K; k++) {
+            const float *t = Tg + (int64_t)k * PS;
+            uint8_t *q = Qg + k;
+            for (int64_t r = 0; r < PS; r++, q += 2 * Kp) {
+                const float v = (t[r] - lo[r]) * inv + 0.5f;
+                const int iv = v >= 65535.f ? 65535 : v > 0.f ? (int)v : 0;
+                q[0] = (uint8_t)(iv & 255);
+                q[Kp] = (uint8_t)(iv >> 8);
+            }
+        }
+    }
+    return s;
+}
+
+int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
+              const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
+              int nthreads)
+{
+    const int J = g->KH * g->KW * M, G = g->SS * M, Kp = qe_conv16_kp(K);
+    const int Cop = qe_conv16_cop(Cout);
+    qe_c16_ws w;
+    if (nthreads < 1) nthreads = 1;
+    if (J > QE_C16_MAX_TAPS || c16_ws(g, M, K, Cout, &w) != 0) return -2;
+    uint8_t *base = (uint8_t *)ws;
+    float *T = (float *)(base + w.T), *mins = (float *)(base + w.mins), *off = (float *)(base + w.off);
+    uint8_t *Q = base + w.Q;
+    int32_t *acc = (int32_t *)(base + w.acc);
+    int64_t *tb = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
+    int64_t *tm = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
+    int32_t *blks = (int32_t *)malloc(sizeof(int32_t) * (size_t)G);
+    float *hi = (float *)malloc(sizeof(float) * (size_t)g->PS);
+    if (!tb || !tm || !blks || !hi) { free(tb); free(tm); free(blks); free(hi); return -1; }
+    for (int kh = 0; kh < g->KH; kh++)
+        for (int kw = 0; kw < g->KW; kw++)
+            for (int m = 0; m < M; m++) {
+                const int j = (kh * g->KW + kw) * M + m;
+                const int ph = (kh % g->S) * g->S + kw % g->S;
+                tm[j] = ((int64_t)ph * M + m) * g->PS + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+                tb[j] = tm[j] * 2 * Kp;
+            }
+    for (int i = 0; i < G; i++) blks[i] = i;
+    K_()->lut_build(g, xp, cb, M, K, d, T, blks, G, nthreads);
+    const float s = c16_quantize(T, G, K, Kp, g->PS, mins, hi, Q);
+    const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
+    /* each output position's offsets: the same for every channel */
+    memset(off, 0, sizeof(float) * (size_t)RP);
+    for (int j = 0; j < J; j++) {
+        const float *mj = mins + tm[j];
+        for (int64_t r = 0; r < RP; r++) off[r] += mj[r];
+    }
+    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, RP, acc, nthreads);
+    const int64_t OHW = (int64_t)g->OH * g->OW;
+    for (int co = 0; co < Cout; co++) {
+        const int32_t *a = acc + (co & ~63) + qe_conv16_slot(co & 63);
+        const float b = bias ? bias[co] : 0.f;
+        float *yc = y + co * OHW;
+        for (int oh = 0; oh < g->OH; oh++)
+            for (int ow = 0; ow < g->OW; ow++) {
+                const int64_t r = (int64_t)oh * g->Wq + ow;
+                const float v = s * (float)a[r * Cop] + off[r] + b;
+                yc[(int64_t)oh * g->OW + ow] = relu && v < 0.f ? 0.f : v;
+            }
+    }
+    free(tb); free(tm); free(blks); free(hi);
+    return 0;
 }

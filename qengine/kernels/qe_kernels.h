@@ -16,7 +16,11 @@
 #define QE_TILE 64 /* output positions per register tile; scratch planes are padded to it */
 #define QE_DENSE_CO 6 /* output channels per register block of the dense convolution */
 
-enum { QE_ISA_GENERIC = 0, QE_ISA_AVX2 = 1, QE_ISA_COUNT = 2 };
+/* Instruction sets the hot kernels are compiled for (one isa_*.c file each).
+ * QE_ISA_AVX512_EMULATED is the AVX-512 code compiled against SIMDe for the
+ * baseline CPU: a test-only level, never picked unless asked for. */
+enum { QE_ISA_GENERIC = 0, QE_ISA_AVX2 = 1, QE_ISA_AVX512 = 2, QE_ISA_AVX512_EMULATED = 3,
+       QE_ISA_COUNT = 4 };
 
 /* Geometry of one convolution group in the "phase plane" layout.
  *
@@ -185,9 +189,38 @@ void qe_crop_mean_scale(const float *x, int C, int H, int W, int y0, int x0, con
 int qe_resize_pixels_ac(const uint8_t *px, int H, int W, int ch, int order, float *y, int C,
                         int OH, int OW);
 
+/* Fast convolution with 16-bit tables looked up inside registers (see
+ * qe_conv16.h).  Per call: float tables as qe_lut_conv builds them, then one
+ * scale per call s = (largest table range) / 65535 and one offset per table
+ * (its smallest entry) give entries q = round((T - offset) / s) in 0..65535;
+ * each output is s * (sum of its looked-up q) + (sum of its taps' offsets,
+ * the same for every channel) + bias.  Integer sums are exact, so every
+ * instruction set gives the same result from the same tables.
+ *   aT    indices laid out by qe_conv16_layout() for the group
+ *   ws    qe_conv16_bytes() bytes of scratch, 64-byte aligned
+ * Returns 0, -1 when a small internal allocation fails, -2 when the layer
+ * has more than QE_C16_MAX_TAPS taps or K > 128 (run the float kernel). */
+#define QE_C16_MAX_TAPS 32767
+int qe_conv16_kp(int K);                /* table bytes per plane: 16, 32, 64, 128; -1 */
+int qe_conv16_cop(int Cout);            /* Cout rounded up to 64 */
+int qe_conv16_max_k(void);              /* largest K the current ISA looks up in registers */
+int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout);
+/* asmt [Cout][KH][KW][M] -> out [KH*KW*M][qe_conv16_cop(Cout)] (zeros past Cout). */
+void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out);
+int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
+              const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
+              int nthreads);
+/* The lookup stage alone, for tests: acc [R][Cop] int32 (R a multiple of 4). */
+void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
+                      int Cop, int64_t R, int32_t *acc, int nthreads);
+int qe_conv16_slot(int c);              /* acc slot of channel c within its 64-block */
+
 /* Instruction-set dispatch. */
-int qe_isa_supported(int isa);
-int qe_set_isa(int isa);       /* returns 0, or -1 if not supported here */
+const char *qe_isa_name(int isa); /* "generic", "avx2", "avx512", "avx512-emulated"; NULL */
+int qe_isa_built(int isa);        /* compiled into this build */
+int qe_isa_supported(int isa);    /* built and runnable on this CPU */
+int qe_set_isa(int isa);          /* returns 0, or -1 if not supported here */
+int qe_best_isa(void);            /* the highest supported native level */
 int qe_get_isa(void);
 
 #endif

@@ -1,0 +1,166 @@
+/* Fast convolution: 16-bit lookup tables looked up inside SIMD registers.
+ * Included by qe_bodies.h once per instruction set (FN, QE_SUFFIX, QE_SIMD);
+ * qe_dispatch.c (qe_conv16) builds and quantises the tables and finishes the
+ * outputs, this file only sums table entries.
+ *
+ * Q holds, for every table group g (phase plane x subspace) and position r of
+ * the phase plane, 2*Kp bytes: the low bytes of the Kp 16-bit entries, then
+ * their high bytes.  tb[j] is where tap j's table for output position 0
+ * starts (its group's plane plus the tap's shift); tap j's table at output
+ * position r starts at Q + tb[j] + r*2*Kp.  aT [J][Cop] holds tap j's
+ * codeword index for every output channel (Cop a multiple of 64).
+ *
+ *   acc[r][b*64 + qe_c16_slot[c]] = sum_j entry(Q + tb[j] + r*2*Kp, aT[j][b*64 + c])
+ *
+ * for r < R (a multiple of QE_C16_POS) and 64-channel blocks b.  The slot
+ * order is the order the SIMD bodies widen 16-bit sums to 32 bits in; the
+ * portable body writes the same order, so all bodies fill acc identically
+ * (integer sums: bit for bit).
+ *
+ * Overflow bounds.  The SIMD bodies look up one byte plane at a time and add
+ * the looked-up bytes (<= 255) in 16-bit lanes, as faiss's fast scan does: a
+ * raw accumulator adds each 16-bit lane (two channels' bytes, wrapping modulo
+ * 2^16) and a second adds the lane's high byte alone (lane >> 8).  The low
+ * channel's sum is recovered as raw - (high << 8) modulo 2^16, exact while
+ * it is below 2^16; flushing to int32 every QE_C16_FLUSH = 256 taps keeps
+ * every byte sum <= 256 * 255 = 65280.  An int32 total is at most
+ * 65535 * J: the caller keeps J <= QE_C16_MAX_TAPS = 32767. */
+
+#ifndef QE_C16_ONCE
+#define QE_C16_ONCE
+#define QE_C16_FLUSH 256
+/* slot of channel c (0..63) of a 64-channel block: lane c/16, word (c%16) */
+static inline int qe_c16_slot_of(int c) { return 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4; }
+#endif
+
+#define FN(name) QE_CAT(name, QE_SUFFIX)
+
+#if QE_SIMD >= 2
+
+#if QE_SIMD == 3
+#define QE_C16_P 4  /* positions per register block: 4 x 4 accumulators of 32 */
+#else
+#define QE_C16_P 2  /* 2 x 4 accumulators of 16 ymm registers */
+#endif
+
+/* Widen the 16-bit sums of one position (raw and high-byte accumulators of
+ * the low-byte and high-byte lookups) to int32 channel totals lo + 256*hi and
+ * add (or store, when first) them at dst in slot order. */
+static inline __attribute__((always_inline)) void FN(c16_flush)(qv wl, qv ol, qv wh, qv oh,
+                                                                int32_t *dst, int first)
+{
+    const qv z = qv_zero();
+    const qv el = qv_sub16(wl, qv_sll16_8(ol)), eh = qv_sub16(wh, qv_sll16_8(oh));
+    /* words in channel order within each 128-bit lane: channels 16l+0..7, 16l+8..15 */
+    const qv al = qv_unpacklo16(el, ol), ah = qv_unpacklo16(eh, oh);
+    const qv bl = qv_unpackhi16(el, ol), bh = qv_unpackhi16(eh, oh);
+    qv v[4];
+    v[0] = qv_add32(qv_unpacklo16(al, z), qv_sll32_8(qv_unpacklo16(ah, z)));
+    v[1] = qv_add32(qv_unpackhi16(al, z), qv_sll32_8(qv_unpackhi16(ah, z)));
+    v[2] = qv_add32(qv_unpacklo16(bl, z), qv_sll32_8(qv_unpacklo16(bh, z)));
+    v[3] = qv_add32(qv_unpackhi16(bl, z), qv_sll32_8(qv_unpackhi16(bh, z)));
+    for (int i = 0; i < 4; i++) {
+        int32_t *p = dst + 16 * i;
+        qv_store(p, first ? v[i] : qv_add32(qv_load(p), v[i]));
+    }
+}
+
+#define QE_C16_LOOK(KP, t, idx) \
+    ((KP) == 16 ? qv_look16(t, idx) : (KP) == 32 ? qv_look32(t, idx) : QE_C16_LOOK_WIDE(KP, t, idx))
+#if QE_SIMD == 3
+#define QE_C16_LOOK_WIDE(KP, t, idx) ((KP) == 64 ? qv_look64(t, idx) : qv_look128(t, idx))
+#else
+#define QE_C16_LOOK_WIDE(KP, t, idx) qv_look32(t, idx) /* never reached: max K 32 */
+#endif
+
+/* QE_C16_P positions from r0, one QV_BYTES-wide part h of 64-channel block b. */
+static inline __attribute__((always_inline)) void FN(c16_block)(
+    const uint8_t *Q, const int KP, const int64_t *tb, int J, const uint8_t *aT, int Cop,
+    int64_t r0, int b, int h, int32_t *acc)
+{
+    qv wl[QE_C16_P], ol[QE_C16_P], wh[QE_C16_P], oh[QE_C16_P];
+    for (int p = 0; p < QE_C16_P; p++) wl[p] = ol[p] = wh[p] = oh[p] = qv_zero();
+    const uint8_t *ai = aT + (int64_t)b * 64 + h * QV_BYTES;
+    const int64_t stride = 2 * (int64_t)KP;
+    int32_t *dst = acc + r0 * Cop + (int64_t)b * 64 + (QV_BYTES / 4) * h;
+    int first = 1, n = 0;
+    for (int j = 0; j < J; j++) {
+        const qv idx = qv_load(ai + (int64_t)j * Cop);
+        const uint8_t *t = Q + tb[j] + r0 * stride;
+        for (int p = 0; p < QE_C16_P; p++) {
+            const qv L = QE_C16_LOOK(KP, t + p * stride, idx);
+            const qv H = QE_C16_LOOK(KP, t + p * stride + KP, idx);
+            wl[p] = qv_add16(wl[p], L);
+            ol[p] = qv_add16(ol[p], qv_srl16_8(L));
+            wh[p] = qv_add16(wh[p], H);
+            oh[p] = qv_add16(oh[p], qv_srl16_8(H));
+        }
+        if (++n == QE_C16_FLUSH && j + 1 < J) {
+            for (int p = 0; p < QE_C16_P; p++) {
+                FN(c16_flush)(wl[p], ol[p], wh[p], oh[p], dst + p * Cop, first);
+                wl[p] = ol[p] = wh[p] = oh[p] = qv_zero();
+            }
+            first = 0;
+            n = 0;
+        }
+    }
+    for (int p = 0; p < QE_C16_P; p++) FN(c16_flush)(wl[p], ol[p], wh[p], oh[p], dst + p * Cop, first);
+}
+
+static inline __attribute__((always_inline)) void FN(c16_all)(
+    const uint8_t *Q, const int KP, const int64_t *tb, int J, const uint8_t *aT, int Cop,
+    int64_t R, int32_t *acc, int nthreads)
+{
+    const int64_t nrb = R / QE_C16_P;
+    const int nb = Cop / 64;
+    /* position blocks outer: their tables (QE_C16_P x J x 2Kp bytes) stay in
+     * L2 while every channel block looks them up */
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t rb = 0; rb < nrb; rb++)
+        for (int b = 0; b < nb; b++)
+            for (int h = 0; h < 64 / QV_BYTES; h++)
+                FN(c16_block)(Q, KP, tb, J, aT, Cop, rb * QE_C16_P, b, h, acc);
+}
+
+static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
+                              const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    switch (Kp) {
+    case 16: FN(c16_all)(Q, 16, tb, J, aT, Cop, R, acc, nthreads); break;
+    case 32: FN(c16_all)(Q, 32, tb, J, aT, Cop, R, acc, nthreads); break;
+#if QE_SIMD == 3
+    case 64: FN(c16_all)(Q, 64, tb, J, aT, Cop, R, acc, nthreads); break;
+    case 128: FN(c16_all)(Q, 128, tb, J, aT, Cop, R, acc, nthreads); break;
+#endif
+    default: qe_kernels_generic.conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads); break;
+    }
+}
+#undef QE_C16_P
+#undef QE_C16_LOOK
+#undef QE_C16_LOOK_WIDE
+
+#else /* portable body: the reference the SIMD bodies are tested against */
+
+static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
+                              const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    int slot[64];
+    for (int c = 0; c < 64; c++) slot[c] = qe_c16_slot_of(c);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < R; r++) {
+        int32_t *ar = acc + r * Cop;
+        for (int c = 0; c < Cop; c++) ar[c] = 0;
+        for (int j = 0; j < J; j++) {
+            const uint8_t *t = Q + tb[j] + r * 2 * (int64_t)Kp;
+            const uint8_t *a = aT + (int64_t)j * Cop;
+            for (int c = 0; c < Cop; c++) {
+                const int k = a[c];
+                ar[(c & ~63) + slot[c & 63]] += t[k] + (t[Kp + k] << 8);
+            }
+        }
+    }
+}
+
+#endif
+
+#undef FN

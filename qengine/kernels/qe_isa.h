@@ -1,0 +1,39 @@
+/* The hot kernels one instruction set provides.
+ *
+ * Each isa_*.c file sets its compilation target, then includes
+ * qe_bodies.h, which compiles the shared kernel bodies (qe_impl.h, qe_q8.h,
+ * qe_conv16.h) for that target and defines one qe_kernel_table named
+ * qe_kernels<QE_SUFFIX>.  qe_dispatch.c picks a table at run time. */
+#ifndef QE_ISA_H
+#define QE_ISA_H
+
+#include <stdint.h>
+#include "qe_kernels.h"
+
+typedef struct {
+    void (*lut_build)(const qe_conv_geom *, const float *, const float *, int, int, int, float *,
+                      const int32_t *, int, int);
+    void (*lut_lookup)(const qe_conv_geom *, const float *, const int64_t *, int, int,
+                       const int64_t *, const int32_t *, int, int, int, int, float *, int);
+    void (*scatter_rows)(const qe_conv_geom *, const float *, int, const float *, int, float *, int);
+    void (*dense_conv)(const qe_conv_geom *, const float *, const int64_t *, int, const float *,
+                       int, float *, int);
+    void (*fc_table)(const float *, int, const float *, int, int, int, float *, int);
+    void (*lut_fc)(const float *, int, const float *, int, int, int, const uint8_t *, int,
+                   const float *, float *, float *, int, int);
+    void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
+    void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *);
+    void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
+    void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
+    /* 16-bit register lookups of the fast convolution (qe_conv16.h) */
+    void (*conv16_lookup)(const uint8_t *, int, const int64_t *, int, const uint8_t *, int,
+                          int64_t, int32_t *, int);
+    int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */
+} qe_kernel_table;
+
+extern const qe_kernel_table qe_kernels_generic;
+extern const qe_kernel_table qe_kernels_avx2;
+extern const qe_kernel_table qe_kernels_avx512;
+extern const qe_kernel_table qe_kernels_avx512_emulated;
+
+#endif

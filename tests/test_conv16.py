@@ -1,0 +1,136 @@
+"""The fast convolution (16-bit tables looked up in registers) against the
+portable body bit for bit, and against the numpy reference within the
+error its table quantisation allows, on every instruction set."""
+import numpy as np
+import pytest
+
+from qengine import _kernels, reference
+from qengine.runtime import dequantize_conv
+
+from conftest import ISAS, on_every_isa
+
+RNG = np.random.default_rng(4321)
+
+
+def lookup_reference(Q, Kp, tb, aT, R):
+    """acc [R, Cop] in conv16_slot order, summed in int64 by numpy."""
+    J, Cop = aT.shape
+    acc = np.zeros((R, Cop), np.int64)
+    slots = np.array([_kernels.conv16_slot(c) for c in range(Cop)])
+    for j in range(J):
+        for r in range(R):
+            t = Q[tb[j] + r * 2 * Kp:]
+            a = aT[j].astype(np.int64)
+            acc[r, slots] += t[a].astype(np.int64) + (t[Kp + a].astype(np.int64) << 8)
+    return acc
+
+
+@pytest.mark.parametrize("Kp", [16, 32, 64, 128])
+@pytest.mark.parametrize("J,Cop,R", [(5, 64, 4), (300, 128, 8), (513, 64, 4)])
+def test_lookup_bit_identical_on_every_isa(Kp, J, Cop, R):
+    # J > 256 crosses the 16-bit flush; random tables and indices
+    ntab = 40
+    Q = RNG.integers(0, 256, ntab * 2 * Kp + R * 2 * Kp, dtype=np.uint8)
+    tb = (RNG.integers(0, ntab, J) * 2 * Kp).astype(np.int64)
+    aT = RNG.integers(0, Kp, (J, Cop)).astype(np.uint8)
+    ref = lookup_reference(Q, Kp, tb, aT, R)
+
+    def run():
+        acc = np.full((R, Cop), -7, np.int32)
+        _kernels.conv16_lookup(Q, Kp, tb, aT, R, acc, 2)
+        return acc
+    for isa, acc in zip(ISAS, on_every_isa(run)):
+        assert np.array_equal(acc, ref), f"{isa}: lookup sums differ from the reference"
+
+
+@pytest.mark.parametrize("Kp", [16, 128])
+def test_lookup_worst_case_sums_do_not_overflow(Kp):
+    # every entry 65535 over 1,000 taps: each channel's sum is 65,535,000
+    J, Cop, R = 1000, 64, 4
+    Q = np.full(2 * Kp * (R + 1), 255, np.uint8)
+    tb = np.zeros(J, np.int64)
+    aT = RNG.integers(0, Kp, (J, Cop)).astype(np.uint8)
+
+    def run():
+        acc = np.zeros((R, Cop), np.int32)
+        _kernels.conv16_lookup(Q, Kp, tb, aT, R, acc)
+        return acc
+    for isa, acc in zip(ISAS, on_every_isa(run)):
+        assert (acc == 65535 * J).all(), isa
+
+
+# (C, H, W, KH, KW, stride, pad, groups, Cout, d, K)
+CASES = [
+    (16, 13, 13, 3, 3, 1, 1, 1, 70, 4, 16),     # K=16, Cout past one 64-block
+    (12, 9, 11, 3, 3, 1, 1, 1, 7, 5, 32),       # d does not divide C, odd Cout
+    (16, 13, 13, 3, 3, 1, 1, 2, 12, 8, 64),     # groups share one codebook
+    (10, 17, 15, 4, 3, 3, 2, 2, 6, 4, 128),     # stride 3, uneven kernel, K=128
+    (64, 6, 6, 3, 3, 1, 1, 1, 40, 2, 16),       # 288 taps: crosses the 16-bit flush
+    (9, 8, 8, 1, 1, 1, 0, 1, 5, 4, 100),        # 1x1, K not a power of two
+]
+
+
+def run_conv16(x, cb, idx, b, S, P, G, relu, nthreads=1):
+    N, C, H, W = x.shape
+    Cout, KH, KW, M = idx.shape
+    cg = C // G
+    aT = np.empty(_kernels.conv16_layout_shape(Cout, G, KH * KW * M), np.uint8)
+    _kernels.conv16_layout(np.ascontiguousarray(idx.reshape(Cout, -1)), G, aT)
+    oh, ow = _kernels.conv_output_size(H, W, KH, KW, S, P)
+    ws = np.empty(_kernels.conv16_workspace_floats(cg, H, W, KH, KW, S, P, M, cb.shape[1],
+                                                   Cout // G), np.float32)
+    out = np.full((N, Cout, oh, ow), np.nan, np.float32)
+    _kernels.conv16(x, cb, aT, KH, KW, b, S, P, relu, out, ws, nthreads)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_conv16_matches_numpy(isa, case, nthreads):
+    C, H, W, KH, KW, S, P, G, Cout, d, K = case
+    cg = C // G
+    M = -(-cg // d)
+    x = np.maximum(RNG.standard_normal((2, C, H, W)), 0).astype(np.float32)  # post-ReLU input
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (Cout, KH, KW, M)).astype(np.uint8)
+    b = RNG.standard_normal(Cout).astype(np.float32)
+    ref = reference.conv2d(x, dequantize_conv(cb, idx, cg), b, S, P, G)
+    for relu in (False, True):
+        out = run_conv16(x, cb, idx, b, S, P, G, relu, nthreads)
+        want = np.maximum(ref, 0) if relu else ref
+        err = np.abs(out.astype(np.float64) - want).max() / np.abs(want).max()
+        # 16-bit tables: each entry within half a step of range/65535
+        assert err < 2e-4, f"relative error {err:.3g}"
+
+
+def test_conv16_same_on_every_isa():
+    # the tables are built per instruction set (FMA may round differently), the
+    # sums are exact: outputs agree to the quantisation step
+    C, H, W, KH, KW, S, P, G, Cout, d, K = CASES[0]
+    M = -(-C // d)
+    x = np.maximum(RNG.standard_normal((1, C, H, W)), 0).astype(np.float32)
+    cb = RNG.standard_normal((M, K, d)).astype(np.float32)
+    idx = RNG.integers(0, K, (Cout, KH, KW, M)).astype(np.uint8)
+    b = np.zeros(Cout, np.float32)
+    outs = on_every_isa(lambda: run_conv16(x, cb, idx, b, S, P, G, False))
+    for o in outs[1:]:
+        assert np.abs(o - outs[0]).max() <= 1e-4 * np.abs(outs[0]).max()
+
+
+def test_avx512_emulated_is_built_where_simde_is_installed():
+    import os
+    if os.path.exists("/usr/include/simde/x86/avx512.h"):
+        assert _kernels.isa_supported("avx512-emulated"), \
+            "SIMDe is installed but the avx512-emulated kernels were not built"
+    else:
+        pytest.skip("SIMDe (libsimde-dev) not installed here")
+
+
+def test_register_lookups_per_isa():
+    assert _kernels.ISA_NAMES[:2] == ("generic", "avx2")
+
+    def kmax():
+        return _kernels.get_isa(), _kernels.conv16_max_k()
+    want = {"generic": 0, "avx2": 32, "avx512": 128, "avx512-emulated": 128}
+    for isa, k in on_every_isa(kmax):
+        assert k == want[isa], isa
