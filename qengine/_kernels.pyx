@@ -71,6 +71,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_conv16_kp(int K)
     int qe_conv16_cop(int Cout)
     int qe_conv16_max_k()
+    int qe_conv16_auto_k()
     int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout)
     void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
     int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
@@ -85,6 +86,8 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_set_isa(int isa)
     int qe_best_isa()
     int qe_get_isa()
+
+C16_MAX_TAPS = QE_C16_MAX_TAPS
 
 # Every instruction set qe_dispatch.c knows, in its order (some may not be built here).
 ISA_NAMES = tuple(qe_isa_name(i).decode() for i in range(QE_ISA_COUNT))
@@ -212,6 +215,13 @@ def conv16_max_k():
     """Largest K whose 16-bit tables the current instruction set looks up in
     registers (0: none; the fast convolution then keeps float tables)."""
     return qe_conv16_max_k()
+
+
+def conv16_auto_k():
+    """Largest K for which fast mode uses the register tables by default on the
+    current instruction set (where they measure or are predicted faster than
+    float table rows)."""
+    return qe_conv16_auto_k()
 
 
 def conv16_layout_shape(int cout, int groups, int J):

@@ -278,9 +278,46 @@ def convert_original_dense(src_dir, out, arch=None, prototxt=None, **kw):
     return quantize_model(graph, weights, out, source, **kw)
 
 
+def load_qcnn(path):
+    """A .qcnn as the source of a new quantisation: its graph, dense weights
+    {layer: (w, b)} (quantized layers dequantized: w[o, m*d + c] =
+    codebook[m, index, c]), preprocessing spec with its mean image tensor, and
+    class names."""
+    import copy
+    from .reference import model_weights
+    from .runtime import Model
+    model = Model(path, mode="exact")
+    graph = copy.deepcopy(model.graph)
+    for L in graph["layers"]:
+        L.pop("weights", None)
+    weights = model_weights(model)
+    pre = copy.deepcopy(model._preprocess_spec)
+    tensors = {}
+    mean = pre.get("mean")
+    if isinstance(mean, dict) and mean.get("type") == "image":
+        # stored as multiples of MEAN_STEP: re-encoding them is lossless
+        arr = np.asarray(model._qf.tensor(str(mean.get("tensor", ""))), np.float32)
+        tensors["preprocess.mean"] = qformat.Tensor(arr, encoding="qdelta2d", step=MEAN_STEP)
+        pre["mean"] = {"type": "image", "tensor": "preprocess.mean"}
+    return graph, weights, (pre, tensors), list(model.class_names), model
+
+
+def convert_qcnn(src, out, preprocess=None, labels=None, **kw):
+    """Re-quantise a .qcnn with other settings (its dequantized weights are the
+    dense model); its preprocessing and class names carry over unless
+    `preprocess` options or `labels` are given.  Options as quantize_model()."""
+    graph, weights, pre, names, _ = load_qcnn(src)
+    source = {"source": os.path.abspath(src), "source_format": "qcnn (dequantized)"}
+    if preprocess and any(v is not None for v in preprocess.values()):
+        pre = None
+    return quantize_model(graph, weights, out, source, preprocess=preprocess, labels=labels,
+                          prepared=(pre, None if labels else names), **kw)
+
+
 def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
                    layer_opts=None, keep_dense=(), labels=None, preprocess=None, iters=25, seed=0,
-                   calib=None, speedup=None, force=False, log=None, progress=None):
+                   calib=None, speedup=None, force=False, log=None, progress=None,
+                   prepared=None):
     """Quantise a dense model (graph and {layer: (w, b)}) into `out` (.qcnn).
 
     layer_opts: {layer: {"subdim": d, "k": K}} overriding the defaults;
@@ -289,7 +326,9 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
     correction (None: plain k-means); speedup: a theoretical speed-up for which
     plan.py picks each remaining layer's d and K (or keeps it dense), measuring
     errors on calib; preprocess: keyword options of
-    make_preprocess() (mean, mean_pixel, scale, channel_order, resize, crop)."""
+    make_preprocess() (mean, mean_pixel, scale, channel_order, resize, crop);
+    prepared: ((spec, tensors) or None, class names or None) already made, as
+    a .qcnn source carries them (convert_qcnn)."""
     from .quantize import quantize_weights
     log = log or (lambda m: None)
     t0 = time.time()
@@ -305,7 +344,15 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
     # everything that can fail on the user's input fails before the long work
     names = read_labels(labels, output_classes(graph)) if labels else []
     tensors, qinfo = {}, {}
-    pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors, **(preprocess or {}))
+    ready_pre, ready_names = prepared or (None, None)
+    if ready_names is not None:
+        names = ready_names
+    if ready_pre is not None:           # a .qcnn source's own preprocessing
+        pre = ready_pre[0]
+        tensors.update(ready_pre[1])
+    else:
+        pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors,
+                              **(preprocess or {}))
     if speedup is not None and not all_dense:
         from .plan import plan as plan_layers
         log(f"planning per-layer settings for a {speedup:g}x theoretical speed-up")

@@ -166,6 +166,18 @@ def blocked_conv_weights(w, groups):
     return out
 
 
+def _conv16_k_limit():
+    """Largest K whose convolutions fast mode runs on 16-bit register tables:
+    the instruction set's default, or with QENGINE_CONV16=1 every K it can
+    hold in registers (=0: never)."""
+    force = os.environ.get("QENGINE_CONV16", "")
+    if force == "1":
+        return _kernels.conv16_max_k()
+    if force == "0":
+        return 0
+    return _kernels.conv16_auto_k()
+
+
 class _Conv(_Weighted):
     def _load(self, qf, w, where, cout):
         c, h, wd = self.in_shapes[0]
@@ -191,6 +203,17 @@ class _Conv(_Weighted):
                 taps = buffers.reshape(self.indices, (cout, self.kh * self.kw, self.M))
                 self.weight_blocked = blocked_conv_weights(
                     _dequantize(self.codebook, taps, cg), self.group)
+            elif self.fast and self.K <= _conv16_k_limit() \
+                    and self.kh * self.kw * self.M <= _kernels.C16_MAX_TAPS:
+                # fast: 16-bit tables looked up inside SIMD registers, where this
+                # instruction set can hold K entries (see README, "Fast mode")
+                self.strategy = "lut16"
+                J = self.kh * self.kw * self.M
+                self.indices16 = buffers.empty(_kernels.conv16_layout_shape(cout, self.group, J),
+                                               "B")
+                _kernels.conv16_layout(buffers.reshape(self.indices, (cout, J)), self.group,
+                                       self.indices16)
+                self.indices = None
         else:
             self.strategy = "dense"
             self.weight = _tensor(qf, w["weight"], "f32", (cout, cg, self.kh, self.kw), where)
@@ -199,6 +222,10 @@ class _Conv(_Weighted):
     def workspace(self):
         c, h, w = self.in_shapes[0]
         g = self.group
+        if self.strategy == "lut16":
+            return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
+                                                    self.params["stride"], self.params["pad"],
+                                                    self.M, self.K, self.params["num_output"] // g)
         if self.strategy == "lut":
             return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
                                                   self.params["pad"], self.M, self.K,
@@ -208,7 +235,7 @@ class _Conv(_Weighted):
                                               self.params["num_output"] // g)
 
     def cost(self):
-        lut = self.strategy == "lut"
+        lut = self.strategy in ("lut", "lut16")
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
@@ -216,7 +243,10 @@ class _Conv(_Weighted):
         x = xs[0]
         out = self.new_out(x.shape[0])
         p = self.params
-        if self.strategy == "lut":
+        if self.strategy == "lut16":
+            _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
+                            p["stride"], p["pad"], relu, out, ws, nthreads)
+        elif self.strategy == "lut":
             _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
                               self.group, relu, out, ws, nthreads)
         else:
@@ -594,7 +624,9 @@ def load(path, mode="exact", threads=1, strategy="auto"):
     mode      "exact": float lookup tables everywhere.
               "fast": fully-connected layers with K <= 32 codewords use 8-bit tables
               looked up inside SIMD registers (one scale per layer and image, one
-              offset per table row); convolutions keep float tables (see README).
+              offset per table row); convolutions use 16-bit tables looked up inside
+              registers where the instruction set makes them pay (AVX-512: K <= 128;
+              QENGINE_CONV16=1 also on AVX2 for K <= 32), else float tables (README).
     threads   threads each call may use (the kernels split output positions)
     strategy  "auto" runs a first convolution whose input has fewer channels than
               the subspace dimension densely on its dequantized weights (faster,

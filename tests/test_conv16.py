@@ -134,3 +134,63 @@ def test_register_lookups_per_isa():
     want = {"generic": 0, "avx2": 32, "avx512": 128, "avx512-emulated": 128}
     for isa, k in on_every_isa(kmax):
         assert k == want[isa], isa
+
+
+def _fast_and_exact(path, isa, monkeypatch, force=None):
+    import qengine
+    if force is not None:
+        monkeypatch.setenv("QENGINE_CONV16", force)
+    before = _kernels.get_isa()
+    _kernels.set_isa(isa)
+    try:
+        return qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
+    finally:
+        _kernels.set_isa(before)
+
+
+@pytest.mark.parametrize("isa,force", [(i, f) for i in ISAS for f in (None, "1")])
+def test_fast_model_uses_register_tables_where_chosen(tmp_path, isa, force, monkeypatch):
+    import modelkit
+    path = str(tmp_path / "m.qcnn")
+    modelkit.build(path, seed=5)
+    fast, exact = _fast_and_exact(path, isa, monkeypatch, force)
+    before = _kernels.get_isa()
+    _kernels.set_isa(isa)
+    limit = _kernels.conv16_max_k() if force == "1" else _kernels.conv16_auto_k()
+    try:
+        strat = fast.layer_strategies()
+        for op in fast._ops:
+            if op.type == "Convolution" and op.mode == "lut" and op.strategy != "dequantized":
+                assert (strat[op.name] == "lut16") == (op.K <= limit), (op.name, strat)
+        x = np.maximum(RNG.standard_normal((3,) + fast.input_shape), 0).astype(np.float32)
+        names = [n for n in fast.layer_names if n.startswith("c")]
+        a, b = fast.forward(x, outputs=names), exact.forward(x, outputs=names)
+        for n in names:
+            err = np.linalg.norm(a[n] - b[n]) / np.linalg.norm(b[n])
+            assert err < 1e-3, (n, err)
+    finally:
+        _kernels.set_isa(before)
+
+
+def test_alexnet_pool5_fast_within_half_a_percent(alexnet_qcnn, monkeypatch):
+    # the original AlexNet (K=128) on the AVX-512 code (emulated where the CPU
+    # lacks it): 16-bit tables in conv2-conv5, pool5 against the float tables
+    import glob
+    from conftest import shared_path
+    isa = "avx512" if "avx512" in ISAS else "avx512-emulated"
+    if isa not in ISAS:
+        pytest.skip("no AVX-512 kernels here (install SIMDe, libsimde-dev)")
+    ref = shared_path("qcnn-alexnet-reference")
+    x = np.load(sorted(glob.glob(f"{ref}/*/input_nchw_bgr.npy"))[0])
+    fast, exact = _fast_and_exact(alexnet_qcnn, isa, monkeypatch)
+    assert {fast.layer_strategies()[n] for n in ("conv2", "conv3", "conv4", "conv5")} == {"lut16"}
+    before = _kernels.get_isa()
+    _kernels.set_isa(isa)
+    try:
+        a = fast.forward(x, outputs=["pool5"])["pool5"]
+    finally:
+        _kernels.set_isa(before)
+    b = exact.forward(x, outputs=["pool5"])["pool5"]
+    err = np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert err <= 5e-3, f"pool5 relative L2 error {err:.2e}"
+    assert err > 0   # the fast path did run on other tables

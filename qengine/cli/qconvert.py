@@ -6,6 +6,10 @@
         or a dense one in its layout (*.convKnl.NN.bin, *.fcntWei.NN.bin,
         *.biasVec.NN.bin): quantised like a Caffe model.
 
+    qconvert MODEL.qcnn -o other.qcnn --conv-k 16 --conv-subdim 4
+        re-quantise a .qcnn with other settings: its dequantized weights are the
+        dense model; preprocessing and class names carry over.
+
     qconvert DIR -o model.qcnn                 (DIR holds one .prototxt and one .caffemodel)
     qconvert --prototxt deploy.prototxt --caffemodel weights.caffemodel -o model.qcnn
         a dense Caffe model: product-quantised (k-means per subspace), then, with
@@ -52,7 +56,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="qconvert", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", nargs="?", help="directory of the model files")
+    ap.add_argument("src", nargs="?", help="directory of the model files, or a .qcnn")
     ap.add_argument("-o", "--output", required=True, help="the .qcnn file to write")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--arch", help="built-in architecture for original Quantized-CNN files: "
@@ -96,8 +100,15 @@ def main(argv=None):
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     try:
         prototxt, caffemodel = args.prototxt, args.caffemodel
+        if args.src and os.path.isfile(args.src) and _is_qcnn(args.src):
+            if args.arch or args.prototxt or args.caffemodel:
+                fail("qconvert", f"{args.src}: a .qcnn carries its own architecture; "
+                                 f"--arch, --prototxt and --caffemodel do not apply", 2)
+            opts = _quantize_options(args, None, log, qcnn_source=args.src)
+            convert.convert_qcnn(args.src, args.output, **opts)
+            return 0
         if args.src and not os.path.isdir(args.src):
-            fail("qconvert", f"{args.src}: not a directory")
+            fail("qconvert", f"{args.src}: not a directory or a .qcnn file")
         if args.src and not caffemodel and not glob.glob(os.path.join(args.src, "*.ctrdLst.*")):
             models = sorted(glob.glob(os.path.join(args.src, "*.caffemodel")))
             protos = sorted(glob.glob(os.path.join(args.src, "*.prototxt")))
@@ -139,23 +150,57 @@ def main(argv=None):
     return 0
 
 
-def _quantize_options(args, arch_file, log):
+def _is_qcnn(path):
+    from ..format import MAGIC
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _quantize_options(args, arch_file, log, qcnn_source=None):
     """Keyword options of convert.quantize_model() from the command line: the
     preprocessing stored in the model, calibration inputs (preprocessed as the
-    network `arch_file` describes) and the quantisation settings."""
+    network `arch_file` describes, or as the .qcnn `qcnn_source` does) and the
+    quantisation settings."""
     from ..progress import Progress
     preprocess = {"mean": args.mean, "scale": args.scale, "channel_order": args.channel_order,
                   "resize": args.resize, "crop": args.crop}
     if args.mean_pixel:
         preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
     calib = None
-    if args.calib:
+    if args.calib and qcnn_source:
+        calib = _calibration_from_qcnn(args.calib, qcnn_source, args.calib_count, log)
+    elif args.calib:
         calib = load_calibration(args.calib, arch_file, preprocess, args.calib_count, log)
     return dict(conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
                 fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
                 calib=calib, speedup=args.speedup, force=args.force, log=log,
                 progress=None if args.quiet else (lambda label, total: Progress(label, total)))
+
+
+def _calibration_from_qcnn(src, qcnn, count, log):
+    """Calibration inputs for re-quantising a .qcnn: an .npy, or images
+    preprocessed by the model's own preprocessing."""
+    import numpy as np
+    from ..datasets import open_set
+    from ..runtime import Model
+    model = Model(qcnn)
+    if src.endswith(".npy"):
+        x = np.load(src, allow_pickle=False, mmap_mode="r")
+        if x.ndim != 4 or tuple(x.shape[1:]) != model.input_shape:
+            from ..errors import FormatError
+            raise FormatError(f"{src}: calibration inputs must be "
+                              f"[N, {', '.join(map(str, model.input_shape))}], are {list(x.shape)}")
+        return np.ascontiguousarray(x[:count], np.float32)
+    items, _ = open_set(src, labelled=False)
+    rng = np.random.default_rng(0)
+    if len(items) > count:
+        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
+    log(f"calibration: {len(items)} images from {src}")
+    return np.stack([np.asarray(model.preprocessor(it)) for it in items])
 
 
 def load_calibration(src, prototxt, preprocess, count, log):

@@ -7,6 +7,7 @@
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 #define QE_SUFFIX _avx512_emulated
+#define QE_SIMD_EMULATED 1
 #define QE_SIMD 3
 #include "qe_bodies.h"
 #endif

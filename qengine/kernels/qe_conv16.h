@@ -83,34 +83,57 @@ static inline __attribute__((always_inline)) void FN(c16_block)(
     const uint8_t *ai = aT + (int64_t)b * 64 + h * QV_BYTES;
     const int64_t stride = 2 * (int64_t)KP;
     int32_t *dst = acc + r0 * Cop + (int64_t)b * 64 + (QV_BYTES / 4) * h;
-    int first = 1, n = 0;
-    for (int j = 0; j < J; j++) {
-        const qv idx = qv_load(ai + (int64_t)j * Cop);
-        const uint8_t *t = Q + tb[j] + r0 * stride;
-        for (int p = 0; p < QE_C16_P; p++) {
-            const qv L = QE_C16_LOOK(KP, t + p * stride, idx);
-            const qv H = QE_C16_LOOK(KP, t + p * stride + KP, idx);
-            wl[p] = qv_add16(wl[p], L);
-            ol[p] = qv_add16(ol[p], qv_srl16_8(L));
-            wh[p] = qv_add16(wh[p], H);
-            oh[p] = qv_add16(oh[p], qv_srl16_8(H));
-        }
-        if (++n == QE_C16_FLUSH && j + 1 < J) {
+    /* taps in runs of at most QE_C16_FLUSH, each run summed in 16 bits and
+     * then widened into acc (a flat loop per run keeps the sums in registers) */
+    for (int j0 = 0; j0 < J; j0 += QE_C16_FLUSH) {
+        const int j1 = J - j0 < QE_C16_FLUSH ? J : j0 + QE_C16_FLUSH;
+        for (int j = j0; j < j1; j++) {
+            const qv idx = qv_load(ai + (int64_t)j * Cop);
+            const uint8_t *t = Q + tb[j] + r0 * stride;
             for (int p = 0; p < QE_C16_P; p++) {
-                FN(c16_flush)(wl[p], ol[p], wh[p], oh[p], dst + p * Cop, first);
-                wl[p] = ol[p] = wh[p] = oh[p] = qv_zero();
+                const qv L = QE_C16_LOOK(KP, t + p * stride, idx);
+                const qv H = QE_C16_LOOK(KP, t + p * stride + KP, idx);
+                wl[p] = qv_add16(wl[p], L);
+                ol[p] = qv_add16(ol[p], qv_srl16_8(L));
+                wh[p] = qv_add16(wh[p], H);
+                oh[p] = qv_add16(oh[p], qv_srl16_8(H));
+#if defined(__GNUC__) && QE_SIMD == 2
+                /* keeps each sum in one register across iterations: without
+                 * it GCC 12 copies all of them once per tap (vmovdqa) */
+                __asm__("" : "+v"(wl[p]), "+v"(ol[p]), "+v"(wh[p]), "+v"(oh[p]));
+#endif
             }
-            first = 0;
-            n = 0;
+        }
+        for (int p = 0; p < QE_C16_P; p++) {
+            FN(c16_flush)(wl[p], ol[p], wh[p], oh[p], dst + p * Cop, j0 == 0);
+            wl[p] = ol[p] = wh[p] = oh[p] = qv_zero();
         }
     }
-    for (int p = 0; p < QE_C16_P; p++) FN(c16_flush)(wl[p], ol[p], wh[p], oh[p], dst + p * Cop, first);
 }
 
-static inline __attribute__((always_inline)) void FN(c16_all)(
-    const uint8_t *Q, const int KP, const int64_t *tb, int J, const uint8_t *aT, int Cop,
-    int64_t R, int32_t *acc, int nthreads)
+/* One register block; the switch hands c16_block a constant table size so
+ * that each size gets its own loop (the OpenMP body below is outlined, which
+ * would otherwise turn a constant parameter into a run-time one). */
+static void FN(c16_block_any)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
+                              const uint8_t *aT, int Cop, int64_t r0, int b, int h, int32_t *acc)
 {
+    switch (Kp) {
+    case 16: FN(c16_block)(Q, 16, tb, J, aT, Cop, r0, b, h, acc); break;
+    case 32: FN(c16_block)(Q, 32, tb, J, aT, Cop, r0, b, h, acc); break;
+#if QE_SIMD == 3
+    case 64: FN(c16_block)(Q, 64, tb, J, aT, Cop, r0, b, h, acc); break;
+    default: FN(c16_block)(Q, 128, tb, J, aT, Cop, r0, b, h, acc); break;
+#endif
+    }
+}
+
+static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
+                              const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    if (Kp > QE_CONV16_MAX_K) {
+        qe_kernels_generic.conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads);
+        return;
+    }
     const int64_t nrb = R / QE_C16_P;
     const int nb = Cop / 64;
     /* position blocks outer: their tables (QE_C16_P x J x 2Kp bytes) stay in
@@ -119,21 +142,7 @@ static inline __attribute__((always_inline)) void FN(c16_all)(
     for (int64_t rb = 0; rb < nrb; rb++)
         for (int b = 0; b < nb; b++)
             for (int h = 0; h < 64 / QV_BYTES; h++)
-                FN(c16_block)(Q, KP, tb, J, aT, Cop, rb * QE_C16_P, b, h, acc);
-}
-
-static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
-                              const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
-{
-    switch (Kp) {
-    case 16: FN(c16_all)(Q, 16, tb, J, aT, Cop, R, acc, nthreads); break;
-    case 32: FN(c16_all)(Q, 32, tb, J, aT, Cop, R, acc, nthreads); break;
-#if QE_SIMD == 3
-    case 64: FN(c16_all)(Q, 64, tb, J, aT, Cop, R, acc, nthreads); break;
-    case 128: FN(c16_all)(Q, 128, tb, J, aT, Cop, R, acc, nthreads); break;
-#endif
-    default: qe_kernels_generic.conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads); break;
-    }
+                FN(c16_block_any)(Q, Kp, tb, J, aT, Cop, rb * QE_C16_P, b, h, acc);
 }
 #undef QE_C16_P
 #undef QE_C16_LOOK

@@ -408,6 +408,8 @@ int qe_conv16_cop(int Cout) { return (Cout + 63) / 64 * 64; }
 
 int qe_conv16_max_k(void) { return K_()->conv16_max_k; }
 
+int qe_conv16_auto_k(void) { return K_()->conv16_auto_k; }
+
 int qe_conv16_slot(int c) { return 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4; }
 
 static int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
@@ -462,34 +464,55 @@ static float c16_quantize(const float *T, int G, int K, int Kp, int64_t PS, floa
                           float *hi, uint8_t *Q)
 {
     float range = 0.f;
+    (void)hi;
     for (int gi = 0; gi < G; gi++) {
         const float *Tg = T + (int64_t)gi * K * PS;
         float *lo = mins + gi * PS;
-        memcpy(lo, Tg, sizeof(float) * (size_t)PS);
-        memcpy(hi, Tg, sizeof(float) * (size_t)PS);
-        for (int k = 1; k < K; k++) {
-            const float *t = Tg + (int64_t)k * PS;
-            for (int64_t r = 0; r < PS; r++) {
-                lo[r] = t[r] < lo[r] ? t[r] : lo[r];
-                hi[r] = t[r] > hi[r] ? t[r] : hi[r];
+        for (int64_t r0 = 0; r0 < PS; r0 += 16) {   /* 16 positions held in registers */
+            float l[16], h[16];
+            for (int i = 0; i < 16; i++) l[i] = h[i] = Tg[r0 + i];
+            for (int k = 1; k < K; k++) {
+                const float *t = Tg + (int64_t)k * PS + r0;
+                for (int i = 0; i < 16; i++) {
+                    l[i] = t[i] < l[i] ? t[i] : l[i];
+                    h[i] = t[i] > h[i] ? t[i] : h[i];
+                }
+            }
+            for (int i = 0; i < 16; i++) {
+                lo[r0 + i] = l[i];
+                range = h[i] - l[i] > range ? h[i] - l[i] : range;
             }
         }
-        for (int64_t r = 0; r < PS; r++) range = hi[r] - lo[r] > range ? hi[r] - lo[r] : range;
     }
     const float s = range > 0.f ? range / 65535.f : 1.f;
     const float inv = 1.f / s;
+    /* 16 positions at a time: quantise along r (contiguous, vectorised) into
+     * per-position rows of low and high bytes held in L1, then copy the rows */
+    uint8_t tlo[16][128], thi[16][128];
     for (int gi = 0; gi < G; gi++) {
         const float *Tg = T + (int64_t)gi * K * PS;
         const float *lo = mins + gi * PS;
         uint8_t *Qg = Q + (int64_t)gi * PS * 2 * Kp;
-        for (int k = 0; k < K; k++) {
-            const float *t = Tg + (int64_t)k * PS;
-            uint8_t *q = Qg + k;
-            for (int64_t r = 0; r < PS; r++, q += 2 * Kp) {
-                const float v = (t[r] - lo[r]) * inv + 0.5f;
-                const int iv = v >= 65535.f ? 65535 : v > 0.f ? (int)v : 0;
-                q[0] = (uint8_t)(iv & 255);
-                q[Kp] = (uint8_t)(iv >> 8);
+        for (int64_t r0 = 0; r0 < PS; r0 += 16) {   /* PS is a multiple of 16 */
+            const int nr = 16;
+            for (int k = 0; k < K; k++) {
+                const float *t = Tg + (int64_t)k * PS + r0;
+                int32_t qv16[16];
+                for (int i = 0; i < 16; i++) {
+                    float v = (t[i] - lo[r0 + i]) * inv + 0.5f;
+                    v = v > 0.f ? v : 0.f;            /* maxps, minps: no branches */
+                    v = v < 65535.f ? v : 65535.f;
+                    qv16[i] = (int32_t)v;
+                }
+                for (int i = 0; i < 16; i++) {
+                    tlo[i][k] = (uint8_t)qv16[i];
+                    thi[i][k] = (uint8_t)(qv16[i] >> 8);
+                }
+            }
+            for (int i = 0; i < nr; i++) {
+                uint8_t *q = Qg + (r0 + i) * 2 * Kp;
+                memcpy(q, tlo[i], (size_t)K);
+                memcpy(q + Kp, thi[i], (size_t)K);
             }
         }
     }
@@ -525,14 +548,16 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     for (int i = 0; i < G; i++) blks[i] = i;
     K_()->lut_build(g, xp, cb, M, K, d, T, blks, G, nthreads);
     const float s = c16_quantize(T, G, K, Kp, g->PS, mins, hi, Q);
-    const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
+    /* positions in whole register blocks of 4: the tables of the last ones
+     * still lie inside the planes (PS >= R rounded to QE_TILE + largest shift) */
+    const int64_t R4 = (g->R + 3) / 4 * 4;
     /* each output position's offsets: the same for every channel */
-    memset(off, 0, sizeof(float) * (size_t)RP);
+    memset(off, 0, sizeof(float) * (size_t)R4);
     for (int j = 0; j < J; j++) {
         const float *mj = mins + tm[j];
-        for (int64_t r = 0; r < RP; r++) off[r] += mj[r];
+        for (int64_t r = 0; r < R4; r++) off[r] += mj[r];
     }
-    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, RP, acc, nthreads);
+    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R4, acc, nthreads);
     const int64_t OHW = (int64_t)g->OH * g->OW;
     for (int co = 0; co < Cout; co++) {
         const int32_t *a = acc + (co & ~63) + qe_conv16_slot(co & 63);

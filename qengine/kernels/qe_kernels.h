@@ -204,6 +204,7 @@ int qe_resize_pixels_ac(const uint8_t *px, int H, int W, int ch, int order, floa
 int qe_conv16_kp(int K);                /* table bytes per plane: 16, 32, 64, 128; -1 */
 int qe_conv16_cop(int Cout);            /* Cout rounded up to 64 */
 int qe_conv16_max_k(void);              /* largest K the current ISA looks up in registers */
+int qe_conv16_auto_k(void);             /* largest K fast mode uses them for by default */
 int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout);
 /* asmt [Cout][KH][KW][M] -> out [KH*KW*M][qe_conv16_cop(Cout)] (zeros past Cout). */
 void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out);

@@ -11,6 +11,8 @@
 typedef __m512i qv;
 #define QV_BYTES 64
 #define QE_CONV16_MAX_K 128
+/* chosen by default: 64-byte vpermb/vpermi2b lookups, 32 registers (see README) */
+#define QE_CONV16_AUTO_K 128
 static inline qv qv_load(const void *p) { return _mm512_loadu_si512(p); }
 static inline void qv_store(void *p, qv v) { _mm512_storeu_si512(p, v); }
 static inline qv qv_zero(void) { return _mm512_setzero_si512(); }
@@ -48,6 +50,9 @@ static inline qv qv_look128(const uint8_t *t, qv idx)
 typedef __m256i qv;
 #define QV_BYTES 32
 #define QE_CONV16_MAX_K 32
+/* not chosen by default: on Zen 3 these layers measured 0.7-1.05x the float
+ * rows (README, "Fast mode"); QENGINE_CONV16=1 selects them */
+#define QE_CONV16_AUTO_K 0
 static inline qv qv_load(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 static inline void qv_store(void *p, qv v) { _mm256_storeu_si256((__m256i *)p, v); }
 static inline qv qv_zero(void) { return _mm256_setzero_si256(); }
@@ -73,6 +78,7 @@ static inline qv qv_look32(const uint8_t *t, qv idx)
 
 #else
 #define QE_CONV16_MAX_K 0 /* the portable body looks tables up in memory */
+#define QE_CONV16_AUTO_K 0
 #endif
 
 #endif /* QE_SIMD_H_ONCE */

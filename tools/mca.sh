@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Throughput estimate of the fast convolution's inner loops with llvm-mca's
+# Zen 4 model (Debian llvm-16), for comparing loop variants on machines
+# without AVX-512.  Relative figures only: the model is not the CPU.
+#   tools/mca.sh [znver4|znver3]
+set -euo pipefail
+cd "$(dirname "$0")/../qengine/kernels"
+CPU="${1:-znver4}"
+MCA="${MCA:-llvm-mca-16}"
+tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+flags="-O3 -std=c11 -fno-math-errno -ffp-contract=fast -fopenmp -S"
+gcc $flags -o "$tmp/avx512.s" isa_avx512.c
+gcc $flags -o "$tmp/avx2.s" isa_avx2.c
+# each inner loop: the basic block from its label to the backward branch, found
+# by the lookup instruction it holds
+loop() {  # file, instruction pattern, n-th match
+    awk -v pat="$2" -v want="$3" '
+        /^\.L[0-9]+:/ { label = substr($1, 1, length($1) - 1); n = 0; delete body }
+        { body[n++] = $0 }
+        $0 ~ pat && !seen[label]++ { hits++ }
+        /^\tj[a-z]+\t\.L[0-9]+/ && $2 == label && hits == want && !done {
+            for (i = 1; i < n; i++) print body[i]; done = 1 }' "$1"
+}
+report() {  # name, file, pattern, lookups (16-bit) per iteration
+    loop "$2" "$3" 1 > "$tmp/l.s"
+    if [ ! -s "$tmp/l.s" ]; then echo "$1: loop not found"; return; fi
+    c=$("$MCA" -mcpu="$CPU" -iterations=500 "$tmp/l.s" 2>/dev/null | awk '/Total Cycles/ {t=$3} /Iterations/ {i=$2} END {printf "%.2f", t/i}')
+    echo "$1: $c cycles/iteration, $4 lookups/iteration -> $(echo "$4 / $c" | bc -l | cut -c1-5) lookups/cycle ($CPU)"
+}
+report "avx512 K<=128 (vpermi2b, 4 positions x 64 channels)" "$tmp/avx512.s" "vperm[it]2b" 256
+report "avx2   K<=16  (vpshufb, 2 positions x 32 channels)" "$tmp/avx2.s" "vbroadcasti128" 64
