@@ -458,13 +458,13 @@ void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const 
 
 /* Quantise the float tables T [G][K][PS] into Q (see qe_conv16.h): the
  * smallest entry of each table goes to mins [G][PS]; returns the scale.
+ * Entries are round-half-up((T - min) / s), clamped to 0..65535.
  * Compiled here, without FMA contraction, so that the entries do not depend
  * on the instruction set. */
 static float c16_quantize(const float *T, int G, int K, int Kp, int64_t PS, float *mins,
-                          float *hi, uint8_t *Q)
+                          uint8_t *Q)
 {
     float range = 0.f;
-    (void)hi;
     for (int gi = 0; gi < G; gi++) {
         const float *Tg = T + (int64_t)gi * K * PS;
         float *lo = mins + gi * PS;
@@ -535,8 +535,7 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     int64_t *tb = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
     int64_t *tm = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
     int32_t *blks = (int32_t *)malloc(sizeof(int32_t) * (size_t)G);
-    float *hi = (float *)malloc(sizeof(float) * (size_t)g->PS);
-    if (!tb || !tm || !blks || !hi) { free(tb); free(tm); free(blks); free(hi); return -1; }
+    if (!tb || !tm || !blks) { free(tb); free(tm); free(blks); return -1; }
     for (int kh = 0; kh < g->KH; kh++)
         for (int kw = 0; kw < g->KW; kw++)
             for (int m = 0; m < M; m++) {
@@ -547,7 +546,7 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
             }
     for (int i = 0; i < G; i++) blks[i] = i;
     K_()->lut_build(g, xp, cb, M, K, d, T, blks, G, nthreads);
-    const float s = c16_quantize(T, G, K, Kp, g->PS, mins, hi, Q);
+    const float s = c16_quantize(T, G, K, Kp, g->PS, mins, Q);
     /* positions in whole register blocks of 4: the tables of the last ones
      * still lie inside the planes (PS >= R rounded to QE_TILE + largest shift) */
     const int64_t R4 = (g->R + 3) / 4 * 4;
@@ -570,6 +569,6 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
                 yc[(int64_t)oh * g->OW + ow] = relu && v < 0.f ? 0.f : v;
             }
     }
-    free(tb); free(tm); free(blks); free(hi);
+    free(tb); free(tm); free(blks);
     return 0;
 }
