@@ -72,7 +72,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_conv16_cop(int Cout)
     int qe_conv16_max_k()
     int qe_conv16_auto_k()
-    int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout)
+    int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int d, int Cout)
     void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
     int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
                   const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
@@ -243,11 +243,11 @@ def conv16_layout(const uint8_t[:, ::1] asmt, int groups, uint8_t[:, :, ::1] out
 
 
 def conv16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int M, int K,
-                            int Cout):
+                            int d, int Cout):
     """Scratch floats the fast convolution of one group needs (phase planes included)."""
     cdef qe_conv_geom g
     _geom(&g, C, H, W, KH, KW, S, P)
-    cdef int64_t nb = qe_conv16_bytes(&g, M, K, Cout)
+    cdef int64_t nb = qe_conv16_bytes(&g, M, K, d, Cout)
     if nb < 0:
         raise ValueError(f"K={K} has no 16-bit table layout")
     return qe_phase_floats(&g) + (nb + 3) // 4 + 16
@@ -272,7 +272,7 @@ def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
                          f"{list(aT.shape)}, input channels per group {Cg}")
     if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
         raise ValueError("bias or output shape does not match the convolution")
-    cdef int64_t nxp = qe_phase_floats(&g), nb = qe_conv16_bytes(&g, M, K, Og)
+    cdef int64_t nxp = qe_phase_floats(&g), nb = qe_conv16_bytes(&g, M, K, d, Og)
     if nb < 0 or ws.shape[0] < nxp + (nb + 3) // 4 + 16:
         raise ValueError(f"workspace too small for the fast convolution")
     # the byte scratch starts 64-byte aligned

@@ -225,7 +225,8 @@ class _Conv(_Weighted):
         if self.strategy == "lut16":
             return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                     self.params["stride"], self.params["pad"],
-                                                    self.M, self.K, self.params["num_output"] // g)
+                                                    self.M, self.K, self.d,
+                                                    self.params["num_output"] // g)
         if self.strategy == "lut":
             return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
                                                   self.params["pad"], self.M, self.K,

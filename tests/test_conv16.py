@@ -78,7 +78,7 @@ def run_conv16(x, cb, idx, b, S, P, G, relu, nthreads=1):
     _kernels.conv16_layout(np.ascontiguousarray(idx.reshape(Cout, -1)), G, aT)
     oh, ow = _kernels.conv_output_size(H, W, KH, KW, S, P)
     ws = np.empty(_kernels.conv16_workspace_floats(cg, H, W, KH, KW, S, P, M, cb.shape[1],
-                                                   Cout // G), np.float32)
+                                                   cb.shape[2], Cout // G), np.float32)
     out = np.full((N, Cout, oh, ow), np.nan, np.float32)
     _kernels.conv16(x, cb, aT, KH, KW, b, S, P, relu, out, ws, nthreads)
     return out

@@ -35,6 +35,116 @@ static inline int qe_c16_slot_of(int c) { return 16 * ((c % 16) / 4) + 4 * (c / 
 
 #define FN(name) QE_CAT(name, QE_SUFFIX)
 
+/* ---- the tables, built and quantised in place ------------------------------
+ * For every table group g = (phase ph, subspace m) and plane position r, the
+ * K entries T[k] = sum_c cb[m][k][c] * x[ph][m*d + c][r], computed 8
+ * codewords at a time from cbT [M][d][Kp] (codewords padded to Kp with copies
+ * of codeword 0 so that padding never changes a minimum or maximum).  pass 0 writes each table's smallest entry to mins [G][PS] and
+ * returns the largest range; pass 1 computes the same entries again (the
+ * arithmetic is cheap next to the lookups; no float table goes through
+ * memory) and writes q = (T - min) * inv rounded half up, clamped to
+ * 0..65535, as its low and high bytes at Q + (g*PS + r)*2*Kp. */
+typedef int32_t QE_CAT(v8i, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
+typedef uint8_t QE_CAT(v32b, QE_SUFFIX) __attribute__((vector_size(32), aligned(1)));
+#define V8F QE_CAT(v8f, QE_SUFFIX)
+#define V8I QE_CAT(v8i, QE_SUFFIX)
+
+static inline V8F FN(c16_vmin)(V8F a, V8F b)
+{
+    V8I m = a < b;
+    return (V8F)(((V8I)a & m) | ((V8I)b & ~m));
+}
+
+static inline V8F FN(c16_vmax)(V8F a, V8F b)
+{
+    V8I m = a > b;
+    return (V8F)(((V8I)a & m) | ((V8I)b & ~m));
+}
+
+/* One group's tables, NV vectors of 8 codewords, pass PASS; returns its largest range. */
+static inline __attribute__((always_inline)) float FN(c16_build_group)(
+    const qe_conv_geom *g, const float *xp, const float *cbT, int M, int d, int Kp,
+    float *mins, float inv, uint8_t *Q, int gi, const int NV, const int PASS)
+{
+    const int64_t PS = g->PS;
+    const int C = g->C;
+    const int ph = gi / M, m = gi - ph * M;
+    const int c0 = m * d, dm = C - c0 < d ? C - c0 : d;
+    const float *X = xp + ((int64_t)ph * C + c0) * PS;
+    const float *cbm = cbT + (int64_t)m * d * 8 * NV;
+    float *mn = mins + (int64_t)gi * PS;
+    uint8_t *Qg = Q + (int64_t)gi * PS * 2 * Kp;
+    /* byte i of the low half: low byte of int32 lane i; high half: its second byte */
+    const QE_CAT(v32b, QE_SUFFIX) pick = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    float range = 0.f;
+    for (int64_t r = 0; r < PS; r++) {
+        V8F acc[16];
+        for (int v = 0; v < NV; v++) acc[v] = FN(vsplat)(0.f);
+        for (int c = 0; c < dm; c++) {
+            const V8F xs = FN(vsplat)(X[c * PS + r]);
+            const float *w = cbm + (int64_t)c * 8 * NV;
+            for (int v = 0; v < NV; v++) acc[v] += xs * FN(vload)(w + 8 * v);
+        }
+        if (PASS == 0) {
+            V8F lo = acc[0], hi = acc[0];
+            for (int v = 1; v < NV; v++) {
+                lo = FN(c16_vmin)(lo, acc[v]);
+                hi = FN(c16_vmax)(hi, acc[v]);
+            }
+            float l = lo[0], h = hi[0];
+            for (int i = 1; i < 8; i++) {
+                l = lo[i] < l ? lo[i] : l;
+                h = hi[i] > h ? hi[i] : h;
+            }
+            mn[r] = l;
+            range = h - l > range ? h - l : range;
+        } else {
+            const V8F l = FN(vsplat)(mn[r]), sc = FN(vsplat)(inv), half = FN(vsplat)(0.5f);
+            const V8F zero = FN(vsplat)(0.f), top = FN(vsplat)(65535.f);
+            uint8_t *q = Qg + r * 2 * Kp;
+            for (int v = 0; v < NV; v++) {
+                V8F t = (acc[v] - l) * sc + half;
+                t = FN(c16_vmin)(FN(c16_vmax)(t, zero), top);
+                const V8I iv = __builtin_convertvector(t, V8I);
+                const QE_CAT(v32b, QE_SUFFIX) b =
+                    __builtin_shuffle((QE_CAT(v32b, QE_SUFFIX))iv, pick);
+                memcpy(q + 8 * v, &b, 8);
+                memcpy(q + Kp + 8 * v, (const uint8_t *)&b + 8, 8);
+            }
+        }
+    }
+    return range;
+}
+
+static float FN(conv16_build)(const qe_conv_geom *g, const float *xp, const float *cbT, int M,
+                              int K8, int d, int Kp, float *mins, float inv, uint8_t *Q,
+                              int pass, int nthreads)
+{
+    const int G = g->SS * M;
+    float range = 0.f;
+    (void)K8;   /* cbT rows hold Kp codewords */
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1) \
+        reduction(max : range)
+    for (int gi = 0; gi < G; gi++) {
+        float rg = 0.f;
+#define QE_C16_BUILD(NV) \
+        (pass == 0 ? FN(c16_build_group)(g, xp, cbT, M, d, Kp, mins, inv, Q, gi, NV, 0) \
+                   : FN(c16_build_group)(g, xp, cbT, M, d, Kp, mins, inv, Q, gi, NV, 1))
+        switch (Kp) {
+        case 16: rg = QE_C16_BUILD(2); break;
+        case 32: rg = QE_C16_BUILD(4); break;
+        case 64: rg = QE_C16_BUILD(8); break;
+        default: rg = QE_C16_BUILD(16); break;
+        }
+#undef QE_C16_BUILD
+        range = rg > range ? rg : range;
+    }
+    return range;
+}
+#undef V8F
+#undef V8I
+
 #if QE_SIMD >= 2
 
 #if QE_SIMD == 3

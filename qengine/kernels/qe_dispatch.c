@@ -419,14 +419,14 @@ typedef struct {
     int64_t T, mins, Q, acc, off, end;
 } qe_c16_ws;
 
-static int c16_ws(const qe_conv_geom *g, int M, int K, int Cout, qe_c16_ws *w)
+static int c16_ws(const qe_conv_geom *g, int M, int K, int d, int Cout, qe_c16_ws *w)
 {
     const int Kp = qe_conv16_kp(K);
     if (Kp < 0) return -1;
     const int64_t planes = (int64_t)g->SS * M * g->PS;
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
-    w->T = 0;
-    w->mins = w->T + align64(qe_lut_floats(g, M, K) * 4);
+    w->T = 0;                                   /* the transposed codebook cbT [M][d][Kp] */
+    w->mins = w->T + align64((int64_t)M * d * Kp * 4);
     w->Q = w->mins + align64(planes * 4);
     w->acc = w->Q + align64(planes * 2 * Kp + 64);
     w->off = w->acc + align64(RP * qe_conv16_cop(Cout) * 4);
@@ -434,10 +434,10 @@ static int c16_ws(const qe_conv_geom *g, int M, int K, int Cout, qe_c16_ws *w)
     return 0;
 }
 
-int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout)
+int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int d, int Cout)
 {
     qe_c16_ws w;
-    return c16_ws(g, M, K, Cout, &w) == 0 ? w.end : -1;
+    return c16_ws(g, M, K, d, Cout, &w) == 0 ? w.end : -1;
 }
 
 void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
@@ -456,69 +456,6 @@ void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const 
     K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads < 1 ? 1 : nthreads);
 }
 
-/* Quantise the float tables T [G][K][PS] into Q (see qe_conv16.h): the
- * smallest entry of each table goes to mins [G][PS]; returns the scale.
- * Entries are round-half-up((T - min) / s), clamped to 0..65535.
- * Compiled here, without FMA contraction, so that the entries do not depend
- * on the instruction set. */
-static float c16_quantize(const float *T, int G, int K, int Kp, int64_t PS, float *mins,
-                          uint8_t *Q)
-{
-    float range = 0.f;
-    for (int gi = 0; gi < G; gi++) {
-        const float *Tg = T + (int64_t)gi * K * PS;
-        float *lo = mins + gi * PS;
-        for (int64_t r0 = 0; r0 < PS; r0 += 16) {   /* 16 positions held in registers */
-            float l[16], h[16];
-            for (int i = 0; i < 16; i++) l[i] = h[i] = Tg[r0 + i];
-            for (int k = 1; k < K; k++) {
-                const float *t = Tg + (int64_t)k * PS + r0;
-                for (int i = 0; i < 16; i++) {
-                    l[i] = t[i] < l[i] ? t[i] : l[i];
-                    h[i] = t[i] > h[i] ? t[i] : h[i];
-                }
-            }
-            for (int i = 0; i < 16; i++) {
-                lo[r0 + i] = l[i];
-                range = h[i] - l[i] > range ? h[i] - l[i] : range;
-            }
-        }
-    }
-    const float s = range > 0.f ? range / 65535.f : 1.f;
-    const float inv = 1.f / s;
-    /* 16 positions at a time: quantise along r (contiguous, vectorised) into
-     * per-position rows of low and high bytes held in L1, then copy the rows */
-    uint8_t tlo[16][128], thi[16][128];
-    for (int gi = 0; gi < G; gi++) {
-        const float *Tg = T + (int64_t)gi * K * PS;
-        const float *lo = mins + gi * PS;
-        uint8_t *Qg = Q + (int64_t)gi * PS * 2 * Kp;
-        for (int64_t r0 = 0; r0 < PS; r0 += 16) {   /* PS is a multiple of 16 */
-            const int nr = 16;
-            for (int k = 0; k < K; k++) {
-                const float *t = Tg + (int64_t)k * PS + r0;
-                int32_t qv16[16];
-                for (int i = 0; i < 16; i++) {
-                    float v = (t[i] - lo[r0 + i]) * inv + 0.5f;
-                    v = v > 0.f ? v : 0.f;            /* maxps, minps: no branches */
-                    v = v < 65535.f ? v : 65535.f;
-                    qv16[i] = (int32_t)v;
-                }
-                for (int i = 0; i < 16; i++) {
-                    tlo[i][k] = (uint8_t)qv16[i];
-                    thi[i][k] = (uint8_t)(qv16[i] >> 8);
-                }
-            }
-            for (int i = 0; i < nr; i++) {
-                uint8_t *q = Qg + (r0 + i) * 2 * Kp;
-                memcpy(q, tlo[i], (size_t)K);
-                memcpy(q + Kp, thi[i], (size_t)K);
-            }
-        }
-    }
-    return s;
-}
-
 int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
               const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
               int nthreads)
@@ -527,15 +464,15 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     const int Cop = qe_conv16_cop(Cout);
     qe_c16_ws w;
     if (nthreads < 1) nthreads = 1;
-    if (J > QE_C16_MAX_TAPS || c16_ws(g, M, K, Cout, &w) != 0) return -2;
+    if (J > QE_C16_MAX_TAPS || c16_ws(g, M, K, d, Cout, &w) != 0) return -2;
     uint8_t *base = (uint8_t *)ws;
-    float *T = (float *)(base + w.T), *mins = (float *)(base + w.mins), *off = (float *)(base + w.off);
+    float *cbT = (float *)(base + w.T), *mins = (float *)(base + w.mins);
+    float *off = (float *)(base + w.off);
     uint8_t *Q = base + w.Q;
     int32_t *acc = (int32_t *)(base + w.acc);
     int64_t *tb = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
     int64_t *tm = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
-    int32_t *blks = (int32_t *)malloc(sizeof(int32_t) * (size_t)G);
-    if (!tb || !tm || !blks) { free(tb); free(tm); free(blks); return -1; }
+    if (!tb || !tm) { free(tb); free(tm); return -1; }
     for (int kh = 0; kh < g->KH; kh++)
         for (int kw = 0; kw < g->KW; kw++)
             for (int m = 0; m < M; m++) {
@@ -544,9 +481,16 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
                 tm[j] = ((int64_t)ph * M + m) * g->PS + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
                 tb[j] = tm[j] * 2 * Kp;
             }
-    for (int i = 0; i < G; i++) blks[i] = i;
-    K_()->lut_build(g, xp, cb, M, K, d, T, blks, G, nthreads);
-    const float s = c16_quantize(T, G, K, Kp, g->PS, mins, Q);
+    /* codebook [M][K][d] -> cbT [M][d][Kp], padded with copies of codeword 0 */
+    const int K8 = Kp;
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < d; c++)
+            for (int k = 0; k < K8; k++)
+                cbT[((int64_t)m * d + c) * K8 + k] = cb[((int64_t)m * K + (k < K ? k : 0)) * d + c];
+    /* one scale per call from the largest table range, then the entries */
+    const float range = K_()->conv16_build(g, xp, cbT, M, K8, d, Kp, mins, 0.f, Q, 0, nthreads);
+    const float s = range > 0.f ? range / 65535.f : 1.f;
+    K_()->conv16_build(g, xp, cbT, M, K8, d, Kp, mins, 1.f / s, Q, 1, nthreads);
     /* positions in whole register blocks of 4: the tables of the last ones
      * still lie inside the planes (PS >= R rounded to QE_TILE + largest shift) */
     const int64_t R4 = (g->R + 3) / 4 * 4;
@@ -569,6 +513,6 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
                 yc[(int64_t)oh * g->OW + ow] = relu && v < 0.f ? 0.f : v;
             }
     }
-    free(tb); free(tm); free(blks);
+    free(tb); free(tm);
     return 0;
 }

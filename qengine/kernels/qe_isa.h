@@ -25,7 +25,9 @@ typedef struct {
     void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *);
     void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
     void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
-    /* 16-bit register lookups of the fast convolution (qe_conv16.h) */
+    /* the fast convolution's quantised tables and register lookups (qe_conv16.h) */
+    float (*conv16_build)(const qe_conv_geom *, const float *, const float *, int, int, int, int,
+                          float *, float, uint8_t *, int, int);
     void (*conv16_lookup)(const uint8_t *, int, const int64_t *, int, const uint8_t *, int,
                           int64_t, int32_t *, int);
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */

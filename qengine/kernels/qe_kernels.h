@@ -190,9 +190,10 @@ int qe_resize_pixels_ac(const uint8_t *px, int H, int W, int ch, int order, floa
                         int OH, int OW);
 
 /* Fast convolution with 16-bit tables looked up inside registers (see
- * qe_conv16.h).  Per call: float tables as qe_lut_conv builds them, then one
+ * qe_conv16.h).  Per call: the tables' inner products (as qe_lut_conv's), one
  * scale per call s = (largest table range) / 65535 and one offset per table
- * (its smallest entry) give entries q = round((T - offset) / s) in 0..65535;
+ * (its smallest entry) give entries q = round((T - offset) / s) in 0..65535,
+ * built straight into the lookup layout (no float table in memory);
  * each output is s * (sum of its looked-up q) + (sum of its taps' offsets,
  * the same for every channel) + bias.  Integer sums are exact, so every
  * instruction set gives the same result from the same tables.
@@ -205,7 +206,7 @@ int qe_conv16_kp(int K);                /* table bytes per plane: 16, 32, 64, 12
 int qe_conv16_cop(int Cout);            /* Cout rounded up to 64 */
 int qe_conv16_max_k(void);              /* largest K the current ISA looks up in registers */
 int qe_conv16_auto_k(void);             /* largest K fast mode uses them for by default */
-int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int Cout);
+int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int d, int Cout);
 /* asmt [Cout][KH][KW][M] -> out [KH*KW*M][qe_conv16_cop(Cout)] (zeros past Cout). */
 void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out);
 int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
