@@ -1,6 +1,7 @@
 """Dense baselines for `qbench --compare` and tools/: the same network with the
-dequantized weights, run by numpy (always) and by ONNX Runtime (fp32, and its
-dynamic int8 quantisation) where it is installed."""
+dequantized weights, run by numpy (always), by ONNX Runtime (fp32, and its
+dynamic int8 quantisation) and by OpenVINO (fp32, and int8 by NNCF
+post-training quantisation on calibration inputs) where they are installed."""
 import numpy as np
 
 from . import reference
@@ -169,9 +170,47 @@ def onnxruntime_runners(graph, weights, batch=1, threads=1, int8=True):
     return runners
 
 
-def compare(model, x, runs, warmup=2):
-    """Time qengine and every available dense baseline on x, interleaved run by run.
-    Returns [(name, median ms per image, max |diff| against qengine's output or
+def openvino_runners(graph, weights, batch=1, threads=1, calib=None):
+    """{name: callable} for OpenVINO fp32 and, with calibration inputs calib
+    [N, C, H, W] (preprocessed as the model's), int8 by NNCF post-training
+    quantisation (its default: activations and weights to int8 wherever
+    OpenVINO's CPU plugin has int8 kernels); {} if OpenVINO is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    cfg = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+           "PERFORMANCE_HINT": "LATENCY"}
+
+    def runner(m):
+        req = core.compile_model(m, "CPU", cfg).create_infer_request()
+        return lambda x: next(iter(req.infer({0: x}).values()))
+
+    model = core.read_model(onnx_model(graph, weights, batch).SerializeToString(), b"")
+    runners = {"openvino fp32": runner(model)}
+    if calib is not None:
+        try:
+            import logging
+            import nncf
+            logging.getLogger("nncf").setLevel(logging.ERROR)
+            c, h, w = graph["input"]["shape"]
+            cal = np.ascontiguousarray(calib, np.float32)
+            n = (len(cal) // batch) * batch
+            items = [cal[i:i + batch] for i in range(0, max(n, batch), batch)] if n else \
+                [np.repeat(cal[:1], batch, 0)]
+            q = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items) * batch)
+            runners["openvino int8 (nncf)"] = runner(q)
+        except ImportError:
+            runners["openvino int8 (nncf)"] = ImportError("nncf not installed")
+        except Exception as e:  # quantisation tooling is optional and version-dependent
+            runners["openvino int8 (nncf)"] = e
+    return runners
+
+
+def compare(model, x, runs, warmup=2, calib=None):
+    """Time qengine and every available dense baseline on x, interleaved run by run
+    (calib: calibration inputs for the int8 baselines that need them).  Returns [(name, median ms per image, max |diff| against qengine's output or
     an error message)], qengine first."""
     import time
     weights = reference.model_weights(model)
@@ -179,6 +218,9 @@ def compare(model, x, runs, warmup=2):
     threads = max(1, int(model.threads))
     for name, fn in onnxruntime_runners(model.graph, weights, batch=x.shape[0],
                                         threads=threads).items():
+        runners[name] = fn
+    for name, fn in openvino_runners(model.graph, weights, batch=x.shape[0], threads=threads,
+                                     calib=calib).items():
         runners[name] = fn
     runners["numpy im2col+GEMM fp32"] = numpy_runner(model.graph, weights)
     ref = model.forward(x)

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Reproduce the peer table: one network, every runtime installed here, one run.
 
-    python tools/peer_table.py alexnet.qcnn [--runs 20] [--threads 1] [--json]
+    python tools/peer_table.py alexnet.qcnn [--runs 20] [--threads 1] [--batch 1]
+        [--calib DIR] [--json]
 
 Runs, interleaved, on the same input: qengine (fast and exact), numpy
 im2col+GEMM, and where installed ONNX Runtime (fp32, dynamic int8), PyTorch
-(fp32, eager) and OpenVINO (fp32, from the ONNX graph).  Every dense runtime
-gets the network with qengine's dequantized weights, so all compute the same
-function.  Medians of ms per image, ratios against qengine fast.
+(fp32, eager) and OpenVINO (fp32 from the ONNX graph, and with --calib int8 by
+NNCF post-training quantisation calibrated on those images preprocessed as the
+model's).  Every dense runtime gets the network with qengine's dequantized
+weights, so all compute the same function.  Medians of ms per image, ratios
+against qengine fast.
 """
 import argparse
 import json
@@ -59,22 +62,14 @@ def torch_runner(graph, weights, threads):
     return run
 
 
-def openvino_runner(graph, weights, threads):
-    import openvino as ov
-    from qengine.baselines import onnx_model
-    core = ov.Core()
-    model = core.read_model(onnx_model(graph, weights).SerializeToString(), b"")
-    cm = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                           "INFERENCE_PRECISION_HINT": "f32"})
-    req = cm.create_infer_request()
-    return lambda x: next(iter(req.infer({0: x}).values()))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--calib", help="calibration images for OpenVINO int8")
+    ap.add_argument("--calib-count", type=int, default=64)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -85,16 +80,27 @@ def main():
     fast = qengine.load(args.model, mode="fast", threads=args.threads)
     exact = qengine.load(args.model, mode="exact", threads=args.threads)
     weights = reference.model_weights(exact)
-    x = np.random.default_rng(0).standard_normal((1,) + exact.input_shape).astype(np.float32) * 50
+    x = np.random.default_rng(0).standard_normal(
+        (args.batch,) + exact.input_shape).astype(np.float32) * 50
     runners = {"qengine fast": fast.forward, "qengine exact": exact.forward}
-    runners.update(baselines.onnxruntime_runners(exact.graph, weights, threads=args.threads))
-    for name, make in (("pytorch fp32", torch_runner), ("openvino fp32", openvino_runner)):
-        try:
-            runners[name] = make(exact.graph, weights, args.threads)
-        except ImportError:
-            runners[name] = ImportError("not installed")
-        except Exception as e:  # a runtime that cannot build this graph
-            runners[name] = e
+    runners.update(baselines.onnxruntime_runners(exact.graph, weights, batch=args.batch,
+                                                 threads=args.threads))
+    try:
+        runners["pytorch fp32"] = torch_runner(exact.graph, weights, args.threads)
+    except ImportError:
+        runners["pytorch fp32"] = ImportError("not installed")
+    except Exception as e:  # a runtime that cannot build this graph
+        runners["pytorch fp32"] = e
+    calib = None
+    if args.calib:
+        from qengine.cli.qbench import _calibration
+        calib = _calibration(exact, args.calib, args.calib_count)
+    try:
+        ov = baselines.openvino_runners(exact.graph, weights, batch=args.batch,
+                                        threads=args.threads, calib=calib)
+    except Exception as e:  # a runtime that cannot build this graph
+        ov = {"openvino fp32": e}
+    runners.update(ov or {"openvino": ImportError("not installed")})
     runners["numpy im2col+GEMM fp32"] = baselines.numpy_runner(exact.graph, weights)
     live = {n: f for n, f in runners.items() if not isinstance(f, Exception)}
     for f in live.values():
@@ -106,19 +112,21 @@ def main():
             t0 = time.perf_counter()
             f(x)
             times[n].append(time.perf_counter() - t0)
-    base = float(np.median(times["qengine fast"]))
+    base = float(np.median(times["qengine fast"])) / args.batch
     rows = []
     for n, f in runners.items():
         if isinstance(f, Exception):
             rows.append({"runtime": n, "ms": None, "note": str(f)})
         else:
-            ms = float(np.median(times[n])) * 1e3
+            ms = float(np.median(times[n])) * 1e3 / args.batch
             rows.append({"runtime": n, "ms": ms, "vs_qengine_fast": ms / (base * 1e3)})
     if args.json:
-        print(json.dumps({"model": args.model, "threads": args.threads, "runs": args.runs,
+        print(json.dumps({"model": args.model, "threads": args.threads, "batch": args.batch,
+                          "runs": args.runs,
                           "rows": rows}, indent=1))
         return 0
-    print(f"{args.model}, batch 1, {args.threads} thread(s), median of {args.runs} interleaved runs")
+    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), median of {args.runs} "
+          f"interleaved runs")
     print(f"{'runtime':<30} {'ms/image':>9} {'vs qengine fast':>16}")
     for r in rows:
         if r["ms"] is None:

@@ -204,7 +204,13 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="with --accuracy: use the first N images")
     ap.add_argument("--compare", action="store_true",
                     help="also time the dense network (dequantized weights) with numpy and, where "
-                         "installed, ONNX Runtime fp32 and int8, interleaved with qengine")
+                         "installed, ONNX Runtime fp32 and int8 and OpenVINO fp32 and int8, "
+                         "interleaved with qengine")
+    ap.add_argument("--calib", metavar="DIR",
+                    help="with --compare: calibration images for OpenVINO int8 (NNCF "
+                         "post-training quantisation), preprocessed as the model's")
+    ap.add_argument("--calib-count", type=int, default=64,
+                    help="calibration images to use (default 64)")
     args = ap.parse_args(argv)
     if (args.model is None) == (args.synthetic is None):
         fail("qbench", "give a model file or --synthetic ARCH (not both)", 2)
@@ -252,7 +258,10 @@ def main(argv=None):
             from ..baselines import compare
             x = np.random.default_rng(1).standard_normal(
                 (args.batch,) + model.input_shape).astype(np.float32) * 50
-            rows = compare(model, x, args.runs)
+            calib = None
+            if args.calib:
+                calib = _calibration(model, args.calib, args.calib_count)
+            rows = compare(model, x, args.runs, calib=calib)
             q = rows[0][1]
             r["compare"] = [{"runtime": n, "ms_per_image": ms, "ratio": (ms / q if ms else None),
                              "max_abs_diff": d} for n, ms, d in rows]
@@ -268,6 +277,17 @@ def main(argv=None):
     else:
         print_table(r)
     return 0
+
+
+def _calibration(model, src, count):
+    """Up to `count` images of `src` preprocessed as the model's, [N, C, H, W]."""
+    import numpy as np
+    from ..datasets import open_set
+    items, _ = open_set(src, labelled=False)
+    if len(items) > count:
+        rng = np.random.default_rng(0)
+        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
+    return np.stack([np.asarray(model.preprocessor(it)) for it in items])
 
 
 if __name__ == "__main__":
