@@ -75,8 +75,12 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int d, int Cout)
     void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
     int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
-                  const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
-                  int nthreads)
+                  const uint8_t *aT, int quad, int Cout, const float *bias, void *ws, float *y,
+                  int relu, int nthreads)
+    int qe_conv16_quad()
+    void qe_conv16_layout4(const uint8_t *asmt, int Cout, int J, uint8_t *out)
+    void qe_conv16_lookup4(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ,
+                           int Cop, int64_t R, int32_t *acc, int nthreads)
     void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
                           int Cop, int64_t R, int32_t *acc, int nthreads)
     int qe_conv16_slot(int c)
@@ -224,22 +228,33 @@ def conv16_auto_k():
     return qe_conv16_auto_k()
 
 
-def conv16_layout_shape(int cout, int groups, int J):
+def conv16_quad(int K):
+    """True when the current instruction set runs K-codeword tables four taps
+    per register (AVX-512, K <= 16): the layout conv16_layout(quad=True) wants."""
+    return bool(qe_conv16_quad()) and K <= 16
+
+
+def conv16_layout_shape(int cout, int groups, int J, bint quad=False):
     """Shape of conv16_layout()'s output for `cout` outputs and J = KH*KW*M taps."""
-    return (groups, J, qe_conv16_cop(cout // groups))
+    return (groups, (J + 3) // 4 * 4 if quad else J, qe_conv16_cop(cout // groups))
 
 
-def conv16_layout(const uint8_t[:, ::1] asmt, int groups, uint8_t[:, :, ::1] out):
+def conv16_layout(const uint8_t[:, ::1] asmt, int groups, uint8_t[:, :, ::1] out,
+                  bint quad=False):
     """Indices asmt [Cout, KH*KW*M] -> the fast convolution's layout
-    out [groups, KH*KW*M, Cout/groups rounded up to 64] (zero-padded)."""
+    out [groups, KH*KW*M (rounded up to 4 taps if quad), Cout/groups rounded up
+    to 64] (zero-padded); quad: four taps per channel, as conv16_quad() wants."""
     cdef int cout = asmt.shape[0], J = asmt.shape[1]
     if groups < 1 or cout % groups or (out.shape[0], out.shape[1], out.shape[2]) \
-            != conv16_layout_shape(cout, groups, J):
+            != conv16_layout_shape(cout, groups, J, quad):
         raise ValueError("fast convolution index layout shape does not match the indices")
     cdef int og = cout // groups, gi
     with nogil:
         for gi in range(groups):
-            qe_conv16_layout(&asmt[gi * og, 0], og, J, &out[gi, 0, 0])
+            if quad:
+                qe_conv16_layout4(&asmt[gi * og, 0], og, J, &out[gi, 0, 0])
+            else:
+                qe_conv16_layout(&asmt[gi * og, 0], og, J, &out[gi, 0, 0])
 
 
 def conv16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int M, int K,
@@ -256,9 +271,10 @@ def conv16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, i
 def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
            const uint8_t[:, :, ::1] aT, int KH, int KW, const float[::1] bias,
            int stride, int pad, bint relu, float[:, :, :, ::1] out, float[::1] ws,
-           int nthreads=1):
+           int nthreads=1, bint quad=False):
     """Fast lookup-table convolution with 16-bit register tables. x [N,C,H,W],
-    cb [M,K,d], aT from conv16_layout() [groups, KH*KW*M, Cop], out [N,Cout,OH,OW]."""
+    cb [M,K,d], aT from conv16_layout(quad=quad) [groups, taps, Cop],
+    out [N,Cout,OH,OW]."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
     cdef int groups = aT.shape[0], Cout = out.shape[1]
@@ -267,7 +283,10 @@ def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
         raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
     cdef int Cg = C // groups, Og = Cout // groups
     _geom(&g, Cg, H, W, KH, KW, stride, pad)
-    if M != (Cg + d - 1) // d or aT.shape[1] != KH * KW * M or aT.shape[2] != qe_conv16_cop(Og):
+    if quad and K > 16:
+        raise ValueError(f"the four-taps layout needs K <= 16, not {K}")
+    if M != (Cg + d - 1) // d or aT.shape[2] != qe_conv16_cop(Og) or \
+            aT.shape[1] != ((KH * KW * M + 3) // 4 * 4 if quad else KH * KW * M):
         raise ValueError(f"codebook has {M} subspaces of d={d}, index layout "
                          f"{list(aT.shape)}, input channels per group {Cg}")
     if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
@@ -283,7 +302,7 @@ def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
         for n in range(N):
             for gi in range(groups):
                 qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
-                rc = qe_conv16(&g, &ws[0], &cb[0, 0, 0], M, K, d, &aT[gi, 0, 0], Og,
+                rc = qe_conv16(&g, &ws[0], &cb[0, 0, 0], M, K, d, &aT[gi, 0, 0], quad, Og,
                                &bias[gi * Og], wb, &out[n, gi * Og, 0, 0], relu, nthreads)
                 if rc != 0:
                     break
@@ -316,6 +335,28 @@ def conv16_lookup(const uint8_t[::1] Q, int Kp, const int64_t[::1] tb,
         return
     with nogil:
         qe_conv16_lookup(&Q[0], Kp, &tb[0], J, &aT[0, 0], Cop, R, &acc[0, 0], nthreads)
+
+
+def conv16_lookup4(const uint8_t[::1] Q, const int64_t[::1] tb, const uint8_t[:, ::1] aQ,
+                   int64_t R, int32_t[:, ::1] acc, int nthreads=1):
+    """The four-taps lookup stage alone (for tests): 16-entry tables (low bytes,
+    then high bytes, 32 bytes a table) at Q[tb[j] + r*32:], aQ [J4, Cop*4] from
+    conv16_layout(quad=True); acc [R, Cop] in channel order."""
+    cdef int J4 = aQ.shape[0], Cop = aQ.shape[1] // 4, j
+    if aQ.shape[1] % 256 or R % 4 or tb.shape[0] != 4 * J4 or acc.shape[0] != R \
+            or acc.shape[1] != Cop:
+        raise ValueError("conv16_lookup4: inconsistent shapes")
+    for j in range(4 * J4):
+        if tb[j] < 0 or tb[j] + R * 32 > Q.shape[0]:
+            raise ValueError("conv16_lookup4: a table lies outside Q")
+    for j in range(J4):
+        for c in range(Cop * 4):
+            if not 16 * (c % 4) <= aQ[j, c] < 16 * (c % 4) + 16:
+                raise ValueError("conv16_lookup4: an index is out of its tap's table")
+    if J4 == 0 or R == 0:
+        return
+    with nogil:
+        qe_conv16_lookup4(&Q[0], &tb[0], J4, &aQ[0, 0], Cop, R, &acc[0, 0], nthreads)
 
 
 def conv16_slot(int c):

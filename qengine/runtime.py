@@ -209,10 +209,14 @@ class _Conv(_Weighted):
                 # instruction set can hold K entries (see README, "Fast mode")
                 self.strategy = "lut16"
                 J = self.kh * self.kw * self.M
-                self.indices16 = buffers.empty(_kernels.conv16_layout_shape(cout, self.group, J),
-                                               "B")
+                # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
+                # one tap per register (for A/B runs on a Zen 4, see README)
+                self.quad = (_kernels.conv16_quad(self.K)
+                             and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
+                self.indices16 = buffers.empty(
+                    _kernels.conv16_layout_shape(cout, self.group, J, self.quad), "B")
                 _kernels.conv16_layout(buffers.reshape(self.indices, (cout, J)), self.group,
-                                       self.indices16)
+                                       self.indices16, self.quad)
                 self.indices = None
         else:
             self.strategy = "dense"
@@ -246,7 +250,7 @@ class _Conv(_Weighted):
         p = self.params
         if self.strategy == "lut16":
             _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
-                            p["stride"], p["pad"], relu, out, ws, nthreads)
+                            p["stride"], p["pad"], relu, out, ws, nthreads, self.quad)
         elif self.strategy == "lut":
             _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
                               self.group, relu, out, ws, nthreads)

@@ -59,6 +59,28 @@ def test_lookup_worst_case_sums_do_not_overflow(Kp):
         assert (acc == 65535 * J).all(), isa
 
 
+@pytest.mark.parametrize("J4,Cop,R", [(1, 64, 4), (75, 128, 8), (300, 64, 4)])
+def test_four_taps_lookup_bit_identical_on_every_isa(J4, Cop, R):
+    ntab = 40
+    Q = RNG.integers(0, 256, ntab * 32 + R * 32, dtype=np.uint8)
+    tb = (RNG.integers(0, ntab, 4 * J4) * 32).astype(np.int64)
+    k = RNG.integers(0, 16, (J4, Cop, 4))
+    aQ = (k + 16 * np.arange(4)).astype(np.uint8).reshape(J4, Cop * 4)
+    ref = np.zeros((R, Cop), np.int64)
+    for q in range(J4):
+        for t in range(4):
+            for r in range(R):
+                tab = Q[tb[4 * q + t] + r * 32:].astype(np.int64)
+                ref[r] += tab[k[q, :, t]] + (tab[16 + k[q, :, t]] << 8)
+
+    def run():
+        acc = np.full((R, Cop), -7, np.int32)
+        _kernels.conv16_lookup4(Q, tb, aQ, R, acc, 2)
+        return acc
+    for isa, acc in zip(ISAS, on_every_isa(run)):
+        assert np.array_equal(acc, ref), f"{isa}: four-taps sums differ from the reference"
+
+
 # (C, H, W, KH, KW, stride, pad, groups, Cout, d, K)
 CASES = [
     (16, 13, 13, 3, 3, 1, 1, 1, 70, 4, 16),     # K=16, Cout past one 64-block
@@ -70,17 +92,17 @@ CASES = [
 ]
 
 
-def run_conv16(x, cb, idx, b, S, P, G, relu, nthreads=1):
+def run_conv16(x, cb, idx, b, S, P, G, relu, nthreads=1, quad=False):
     N, C, H, W = x.shape
     Cout, KH, KW, M = idx.shape
     cg = C // G
-    aT = np.empty(_kernels.conv16_layout_shape(Cout, G, KH * KW * M), np.uint8)
-    _kernels.conv16_layout(np.ascontiguousarray(idx.reshape(Cout, -1)), G, aT)
+    aT = np.empty(_kernels.conv16_layout_shape(Cout, G, KH * KW * M, quad), np.uint8)
+    _kernels.conv16_layout(np.ascontiguousarray(idx.reshape(Cout, -1)), G, aT, quad)
     oh, ow = _kernels.conv_output_size(H, W, KH, KW, S, P)
     ws = np.empty(_kernels.conv16_workspace_floats(cg, H, W, KH, KW, S, P, M, cb.shape[1],
                                                    cb.shape[2], Cout // G), np.float32)
     out = np.full((N, Cout, oh, ow), np.nan, np.float32)
-    _kernels.conv16(x, cb, aT, KH, KW, b, S, P, relu, out, ws, nthreads)
+    _kernels.conv16(x, cb, aT, KH, KW, b, S, P, relu, out, ws, nthreads, quad)
     return out
 
 
@@ -95,12 +117,14 @@ def test_conv16_matches_numpy(isa, case, nthreads):
     idx = RNG.integers(0, K, (Cout, KH, KW, M)).astype(np.uint8)
     b = RNG.standard_normal(Cout).astype(np.float32)
     ref = reference.conv2d(x, dequantize_conv(cb, idx, cg), b, S, P, G)
-    for relu in (False, True):
-        out = run_conv16(x, cb, idx, b, S, P, G, relu, nthreads)
+    for relu, quad in ((False, False), (True, False), (False, True)):
+        if quad and K > 16:
+            continue
+        out = run_conv16(x, cb, idx, b, S, P, G, relu, nthreads, quad)
         want = np.maximum(ref, 0) if relu else ref
         err = np.abs(out.astype(np.float64) - want).max() / np.abs(want).max()
         # 16-bit tables: each entry within half a step of range/65535
-        assert err < 2e-4, f"relative error {err:.3g}"
+        assert err < 2e-4, f"relative error {err:.3g} (quad={quad})"
 
 
 def test_conv16_same_on_every_isa():
@@ -134,6 +158,10 @@ def test_register_lookups_per_isa():
     want = {"generic": 0, "avx2": 32, "avx512": 128, "avx512-emulated": 128}
     for isa, k in on_every_isa(kmax):
         assert k == want[isa], isa
+    quad = dict(zip(ISAS, on_every_isa(lambda: (_kernels.conv16_quad(16),
+                                                _kernels.conv16_quad(32)))))
+    for isa, q in quad.items():
+        assert q == ((True, False) if isa.startswith("avx512") else (False, False)), isa
 
 
 def _fast_and_exact(path, isa, monkeypatch, force=None):

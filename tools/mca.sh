@@ -13,19 +13,21 @@ gcc $flags -o "$tmp/avx512.s" isa_avx512.c
 gcc $flags -o "$tmp/avx2.s" isa_avx2.c
 # each inner loop: the basic block from its label to the backward branch, found
 # by the lookup instruction it holds
-loop() {  # file, instruction pattern, n-th match
-    awk -v pat="$2" -v want="$3" '
-        /^\.L[0-9]+:/ { label = substr($1, 1, length($1) - 1); n = 0; delete body }
-        { body[n++] = $0 }
-        $0 ~ pat && !seen[label]++ { hits++ }
-        /^\tj[a-z]+\t\.L[0-9]+/ && $2 == label && hits == want && !done {
+loop() {  # file, pattern the loop holds, pattern it must not hold
+    awk -v pat="$2" -v bad="${3:-^$}" '
+        /^\.L[0-9]+:/ { label = substr($1, 1, length($1) - 1); n = 0; has = 0; nope = 0 }
+        { body[n++] = $0; if ($0 ~ pat) has = 1; if ($0 ~ bad) nope = 1 }
+        /^\tj[a-z]+\t\.L[0-9]+/ && $2 == label && has && !nope && !done {
             for (i = 1; i < n; i++) print body[i]; done = 1 }' "$1"
 }
-report() {  # name, file, pattern, lookups (16-bit) per iteration
-    loop "$2" "$3" 1 > "$tmp/l.s"
+report() {  # name, file, pattern, lookups (16-bit) per iteration, excluded pattern
+    loop "$2" "$3" "${5:-}" > "$tmp/l.s"
     if [ ! -s "$tmp/l.s" ]; then echo "$1: loop not found"; return; fi
-    c=$("$MCA" -mcpu="$CPU" -iterations=500 "$tmp/l.s" 2>/dev/null | awk '/Total Cycles/ {t=$3} /Iterations/ {i=$2} END {printf "%.2f", t/i}')
+    c=$( ("$MCA" -mcpu="$CPU" -iterations=500 "$tmp/l.s" 2>/dev/null || true) | awk '/Total Cycles/ {t=$3} /Iterations/ {i=$2} END {printf "%.2f", t/i}')
     echo "$1: $c cycles/iteration, $4 lookups/iteration -> $(echo "$4 / $c" | bc -l | cut -c1-5) lookups/cycle ($CPU)"
 }
 report "avx512 K<=128 (vpermi2b, 4 positions x 64 channels)" "$tmp/avx512.s" "vperm[it]2b" 256
-report "avx2   K<=16  (vpshufb, 2 positions x 32 channels)" "$tmp/avx2.s" "vbroadcasti128" 64
+report "avx512 K<=16  (four taps per zmm: vpermb + vpdpbusd, 2 positions x 64 channels x 4 taps)" "$tmp/avx512.s" "vpdpbusd" 512
+report "avx512 K<=16  (one tap per zmm: vpshufb, 4 positions x 64 channels)" "$tmp/avx512.s" "vpshufb\t%zmm" 256
+report "avx2   K<=16  (vpshufb, 2 positions x 32 channels)" "$tmp/avx2.s" "vbroadcasti128" 64 "vpblendvb"
+report "avx2   K<=32  (vpshufb x2 + blend, 2 positions x 32 channels)" "$tmp/avx2.s" "vpblendvb" 64

@@ -282,4 +282,96 @@ static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J
 
 #endif
 
+/* ---- K <= 16, four taps per register (AVX-512 VBMI + VNNI) ------------------
+ * The faiss fast-scan layout: one zmm holds the 16-entry tables of four taps
+ * (16 bytes each, low bytes in one register, high bytes in another) at one
+ * output position; the index register holds, for 16 channels, the four taps'
+ * indices in the four bytes of each channel's dword, each offset by 16 * tap
+ * (layout of qe_conv16_layout4: aQ [J4][Cop/16][16][4], J4 = taps / 4 rounded
+ * up; a missing tap points at an all-zero table).  vpermb looks up 64 bytes
+ * (16 channels x 4 taps) and vpdpbusd against ones adds each channel's four
+ * bytes straight into its int32 sum: no 16-bit stage, no flush.  Low and high
+ * byte sums are combined as lo + 256 * hi; each is at most 255 * taps, so the
+ * total fits int32 for the QE_C16_MAX_TAPS limit.
+ *   acc[r][c] (natural channel order) = sum over taps of the 16-bit entries. */
+#if QE_SIMD == 3
+#define QE_C4_P 2   /* positions per register block: 2 x 4 channel groups x (lo, hi) */
+static inline __attribute__((always_inline)) __m512i FN(c4_tables)(const uint8_t *Q,
+                                                                 const int64_t *tb4, int64_t off)
+{
+    __m512i t = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(Q + tb4[0] + off)));
+    t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(Q + tb4[1] + off)), 1);
+    t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(Q + tb4[2] + off)), 2);
+    return _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(Q + tb4[3] + off)), 3);
+}
+
+static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ,
+                               int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    const int64_t nrb = R / QE_C4_P;
+    const int nb = Cop / 64;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t rb = 0; rb < nrb; rb++) {
+        const __m512i ones = _mm512_set1_epi8(1);
+        const int64_t r0 = rb * QE_C4_P;
+        for (int b = 0; b < nb; b++) {
+            __m512i al[QE_C4_P][4], ah[QE_C4_P][4];
+            for (int p = 0; p < QE_C4_P; p++)
+                for (int i = 0; i < 4; i++) al[p][i] = ah[p][i] = _mm512_setzero_si512();
+            for (int q = 0; q < J4; q++) {
+                __m512i tl[QE_C4_P], th[QE_C4_P];
+                for (int p = 0; p < QE_C4_P; p++) {
+                    tl[p] = FN(c4_tables)(Q, tb + 4 * q, (r0 + p) * 32);
+                    th[p] = FN(c4_tables)(Q, tb + 4 * q, (r0 + p) * 32 + 16);
+                }
+                const uint8_t *ai = aQ + ((int64_t)q * Cop + (int64_t)b * 64) * 4;
+                for (int i = 0; i < 4; i++) {
+                    const __m512i idx = _mm512_loadu_si512(ai + 64 * i);
+                    for (int p = 0; p < QE_C4_P; p++) {
+                        al[p][i] = _mm512_dpbusd_epi32(al[p][i], _mm512_permutexvar_epi8(idx, tl[p]), ones);
+                        ah[p][i] = _mm512_dpbusd_epi32(ah[p][i], _mm512_permutexvar_epi8(idx, th[p]), ones);
+#if defined(__GNUC__) && !defined(QE_SIMD_EMULATED)
+                        /* without it GCC 12 copies the sums every iteration */
+                        __asm__("" : "+v"(al[p][i]), "+v"(ah[p][i]));
+#endif
+                    }
+                }
+            }
+            for (int p = 0; p < QE_C4_P; p++)
+                for (int i = 0; i < 4; i++)
+                    _mm512_storeu_si512(acc + (r0 + p) * Cop + b * 64 + 16 * i,
+                                        _mm512_add_epi32(al[p][i], _mm512_slli_epi32(ah[p][i], 8)));
+        }
+    }
+}
+#undef QE_C4_P
+#define QE_C16_HAVE_LOOKUP4 1
+#elif QE_SIMD == 0
+/* portable body of the four-taps layout, the reference of the AVX-512 one */
+static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ,
+                               int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < R; r++) {
+        int32_t *ar = acc + r * Cop;
+        for (int c = 0; c < Cop; c++) ar[c] = 0;
+        for (int q = 0; q < J4; q++)
+            for (int t = 0; t < 4; t++) {
+                const uint8_t *tab = Q + tb[4 * q + t] + r * 32;
+                for (int c = 0; c < Cop; c++) {
+                    const int k = aQ[((int64_t)q * Cop + c) * 4 + t] - 16 * t;
+                    ar[c] += tab[k] + (tab[16 + k] << 8);
+                }
+            }
+    }
+}
+#define QE_C16_HAVE_LOOKUP4 1
+#else
+static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ,
+                               int Cop, int64_t R, int32_t *acc, int nthreads)
+{
+    qe_kernels_generic.conv16_lookup4(Q, tb, J4, aQ, Cop, R, acc, nthreads);
+}
+#endif
+
 #undef FN

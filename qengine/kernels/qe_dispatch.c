@@ -428,7 +428,8 @@ static int c16_ws(const qe_conv_geom *g, int M, int K, int d, int Cout, qe_c16_w
     w->T = 0;                                   /* the transposed codebook cbT [M][d][Kp] */
     w->mins = w->T + align64((int64_t)M * d * Kp * 4);
     w->Q = w->mins + align64(planes * 4);
-    w->acc = w->Q + align64(planes * 2 * Kp + 64);
+    /* one more group of zero tables: taps that pad the last group of four */
+    w->acc = w->Q + align64((planes + g->PS) * 2 * Kp + 64);
     w->off = w->acc + align64(RP * qe_conv16_cop(Cout) * 4);
     w->end = w->off + align64(RP * 4);
     return 0;
@@ -450,6 +451,26 @@ void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out)
     }
 }
 
+int qe_conv16_quad(void) { return K_()->conv16_quad; }
+
+void qe_conv16_layout4(const uint8_t *asmt, int Cout, int J, uint8_t *out)
+{
+    const int Cop = qe_conv16_cop(Cout), J4 = (J + 3) / 4;
+    for (int q = 0; q < J4; q++)
+        for (int c = 0; c < Cop; c++)
+            for (int t = 0; t < 4; t++) {
+                const int j = 4 * q + t;
+                const int k = j < J && c < Cout ? asmt[(int64_t)c * J + j] : 0;
+                out[((int64_t)q * Cop + c) * 4 + t] = (uint8_t)(16 * t + k);
+            }
+}
+
+void qe_conv16_lookup4(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ, int Cop,
+                       int64_t R, int32_t *acc, int nthreads)
+{
+    K_()->conv16_lookup4(Q, tb, J4, aQ, Cop, R, acc, nthreads < 1 ? 1 : nthreads);
+}
+
 void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
                       int Cop, int64_t R, int32_t *acc, int nthreads)
 {
@@ -457,10 +478,12 @@ void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const 
 }
 
 int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
-              const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
-              int nthreads)
+              const uint8_t *aT, int quad, int Cout, const float *bias, void *ws, float *y,
+              int relu, int nthreads)
 {
     const int J = g->KH * g->KW * M, G = g->SS * M, Kp = qe_conv16_kp(K);
+    const int J4 = (J + 3) / 4;
+    if (quad && Kp != 16) return -2;
     const int Cop = qe_conv16_cop(Cout);
     qe_c16_ws w;
     if (nthreads < 1) nthreads = 1;
@@ -470,7 +493,7 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     float *off = (float *)(base + w.off);
     uint8_t *Q = base + w.Q;
     int32_t *acc = (int32_t *)(base + w.acc);
-    int64_t *tb = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
+    int64_t *tb = (int64_t *)malloc(sizeof(int64_t) * (size_t)(4 * J4));
     int64_t *tm = (int64_t *)malloc(sizeof(int64_t) * (size_t)J);
     if (!tb || !tm) { free(tb); free(tm); return -1; }
     for (int kh = 0; kh < g->KH; kh++)
@@ -481,6 +504,8 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
                 tm[j] = ((int64_t)ph * M + m) * g->PS + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
                 tb[j] = tm[j] * 2 * Kp;
             }
+    for (int j = J; j < 4 * J4; j++) tb[j] = (int64_t)G * g->PS * 2 * Kp;   /* zero tables */
+    memset(Q + (int64_t)G * g->PS * 2 * Kp, 0, (size_t)(g->PS * 2 * Kp));
     /* codebook [M][K][d] -> cbT [M][d][Kp], padded with copies of codeword 0 */
     const int K8 = Kp;
     for (int m = 0; m < M; m++)
@@ -500,10 +525,14 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
         const float *mj = mins + tm[j];
         for (int64_t r = 0; r < R4; r++) off[r] += mj[r];
     }
-    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R4, acc, nthreads);
+    if (quad)
+        K_()->conv16_lookup4(Q, tb, J4, aT, Cop, R4, acc, nthreads);
+    else
+        K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R4, acc, nthreads);
     const int64_t OHW = (int64_t)g->OH * g->OW;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int co = 0; co < Cout; co++) {
-        const int32_t *a = acc + (co & ~63) + qe_conv16_slot(co & 63);
+        const int32_t *a = acc + (quad ? co : (co & ~63) + qe_conv16_slot(co & 63));
         const float b = bias ? bias[co] : 0.f;
         float *yc = y + co * OHW;
         for (int oh = 0; oh < g->OH; oh++)

@@ -30,8 +30,11 @@ typedef struct {
                           float *, float, uint8_t *, int, int);
     void (*conv16_lookup)(const uint8_t *, int, const int64_t *, int, const uint8_t *, int,
                           int64_t, int32_t *, int);
+    void (*conv16_lookup4)(const uint8_t *, const int64_t *, int, const uint8_t *, int, int64_t,
+                           int32_t *, int);
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */
     int conv16_auto_k; /* largest K for which fast mode picks it over float rows by default */
+    int conv16_quad;   /* 1: K <= 16 runs four taps per register (conv16_lookup4) */
 } qe_kernel_table;
 
 extern const qe_kernel_table qe_kernels_generic;

@@ -209,9 +209,16 @@ int qe_conv16_auto_k(void);             /* largest K fast mode uses them for by 
 int64_t qe_conv16_bytes(const qe_conv_geom *g, int M, int K, int d, int Cout);
 /* asmt [Cout][KH][KW][M] -> out [KH*KW*M][qe_conv16_cop(Cout)] (zeros past Cout). */
 void qe_conv16_layout(const uint8_t *asmt, int Cout, int J, uint8_t *out);
+/* K <= 16 on instruction sets with qe_conv16_quad(): four taps per register,
+ * indices laid out by qe_conv16_layout4() into (KH*KW*M rounded up to 4) x
+ * qe_conv16_cop(Cout) bytes, and quad = 1 in qe_conv16. */
+int qe_conv16_quad(void);
+void qe_conv16_layout4(const uint8_t *asmt, int Cout, int J, uint8_t *out);
+void qe_conv16_lookup4(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ, int Cop,
+                       int64_t R, int32_t *acc, int nthreads);
 int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
-              const uint8_t *aT, int Cout, const float *bias, void *ws, float *y, int relu,
-              int nthreads);
+              const uint8_t *aT, int quad, int Cout, const float *bias, void *ws, float *y,
+              int relu, int nthreads);
 /* The lookup stage alone, for tests: acc [R][Cop] int32 (R a multiple of 4). */
 void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
                       int Cop, int64_t R, int32_t *acc, int nthreads);
