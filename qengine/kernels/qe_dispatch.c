@@ -61,9 +61,13 @@ int qe_isa_supported(int isa)
                __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+    case QE_ISA_AVX512_EMULATED: /* SIMDe on AVX2 (isa_avx512_emulated.c) */
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    case QE_ISA_AVX512_EMULATED: /* SIMDe in portable C */
 #endif
     case QE_ISA_GENERIC:
-    case QE_ISA_AVX512_EMULATED: /* portable code: runs anywhere it was built */
         return 1;
     default:
         return 0;
