@@ -220,6 +220,12 @@ def main(argv=None):
     if args.warmup < 0:
         fail("qbench", "--warmup must be 0 or more", 2)
 
+    if args.compare and "numpy" not in sys.modules:
+        # the baselines get the threads qengine gets: numpy's BLAS (the numpy
+        # runner) would otherwise start a thread per core that spins between
+        # calls and takes the cores the interleaved runtimes are timed on
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(args.threads))
     from ..errors import QEngineError
     from ..runtime import load
     if args.accuracy:
