@@ -150,40 +150,70 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
 
 /* Dense convolution in the same phase-plane layout, register-blocked: six
  * output channels times 16 positions in twelve accumulators.  w is blocked as
- * [Cout/6][J][6] (J = C*KH*KW taps in jbase order); acc [Cout][RP]. */
+ * [Cout/6][J][6] (J = C*KH*KW taps in jbase order); acc [Cout][RP].
+ *
+ * Cache blocking: output-channel blocks are taken in groups whose weights fit
+ * in L2 (QE_DENSE_W_BYTES); for each group, every tile of 16 positions first
+ * copies its J input rows into one contiguous [J][16] panel, which the
+ * group's blocks then read in order (the rows themselves lie in J planes
+ * far apart: the panel turns J scattered reads per block into one stream). */
+#ifndef QE_DENSE_W_BYTES
+#define QE_DENSE_W_BYTES (160 * 1024)
+#endif
 static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t *jbase, int J,
                            const float *w, int CoutB, float *accbuf, int nthreads)
 {
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
     const int64_t ntiles = RP / 16;
     const int nblk = CoutB / QE_DENSE_CO;
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t t = 0; t < ntiles; t++) {
-        const int64_t r0 = t * 16;
-        for (int cb = 0; cb < nblk; cb++) {
-            const float *wb = w + (int64_t)cb * J * QE_DENSE_CO;
-            V8 c00 = FN(vsplat)(0.f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-            V8 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-            for (int j = 0; j < J; j++) {
-                const float *s = xp + jbase[j] + r0;
-                V8 x0 = FN(vload)(s), x1 = FN(vload)(s + 8);
-                const float *wj = wb + QE_DENSE_CO * j;
-                V8 w0 = FN(vsplat)(wj[0]);
-                c00 += w0 * x0; c01 += w0 * x1;
-                w0 = FN(vsplat)(wj[1]); c10 += w0 * x0; c11 += w0 * x1;
-                w0 = FN(vsplat)(wj[2]); c20 += w0 * x0; c21 += w0 * x1;
-                w0 = FN(vsplat)(wj[3]); c30 += w0 * x0; c31 += w0 * x1;
-                w0 = FN(vsplat)(wj[4]); c40 += w0 * x0; c41 += w0 * x1;
-                w0 = FN(vsplat)(wj[5]); c50 += w0 * x0; c51 += w0 * x1;
+    int per_group = (int)(QE_DENSE_W_BYTES / ((int64_t)J * QE_DENSE_CO * (int64_t)sizeof(float)));
+    per_group = per_group < 1 ? 1 : per_group;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *panel = (float *)malloc(sizeof(float) * 16 * (size_t)J);
+        for (int b0 = 0; b0 < nblk; b0 += per_group) {
+            const int b1 = b0 + per_group < nblk ? b0 + per_group : nblk;
+            #pragma omp for schedule(static)
+            for (int64_t t = 0; t < ntiles; t++) {
+                const int64_t r0 = t * 16;
+                const float *xs = panel;
+                int64_t step = 16;
+                if (panel) {
+                    for (int j = 0; j < J; j++) {
+                        const float *s = xp + jbase[j] + r0;
+                        FN(vstore)(panel + 16 * j, FN(vload)(s));
+                        FN(vstore)(panel + 16 * j + 8, FN(vload)(s + 8));
+                    }
+                } else {
+                    step = 0;   /* no panel memory: read the rows in place */
+                }
+                for (int cb = b0; cb < b1; cb++) {
+                    const float *wb = w + (int64_t)cb * J * QE_DENSE_CO;
+                    V8 c00 = FN(vsplat)(0.f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+                    V8 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+                    for (int j = 0; j < J; j++) {
+                        const float *s = panel ? xs + step * j : xp + jbase[j] + r0;
+                        V8 x0 = FN(vload)(s), x1 = FN(vload)(s + 8);
+                        const float *wj = wb + QE_DENSE_CO * j;
+                        V8 w0 = FN(vsplat)(wj[0]);
+                        c00 += w0 * x0; c01 += w0 * x1;
+                        w0 = FN(vsplat)(wj[1]); c10 += w0 * x0; c11 += w0 * x1;
+                        w0 = FN(vsplat)(wj[2]); c20 += w0 * x0; c21 += w0 * x1;
+                        w0 = FN(vsplat)(wj[3]); c30 += w0 * x0; c31 += w0 * x1;
+                        w0 = FN(vsplat)(wj[4]); c40 += w0 * x0; c41 += w0 * x1;
+                        w0 = FN(vsplat)(wj[5]); c50 += w0 * x0; c51 += w0 * x1;
+                    }
+                    float *o = accbuf + (int64_t)cb * QE_DENSE_CO * RP + r0;
+                    FN(vstore)(o, c00); FN(vstore)(o + 8, c01);
+                    FN(vstore)(o + RP, c10); FN(vstore)(o + RP + 8, c11);
+                    FN(vstore)(o + 2 * RP, c20); FN(vstore)(o + 2 * RP + 8, c21);
+                    FN(vstore)(o + 3 * RP, c30); FN(vstore)(o + 3 * RP + 8, c31);
+                    FN(vstore)(o + 4 * RP, c40); FN(vstore)(o + 4 * RP + 8, c41);
+                    FN(vstore)(o + 5 * RP, c50); FN(vstore)(o + 5 * RP + 8, c51);
+                }
             }
-            float *o = accbuf + (int64_t)cb * QE_DENSE_CO * RP + r0;
-            FN(vstore)(o, c00); FN(vstore)(o + 8, c01);
-            FN(vstore)(o + RP, c10); FN(vstore)(o + RP + 8, c11);
-            FN(vstore)(o + 2 * RP, c20); FN(vstore)(o + 2 * RP + 8, c21);
-            FN(vstore)(o + 3 * RP, c30); FN(vstore)(o + 3 * RP + 8, c31);
-            FN(vstore)(o + 4 * RP, c40); FN(vstore)(o + 4 * RP + 8, c41);
-            FN(vstore)(o + 5 * RP, c50); FN(vstore)(o + 5 * RP + 8, c51);
         }
+        free(panel);
     }
 }
 
