@@ -164,7 +164,7 @@ static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t
                            const float *w, int CoutB, float *accbuf, int nthreads)
 {
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
-    const int64_t ntiles = RP / 16;
+    const int64_t ntiles = (g->R + 15) / 16;   /* only tiles holding real positions */
     const int nblk = CoutB / QE_DENSE_CO;
     int per_group = (int)(QE_DENSE_W_BYTES / ((int64_t)J * QE_DENSE_CO * (int64_t)sizeof(float)));
     per_group = per_group < 1 ? 1 : per_group;
