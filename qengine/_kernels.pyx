@@ -176,9 +176,10 @@ def conv_output_size(int H, int W, int KH, int KW, int S, int P):
 def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
              const uint8_t[:, :, :, ::1] asmt, const float[::1] bias,
              int stride, int pad, int groups, bint relu,
-             float[:, :, :, ::1] out, float[::1] ws, int nthreads=1):
+             float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0):
     """Lookup-table convolution. x [N,C,H,W], cb [M,K,d] (shared by all groups),
-    asmt [Cout,KH,KW,M], bias [Cout], out [N,Cout,OH,OW]."""
+    asmt [Cout,KH,KW,M], bias [Cout], out [N,Cout,OH,OW] (or channels c0 .. c0+Cout
+    of a wider out: the slice a concatenation reads)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
     cdef int Cout = asmt.shape[0], KH = asmt.shape[1], KW = asmt.shape[2]
@@ -192,7 +193,7 @@ def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
                          f"input channels per group {Cg}")
     if K > 256:
         raise ValueError(f"K={K} codewords do not fit 8-bit indices")
-    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[1] != Cout \
+    if bias.shape[0] != Cout or out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout \
             or out.shape[2] != g.OH or out.shape[3] != g.OW:
         raise ValueError("bias or output shape does not match the convolution")
     cdef int64_t nxp = qe_phase_floats(&g), nT = qe_lut_floats(&g, M, K)
@@ -205,7 +206,7 @@ def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
             for gi in range(groups):
                 qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
                 rc = qe_lut_conv(&g, &ws[0], &cb[0, 0, 0], M, K, d, &asmt[gi * Og, 0, 0, 0], Og,
-                                 &bias[gi * Og], &ws[nxp], &ws[nxp + nT], &out[n, gi * Og, 0, 0],
+                                 &bias[gi * Og], &ws[nxp], &ws[nxp + nT], &out[n, c0 + gi * Og, 0, 0],
                                  relu, nthreads)
                 if rc != 0:
                     break
@@ -271,13 +272,13 @@ def conv16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, i
 def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
            const uint8_t[:, :, ::1] aT, int KH, int KW, const float[::1] bias,
            int stride, int pad, bint relu, float[:, :, :, ::1] out, float[::1] ws,
-           int nthreads=1, bint quad=False):
+           int nthreads=1, bint quad=False, int c0=0):
     """Fast lookup-table convolution with 16-bit register tables. x [N,C,H,W],
     cb [M,K,d], aT from conv16_layout(quad=quad) [groups, taps, Cop],
     out [N,Cout,OH,OW]."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
-    cdef int groups = aT.shape[0], Cout = out.shape[1]
+    cdef int groups = aT.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
     if groups <= 0 or C % groups or Cout % groups:
         raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
@@ -289,7 +290,8 @@ def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
             aT.shape[1] != ((KH * KW * M + 3) // 4 * 4 if quad else KH * KW * M):
         raise ValueError(f"codebook has {M} subspaces of d={d}, index layout "
                          f"{list(aT.shape)}, input channels per group {Cg}")
-    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
+    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
+            or out.shape[3] != g.OW:
         raise ValueError("bias or output shape does not match the convolution")
     cdef int64_t nxp = qe_phase_floats(&g), nb = qe_conv16_bytes(&g, M, K, d, Og)
     if nb < 0 or ws.shape[0] < nxp + (nb + 3) // 4 + 16:
@@ -303,7 +305,7 @@ def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
             for gi in range(groups):
                 qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
                 rc = qe_conv16(&g, &ws[0], &cb[0, 0, 0], M, K, d, &aT[gi, 0, 0], quad, Og,
-                               &bias[gi * Og], wb, &out[n, gi * Og, 0, 0], relu, nthreads)
+                               &bias[gi * Og], wb, &out[n, c0 + gi * Og, 0, 0], relu, nthreads)
                 if rc != 0:
                     break
             if rc != 0:
@@ -319,8 +321,7 @@ def conv16_lookup(const uint8_t[::1] Q, int Kp, const int64_t[::1] tb,
     """The fast convolution's lookup stage alone (for tests): acc [R, Cop] int32,
     acc[r, slot] = sum over taps j of the 16-bit entry aT[j, c] of the table at
     Q[tb[j] + r*2*Kp:] (low bytes, then high bytes), slot = conv16_slot(c)."""
-    cdef int J = aT.shape[0], Cop = aT.shape[1], j
-    cdef int64_t need = 0
+    cdef int J = aT.shape[0], Cop = aT.shape[1], j, c
     if Kp not in (16, 32, 64, 128) or Cop % 64 or R % 4 or tb.shape[0] != J \
             or acc.shape[0] != R or acc.shape[1] != Cop:
         raise ValueError("conv16_lookup: inconsistent shapes")
@@ -342,7 +343,7 @@ def conv16_lookup4(const uint8_t[::1] Q, const int64_t[::1] tb, const uint8_t[:,
     """The four-taps lookup stage alone (for tests): 16-entry tables (low bytes,
     then high bytes, 32 bytes a table) at Q[tb[j] + r*32:], aQ [J4, Cop*4] from
     conv16_layout(quad=True); acc [R, Cop] in channel order."""
-    cdef int J4 = aQ.shape[0], Cop = aQ.shape[1] // 4, j
+    cdef int J4 = aQ.shape[0], Cop = aQ.shape[1] // 4, j, c
     if aQ.shape[1] % 256 or R % 4 or tb.shape[0] != 4 * J4 or acc.shape[0] != R \
             or acc.shape[1] != Cop:
         raise ValueError("conv16_lookup4: inconsistent shapes")
@@ -385,11 +386,11 @@ def block_conv_weights(const float[:, ::1] w, int groups, float[:, :, :, ::1] ou
 
 def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
                const float[::1] bias, int kh, int kw, int stride, int pad, bint relu,
-               float[:, :, :, ::1] out, float[::1] ws, int nthreads=1):
+               float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0):
     """Dense convolution. x [N,C,H,W], wblk from block_conv_weights() (its first axis is
-    the group count), out [N,Cout,OH,OW]."""
+    the group count), out [N,Cout,OH,OW] (or channels c0 .. c0+Cout of a wider out)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int groups = wblk.shape[0], Cout = out.shape[1]
+    cdef int groups = wblk.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
     if groups <= 0 or C % groups or Cout % groups:
         raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
@@ -398,7 +399,8 @@ def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
             or wblk.shape[3] != QE_DENSE_CO:
         raise ValueError("blocked weights do not match the convolution")
     _geom(&g, Cg, H, W, kh, kw, stride, pad)
-    if bias.shape[0] != Cout or out.shape[0] != N or out.shape[2] != g.OH or out.shape[3] != g.OW:
+    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
+            or out.shape[3] != g.OW:
         raise ValueError("bias or output shape does not match the convolution")
     cdef int64_t nxp = qe_phase_floats(&g)
     if ws.shape[0] < nxp + qe_acc_floats(&g, (Og + QE_DENSE_CO - 1) // QE_DENSE_CO * QE_DENSE_CO):
@@ -409,7 +411,7 @@ def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
             for gi in range(groups):
                 qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
                 rc = qe_dense_conv(&g, &ws[0], &wblk[gi, 0, 0, 0], Og, &bias[gi * Og], &ws[nxp],
-                                   &out[n, gi * Og, 0, 0], relu, nthreads)
+                                   &out[n, c0 + gi * Og, 0, 0], relu, nthreads)
                 if rc != 0:
                     break
             if rc != 0:

@@ -244,19 +244,21 @@ class _Conv(_Weighted):
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
-    def run(self, xs, ws, nthreads, relu):
+    def run(self, xs, ws, nthreads, relu, into=None):
+        """into: (buffer, c0) to write channels c0.. of a wider buffer (a
+        concatenation's output) instead of a new one."""
         x = xs[0]
-        out = self.new_out(x.shape[0])
+        out, c0 = into if into is not None else (self.new_out(x.shape[0]), 0)
         p = self.params
         if self.strategy == "lut16":
             _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
-                            p["stride"], p["pad"], relu, out, ws, nthreads, self.quad)
+                            p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
         elif self.strategy == "lut":
             _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
-                              self.group, relu, out, ws, nthreads)
+                              self.group, relu, out, ws, nthreads, c0)
         else:
             _kernels.conv_dense(x, self.weight_blocked, self.bias, self.kh, self.kw, p["stride"],
-                                p["pad"], relu, out, ws, nthreads)
+                                p["pad"], relu, out, ws, nthreads, c0)
         return out
 
 
@@ -453,7 +455,44 @@ class Model:
         for i, op in enumerate(self._ops):
             for b in op.bottom:
                 self._last_use[b] = i
+        self._concat_into = self._plan_concat_in_place()
         self._qf = qf
+
+    def _plan_concat_in_place(self):
+        """{producer index: (concat index, first channel)} for concatenations
+        (along channels) whose inputs are convolutions read by nothing else (an
+        in-place ReLU after one is fused into it): those write straight into the
+        concatenation's output, which then costs no copy."""
+        producer, readers = {}, {}
+        for i, op in enumerate(self._ops):
+            for b in op.bottom:
+                readers.setdefault(b, []).append(i)
+            for t in op.top:
+                if t not in op.bottom:
+                    producer[t] = i
+        plan = {}
+        for ci, op in enumerate(self._ops):
+            if op.type != "Concat" or op.params.get("axis", 1) != 1 \
+                    or len(set(op.bottom)) != len(op.bottom):
+                continue
+            c0, cand = 0, {}
+            for b in op.bottom:
+                pi = producer.get(b)
+                if pi is None or pi >= ci or pi in plan or pi in cand:
+                    break
+                p = self._ops[pi]
+                others = [r for r in readers.get(b, []) if r != ci]
+                fused_relu = (len(others) == 1 and others[0] == pi + 1
+                              and self._ops[pi + 1].type == "ReLU"
+                              and self._ops[pi + 1].params["negative_slope"] == 0.0
+                              and self._ops[pi + 1].bottom == [b] and self._ops[pi + 1].top == [b])
+                if p.type != "Convolution" or p.top != [b] or (others and not fused_relu):
+                    break
+                cand[pi] = (ci, c0)
+                c0 += p.out_shape[0]
+            else:
+                plan.update(cand)
+        return plan
 
     # -- running ----------------------------------------------------------
     def _workspace(self):
@@ -526,6 +565,10 @@ class Model:
         results = {}
         keep = set(want or [])
         ops = self._ops
+        # concatenations written in place by their inputs (not when a caller
+        # asks for intermediate outputs: they must stay separate buffers)
+        into_plan = self._concat_into if want is None else {}
+        cat_bufs = {}
         i = 0
         while i < len(ops):
             op = ops[i]
@@ -534,7 +577,16 @@ class Model:
                     and ops[i + 1].bottom == op.top and ops[i + 1].top == op.top
                     and op.name not in keep)
             t0 = time.perf_counter() if profile is not None else 0.0
-            out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse)
+            if i in into_plan:
+                ci, c0 = into_plan[i]
+                if ci not in cat_bufs:
+                    cat_bufs[ci] = ops[ci].new_out(x.shape[0])
+                out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse,
+                             into=(cat_bufs[ci], c0))
+            elif i in cat_bufs:                   # a concatenation already written
+                out = cat_bufs.pop(i)
+            else:
+                out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse)
             if profile is not None:
                 profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
             if op.name in keep:
