@@ -20,6 +20,14 @@ MODES = ("exact", "fast")
 # A quantized layer runs densely on its dequantized weights when its tables and
 # lookups would cost this many times its dense multiply-adds (same sums either way).
 DEQUANTIZE_RATIO = 1.25
+# What one table lookup of a convolution costs, in dense multiply-adds, by the
+# kernel that would do it (measured on Zen 3 against the dense kernel's ~30
+# multiply-adds/ns: float table rows 12 lookups/ns for K <= 32, 7-8 beyond, the
+# tables then outgrowing L1; 16-bit register tables estimated from llvm-mca and
+# the Zen 4 micro-kernel figures in README "Fast mode").
+LOOKUP_COST_FLOAT_ROWS_SMALL_K = 2.5   # K <= 32
+LOOKUP_COST_FLOAT_ROWS = 4.0
+LOOKUP_COST_REGISTER = 1.5
 
 
 def _isa_from_env():
@@ -193,18 +201,23 @@ class _Conv(_Weighted):
             # entry would replace under d multiply-adds while the table is K
             # times larger than the input.  Run it densely on the dequantized
             # weights, the same sums in another order.  So is any layer whose
-            # tables and lookups would cost more than its dense multiply-adds
-            # (1x1 convolutions with few outputs, for example).
+            # tables and lookups would cost more than its dense multiply-adds,
+            # each lookup priced by the kernel that would do it (small d with
+            # float table rows, 1x1 convolutions with few outputs, for example).
             self.strategy = "lut"
             dense_cost, table, lookups = self.cost()
+            register = (self.fast and self.K <= _conv16_k_limit()
+                        and self.kh * self.kw * self.M <= _kernels.C16_MAX_TAPS)
+            per_lookup = (LOOKUP_COST_REGISTER if register else
+                          LOOKUP_COST_FLOAT_ROWS_SMALL_K if self.K <= 32 else
+                          LOOKUP_COST_FLOAT_ROWS)
             if self.dense_small and ((self.M == 1 and cg < self.d)
-                                     or table + lookups > DEQUANTIZE_RATIO * dense_cost):
+                                     or table + per_lookup * lookups > dense_cost):
                 self.strategy = "dequantized"
                 taps = buffers.reshape(self.indices, (cout, self.kh * self.kw, self.M))
                 self.weight_blocked = blocked_conv_weights(
                     _dequantize(self.codebook, taps, cg), self.group)
-            elif self.fast and self.K <= _conv16_k_limit() \
-                    and self.kh * self.kw * self.M <= _kernels.C16_MAX_TAPS:
+            elif register:
                 # fast: 16-bit tables looked up inside SIMD registers, where this
                 # instruction set can hold K entries (see README, "Fast mode")
                 self.strategy = "lut16"
