@@ -5,8 +5,9 @@
 
 /* Max pooling in two passes per output row: the largest of the window's input
  * rows, element by element (contiguous, vectorised), then the largest over
- * each window's columns.  Branch-free; NaNs are skipped as in the one-pass
- * form (v > m ? v : m), so the two give the same bits. */
+ * each window's columns, one column offset at a time.  Branch-free; NaNs are
+ * skipped as in the one-pass form (v > m ? v : m), and max is exact, so the
+ * two give the same bits. */
 static int max_pool_separable(const float *x, float *y, int C, int H, int W, int OH, int OW,
                               int KH, int KW, int SH, int SW, int PH, int PW)
 {
@@ -24,14 +25,20 @@ static int max_pool_separable(const float *x, float *y, int C, int H, int W, int
                 const float *xr = xc + (int64_t)h * W;
                 for (int w = 0; w < W; w++) v[w] = xr[w] > v[w] ? xr[w] : v[w];
             }
+            /* column kw of every window: outputs [lo, hi) read v[ow*SW - PW + kw]
+             * inside the row (a strided, vectorisable loop per kw) */
             float *yr = yc + (int64_t)oh * OW;
-            for (int ow = 0; ow < OW; ow++) {
-                int w0 = ow * SW - PW, w1 = w0 + KW;
-                w0 = w0 < 0 ? 0 : w0;
-                w1 = w1 > W ? W : w1;
-                float m = -FLT_MAX;
-                for (int w = w0; w < w1; w++) m = v[w] > m ? v[w] : m;
-                yr[ow] = m;
+            for (int ow = 0; ow < OW; ow++) yr[ow] = -FLT_MAX;
+            for (int kw = 0; kw < KW; kw++) {
+                const int off = kw - PW;
+                int lo = off < 0 ? (-off + SW - 1) / SW : 0;
+                int hi = (W - 1 - off) >= 0 ? (W - 1 - off) / SW + 1 : 0;
+                hi = hi > OW ? OW : hi;
+                const float *vk = v + off;
+                for (int ow = lo; ow < hi; ow++) {
+                    const float a = vk[(int64_t)ow * SW];
+                    yr[ow] = a > yr[ow] ? a : yr[ow];
+                }
             }
         }
     }
