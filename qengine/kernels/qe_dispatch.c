@@ -232,8 +232,12 @@ int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Co
     int64_t *jb = dense_tap_offsets(g);
     if (!jb) return -1;
     int coutb = (Cout + QE_DENSE_CO - 1) / QE_DENSE_CO * QE_DENSE_CO;
-    K_()->dense_conv(g, xp, jb, g->C * g->KH * g->KW, w, coutb, accbuf, nthreads);
-    K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
+    /* when a flattened row is an output row (no discarded columns), the kernel
+     * writes the output itself */
+    const int direct = g->Wq == g->OW;
+    K_()->dense_conv(g, xp, jb, g->C * g->KH * g->KW, w, coutb, accbuf, direct ? y : NULL, Cout,
+                     bias, relu, nthreads);
+    if (!direct) K_()->scatter_rows(g, accbuf, Cout, bias, relu, y, nthreads);
     free(jb);
     return 0;
 }

@@ -160,8 +160,38 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
 #ifndef QE_DENSE_W_BYTES
 #define QE_DENSE_W_BYTES (160 * 1024)
 #endif
+typedef int32_t QE_CAT(v8m, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
+
+/* Output channel co's 16 positions from r0, plus bias, ReLU'd when asked,
+ * straight into y [Cout][R] (only the positions below R). */
+static inline void FN(dense_store_y)(float *y, int64_t R, int64_t r0, int co, const float *bias,
+                                     int relu, V8 a, V8 b)
+{
+    const V8 bb = FN(vsplat)(bias ? bias[co] : 0.f);
+    a += bb;
+    b += bb;
+    if (relu) {
+        const V8 z = FN(vsplat)(0.f);
+        a = (V8)((QE_CAT(v8m, QE_SUFFIX))a & (a > z));
+        b = (V8)((QE_CAT(v8m, QE_SUFFIX))b & (b > z));
+    }
+    float *dst = y + (int64_t)co * R + r0;
+    if (r0 + 16 <= R) {
+        FN(vstore)(dst, a);
+        FN(vstore)(dst + 8, b);
+    } else {
+        float t[16];
+        FN(vstore)(t, a);
+        FN(vstore)(t + 8, b);
+        for (int64_t k = 0; k < R - r0; k++) dst[k] = t[k];
+    }
+}
+
+/* y != NULL (layers whose flattened positions are the output's, Wq == OW):
+ * bias, ReLU and the output written here, no accumulator pass. */
 static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t *jbase, int J,
-                           const float *w, int CoutB, float *accbuf, int nthreads)
+                           const float *w, int CoutB, float *accbuf, float *y, int Cout,
+                           const float *bias, int relu, int nthreads)
 {
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
     const int64_t ntiles = (g->R + 15) / 16;   /* only tiles holding real positions */
@@ -202,6 +232,16 @@ static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t
                         w0 = FN(vsplat)(wj[3]); c30 += w0 * x0; c31 += w0 * x1;
                         w0 = FN(vsplat)(wj[4]); c40 += w0 * x0; c41 += w0 * x1;
                         w0 = FN(vsplat)(wj[5]); c50 += w0 * x0; c51 += w0 * x1;
+                    }
+                    if (y) {
+                        const int co = cb * QE_DENSE_CO;
+                        FN(dense_store_y)(y, g->R, r0, co, bias, relu, c00, c01);
+                        if (co + 1 < Cout) FN(dense_store_y)(y, g->R, r0, co + 1, bias, relu, c10, c11);
+                        if (co + 2 < Cout) FN(dense_store_y)(y, g->R, r0, co + 2, bias, relu, c20, c21);
+                        if (co + 3 < Cout) FN(dense_store_y)(y, g->R, r0, co + 3, bias, relu, c30, c31);
+                        if (co + 4 < Cout) FN(dense_store_y)(y, g->R, r0, co + 4, bias, relu, c40, c41);
+                        if (co + 5 < Cout) FN(dense_store_y)(y, g->R, r0, co + 5, bias, relu, c50, c51);
+                        continue;
                     }
                     float *o = accbuf + (int64_t)cb * QE_DENSE_CO * RP + r0;
                     FN(vstore)(o, c00); FN(vstore)(o + 8, c01);
