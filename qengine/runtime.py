@@ -61,6 +61,10 @@ class _Op:
         """Theoretical work: (dense multiply-adds, table multiply-adds, lookups)."""
         return 0, 0, 0
 
+    def model_cost(self):
+        """cost() as the model is quantized, whatever strategy runs the layer."""
+        return self.cost()
+
     def new_out(self, n):
         return buffers.empty((n,) + tuple(self.out_shape))
 
@@ -262,6 +266,11 @@ class _Conv(_Weighted):
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
+    def model_cost(self):
+        lut = self.mode == "lut"
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
+
     def run(self, xs, ws, nthreads, relu, into=None):
         """into: (buffer, c0) to write channels c0.. of a wider buffer (a
         concatenation's output) instead of a new one."""
@@ -334,6 +343,11 @@ class _FC(_Weighted):
 
     def cost(self):
         lut = self.strategy in ("lut", "lut8")
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
+
+    def model_cost(self):
+        lut = self.mode == "lut"
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
@@ -680,9 +694,12 @@ class Model:
         return self.class_names[i] if 0 <= i < len(self.class_names) else str(i)
 
     # -- introspection ----------------------------------------------------
-    def layer_costs(self):
-        """[(name, type, dense MACs, table MACs, lookups)] per layer, per image."""
-        return [(op.name, op.type) + op.cost() for op in self._ops]
+    def layer_costs(self, as_quantized=False):
+        """[(name, type, dense MACs, table MACs, lookups)] per layer, per image, as
+        each layer runs (its strategy), or with as_quantized=True as the model is
+        quantized (tables for every quantized layer: the theoretical speed-up)."""
+        return [(op.name, op.type) + (op.model_cost() if as_quantized else op.cost())
+                for op in self._ops]
 
     def layer_strategies(self):
         """{layer: "lut" | "dequantized" | "dense"} for the weighted layers."""

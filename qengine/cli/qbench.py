@@ -55,8 +55,10 @@ def report(model, totals, per_layer, args, size):
     layer_ms = {n: float(np.median([p.get(n, 0.0) for p in per_layer])) * 1e3 / batch
                 for n in model.layer_names}
     total_layer_ms = sum(layer_ms.values()) or 1.0
-    dense = sum(c[0] for c in costs.values())
-    qcost = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in costs.values())
+    # the theoretical figure describes the quantization, not the strategies chosen here
+    mcosts = [c[2:] for c in model.layer_costs(as_quantized=True)]
+    dense = sum(c[0] for c in mcosts)
+    qcost = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in mcosts)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     layers = []
     for n in model.layer_names:
@@ -156,7 +158,7 @@ def accuracy(args):
             row["fast_vs_exact_agreement"] = float((r["pred"] == exact_pred).mean())
         rows.append(row)
         if role == "model" and mode == "exact":
-            costs = m.layer_costs()
+            costs = m.layer_costs(as_quantized=True)
             dmacs = sum(c[2] for c in costs)
             q = sum((c[3] + c[4]) if (c[3] or c[4]) else c[2] for c in costs)
             dense_b, stored_b = weight_bytes(m)
