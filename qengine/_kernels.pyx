@@ -45,9 +45,9 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
                      float *y, int relu, int nthreads)
     void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
-                float k, float *sq)
+                float k, float *sq, int nthreads)
     void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
-                 int SH, int SW, int PH, int PW, int kind)
+                 int SH, int SW, int PH, int PW, int kind, int nthreads)
     void qe_relu(const float *x, float *y, int64_t n, float slope)
     void qe_softmax(const float *x, float *y, int C, int64_t HW)
     int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
@@ -549,7 +549,7 @@ def fc_dense(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias
 
 
 def lrn(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int size, float alpha,
-        float beta, float k, float[::1] ws):
+        float beta, float k, float[::1] ws, int nthreads=1):
     """Cross-channel LRN of x [N,C,H,W]; ws holds at least H*W floats."""
     cdef int N = x.shape[0], C = x.shape[1]
     cdef int64_t HW = <int64_t>x.shape[2] * x.shape[3]
@@ -559,11 +559,12 @@ def lrn(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int size, float al
     cdef int n
     with nogil:
         for n in range(N):
-            qe_lrn(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, HW, size, alpha, beta, k, &ws[0])
+            qe_lrn(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, HW, size, alpha, beta, k, &ws[0],
+                   nthreads)
 
 
 def pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int kh, int kw, int sh, int sw,
-         int ph, int pw, bint average):
+         int ph, int pw, bint average, int nthreads=1):
     """Max or average pooling; out's shape carries Caffe's ceil-rounded size."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int OH = out.shape[2], OW = out.shape[3]
@@ -573,7 +574,7 @@ def pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int kh, int kw, i
     with nogil:
         for n in range(N):
             qe_pool(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
-                    1 if average else 0)
+                    1 if average else 0, nthreads)
 
 
 def relu(const float[::1] x, float[::1] out, float slope=0.0):

@@ -385,7 +385,7 @@ class _LRN(_Op):
         x = xs[0]
         out = buffers.empty(x.shape)
         p = self.params
-        _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], ws)
+        _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], ws, nthreads)
         return out
 
 
@@ -396,10 +396,10 @@ class _Pool(_Op):
         p = self.params
         _, h, w = self.in_shapes[0]
         if p["global"]:
-            _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE")
+            _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE", nthreads)
         else:
             (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-            _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE")
+            _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE", nthreads)
         return out
 
 

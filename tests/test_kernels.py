@@ -195,3 +195,25 @@ def test_kernels_reject_bad_shapes():
         _kernels.unpack_bits(np.zeros(1, np.uint8), 9, 1, False, np.zeros(1, np.uint8))
     with pytest.raises(ValueError):
         _kernels.set_isa("sse9")
+
+
+def test_pool_and_lrn_split_over_threads_give_the_same_bits():
+    x = RNG.standard_normal((2, 13, 17, 15)).astype(np.float32)
+    for kh, s, p, avg in ((3, 2, 0, False), (3, 2, 1, True), (2, 1, 0, False)):
+        oh = -(-(17 + 2 * p - kh) // s) + 1
+        ow = -(-(15 + 2 * p - kh) // s) + 1
+        outs = []
+        for nt in (1, 2, 3):
+            out = np.full((2, 13, oh, ow), np.nan, np.float32)
+            _kernels.pool(x, out, kh, kh, s, s, p, p, avg, nt)
+            outs.append(out)
+        assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    ws = np.empty(17 * 15, np.float32)
+    outs = []
+    for nt in (1, 2, 3):
+        out = np.full_like(x, np.nan)
+        _kernels.lrn(x, out, 5, 1e-2, 0.75, 1.0, ws, nt)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    want = reference.lrn(x, 5, 1e-2, 0.75, 1.0)
+    close(outs[1], want, 1e-5)

@@ -9,11 +9,16 @@
  * skipped as in the one-pass form (v > m ? v : m), and max is exact, so the
  * two give the same bits. */
 static int max_pool_separable(const float *x, float *y, int C, int H, int W, int OH, int OW,
-                              int KH, int KW, int SH, int SW, int PH, int PW)
+                              int KH, int KW, int SH, int SW, int PH, int PW, int nthreads)
 {
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(| : failed)
+    {
     float *v = (float *)malloc(sizeof(float) * (size_t)W);
-    if (!v) return -1;
+    failed = v == NULL;
+    #pragma omp for schedule(static)
     for (int c = 0; c < C; c++) {
+        if (!v) continue;
         const float *xc = x + (int64_t)c * H * W;
         float *yc = y + (int64_t)c * OH * OW;
         for (int oh = 0; oh < OH; oh++) {
@@ -43,14 +48,18 @@ static int max_pool_separable(const float *x, float *y, int C, int H, int W, int
         }
     }
     free(v);
-    return 0;
+    }
+    return failed ? -1 : 0;
 }
 
 void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
-             int SH, int SW, int PH, int PW, int kind)
+             int SH, int SW, int PH, int PW, int kind, int nthreads)
 {
-    if (kind == 0 && max_pool_separable(x, y, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW) == 0)
+    if (nthreads < 1) nthreads = 1;
+    if (kind == 0 && max_pool_separable(x, y, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
+                                        nthreads) == 0)
         return;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < C; c++) {
         const float *xc = x + (int64_t)c * H * W;
         float *yc = y + (int64_t)c * OH * OW;

@@ -4,6 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "qe_kernels.h"
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 
 /* Bytes of table planes one chunk of taps may touch per tile (fits in L2). */
 #ifndef QE_CHUNK_BYTES
@@ -256,9 +262,28 @@ void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float 
 }
 
 void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
-            float k, float *sq)
+            float k, float *sq, int nthreads)
 {
-    K_()->lrn(x, y, C, HW, size, alpha, beta, k, sq);
+    if (nthreads <= 1 || C < 2) {
+        K_()->lrn(x, y, C, HW, size, alpha, beta, k, sq, 0, C);
+        return;
+    }
+    /* channels split across threads; the caller's scratch serves the first,
+     * the others allocate their own (or fall back to it, one at a time) */
+    const qe_kernel_table *kt = K_();
+    #pragma omp parallel num_threads(nthreads)
+    {
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int c0 = (int)((int64_t)C * t / nt), c1 = (int)((int64_t)C * (t + 1) / nt);
+        float *own = t == 0 ? sq : (float *)malloc(sizeof(float) * (size_t)HW);
+        if (own) {
+            kt->lrn(x, y, C, HW, size, alpha, beta, k, own, c0, c1);
+            if (t != 0) free(own);
+        } else {
+            #pragma omp critical(qe_lrn_scratch)
+            kt->lrn(x, y, C, HW, size, alpha, beta, k, sq, c0, c1);
+        }
+    }
 }
 
 /* ---- fast path: 8-bit tables ---------------------------------------------- */

@@ -336,14 +336,15 @@ static void FN(dense_fc)(const float *x, int Cin, const float *w, int Cout, cons
     }
 }
 
+/* Output channels [c0, c1) of the LRN of x [C][HW] (sq: HW floats of scratch). */
 static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float alpha,
-                    float beta, float k, float *sq)
+                    float beta, float k, float *sq, int c0, int c1)
 {
     /* Direct window sums (no running sum, so no drift across channels). */
     const int pre = (size - 1) / 2, post = size - 1 - pre;
     const float a = alpha / (float)size;
     const int fast_beta = (beta == 0.75f);
-    for (int c = 0; c < C; c++) {
+    for (int c = c0; c < c1; c++) {
         int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
         for (int64_t p = 0; p < HW; p++) sq[p] = 0.f;
         for (int cc = lo; cc <= hi; cc++) {

@@ -108,12 +108,12 @@ void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float 
  * y = x * (k + alpha/size * sum of x^2 over `size` neighbouring channels)^-beta.
  * x, y: [C][HW]; sq: scratch of 2*HW floats. */
 void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
-            float k, float *sq);
+            float k, float *sq, int nthreads);
 
 /* Max (kind 0) or average (kind 1) pooling of x [C][H][W] into y [C][OH][OW]
  * with Caffe's rules (OH, OW already computed with ceil rounding). */
 void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
-             int SH, int SW, int PH, int PW, int kind);
+             int SH, int SW, int PH, int PW, int kind, int nthreads);
 
 /* y = x > 0 ? x : slope * x over n floats (y may equal x). */
 void qe_relu(const float *x, float *y, int64_t n, float slope);
