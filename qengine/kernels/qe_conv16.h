@@ -1,7 +1,8 @@
 /* Fast convolution: 16-bit lookup tables looked up inside SIMD registers.
- * Included by qe_bodies.h once per instruction set (FN, QE_SUFFIX, QE_SIMD);
- * qe_dispatch.c (qe_conv16) builds and quantises the tables and finishes the
- * outputs, this file only sums table entries.
+ * Included by qe_bodies.h once per instruction set (FN, QE_SUFFIX, QE_SIMD).
+ * This file builds the quantised tables (conv16_build) and sums table entries
+ * (conv16_lookup, conv16_lookup4); qe_dispatch.c (qe_conv16) plans the taps,
+ * picks the scale and finishes the outputs (offsets, bias, ReLU).
  *
  * Q holds, for every table group g (phase plane x subspace) and position r of
  * the phase plane, 2*Kp bytes: the low bytes of the Kp 16-bit entries, then
@@ -12,7 +13,7 @@
  *
  *   acc[r][b*64 + qe_c16_slot[c]] = sum_j entry(Q + tb[j] + r*2*Kp, aT[j][b*64 + c])
  *
- * for r < R (a multiple of QE_C16_POS) and 64-channel blocks b.  The slot
+ * for r < R (a multiple of 4) and 64-channel blocks b.  The slot
  * order is the order the SIMD bodies widen 16-bit sums to 32 bits in; the
  * portable body writes the same order, so all bodies fill acc identically
  * (integer sums: bit for bit).
@@ -39,8 +40,9 @@ static inline int qe_c16_slot_of(int c) { return 16 * ((c % 16) / 4) + 4 * (c / 
  * For every table group g = (phase ph, subspace m) and plane position r, the
  * K entries T[k] = sum_c cb[m][k][c] * x[ph][m*d + c][r], computed 8
  * codewords at a time from cbT [M][d][Kp] (codewords padded to Kp with copies
- * of codeword 0 so that padding never changes a minimum or maximum).  pass 0 writes each table's smallest entry to mins [G][PS] and
- * returns the largest range; pass 1 computes the same entries again (the
+ * of codeword 0 so that padding never changes a minimum or maximum).  Pass 0
+ * writes each table's smallest entry to mins [G][PS] and returns the largest
+ * range; pass 1 computes the same entries again (the
  * arithmetic is cheap next to the lookups; no float table goes through
  * memory) and writes q = (T - min) * inv rounded half up, clamped to
  * 0..65535, as its low and high bytes at Q + (g*PS + r)*2*Kp. */
@@ -118,12 +120,11 @@ static inline __attribute__((always_inline)) float FN(c16_build_group)(
 }
 
 static float FN(conv16_build)(const qe_conv_geom *g, const float *xp, const float *cbT, int M,
-                              int K8, int d, int Kp, float *mins, float inv, uint8_t *Q,
-                              int pass, int nthreads)
+                              int d, int Kp, float *mins, float inv, uint8_t *Q, int pass,
+                              int nthreads)
 {
     const int G = g->SS * M;
     float range = 0.f;
-    (void)K8;   /* cbT rows hold Kp codewords */
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1) \
         reduction(max : range)
     for (int gi = 0; gi < G; gi++) {

@@ -540,15 +540,14 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     for (int j = J; j < 4 * J4; j++) tb[j] = (int64_t)G * g->PS * 2 * Kp;   /* zero tables */
     memset(Q + (int64_t)G * g->PS * 2 * Kp, 0, (size_t)(g->PS * 2 * Kp));
     /* codebook [M][K][d] -> cbT [M][d][Kp], padded with copies of codeword 0 */
-    const int K8 = Kp;
     for (int m = 0; m < M; m++)
         for (int c = 0; c < d; c++)
-            for (int k = 0; k < K8; k++)
-                cbT[((int64_t)m * d + c) * K8 + k] = cb[((int64_t)m * K + (k < K ? k : 0)) * d + c];
+            for (int k = 0; k < Kp; k++)
+                cbT[((int64_t)m * d + c) * Kp + k] = cb[((int64_t)m * K + (k < K ? k : 0)) * d + c];
     /* one scale per call from the largest table range, then the entries */
-    const float range = K_()->conv16_build(g, xp, cbT, M, K8, d, Kp, mins, 0.f, Q, 0, nthreads);
+    const float range = K_()->conv16_build(g, xp, cbT, M, d, Kp, mins, 0.f, Q, 0, nthreads);
     const float s = range > 0.f ? range / 65535.f : 1.f;
-    K_()->conv16_build(g, xp, cbT, M, K8, d, Kp, mins, 1.f / s, Q, 1, nthreads);
+    K_()->conv16_build(g, xp, cbT, M, d, Kp, mins, 1.f / s, Q, 1, nthreads);
     /* positions in whole register blocks of 4: the tables of the last ones
      * still lie inside the planes (PS >= R rounded to QE_TILE + largest shift) */
     const int64_t R4 = (g->R + 3) / 4 * 4;

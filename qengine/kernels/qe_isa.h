@@ -27,7 +27,7 @@ typedef struct {
     void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
     void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
     /* the fast convolution's quantised tables and register lookups (qe_conv16.h) */
-    float (*conv16_build)(const qe_conv_geom *, const float *, const float *, int, int, int, int,
+    float (*conv16_build)(const qe_conv_geom *, const float *, const float *, int, int, int,
                           float *, float, uint8_t *, int, int);
     void (*conv16_lookup)(const uint8_t *, int, const int64_t *, int, const uint8_t *, int,
                           int64_t, int32_t *, int);
