@@ -11,7 +11,7 @@
  * position r starts at Q + tb[j] + r*2*Kp.  aT [J][Cop] holds tap j's
  * codeword index for every output channel (Cop a multiple of 64).
  *
- *   acc[r][b*64 + qe_c16_slot[c]] = sum_j entry(Q + tb[j] + r*2*Kp, aT[j][b*64 + c])
+ *   acc[r][b*64 + qe_conv16_slot(c)] = sum_j entry(Q + tb[j] + r*2*Kp, aT[j][b*64 + c])
  *
  * for r < R (a multiple of 4) and 64-channel blocks b.  The slot
  * order is the order the SIMD bodies widen 16-bit sums to 32 bits in; the
@@ -27,11 +27,8 @@
  * every byte sum <= 256 * 255 = 65280.  An int32 total is at most
  * 65535 * J: the caller keeps J <= QE_C16_MAX_TAPS = 32767. */
 
-#ifndef QE_C16_ONCE
-#define QE_C16_ONCE
+#ifndef QE_C16_FLUSH
 #define QE_C16_FLUSH 256
-/* slot of channel c (0..63) of a 64-channel block: lane c/16, word (c%16) */
-static inline int qe_c16_slot_of(int c) { return 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4; }
 #endif
 
 #define FN(name) QE_CAT(name, QE_SUFFIX)
@@ -265,7 +262,7 @@ static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J
                               const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
 {
     int slot[64];
-    for (int c = 0; c < 64; c++) slot[c] = qe_c16_slot_of(c);
+    for (int c = 0; c < 64; c++) slot[c] = qe_conv16_slot(c);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t r = 0; r < R; r++) {
         int32_t *ar = acc + r * Cop;
@@ -346,7 +343,6 @@ static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, cons
     }
 }
 #undef QE_C4_P
-#define QE_C16_HAVE_LOOKUP4 1
 #elif QE_SIMD == 0
 /* portable body of the four-taps layout, the reference of the AVX-512 one */
 static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ,
@@ -366,7 +362,6 @@ static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, cons
             }
     }
 }
-#define QE_C16_HAVE_LOOKUP4 1
 #else
 static void FN(conv16_lookup4)(const uint8_t *Q, const int64_t *tb, int J4, const uint8_t *aQ,
                                int Cop, int64_t R, int32_t *acc, int nthreads)

@@ -103,6 +103,18 @@ int qe_get_isa(void)
 
 static const qe_kernel_table *K_(void) { return qe_tables[qe_get_isa()]; }
 
+/* Kernel tap (kh, kw) reads phase plane tap_phase() at tap_shift() from the
+ * output position (see qe_conv_geom). */
+static inline int tap_phase(const qe_conv_geom *g, int kh, int kw)
+{
+    return (kh % g->S) * g->S + kw % g->S;
+}
+
+static inline int64_t tap_shift(const qe_conv_geom *g, int kh, int kw)
+{
+    return (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+}
+
 /* Offsets of dense kernel tap j = (c, kh, kw) in the phase planes. */
 static int64_t *dense_tap_offsets(const qe_conv_geom *g)
 {
@@ -113,8 +125,8 @@ static int64_t *dense_tap_offsets(const qe_conv_geom *g)
     for (int c = 0; c < g->C; c++)
         for (int kh = 0; kh < g->KH; kh++)
             for (int kw = 0; kw < g->KW; kw++) {
-                int ph = (kh % g->S) * g->S + kw % g->S;
-                jb[j++] = ((int64_t)ph * g->C + c) * g->PS + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+                jb[j++] = ((int64_t)tap_phase(g, kh, kw) * g->C + c) * g->PS +
+                          tap_shift(g, kh, kw);
             }
     return jb;
 }
@@ -167,8 +179,7 @@ static int plan_lut(const qe_conv_geom *g, int M, int K, qe_tap_plan *p)
             int before = j;
             for (int kh = a; kh < g->KH; kh += g->S)
                 for (int kw = b; kw < g->KW; kw += g->S) {
-                    int64_t shift = (int64_t)(kh / g->S) * g->Wq + kw / g->S;
-                    p->tbase[j] = ((int64_t)ph * M + m) * K * g->PS + shift;
+                    p->tbase[j] = ((int64_t)ph * M + m) * K * g->PS + tap_shift(g, kh, kw);
                     p->aoff[j] = (kh * g->KW + kw) * M + m;
                     j++;
                 }
@@ -533,8 +544,7 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
         for (int kw = 0; kw < g->KW; kw++)
             for (int m = 0; m < M; m++) {
                 const int j = (kh * g->KW + kw) * M + m;
-                const int ph = (kh % g->S) * g->S + kw % g->S;
-                tm[j] = ((int64_t)ph * M + m) * g->PS + (int64_t)(kh / g->S) * g->Wq + kw / g->S;
+                tm[j] = ((int64_t)tap_phase(g, kh, kw) * M + m) * g->PS + tap_shift(g, kh, kw);
                 tb[j] = tm[j] * 2 * Kp;
             }
     for (int j = J; j < 4 * J4; j++) tb[j] = (int64_t)G * g->PS * 2 * Kp;   /* zero tables */
