@@ -194,7 +194,6 @@ def openvino_runners(graph, weights, batch=1, threads=1, calib=None):
             import logging
             import nncf
             logging.getLogger("nncf").setLevel(logging.ERROR)
-            c, h, w = graph["input"]["shape"]
             cal = np.ascontiguousarray(calib, np.float32)
             n = (len(cal) // batch) * batch
             items = [cal[i:i + batch] for i in range(0, max(n, batch), batch)] if n else \

@@ -299,14 +299,14 @@ def load_qcnn(path):
         arr = np.asarray(model._qf.tensor(str(mean.get("tensor", ""))), np.float32)
         tensors["preprocess.mean"] = qformat.Tensor(arr, encoding="qdelta2d", step=MEAN_STEP)
         pre["mean"] = {"type": "image", "tensor": "preprocess.mean"}
-    return graph, weights, (pre, tensors), list(model.class_names), model
+    return graph, weights, (pre, tensors), list(model.class_names)
 
 
 def convert_qcnn(src, out, preprocess=None, labels=None, **kw):
     """Re-quantise a .qcnn with other settings (its dequantized weights are the
     dense model); its preprocessing and class names carry over unless
     `preprocess` options or `labels` are given.  Options as quantize_model()."""
-    graph, weights, pre, names, _ = load_qcnn(src)
+    graph, weights, pre, names = load_qcnn(src)
     source = {"source": os.path.abspath(src), "source_format": "qcnn (dequantized)"}
     if preprocess and any(v is not None for v in preprocess.values()):
         pre = None

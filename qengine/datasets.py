@@ -96,6 +96,28 @@ def open_set(path, limit=None, labelled=True):
     return files[:limit] if limit else files, None
 
 
+def calibration_inputs(src, shape, preprocess, count, log=None):
+    """Calibration inputs [N, C, H, W] float32: the first `count` of an .npy of
+    inputs of this shape, or up to `count` images of a folder or set (a fixed
+    random sample, seed 0) through `preprocess` (image -> [C, H, W])."""
+    if str(src).endswith(".npy"):
+        try:
+            x = np.load(src, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{src}: cannot read calibration inputs ({e})") from None
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+            raise FormatError(f"{src}: calibration inputs must be [N, {', '.join(map(str, shape))}],"
+                              f" are {list(x.shape)}")
+        return np.ascontiguousarray(x[:count], np.float32)
+    items, _ = open_set(src, labelled=False)
+    if len(items) > count:
+        rng = np.random.default_rng(0)
+        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
+    if log:
+        log(f"calibration: {len(items)} images from {src}")
+    return np.stack([np.asarray(preprocess(it)) for it in items])
+
+
 def iterate_batches(model, items, batch=64):
     """Preprocessed float32 batches of a set's items."""
     for i in range(0, len(items), batch):

@@ -104,6 +104,11 @@ class _Weighted(_Op):
                      else buffers.zeros((cout,)))
         self._load(qf, w, where, cout)
 
+    def model_cost(self):
+        lut = self.mode == "lut"
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
+
     def _check_lut(self, qf, w, where, cin, idx_prefix):
         """Load the codebook and check the indices' entry: the M subspaces must
         cover the cin input channels and the indices be idx_prefix + (M,).  The
@@ -266,11 +271,6 @@ class _Conv(_Weighted):
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
-    def model_cost(self):
-        lut = self.mode == "lut"
-        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
-                          self.K if lut else None, self.M if lut else None)
-
     def run(self, xs, ws, nthreads, relu, into=None):
         """into: (buffer, c0) to write channels c0.. of a wider buffer (a
         concatenation's output) instead of a new one."""
@@ -343,11 +343,6 @@ class _FC(_Weighted):
 
     def cost(self):
         lut = self.strategy in ("lut", "lut8")
-        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
-                          self.K if lut else None, self.M if lut else None)
-
-    def model_cost(self):
-        lut = self.mode == "lut"
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
@@ -490,6 +485,14 @@ class Model:
         self._concat_into = self._plan_concat_in_place()
         self._qf = qf
 
+    def _relu_follows(self, i):
+        """True when op i+1 is a plain ReLU applied in place to op i's output
+        (a weighted op then applies it itself)."""
+        ops = self._ops
+        return (i + 1 < len(ops) and ops[i + 1].type == "ReLU"
+                and ops[i + 1].params["negative_slope"] == 0.0
+                and ops[i + 1].bottom == ops[i].top and ops[i + 1].top == ops[i].top)
+
     def _plan_concat_in_place(self):
         """{producer index: (concat index, first channel)} for concatenations
         (along channels) whose inputs are convolutions read by nothing else (an
@@ -514,10 +517,7 @@ class Model:
                     break
                 p = self._ops[pi]
                 others = [r for r in readers.get(b, []) if r != ci]
-                fused_relu = (len(others) == 1 and others[0] == pi + 1
-                              and self._ops[pi + 1].type == "ReLU"
-                              and self._ops[pi + 1].params["negative_slope"] == 0.0
-                              and self._ops[pi + 1].bottom == [b] and self._ops[pi + 1].top == [b])
+                fused_relu = others == [pi + 1] and self._relu_follows(pi)
                 if p.type != "Convolution" or p.top != [b] or (others and not fused_relu):
                     break
                 cand[pi] = (ci, c0)
@@ -604,10 +604,7 @@ class Model:
         i = 0
         while i < len(ops):
             op = ops[i]
-            fuse = (op.weighted and i + 1 < len(ops) and ops[i + 1].type == "ReLU"
-                    and ops[i + 1].params["negative_slope"] == 0.0
-                    and ops[i + 1].bottom == op.top and ops[i + 1].top == op.top
-                    and op.name not in keep)
+            fuse = op.weighted and self._relu_follows(i) and op.name not in keep
             t0 = time.perf_counter() if profile is not None else 0.0
             if i in into_plan:
                 ci, c0 = into_plan[i]

@@ -288,14 +288,10 @@ def main(argv=None):
 
 
 def _calibration(model, src, count):
-    """Up to `count` images of `src` preprocessed as the model's, [N, C, H, W]."""
-    import numpy as np
-    from ..datasets import open_set
-    items, _ = open_set(src, labelled=False)
-    if len(items) > count:
-        rng = np.random.default_rng(0)
-        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
-    return np.stack([np.asarray(model.preprocessor(it)) for it in items])
+    """Up to `count` images of `src` (or inputs of an .npy) preprocessed as the
+    model's, [N, C, H, W]."""
+    from ..datasets import calibration_inputs
+    return calibration_inputs(src, model.input_shape, model.preprocessor, count)
 
 
 if __name__ == "__main__":

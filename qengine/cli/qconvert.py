@@ -184,53 +184,26 @@ def _quantize_options(args, arch_file, log, qcnn_source=None):
 def _calibration_from_qcnn(src, qcnn, count, log):
     """Calibration inputs for re-quantising a .qcnn: an .npy, or images
     preprocessed by the model's own preprocessing."""
-    import numpy as np
-    from ..datasets import open_set
+    from ..datasets import calibration_inputs
     from ..runtime import Model
     model = Model(qcnn)
-    if src.endswith(".npy"):
-        x = np.load(src, allow_pickle=False, mmap_mode="r")
-        if x.ndim != 4 or tuple(x.shape[1:]) != model.input_shape:
-            from ..errors import FormatError
-            raise FormatError(f"{src}: calibration inputs must be "
-                              f"[N, {', '.join(map(str, model.input_shape))}], are {list(x.shape)}")
-        return np.ascontiguousarray(x[:count], np.float32)
-    items, _ = open_set(src, labelled=False)
-    rng = np.random.default_rng(0)
-    if len(items) > count:
-        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
-    log(f"calibration: {len(items)} images from {src}")
-    return np.stack([np.asarray(model.preprocessor(it)) for it in items])
+    return calibration_inputs(src, model.input_shape, model.preprocessor, count, log)
 
 
 def load_calibration(src, prototxt, preprocess, count, log):
     """Calibration inputs [N, C, H, W]: an .npy, or images preprocessed as the model's."""
-    import numpy as np
     from ..convert import make_preprocess, read_prototxt
-    from ..datasets import open_set
-    from ..errors import FormatError
+    from ..datasets import calibration_inputs
     from ..preprocess import Preprocessor
     graph = read_prototxt(prototxt)
     shape = tuple(graph["input"]["shape"])
-    if src.endswith(".npy"):
-        try:
-            x = np.load(src, allow_pickle=False, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{src}: cannot read calibration inputs ({e})") from None
-        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-            raise FormatError(f"{src}: calibration inputs must be [N, {', '.join(map(str, shape))}],"
-                              f" are {list(x.shape)}")
-        return np.ascontiguousarray(x[:count], np.float32)
-    tensors = {}
-    pre = make_preprocess(shape, tensors=tensors, **{k: v for k, v in preprocess.items()})
-    mean = tensors["preprocess.mean"].array if "preprocess.mean" in tensors else None
-    pp = Preprocessor(pre, shape, mean)
-    items, _ = open_set(src, labelled=False)
-    rng = np.random.default_rng(0)
-    if len(items) > count:
-        items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
-    log(f"calibration: {len(items)} images from {src}")
-    return np.stack([pp(it) for it in items])
+    pp = None
+    if not src.endswith(".npy"):
+        tensors = {}
+        pre = make_preprocess(shape, tensors=tensors, **{k: v for k, v in preprocess.items()})
+        mean = tensors["preprocess.mean"].array if "preprocess.mean" in tensors else None
+        pp = Preprocessor(pre, shape, mean)
+    return calibration_inputs(src, shape, pp, count, log)
 
 
 if __name__ == "__main__":
