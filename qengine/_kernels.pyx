@@ -148,7 +148,20 @@ def get_isa():
     return ISA_NAMES[qe_get_isa()]
 
 
+INT_MAX = 2 ** 31 - 1
+
+
+def check_int_range(where, **products):
+    """The C kernels index within one layer with 32-bit ints: refuse any size
+    (computed here in Python integers, which do not overflow) beyond that."""
+    for name, v in products.items():
+        if v > INT_MAX:
+            raise ValueError(f"{where}: {name} = {v} exceeds the kernels' 32-bit range")
+
+
 cdef int _geom(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int P) except -1:
+    check_int_range("convolution", C_KH_KW=C * KH * KW, S_S_C=S * S * C,
+                    padded_plane=(H + 2 * P) * (W + 2 * P))
     if qe_conv_geom_init(g, C, H, W, KH, KW, S, P) != 0:
         raise ValueError(f"invalid convolution geometry C={C} H={H} W={W} kernel={KH}x{KW} "
                          f"stride={S} pad={P}")
@@ -432,6 +445,8 @@ def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::
     cdef int N = x.shape[0], Cin = x.shape[1]
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
     cdef int Cout = asmt.shape[0]
+    check_int_range("fully-connected layer", M_K=cb.shape[0] * cb.shape[1],
+                    Cout_M=asmt.shape[0] * asmt.shape[1])
     if asmt.shape[1] != M or M != (Cin + d - 1) // d:
         raise ValueError(f"codebook has {M} subspaces of d={d}, assignments {asmt.shape[1]}, "
                          f"inputs {Cin}")
@@ -446,9 +461,10 @@ def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::
                       &ws[0], &out[n, 0], relu, nthreads)
 
 
-def fc_q8_layout_size(int Cout, int M):
+def fc_q8_layout_size(Cout, M):
     """Bytes of fc_q8_layout()'s output for indices [Cout, M]."""
-    return <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M)
+    check_int_range("fully-connected layer", Cout_M=Cout * M)
+    return (Cout + 31) // 32 * 32 * ((M + 1) // 2 * 2)
 
 
 def fc_q8_layout(const uint8_t[::1] src, int bits, int Cout, int M, uint8_t[::1] out):
@@ -478,9 +494,11 @@ def block_fc_indices(const uint8_t[:, ::1] asmt, int K, uint8_t[:, ::1] out):
         qe_block_fc_indices(&asmt[0, 0], Cout, M, qe_fc_block(K), &out[0, 0])
 
 
-def fc_q8_workspace_floats(int M, int K, int Cout):
-    """Scratch floats the 8-bit fully-connected kernel needs."""
-    return M * K + (qe_fc_q8_pad_m(M) * 32 + 3) // 4 + qe_fc_q8_pad_cout(Cout)
+def fc_q8_workspace_floats(M, K, Cout):
+    """Scratch floats the 8-bit fully-connected kernel needs (Python integers:
+    no overflow; sizes beyond the kernels' 32-bit range refused)."""
+    check_int_range("fully-connected layer", M_K=M * K, Cout_M=Cout * M)
+    return M * K + ((M + 1) // 2 * 2 * 32 + 3) // 4 + (Cout + 31) // 32 * 32
 
 
 cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cb,
@@ -496,6 +514,9 @@ cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, :
         raise ValueError("bias or output shape does not match the layer")
     if ws.shape[0] < ws_need:
         raise ValueError("workspace too small")
+    if ws_need != (fc_q8_workspace_floats(M, K, Cout) if kernel == "8-bit"
+                   else fc_f32_workspace_floats(M, K, Cout)):
+        raise ValueError("workspace size does not match the layer")
     return 0
 
 
@@ -515,9 +536,11 @@ def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] i
                      <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[n, 0], relu, nthreads)
 
 
-def fc_f32_workspace_floats(int M, int K, int Cout):
-    """Scratch floats the register-lookup exact fully-connected kernel needs."""
-    return qe_fc_q8_pad_m(M) * qe_fc_k_pad(K) + qe_fc_q8_pad_cout(Cout)
+def fc_f32_workspace_floats(M, K, Cout):
+    """Scratch floats the register-lookup exact fully-connected kernel needs
+    (Python integers, see fc_q8_workspace_floats)."""
+    check_int_range("fully-connected layer", M_K=M * K, Cout_M=Cout * M)
+    return (M + 1) // 2 * 2 * (8 if K <= 8 else 16 if K <= 16 else 32) + (Cout + 31) // 32 * 32
 
 
 def fc_f32(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] idxq, int Cout,

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import __version__, format as qformat
 from .errors import FormatError, ModelError, QEngineError
+from .files import open_regular
 from .graph import from_prototxt
 from .readers.qcnn_original import load_quantized_layers, read_mean, scan_dir
 
@@ -21,10 +22,13 @@ MAX_TEXT_BYTES = 16 * 1024 * 1024  # prototxt and labels files
 
 def read_prototxt(path):
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read(MAX_TEXT_BYTES + 1)
+        with open_regular(path, "prototxt file") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: cannot read prototxt ({e})") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise FormatError(f"{path}: prototxt larger than {MAX_TEXT_BYTES} bytes")
     return from_prototxt(text, source=path)
 
 
@@ -51,20 +55,22 @@ _WNID = re.compile(r"n\d{8}\s+")
 
 
 def read_labels(path, n_classes=None):
-    """One class name per line; line i (0-based) is class i.  When every line
+    """One class name per line; line i (0-based) is class i.  Lines end at "\n"
+    only (a "\r" before it is dropped; U+2028, form feeds and the like stay
+    inside a label), a UTF-8 byte-order mark is ignored.  When every line
     starts with a WordNet id (Caffe's synset_words.txt), the ids are dropped."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "labels file") as f:
             data = f.read(MAX_TEXT_BYTES + 1)
     except OSError as e:
         raise FormatError(f"{path}: cannot read labels ({e.strerror})") from None
     if len(data) > MAX_TEXT_BYTES:
         raise FormatError(f"{path}: labels file larger than {MAX_TEXT_BYTES} bytes")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise FormatError(f"{path}: labels file is not UTF-8 text") from None
-    names = [ln.strip() for ln in text.splitlines()]
+    names = [ln.strip(" \t\r") for ln in text.split("\n")]
     while names and not names[-1]:
         names.pop()
     # Caffe's synset_words.txt: "n01440764 tench, Tinca tinca" -> "tench, Tinca tinca"
@@ -196,10 +202,11 @@ def read_mean_file(path):
     """A mean image from .npy ([C,H,W]) or the original .bin format."""
     if str(path).endswith(".npy"):
         try:
-            m = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+            with open_regular(path, "mean file") as f:
+                m = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
             raise FormatError(f"{path}: cannot read mean image ({e})") from None
-        if m.ndim != 3 or not np.all(np.isfinite(m)):
+        if m.ndim != 3 or m.dtype.kind not in "fiu" or not np.all(np.isfinite(m)):
             raise FormatError(f"{path}: a mean image must be finite [C, H, W], is {m.shape}")
         return np.ascontiguousarray(m, np.float32)
     return read_mean(path)

@@ -22,12 +22,16 @@ import zlib
 
 from . import buffers
 from .errors import FormatError, QEngineError
+from .files import open_regular
 
 MAGIC = b"\x89QCNN\r\n\x1a"
 VERSION = 1
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 64
-MAX_HEADER = 64 * 1024 * 1024
+MAX_HEADER = 16 * 1024 * 1024
+# JSON arrays and objects in a header: each costs Python ~60 bytes from 1-2 bytes
+# of file, so their number bounds the header's memory (~20x its size at most)
+MAX_HEADER_CONTAINERS = 1 << 20
 MAX_TENSORS = 100000
 MAX_NDIM = 8
 MAX_NAME = 256
@@ -191,6 +195,11 @@ def write(path, metadata, tensors, force=True):
     return PREAMBLE.size + len(header) + (data_offset - PREAMBLE.size - len(header)) + data_len
 
 
+def _all_finite(mv):
+    from . import _kernels
+    return _kernels.all_finite(buffers.reshape(mv, (-1,)))
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -202,10 +211,7 @@ class QcnnFile:
 
     def __init__(self, path, verify=True):
         self.path = os.fspath(path)
-        try:
-            f = open(self.path, "rb")
-        except OSError as e:
-            raise FormatError(f"{self.path}: cannot open: {e.strerror}") from None
+        f = open_regular(self.path, ".qcnn model")
         with f:
             size = os.fstat(f.fileno()).st_size
             if size < PREAMBLE.size:
@@ -228,6 +234,9 @@ class QcnnFile:
                 raise FormatError(f"{self.path}: header: checksum mismatch (file is corrupt)")
             if pad.count(0) != len(pad):
                 raise FormatError(f"{self.path}: header: padding is not zero (file is corrupt)")
+            if hbytes.count(b"[") + hbytes.count(b"{") > MAX_HEADER_CONTAINERS:
+                raise FormatError(f"{self.path}: header: more than {MAX_HEADER_CONTAINERS} "
+                                  f"JSON arrays and objects")
             try:
                 header = json.loads(hbytes.decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -299,15 +308,26 @@ class QcnnFile:
                 self._fail(f"tensors {n1!r} and {n2!r} overlap")
         self._spans = spans
 
+    def _zero(self, start, end):
+        """True when data bytes [start, end) are all zero, read in place (no copy)
+        and released from memory after (a large gap may be a sparse hole)."""
+        from . import _kernels
+        step = 1 << 24
+        for a in range(start, end, step):
+            b = min(end, a + step)
+            if _kernels.max_u8(self._buf[a:b]) != 0:
+                return False
+            if b - a == step:
+                self._release_range(self.data_offset + a, b - a)
+        return True
+
     def _check_gaps(self):
         pos = 0
         for a, b, name in self._spans:
-            gap = self._buf[pos:a]
-            if bytes(gap).count(0) != len(gap):
+            if a > pos and not self._zero(pos, a):
                 self._fail(f"padding before tensor {name!r} is not zero (file is corrupt)")
             pos = max(pos, b)
-        tail = self._buf[pos:]
-        if bytes(tail).count(0) != len(tail):
+        if len(self._buf) > pos and not self._zero(pos, len(self._buf)):
             self._fail("bytes after the last tensor are not zero (file is corrupt)")
 
     def verify(self):
@@ -327,10 +347,29 @@ class QcnnFile:
         except KeyError:
             raise FormatError(f"{self.path}: tensor {name!r} is missing") from None
 
+    def decoded_nbytes(self, name):
+        """Bytes that view(name) allocates: 0 for a raw tensor (a view of the
+        mapped file), the decoded size for a packed or encoded one."""
+        e = self.entry(name)
+        count = buffers.count(e["shape"])
+        if e.get("encoding", "raw") == "qdelta2d":
+            return 4 * count
+        if e.get("bits"):
+            return count
+        return 0 if sys.byteorder == "little" or e["dtype"] == "u8" else count * 4
+
+    def keep_decoded(self, on):
+        """While on, view() decodes each packed or encoded tensor once and hands
+        the same buffer to every caller (a tensor shared by many layers)."""
+        self._decoded = {} if on else None
+
     def view(self, name):
         """The tensor as a shaped memoryview (format "f", "B" or "i"): a read-only
         view of the mapped file for raw tensors, a new buffer for packed or encoded
         ones.  Needs no numpy.  Empty tensors are refused."""
+        cache = getattr(self, "_decoded", None)
+        if cache is not None and name in cache:
+            return cache[name]
         e = self.entry(name)
         shape = tuple(e["shape"])
         where = f"{self.path}: tensor {name!r}"
@@ -339,9 +378,17 @@ class QcnnFile:
             raise FormatError(f"{where}: is empty (shape {list(shape)})")
         data = self._buf[e["offset"]:e["offset"] + e["nbytes"]]
         if e.get("encoding", "raw") == "qdelta2d":
-            return qdelta_decode(data, shape, e["step"], where)
+            out = qdelta_decode(data, shape, e["step"], where)
+            if not _all_finite(out):
+                raise FormatError(f"{where}: decodes to NaN or infinity")
+            if cache is not None:
+                cache[name] = out
+            return out
         if e.get("bits"):
-            return buffers.reshape(unpack_bits(data, e["bits"], count), shape)
+            out = buffers.reshape(unpack_bits(data, e["bits"], count), shape)
+            if cache is not None:
+                cache[name] = out
+            return out
         fmt, size = DTYPES[e["dtype"]]
         if size > 1 and sys.byteorder != "little":  # pragma: no cover - the format is little-endian
             import array
@@ -362,14 +409,16 @@ class QcnnFile:
         """Tell the OS that the mapped bytes of `name` are not needed any more (after a
         kernel has copied them into its own layout), so that they leave the resident
         memory.  Harmless: a later read maps them in again from the file."""
+        e = self.entry(name)
+        self._release_range(self.data_offset + e["offset"], e["nbytes"])
+
+    def _release_range(self, start, nbytes):
         advice = getattr(mmap, "MADV_DONTNEED", None)
         if self._mm is None or advice is None:
             return
-        e = self.entry(name)
         page = mmap.PAGESIZE
-        start = self.data_offset + e["offset"]
         first = -(-start // page) * page
-        last = (start + e["nbytes"]) // page * page
+        last = (start + nbytes) // page * page
         if last > first:
             try:
                 self._mm.madvise(advice, first, last - first)

@@ -230,9 +230,13 @@ def _is_int(v, lo, hi):
     return type(v) is int and lo <= v <= hi
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _is_num(v):
+    """A finite number that a float32 holds (the kernels take float32 parameters)."""
     import math
-    return type(v) in (int, float) and math.isfinite(v)
+    return type(v) in (int, float) and math.isfinite(v) and abs(v) <= FLOAT32_MAX
 
 
 def validate(g):
@@ -317,6 +321,9 @@ def infer_shapes(g):
     """Shapes of every blob: {blob: (C, H, W)} ((C,) for fully-connected outputs).
     Checks that every bottom exists and that every layer fits its input."""
     shapes = {g["input"]["name"]: tuple(g["input"]["shape"])}
+    if count(g["input"]["shape"]) > MAX_BLOB:
+        raise ModelError(f"input {list(g['input']['shape'])} is larger than {MAX_BLOB} values "
+                         f"per image")
     for L in g["layers"]:
         where = f"layer {L['name']!r} ({L['type']})"
         for b in L["bottom"]:
@@ -340,6 +347,12 @@ def infer_shapes(g):
                                  f"{p['num_output']} output channels")
             if h + 2 * p["pad"] < kh or w + 2 * p["pad"] < kw:
                 raise ModelError(f"{where}: kernel {kh}x{kw} larger than the padded input {h}x{w}")
+            # a pad at least the kernel's size or the input's gives outputs made of
+            # padding alone, a stride beyond the padded input skips all but one row
+            if p["pad"] >= max(kh, kw) or p["pad"] > max(h, w) or \
+                    p["stride"] > max(h, w) + 2 * p["pad"]:
+                raise ModelError(f"{where}: pad {p['pad']} or stride {p['stride']} out of range "
+                                 f"for kernel {kh}x{kw} on input {h}x{w}")
             out = (p["num_output"], conv_output(h, kh, p["stride"], p["pad"]),
                    conv_output(w, kw, p["stride"], p["pad"]))
         elif t == "InnerProduct":
@@ -356,6 +369,8 @@ def infer_shapes(g):
                 (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
                 if h + 2 * ph < kh or w + 2 * pw < kw or ph >= kh or pw >= kw:
                     raise ModelError(f"{where}: pooling window does not fit input {h}x{w}")
+                if sh > h + 2 * ph or sw > w + 2 * pw:
+                    raise ModelError(f"{where}: pooling stride {[sh, sw]} beyond input {h}x{w}")
                 out = (c, pool_output(h, kh, sh, ph), pool_output(w, kw, sw, pw))
         elif t == "Concat":
             if not ins or any(len(s) != len(ins[0]) or s[1:] != ins[0][1:] for s in ins):
@@ -375,6 +390,18 @@ def infer_shapes(g):
     return shapes
 
 
+
+
+def layer_work(L, in_shapes, out_shape):
+    """Operations per image of a layer without weights (the budget's work):
+    a pooling window's comparisons or additions, LRN's window, else one per value."""
+    n = count(out_shape)
+    p = L["params"]
+    if L["type"] == "Pooling":
+        return count(in_shapes[0]) if p["global"] else n * p["kernel"][0] * p["kernel"][1]
+    if L["type"] == "LRN":
+        return n * (p["local_size"] + 4)
+    return n
 
 
 def layer_cost(L, in_shape, out_shape, K=None, M=None):

@@ -16,8 +16,11 @@ import sys
 
 from . import buffers
 from .errors import ImageError, ModelError
+from .files import open_regular
 
-MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: 100 megapixels
+# decompression-bomb guard: Pillow's own default limit (89.5 megapixels), checked
+# by us without changing Pillow's global setting, which belongs to the host program
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 # A compressed file declaring more pixels than this per byte of file is refused
 # before decoding: photos stay under ~100, solid-colour images reach ~300 (JPEG),
 # ~1,000 (8-bit PNG, GIF) and ~8,000 (1-bit PNG: deflate's 1032:1 bound), while a
@@ -51,37 +54,39 @@ def read_pixels(src, min_size=None):
         from PIL import Image, ImageOps
     except ImportError:  # pragma: no cover
         raise ImageError("reading image files needs Pillow (pip install pillow)") from None
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    name = getattr(src, "filename", None) or str(src)
+    name = getattr(src, "filename", None) or getattr(src, "name", None) or str(src)
+    if not isinstance(name, str):
+        name = repr(src)
+    fobj = None
     try:
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = src if isinstance(src, Image.Image) else Image.open(src)
-            w, h = img.size
-            if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
-                raise ImageError(f"{name}: image size {w}x{h} is empty or above the "
-                                 f"{MAX_IMAGE_PIXELS}-pixel limit")
-            _check_declared_size(img, src, name)
-            if min_size and getattr(img, "format", None) == "JPEG" and \
-                    min(w, h) >= 2 * min_size:
-                img.draft(img.mode, (min_size, min_size))
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                import numpy as np
-                a = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(a.max()))
-                a = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
-                a = np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
-                return memoryview(a).cast("B"), a.shape[0], a.shape[1], 3
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(bg, rgba)
-            img = img.convert("RGB")
-            return img.tobytes(), img.size[1], img.size[0], 3
+        if isinstance(src, Image.Image):
+            img = src
+        else:
+            if isinstance(src, (str, bytes, os.PathLike)):
+                fobj = open_regular(os.fsdecode(src), "image", ImageError)
+            img = Image.open(fobj if fobj is not None else src)
+        w, h = img.size
+        if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+            raise ImageError(f"{name}: image size {w}x{h} is empty or above the "
+                             f"{MAX_IMAGE_PIXELS}-pixel limit")
+        _check_declared_size(img, os.fsdecode(src) if fobj is not None else None, name)
+        if min_size and getattr(img, "format", None) == "JPEG" and \
+                min(w, h) >= 2 * min_size:
+            img.draft(img.mode, (min_size, min_size))
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I") or img.mode == "F":
+            a = _wide_to_8bit(img)
+            return memoryview(a).cast("B"), a.shape[0], a.shape[1], 3
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, rgba)
+        img = img.convert("RGB")
+        return img.tobytes(), img.size[1], img.size[0], 3
     except ImageError:
         raise
+    except MemoryError:
+        raise ImageError(f"{name}: out of memory decoding the image") from None
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except Image.DecompressionBombError as e:
@@ -90,6 +95,38 @@ def read_pixels(src, min_size=None):
         raise ImageError(f"{name}: refused, too many pixels ({e})") from None
     except Exception as e:  # PIL raises many types for bad files
         raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
+    finally:
+        if fobj is not None:
+            fobj.close()
+
+
+def _wide_to_8bit(img):
+    """A 16-bit, 32-bit integer or float grey image -> H x W x 3 uint8 (numpy),
+    scaled so that the format's range (16-bit) or the image's largest value
+    (32-bit, float) maps to 255.  Converted a band of rows at a time: no
+    float64 or full-size float copy (a 100 MP 16-bit PNG costs 2 bytes a pixel
+    as decoded plus the 3-byte result)."""
+    import numpy as np
+    a = np.asarray(img)
+    if a.ndim != 2:
+        raise ImageError(f"unsupported {img.mode} image of shape {a.shape}")
+    if img.mode.startswith("I;16"):
+        peak = 65535.0
+    else:
+        peak = 1.0
+        for r0 in range(0, a.shape[0], 256):
+            band = a[r0:r0 + 256]
+            if band.dtype.kind == "f":
+                band = np.where(np.isfinite(band), band, 0)
+            peak = max(peak, float(band.max(initial=0)))
+    out = np.empty(a.shape + (3,), np.uint8)
+    for r0 in range(0, a.shape[0], 256):
+        band = a[r0:r0 + 256].astype(np.float32)
+        band[~np.isfinite(band)] = 0
+        band *= np.float32(255.0 / peak)
+        np.clip(np.rint(band, out=band), 0, 255, out=band)
+        out[r0:r0 + 256] = band.astype(np.uint8)[:, :, None]
+    return out
 
 
 def load_image(src):
@@ -131,12 +168,78 @@ def _check_declared_size(img, src, name):
                          f"{img.size[1]} pixels ({need} bytes), the file has {have}")
 
 
+PREPROCESS_KEYS = ("channel_order", "resize", "resize_method", "mean", "crop", "scale")
+MAX_SCALE = 1e6     # |scale| in [1/MAX_SCALE, MAX_SCALE]; real ones: 1, 1/255, 0.017, 255
+MAX_MEAN = 1e6
+
+
+def _finite(v, bound):
+    return (type(v) in (int, float) and math.isfinite(v) and abs(v) <= bound)
+
+
+def check_preprocess(spec, input_shape, qf=None, limits=None):
+    """Validate preprocessing metadata read from a file (types, ranges, finite
+    values, the mean image's tensor entry) before anything is decoded.  Returns
+    the bytes decoding the mean image costs.  Raises ModelError."""
+    if not isinstance(spec, dict):
+        raise ModelError("preprocess metadata must be an object")
+    c, h, w = input_shape
+
+    def fail(msg):
+        raise ModelError(f"preprocessing: {msg}")
+
+    order = spec.get("channel_order", "bgr" if c == 3 else "gray")
+    if order not in ("bgr", "rgb", "gray"):
+        fail(f"channel_order must be 'bgr', 'rgb' or 'gray', got {order!r:.50}")
+    for key in ("resize", "crop"):
+        v = spec.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(
+                type(x) is int and 1 <= x <= (1 << 16) for x in v)):
+            fail(f"{key} must be [H, W], two integers from 1 to 65536, got {v!r:.50}")
+    if spec.get("resize_method", "bilinear_align_corners") not in (
+            "bilinear_align_corners", "bilinear"):
+        fail(f"unknown resize_method {spec.get('resize_method')!r:.50}")
+    scale = spec.get("scale", 1.0)
+    if not _finite(scale, MAX_SCALE) or abs(scale) < 1 / MAX_SCALE:
+        fail(f"scale must be a finite number with 1e-6 <= |scale| <= 1e6, got {scale!r:.50}")
+    if spec.get("resize"):
+        rh, rw = spec["resize"]
+        need = 4 * c * rh * rw
+        if limits is not None and need > limits["input"]:
+            fail(f"resizing to {rh}x{rw} needs {need} bytes, over the input limit of "
+                 f"{limits['input']}")
+    m = spec.get("mean")
+    if m is None:
+        return 0
+    if not isinstance(m, dict) or m.get("type") not in ("pixel", "image"):
+        fail(f"mean must be {{'type': 'pixel' | 'image', ...}}, got {m!r:.80}")
+    if m["type"] == "pixel":
+        vals = m.get("values")
+        if not isinstance(vals, list) or len(vals) not in (1, c) or \
+                not all(_finite(v, MAX_MEAN) for v in vals):
+            fail(f"mean values must be 1 or {c} finite numbers, got {vals!r:.80}")
+        return 0
+    name = m.get("tensor")
+    if not isinstance(name, str):
+        fail("mean image: tensor name missing")
+    if qf is None:
+        return 0
+    e = qf.entry(name)
+    size = tuple(spec["resize"]) if spec.get("resize") else None
+    if e["dtype"] != "f32" or len(e["shape"]) != 3 or e["shape"][0] != c or \
+            tuple(e["shape"][1:]) not in ((h, w), size):
+        fail(f"mean image {name!r} is {e['dtype']} {e['shape']}, expected float32 "
+             f"[{c}, H, W] of the input or the resized size")
+    return qf.decoded_nbytes(name)
+
+
 class Preprocessor:
     """Turns images into the network's input, following the model's metadata."""
 
     def __init__(self, spec, input_shape, mean_image=None):
         self.spec = dict(spec or {})
         self.input_shape = tuple(input_shape)
+        check_preprocess(self.spec, self.input_shape)
         c, h, w = self.input_shape
         order = self.spec.get("channel_order", "bgr" if c == 3 else "gray")
         if order not in ("bgr", "rgb", "gray") or (order == "gray") != (c == 1):

@@ -10,11 +10,11 @@ import os
 import threading
 import time
 
-from . import _kernels, buffers
+from . import _kernels, budget, buffers
 from .errors import FormatError, InputError, ModelError, QEngineError
 from .format import DTYPES, QcnnFile
-from .graph import infer_shapes, layer_cost, validate
-from .preprocess import Preprocessor
+from .graph import infer_shapes, layer_cost, layer_work, validate
+from .preprocess import Preprocessor, check_preprocess
 
 MODES = ("exact", "fast")
 # A quantized layer runs densely on its dequantized weights when its tables and
@@ -40,6 +40,56 @@ def _isa_from_env():
 
 
 _isa_from_env()
+
+
+MAX_THREADS = 1024
+
+
+def check_threads(threads):
+    """A thread count: a positive integer (not a string, float or bool)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or \
+            not 1 <= threads <= MAX_THREADS:
+        raise InputError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+    return threads
+
+
+# Fork safety.  libgomp's thread pool does not survive fork(): a child that
+# enters a parallel region with more than one thread after its parent ran one
+# waits forever for threads that do not exist (Python's default multiprocessing
+# start method on Linux is fork).  A child forked after threaded work therefore
+# runs single-threaded; one forked before any keeps its threads.
+_THREADS_USED = False
+_FORKED_AFTER_THREADS = False
+
+
+def _after_fork_in_child():
+    global _FORKED_AFTER_THREADS
+    if _THREADS_USED:
+        _FORKED_AFTER_THREADS = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _threads_now(threads):
+    """The threads a call may use now (1 in a child forked after threaded work)."""
+    global _THREADS_USED
+    if _FORKED_AFTER_THREADS:
+        return 1
+    if threads > 1:
+        _THREADS_USED = True
+    return threads
+
+
+def _check_top(top):
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise InputError(f"top must be a positive integer, got {top!r}")
+
+
+def op_work(op):
+    """Multiply-adds or comparisons per image of a layer without weights."""
+    return layer_work(op.L, op.in_shapes, op.out_shape)
 
 
 class _Op:
@@ -79,13 +129,12 @@ def _check_tensor(qf, name, dtype, shape, where):
                          f"{list(e['shape'])}, expected {dname(dtype)} {list(shape)}")
 
 
-def _tensor(qf, name, dtype, shape, where):
-    """A tensor of the file as a buffer of the expected dtype and shape."""
-    _check_tensor(qf, name, dtype, shape, where)
-    return qf.view(name)
-
-
 class _Weighted(_Op):
+    """A convolution or fully-connected layer.  Built in two steps so that the
+    model's resource budget is checked before anything is decoded: the
+    constructor reads only the file's tensor table (shapes, encodings) and
+    decides the strategy; materialize() then decodes and lays out the weights."""
+
     weighted = True
 
     def __init__(self, L, in_shapes, out_shape, qf, dense_small=True, fast=False):
@@ -94,40 +143,71 @@ class _Weighted(_Op):
         self.fast = fast
         w = L.get("weights")
         self.L_weights = w
-        where = f"layer {self.name!r}"
+        self._qf = qf
+        self._where = where = f"layer {self.name!r}"
         if not isinstance(w, dict) or w.get("mode") not in ("lut", "dense"):
             raise ModelError(f"{qf.path}: {where}: missing or unknown weights mode")
         self.mode = w["mode"]
         self.strategy = w["mode"]
         cout = self.params["num_output"]
-        self.bias = (_tensor(qf, w["bias"], "f32", (cout,), where) if w.get("bias")
-                     else buffers.zeros((cout,)))
-        self._load(qf, w, where, cout)
+        # tensors this layer decodes (name -> bytes; a name shared by layers is
+        # decoded once) and the bytes of its own re-laid copies
+        self.sources, self.derived_bytes = {}, 0
+        if w.get("bias"):
+            self._use(w["bias"], "f32", (cout,))
+        self._plan(qf, w, where, cout)
+        # the kernels index one layer's weights, tables and indices with 32-bit ints
+        weights = cout * buffers.count(self.in_shapes[0]) // self.params.get("group", 1) * \
+            (self.params["kernel"][0] * self.params["kernel"][1] if "kernel" in self.params else 1)
+        try:
+            _kernels.check_int_range(where, weights=weights, **(
+                {"M_K": self.M * self.K * self.d} if self.mode == "lut" else {}))
+        except ValueError as e:
+            raise ModelError(f"{qf.path}: {e}") from None
+
+    def _use(self, name, dtype, shape):
+        """Check a tensor's table entry; count what decoding it costs."""
+        _check_tensor(self._qf, name, dtype, shape, self._where)
+        self.sources[name] = self._qf.decoded_nbytes(name)
+
+    def materialize(self):
+        """Decode and lay out this layer's weights (after the budget check)."""
+        qf, w, cout = self._qf, self.L_weights, self.params["num_output"]
+        self.bias = (qf.view(w["bias"]) if w.get("bias") else buffers.zeros((cout,)))
+        if not _kernels.all_finite(self.bias):
+            raise ModelError(f"{qf.path}: {self._where}: bias holds NaN or infinity")
+        if self.mode == "lut":
+            cb = qf.view(w["codebook"])
+            if not _kernels.all_finite(buffers.reshape(cb, (-1,))):
+                raise ModelError(f"{qf.path}: {self._where}: codebook holds NaN or infinity")
+            self.codebook = cb
+        self._load(qf, w, cout)
 
     def model_cost(self):
         lut = self.mode == "lut"
         return layer_cost(self.L, self.in_shapes[0], self.out_shape,
                           self.K if lut else None, self.M if lut else None)
 
-    def _check_lut(self, qf, w, where, cin, idx_prefix):
-        """Load the codebook and check the indices' entry: the M subspaces must
-        cover the cin input channels and the indices be idx_prefix + (M,).  The
-        indices themselves are read by _unpacked_indices() or a layout kernel."""
-        cb = qf.view(w["codebook"])
-        if buffers.format_of(cb) != "f" or cb.ndim != 3:
+    def _plan_lut(self, qf, w, where, cin, idx_prefix):
+        """Check the codebook's and the indices' entries: the M subspaces must
+        cover the cin input channels and the indices be idx_prefix + (M,)."""
+        e = qf.entry(w["codebook"])
+        if e["dtype"] != "f32" or len(e["shape"]) != 3:
             raise ModelError(f"{qf.path}: {where}: codebook must be float32 [M, K, d]")
-        M, K, d = cb.shape
+        M, K, d = e["shape"]
         if not (1 <= K <= 256 and d >= 1):
             raise ModelError(f"{qf.path}: {where}: codebook K={K}, d={d} out of range")
         if M != -(-cin // d):
             raise ModelError(f"{qf.path}: {where}: {M} subspaces of d={d} do not cover {cin} "
                              f"inputs")
+        self._use(w["codebook"], "f32", (M, K, d))
         _check_tensor(qf, w["indices"], "u8", tuple(idx_prefix) + (M,), where)
-        if not _kernels.all_finite(buffers.reshape(cb, (-1,))):
-            raise ModelError(f"{qf.path}: {where}: codebook holds NaN or infinity")
-        self.codebook, self.indices = cb, None
+        self.codebook, self.indices = None, None
         self.M, self.K, self.d = M, K, d
-        self._qf, self._idx_name, self._where = qf, w["indices"], where
+        self._idx_name = w["indices"]
+
+    def _use_unpacked_indices(self):
+        self.sources[self._idx_name] = self._qf.decoded_nbytes(self._idx_name)
 
     def _check_top(self, top):
         if top >= self.K:
@@ -196,59 +276,76 @@ def _conv16_k_limit():
 
 
 class _Conv(_Weighted):
-    def _load(self, qf, w, where, cout):
+    def _plan(self, qf, w, where, cout):
         c, h, wd = self.in_shapes[0]
         p = self.params
         self.kh, self.kw = p["kernel"]
         self.group = p["group"]
         cg = c // self.group
-        if self.mode == "lut":
-            self._check_lut(qf, w, where, cg, (cout, self.kh, self.kw))
-            self.indices = self._unpacked_indices()
-            # A first layer with fewer input channels than the subspace dimension
-            # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
-            # entry would replace under d multiply-adds while the table is K
-            # times larger than the input.  Run it densely on the dequantized
-            # weights, the same sums in another order.  So is any layer whose
-            # tables and lookups would cost more than its dense multiply-adds,
-            # each lookup priced by the kernel that would do it (small d with
-            # float table rows, 1x1 convolutions with few outputs, for example).
-            self.strategy = "lut"
-            dense_cost, table, lookups = self.cost()
-            register = (self.fast and self.K <= _conv16_k_limit()
-                        and self.kh * self.kw * self.M <= _kernels.C16_MAX_TAPS)
-            per_lookup = (LOOKUP_COST_REGISTER if register else
-                          LOOKUP_COST_FLOAT_ROWS_SMALL_K if self.K <= 32 else
-                          LOOKUP_COST_FLOAT_ROWS)
-            # register tables are built in two passes (ranges, then entries)
-            table_cost = 2 * table if register else table
-            # a first layer with fewer channels than d stays dense: its lookup
-            # form measured 0.83x of the dense kernel with register tables on
-            # AVX2 (AlexNet K=16 conv1, README), untimed on AVX-512
-            if self.dense_small and ((self.M == 1 and cg < self.d)
-                                     or table_cost + per_lookup * lookups > dense_cost):
-                self.strategy = "dequantized"
-                taps = buffers.reshape(self.indices, (cout, self.kh * self.kw, self.M))
-                self.weight_blocked = blocked_conv_weights(
-                    _dequantize(self.codebook, taps, cg), self.group)
-            elif register:
-                # fast: 16-bit tables looked up inside SIMD registers, where this
-                # instruction set can hold K entries (see README, "Fast mode")
-                self.strategy = "lut16"
-                J = self.kh * self.kw * self.M
-                # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
-                # one tap per register (for A/B runs on a Zen 4, see README)
-                self.quad = (_kernels.conv16_quad(self.K)
-                             and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
-                self.indices16 = buffers.empty(
-                    _kernels.conv16_layout_shape(cout, self.group, J, self.quad), "B")
-                _kernels.conv16_layout(buffers.reshape(self.indices, (cout, J)), self.group,
-                                       self.indices16, self.quad)
-                self.indices = None
-        else:
+        J = self.kh * self.kw
+        blocked = 4 * buffers.count(_kernels.conv_blocked_shape(cout, self.group, cg * J))
+        if self.mode != "lut":
             self.strategy = "dense"
-            self.weight = _tensor(qf, w["weight"], "f32", (cout, cg, self.kh, self.kw), where)
+            self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
+            self.derived_bytes = blocked
+            return
+        self._plan_lut(qf, w, where, cg, (cout, self.kh, self.kw))
+        self._use_unpacked_indices()
+        # A first layer with fewer input channels than the subspace dimension
+        # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
+        # entry would replace under d multiply-adds while the table is K
+        # times larger than the input.  Run it densely on the dequantized
+        # weights, the same sums in another order.  So is any layer whose
+        # tables and lookups would cost more than its dense multiply-adds,
+        # each lookup priced by the kernel that would do it (small d with
+        # float table rows, 1x1 convolutions with few outputs, for example).
+        self.strategy = "lut"
+        dense_cost, table, lookups = self.cost()
+        register = (self.fast and self.K <= _conv16_k_limit()
+                    and J * self.M <= _kernels.C16_MAX_TAPS)
+        per_lookup = (LOOKUP_COST_REGISTER if register else
+                      LOOKUP_COST_FLOAT_ROWS_SMALL_K if self.K <= 32 else
+                      LOOKUP_COST_FLOAT_ROWS)
+        # register tables are built in two passes (ranges, then entries)
+        table_cost = 2 * table if register else table
+        # a first layer with fewer channels than d stays dense: its lookup
+        # form measured 0.83x of the dense kernel with register tables on
+        # AVX2 (AlexNet K=16 conv1, README), untimed on AVX-512
+        if self.dense_small and ((self.M == 1 and cg < self.d)
+                                 or table_cost + per_lookup * lookups > dense_cost):
+            self.strategy = "dequantized"
+            self.derived_bytes = 4 * cout * cg * J + blocked   # dense, then blocked
+        elif register:
+            # fast: 16-bit tables looked up inside SIMD registers, where this
+            # instruction set can hold K entries (see README, "Fast mode")
+            self.strategy = "lut16"
+            # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
+            # one tap per register (for A/B runs on a Zen 4, see README)
+            self.quad = (_kernels.conv16_quad(self.K)
+                         and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
+            self.layout16 = _kernels.conv16_layout_shape(cout, self.group, J * self.M,
+                                                         self.quad)
+            self.derived_bytes = buffers.count(self.layout16)
+
+    def _load(self, qf, w, cout):
+        cg = self.in_shapes[0][0] // self.group
+        if self.strategy == "dense":
+            self.weight = qf.view(w["weight"])
+            if not _kernels.all_finite(buffers.reshape(self.weight, (-1,))):
+                raise ModelError(f"{qf.path}: {self._where}: weights hold NaN or infinity")
             self.weight_blocked = blocked_conv_weights(self.weight, self.group)
+            return
+        self.indices = self._unpacked_indices()
+        taps = self.kh * self.kw
+        if self.strategy == "dequantized":
+            self.weight_blocked = blocked_conv_weights(
+                _dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)),
+                            cg), self.group)
+        elif self.strategy == "lut16":
+            self.indices16 = buffers.empty(self.layout16, "B")
+            _kernels.conv16_layout(buffers.reshape(self.indices, (cout, taps * self.M)),
+                                   self.group, self.indices16, self.quad)
+            self.indices = None
 
     def workspace(self):
         c, h, w = self.in_shapes[0]
@@ -308,31 +405,45 @@ def fc_register_layout(asmt, shape=None, bits=8):
 
 
 class _FC(_Weighted):
-    def _load(self, qf, w, where, cout):
+    def _plan(self, qf, w, where, cout):
         self.cin = buffers.count(self.in_shapes[0])
-        if self.mode == "lut":
-            self._check_lut(qf, w, where, self.cin, (cout,))
-            dense_cost, table, lookups = self.cost()
-            q8 = self.fast and self.K <= 32   # 8-bit lookups are far cheaper than multiply-adds
-            if self.dense_small and not q8 and table + lookups > DEQUANTIZE_RATIO * dense_cost:
-                # tables would cost clearly more than the dense layer: dequantize (same sums)
-                self.strategy = "dequantized"
-                taps = buffers.reshape(self._unpacked_indices(), (cout, 1, self.M))
-                self.weight = buffers.reshape(_dequantize(self.codebook, taps, self.cin),
-                                              (cout, self.cin))
-            elif self.K <= 32:
-                # fast: 8-bit tables; exact: float tables small enough to be looked up
-                # inside registers.  Unpacked and laid out in one pass.
-                if q8:
-                    self.strategy = "lut8"
-                stream, bits = qf.packed(self._idx_name)
-                self.indices, top = fc_register_layout(stream, (cout, self.M), bits)
-                self._check_top(top)
-                qf.release(self._idx_name)
-            else:
-                self.indices = block_fc_indices(self._unpacked_indices(), self.K)
+        if self.mode != "lut":
+            self._use(w["weight"], "f32", (cout, self.cin))
+            return
+        self._plan_lut(qf, w, where, self.cin, (cout,))
+        dense_cost, table, lookups = self.cost()
+        q8 = self.fast and self.K <= 32   # 8-bit lookups are far cheaper than multiply-adds
+        if self.dense_small and not q8 and table + lookups > DEQUANTIZE_RATIO * dense_cost:
+            # tables would cost clearly more than the dense layer: dequantize (same sums)
+            self.strategy = "dequantized"
+            self._use_unpacked_indices()
+            self.derived_bytes = 4 * cout * self.cin
+        elif self.K <= 32:
+            # fast: 8-bit tables; exact: float tables small enough to be looked up
+            # inside registers.  Unpacked and laid out in one pass.
+            if q8:
+                self.strategy = "lut8"
+            self.derived_bytes = _kernels.fc_q8_layout_size(cout, self.M)
         else:
-            self.weight = _tensor(qf, w["weight"], "f32", (cout, self.cin), where)
+            self._use_unpacked_indices()
+            self.derived_bytes = cout * self.M
+
+    def _load(self, qf, w, cout):
+        if self.mode != "lut":
+            self.weight = qf.view(w["weight"])
+            if not _kernels.all_finite(buffers.reshape(self.weight, (-1,))):
+                raise ModelError(f"{qf.path}: {self._where}: weights hold NaN or infinity")
+        elif self.strategy == "dequantized":
+            taps = buffers.reshape(self._unpacked_indices(), (cout, 1, self.M))
+            self.weight = buffers.reshape(_dequantize(self.codebook, taps, self.cin),
+                                          (cout, self.cin))
+        elif self.K <= 32:
+            stream, bits = qf.packed(self._idx_name)
+            self.indices, top = fc_register_layout(stream, (cout, self.M), bits)
+            self._check_top(top)
+            qf.release(self._idx_name)
+        else:
+            self.indices = block_fc_indices(self._unpacked_indices(), self.K)
 
     def workspace(self):
         if self.strategy == "lut8":
@@ -424,13 +535,14 @@ _OPS = {"Convolution": _Conv, "InnerProduct": _FC, "ReLU": _ReLU, "LRN": _LRN, "
 class Model:
     """A loaded .qcnn model. Create with qengine.load(path)."""
 
-    def __init__(self, path, mode="exact", threads=1, strategy="auto"):
+    def __init__(self, path, mode="exact", threads=1, strategy="auto", limits=None):
         if strategy not in ("auto", "lut"):
             raise InputError(f"strategy must be 'auto' or 'lut', got {strategy!r}")
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.threads = threads
+        self.threads = check_threads(threads)
+        self.limits = budget.resolve(limits)
         qf = QcnnFile(path)
         self.path = qf.path
         self.file_size = qf.size
@@ -468,12 +580,13 @@ class Model:
             raise FormatError(f"{qf.path}: class_names must be a list of strings")
         self.class_names = names
         pp = meta.get("preprocess") or {}
-        if not isinstance(pp, dict):
-            raise FormatError(f"{qf.path}: preprocess metadata must be an object")
+        try:
+            self._mean_bytes = check_preprocess(pp, self.input_shape, qf, self.limits)
+        except ModelError as e:
+            raise ModelError(f"{qf.path}: {e}") from None
         self._preprocess_spec = pp
         self._preprocessor = None
         self._pp_lock = threading.Lock()
-        self._ws_floats = max([op.workspace() for op in self._ops] + [16])
         self._local = threading.local()
         self._executor = None
         self._pool_lock = threading.Lock()
@@ -484,6 +597,85 @@ class Model:
                 self._last_use[b] = i
         self._concat_into = self._plan_concat_in_place()
         self._qf = qf
+        self._check_budget()
+        # the budget holds: decode and lay out the weights (a tensor shared by
+        # several layers decoded once)
+        qf.keep_decoded(True)
+        try:
+            for op in self._ops:
+                if op.weighted:
+                    op.materialize()
+        finally:
+            qf.keep_decoded(False)
+
+    def _check_budget(self):
+        """Refuse, before anything is decoded or run, a model that needs more
+        than self.limits (see qengine.budget)."""
+        lim, path = self.limits, self.path
+        fail = []
+        need_in = 4 * buffers.count(self.input_shape)
+        fail.append(budget.exceeded("input", need_in, lim,
+                                    f"the input {list(self.input_shape)}"))
+        sources, derived = {}, 0
+        work = 0
+        ws_floats, ws_layer = 16, None
+        for op in self._ops:
+            work += sum(op.cost()) if op.weighted else op_work(op)
+            if op.weighted:
+                sources.update(op.sources)
+                derived += op.derived_bytes
+            try:
+                wsf = op.workspace()
+            except ValueError as e:
+                raise ModelError(f"{path}: layer {op.name!r}: {e}") from None
+            if wsf > ws_floats:
+                ws_floats, ws_layer = wsf, op.name
+            if fail[-1] is None:
+                fail.append(budget.exceeded("work", work, lim, f"up to layer {op.name!r}, the model"))
+        tensors = sum(sources.values()) + derived + self._mean_bytes
+        fail.append(budget.exceeded("tensors", tensors, lim, "decoding the weights"))
+        fail.append(budget.exceeded("workspace", 4 * ws_floats, lim, f"layer {ws_layer!r}"))
+        peak, at = self._peak_activations()
+        self._peak_bytes = peak
+        fail.append(budget.exceeded("activations", peak, lim, f"one image, at layer {at!r},"))
+        for msg in fail:
+            if msg:
+                raise ModelError(f"{path}: {msg}")
+        self._ws_floats = ws_floats
+        self.resources = {"tensors": tensors, "activations": peak, "workspace": 4 * ws_floats,
+                          "input": need_in, "work": work}
+
+    def _peak_activations(self):
+        """(bytes, layer): the most activation bytes alive at once while one
+        image runs the schedule of _run (input included), and where."""
+        live = {self.input_name: 4 * buffers.count(self.input_shape)}
+        peak, at = sum(live.values()), self.input_name
+        ops = self._ops
+        i = 0
+        while i < len(ops):
+            op, first = ops[i], i
+            size = 4 * buffers.count(op.out_shape)
+            alias = 0
+            if i in self._concat_into:          # writes into its concatenation's buffer
+                ci = self._concat_into[i][0]
+                key = ("concat", ci)
+                if key not in live:
+                    live[key] = 4 * buffers.count(ops[ci].out_shape)
+                size, alias = 0, 1
+            elif ("concat", i) in live:         # that buffer, already written
+                size = live.pop(("concat", i))
+            now = sum(live.values()) + size
+            if now > peak:
+                peak, at = now, op.name
+            if op.weighted and self._relu_follows(i):
+                i += 1
+            for b in op.bottom:
+                if self._last_use.get(b, -1) <= i:
+                    live.pop(b, None)
+            for t in ops[first].top:
+                live[t] = 0 if alias else size
+            i += 1
+        return peak, at
 
     def _relu_follows(self, i):
         """True when op i+1 is a plain ReLU applied in place to op i's output
@@ -540,7 +732,12 @@ class Model:
         layers' outputs ([N, C, H, W], or [N, C] after fully-connected layers),
         as numpy arrays.  With profile={} the seconds spent in each layer are added to it."""
         import numpy as np
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+            if x.dtype.kind not in "fiub":
+                raise TypeError(f"values of type {x.dtype}")
+        except (TypeError, ValueError) as e:
+            raise InputError(f"input must be a numeric array [N, C, H, W] ({e})") from None
         if x.ndim == 3:
             raise InputError(f"input must be a batch [N, C, H, W]; got {list(x.shape)} "
                              f"(add a batch axis: x[None])")
@@ -552,6 +749,10 @@ class Model:
         if outputs is not None:
             if isinstance(outputs, str):
                 outputs = [outputs]
+            if not isinstance(outputs, (list, tuple)) or \
+                    not all(isinstance(n, str) for n in outputs):
+                raise InputError(f"outputs must be a layer name or a list of layer names, "
+                                 f"got {outputs!r:.100}")
             want = list(outputs)
             unknown = [n for n in want if n not in self.layer_names]
             if unknown:
@@ -563,8 +764,16 @@ class Model:
 
     def _forward(self, x, want=None, profile=None):
         """forward() on a checked C-contiguous float32 buffer [N, C, H, W]; returns buffers."""
-        nthreads = max(1, int(self.threads))
         n = x.shape[0]
+        # a batch runs in slices whose activations fit the budget (same results:
+        # every kernel treats the images of a batch independently)
+        per = max(1, self.limits["activations"] // max(1, self._peak_bytes))
+        if n > per:
+            outs = [self._forward(x[i:i + per], want, profile) for i in range(0, n, per)]
+            if want is not None:
+                return {k: buffers.concat([o[k] for o in outs], 0) for k in want}
+            return buffers.concat(outs, 0)
+        nthreads = _threads_now(self.threads)
         if nthreads > 1 and n > 1:
             # A batch: one slice of images per thread, each thread's kernels
             # single-threaded (they release the GIL, so the slices run in parallel).
@@ -587,7 +796,7 @@ class Model:
         with self._pool_lock:
             if self._executor is None:
                 from concurrent.futures import ThreadPoolExecutor
-                self._executor = ThreadPoolExecutor(max_workers=max(1, int(self.threads)),
+                self._executor = ThreadPoolExecutor(max_workers=self.threads,
                                                     thread_name_prefix="qengine")
             return self._executor
 
@@ -663,11 +872,15 @@ class Model:
     def predict(self, images, top=5):
         """Classify images; returns, per image, the top classes as dicts
         {"index", "label", "prob"}, most probable first."""
+        _check_top(top)
+        if isinstance(images, (list, tuple)) and not images:
+            raise InputError("predict() needs at least one image, got an empty list")
         return self.classify(self._preprocess(images), top)
 
     def classify(self, batch, top=5):
         """The top classes of a preprocessed batch [N, C, H, W] (see predict): a numpy
         array, or a batch buffer from Model.stack (then numpy is not needed)."""
+        _check_top(top)
         if isinstance(batch, memoryview) and buffers.format_of(batch) == "f" \
                 and batch.c_contiguous and tuple(batch.shape[1:]) == self.input_shape:
             out = self._forward(batch)
@@ -677,13 +890,16 @@ class Model:
         res = []
         for row in buffers.rows(out):
             p = row.cast("f").tolist()
+            if not all(map(math.isfinite, p)):
+                raise ModelError(f"{self.path}: the network's output is not finite (NaN or "
+                                 f"infinity): the model's weights overflow float32 on this input")
             if not softmax:
                 hi = max(p)
                 e = [math.exp(v - hi) for v in p]
                 total = sum(e)
                 p = [v / total for v in e]
             order = sorted(range(len(p)), key=p.__getitem__, reverse=True)
-            k = max(1, min(int(top), len(p)))
+            k = min(top, len(p))
             res.append([{"index": i, "label": self.label(i), "prob": p[i]} for i in order[:k]])
         return res
 

@@ -14,6 +14,7 @@ Field numbers (caffe.proto):
     BlobProto         num 1, channels 2, height 3, width 4, data 5 (float, packed or not),
                       double_data 8, shape 7 (BlobShape: dim 1, int64, packed or not)
 """
+import os
 import struct
 
 import numpy as np
@@ -22,6 +23,14 @@ from ..errors import FormatError
 
 MAX_FILE = 2 * 1024 ** 3
 MAX_DIMS = 8
+# Bounds on what a file may make the reader do, far above real models (VGG-16:
+# 38 layers, 32 blobs, a few hundred fields; legacy unpacked float data is read
+# a run at a time, not a field at a time): time and memory stay proportional to
+# the float data, never to the number of tiny fields a hostile file can hold.
+MAX_FIELDS = 1 << 20
+MAX_LAYERS = 1 << 16
+MAX_BLOBS_PER_LAYER = 64
+MAX_BLOBS = 1 << 16
 
 _V1_TYPE_NAMES = {4: "Convolution", 14: "InnerProduct", 18: "ReLU", 15: "LRN", 17: "Pooling",
                   3: "Concat", 6: "Dropout", 20: "Softmax", 5: "Data", 21: "SoftmaxWithLoss",
@@ -32,6 +41,8 @@ class _Reader:
     def __init__(self, buf, path):
         self.buf = buf
         self.path = path
+        self.budget = MAX_FIELDS
+        self.blobs = 0
 
     def fail(self, msg):
         raise FormatError(f"{self.path}: {msg}")
@@ -55,6 +66,9 @@ class _Reader:
         length-delimited fields."""
         pos = start
         while pos < end:
+            self.budget -= 1
+            if self.budget < 0:
+                self.fail(f"more than {MAX_FIELDS} protobuf fields (not a real model)")
             key, pos = self.varint(pos, end)
             num, wt = key >> 3, key & 7
             if num == 0:
@@ -81,6 +95,29 @@ class _Reader:
                 self.fail(f"field {num}: unsupported wire type {wt}")
             yield num, wt, v
 
+    def _one_field(self, pos, end):
+        """One field at pos: (number, wire type, value, next position)."""
+        for num, wt, v in self.fields(pos, end):
+            return num, wt, v, self._after(pos, end, num, wt, v)
+
+    def _after(self, pos, end, num, wt, v):
+        if wt == 2:
+            return v[0] + v[1]
+        _, p = self.varint(pos, end)               # the key
+        if wt == 0:
+            return self.varint(p, end)[1]
+        return p + (8 if wt == 1 else 4)
+
+    def _float_run(self, pos, end):
+        """The values of consecutive unpacked float fields (5 bytes each) at pos."""
+        count = (end - pos) // 5
+        if count == 0:
+            self.fail("truncated 32-bit field")
+        recs = np.frombuffer(self.buf, np.uint8, 5 * count, pos).reshape(count, 5)
+        bad = np.flatnonzero(recs[:, 0] != 0x2D)
+        k = int(bad[0]) if bad.size else count
+        return recs[:k, 1:].copy().view("<f4").reshape(-1)
+
     def string(self, v):
         off, n = v
         try:
@@ -91,8 +128,18 @@ class _Reader:
     def blob(self, v):
         off, n = v
         legacy = [0, 0, 0, 0]
-        shape, chunks, doubles, scalars = None, [], [], []
-        for num, wt, val in self.fields(off, off + n):
+        shape, chunks, doubles = None, [], []
+        end = off + n
+        pos = off
+        while pos < end:
+            # legacy unpacked float data (field 5, wire type 5): tag byte 0x2d and
+            # 4 bytes per value; read the whole run of such fields at once
+            if self.buf[pos] == 0x2D:
+                run = self._float_run(pos, end)
+                chunks.append(run)
+                pos += 5 * run.size
+                continue
+            num, wt, val, pos = self._one_field(pos, end)
             if num in (1, 2, 3, 4) and wt == 0:
                 legacy[num - 1] = val
             elif num == 7 and wt == 2:
@@ -114,14 +161,10 @@ class _Reader:
                 if val[1] % 4:
                     self.fail("packed float data is not a multiple of 4 bytes")
                 chunks.append(np.frombuffer(self.buf, "<f4", val[1] // 4, val[0]))
-            elif num == 5 and wt == 5:
-                scalars.append(val)
             elif num == 8 and wt == 2:
                 if val[1] % 8:
                     self.fail("packed double data is not a multiple of 8 bytes")
                 doubles.append(np.frombuffer(self.buf, "<f8", val[1] // 8, val[0]))
-        if scalars:
-            chunks.append(np.array(scalars, np.uint32).view("<f4"))
         data = (np.concatenate(chunks) if chunks else
                 np.concatenate(doubles).astype(np.float32) if doubles else np.zeros(0, np.float32))
         if shape is None:
@@ -142,14 +185,15 @@ class _Reader:
 
 def read_caffemodel(path):
     """{layer name: {"type": str, "blobs": [float32 arrays]}} in file order."""
+    import mmap
+    from ..files import open_regular
     try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
+        with open_regular(path, "caffemodel") as f:
+            size = os.fstat(f.fileno()).st_size
             if size > MAX_FILE:
                 raise FormatError(f"{path}: file larger than {MAX_FILE} bytes")
-            f.seek(0)
-            buf = f.read()
+            # mapped, not read: the file's pages are the page cache's, not ours
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except OSError as e:
         raise FormatError(f"{path}: cannot read: {e.strerror}") from None
     r = _Reader(memoryview(buf), path)
@@ -165,12 +209,19 @@ def read_caffemodel(path):
             elif fn == type_f:
                 ltype = r.string(fv) if fwt == 2 else _V1_TYPE_NAMES.get(fv, f"V1 type {fv}")
             elif fn == blob_f and fwt == 2:
+                if len(blobs) >= MAX_BLOBS_PER_LAYER:
+                    r.fail(f"layer {name!r}: more than {MAX_BLOBS_PER_LAYER} weight blobs")
+                r.blobs += 1
+                if r.blobs > MAX_BLOBS:
+                    r.fail(f"more than {MAX_BLOBS} weight blobs")
                 blobs.append(r.blob(fv))
         if name is None:
             r.fail("a layer has no name")
         if name in layers and layers[name]["blobs"] and blobs:
             r.fail(f"layer {name!r} appears twice with weights")
         if blobs or name not in layers:
+            if len(layers) >= MAX_LAYERS:
+                r.fail(f"more than {MAX_LAYERS} layers")
             layers[name] = {"type": ltype, "blobs": blobs}
     if not layers:
         raise FormatError(f"{path}: no layers found (not a .caffemodel?)")

@@ -10,6 +10,7 @@ from ..errors import FormatError
 
 MAX_TEXT = 16 * 1024 * 1024
 MAX_DEPTH = 64
+MAX_MESSAGES = 1 << 18   # real networks: a few thousand
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+|\#[^\n]*)
@@ -52,66 +53,81 @@ def _tokens(text, source):
         pos = m.end()
 
 
+class _Stream:
+    """The tokens one at a time with one of lookahead: the parser never holds
+    the token list (a 16 MB file of tiny fields would cost gigabytes)."""
+
+    def __init__(self, text, source):
+        self._it = _tokens(text, source)
+        self._next = next(self._it, None)
+
+    def peek(self):
+        return self._next
+
+    def take(self):
+        tok = self._next
+        self._next = next(self._it, None)
+        return tok
+
+
 def parse(text, source="<prototxt>"):
-    """Parse protobuf text format into {field: [values]} dicts."""
+    """Parse protobuf text format into {field: [values]} dicts.  Memory stays a
+    small multiple of the text (at most MAX_MESSAGES nested messages)."""
     if len(text) > MAX_TEXT:
         raise FormatError(f"{source}: text larger than {MAX_TEXT} bytes")
-    toks = list(_tokens(text, source))
-    i = 0
+    toks = _Stream(text, source)
     root = {}
     stack = [root]
     closers = []
-    while i < len(toks):
-        kind, val, line = toks[i]
+    messages = 0
+    while toks.peek() is not None:
+        kind, val, line = toks.take()
         if kind == "punct" and val in "}>":
             if not closers or closers[-1] != val:
                 raise FormatError(f"{source}: line {line}: unbalanced {val!r}")
             closers.pop()
             stack.pop()
-            i += 1
             continue
         if kind == "punct" and val in ",;":
-            i += 1
             continue
         if kind != "ident":
             raise FormatError(f"{source}: line {line}: expected a field name, got {val!r}")
         name = val
-        i += 1
-        if i < len(toks) and toks[i][1] == ":":
-            i += 1
-        if i >= len(toks):
+        if toks.peek() is not None and toks.peek()[1] == ":":
+            toks.take()
+        if toks.peek() is None:
             raise FormatError(f"{source}: line {line}: field {name!r} has no value")
-        kind, val, line = toks[i]
+        kind, val, line = toks.take()
         if kind == "punct" and val in "{<":
             if len(stack) >= MAX_DEPTH:
                 raise FormatError(f"{source}: line {line}: nesting deeper than {MAX_DEPTH}")
+            messages += 1
+            if messages > MAX_MESSAGES:
+                raise FormatError(f"{source}: line {line}: more than {MAX_MESSAGES} messages")
             child = {}
             stack[-1].setdefault(name, []).append(child)
             stack.append(child)
             closers.append("}" if val == "{" else ">")
-            i += 1
         elif kind == "punct" and val == "[":
             # repeated scalar list: name: [1, 2, 3]
-            i += 1
-            vals = []
-            while i < len(toks) and toks[i][1] != "]":
-                k2, v2, l2 = toks[i]
+            vals = stack[-1].setdefault(name, [])
+            while toks.peek() is not None and toks.peek()[1] != "]":
+                k2, v2, l2 = toks.take()
                 if k2 == "punct" and v2 == ",":
-                    i += 1
                     continue
                 vals.append(_scalar(k2, v2, l2, source))
-                i += 1
-            if i >= len(toks):
+            if toks.peek() is None:
                 raise FormatError(f"{source}: unterminated list for field {name!r}")
-            i += 1
-            stack[-1].setdefault(name, []).extend(vals)
+            toks.take()
         else:
-            stack[-1].setdefault(name, []).append(_scalar(kind, val, line, source))
-            i += 1
+            value = _scalar(kind, val, line, source)
             # adjacent string literals concatenate
-            while kind == "str" and i < len(toks) and toks[i][0] == "str":
-                stack[-1][name][-1] += _unquote(toks[i][1])
-                i += 1
+            if kind == "str" and toks.peek() is not None and toks.peek()[0] == "str":
+                parts = [value]
+                while toks.peek() is not None and toks.peek()[0] == "str":
+                    parts.append(_unquote(toks.take()[1]))
+                value = "".join(parts)
+            stack[-1].setdefault(name, []).append(value)
     if closers:
         raise FormatError(f"{source}: unexpected end of text, {len(closers)} block(s) not closed")
     return root

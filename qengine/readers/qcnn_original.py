@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from .. import _kernels
+from ..files import open_regular
 from ..errors import FormatError, ModelError
 
 MAX_NDIM = 8
@@ -42,7 +43,7 @@ def _read_header(path, data, extra_ints=0):
 
 def _read_file(path):
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "Quantized-CNN file") as f:
             return f.read()
     except OSError as e:
         raise FormatError(f"{path}: cannot read: {e.strerror}") from None
