@@ -4,6 +4,7 @@
     model = qengine.load("alexnet.qcnn")
     model.predict("photo.jpg", top=5)
 """
+from . import budget
 from .errors import FormatError, ImageError, InputError, ModelError, QEngineError
 from .runtime import Model, load
 

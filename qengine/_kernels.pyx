@@ -160,8 +160,9 @@ def check_int_range(where, **products):
 
 
 cdef int _geom(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int P) except -1:
-    check_int_range("convolution", C_KH_KW=C * KH * KW, S_S_C=S * S * C,
-                    padded_plane=(H + 2 * P) * (W + 2 * P))
+    cdef object c = C, h = H, w = W, kh = KH, kw = KW, s = S, p = P   # Python integers
+    check_int_range("convolution", C_KH_KW=c * kh * kw, S_S_C=s * s * c,
+                    padded_plane=(h + 2 * p) * (w + 2 * p))
     if qe_conv_geom_init(g, C, H, W, KH, KW, S, P) != 0:
         raise ValueError(f"invalid convolution geometry C={C} H={H} W={W} kernel={KH}x{KW} "
                          f"stride={S} pad={P}")

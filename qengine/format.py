@@ -158,26 +158,29 @@ def write(path, metadata, tensors, force=True):
     pre = PREAMBLE.pack(MAGIC, VERSION, zlib.crc32(header), len(header), data_offset)
 
     path = os.fspath(path)
-    if not force and os.path.exists(path):
-        raise QEngineError(f"{path}: already exists (use --force to replace it)")
+    check_destination(path, force)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".qcnn-", suffix=".tmp", dir=d)
+    clean_stale_temporaries(d)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=d)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(pre)
-            f.write(header)
-            f.write(b"\0" * (data_offset - PREAMBLE.size - len(header)))
-            pos = 0
-            for off, data in blobs:
-                f.write(b"\0" * (off - pos))
-                f.write(data)
-                pos = off + len(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not force and os.path.exists(path):
-            raise QEngineError(f"{path}: already exists (use --force to replace it)")
-        os.replace(tmp, path)
+        with _signals_raise():
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            with os.fdopen(fd, "wb") as f:
+                f.write(pre)
+                f.write(header)
+                f.write(b"\0" * (data_offset - PREAMBLE.size - len(header)))
+                pos = 0
+                for off, data in blobs:
+                    f.write(b"\0" * (off - pos))
+                    f.write(data)
+                    pos = off + len(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if force:
+                check_destination(path, force)
+                os.replace(tmp, path)
+            else:
+                _publish_exclusive(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -193,6 +196,112 @@ def write(path, metadata, tensors, force=True):
     except OSError:
         pass
     return PREAMBLE.size + len(header) + (data_offset - PREAMBLE.size - len(header)) + data_len
+
+
+# Temporary files are named .qcnn-tmp-<pid>-XXXX.tmp beside the output: one
+# whose process is gone (killed by SIGKILL mid-write) is removed by the next write
+# into the same directory.
+TMP_PREFIX = ".qcnn-tmp-"
+
+
+def check_destination(path, force):
+    """An output may replace only a regular file (or, with force, a symlink):
+    never a device node, FIFO, socket or directory.  A symlink, dangling or
+    not, counts as an existing file."""
+    import stat
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise QEngineError(f"{path}: cannot write here: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+        if not force:
+            raise QEngineError(f"{path}: already exists (use --force to replace it)")
+        return
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "not a regular file")
+    raise QEngineError(f"{path}: is {kind}; outputs are written to regular files only")
+
+
+def _publish_exclusive(tmp, path):
+    """Give the finished temporary file its final name unless that name exists,
+    atomically: link() fails if the name exists, whatever appeared since the
+    first check.  Where hard links are not supported, O_EXCL reserves the name."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise QEngineError(f"{path}: already exists (use --force to replace it)") from None
+    except OSError:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise QEngineError(f"{path}: already exists (use --force to replace it)") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def clean_stale_temporaries(directory):
+    """Remove temporary outputs left in `directory` by a process that no longer
+    exists (killed while writing)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for n in names:
+        if not (n.startswith(TMP_PREFIX) and n.endswith(".tmp")):
+            continue
+        try:
+            pid = int(n[len(TMP_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue                   # its writer is still running
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue                   # exists, owned by someone else
+        try:
+            os.unlink(os.path.join(directory, n))
+        except OSError:
+            pass
+
+
+class _signals_raise:
+    """While writing: SIGTERM and SIGHUP raise SystemExit (128 + signal), as
+    SIGINT raises KeyboardInterrupt, so that the temporary file is removed.
+    Only in the main thread (where Python runs signal handlers)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.saved = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                self.saved[sig] = signal.signal(sig, _raise_exit)
+            except (ValueError, OSError):
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, h in self.saved.items():
+            signal.signal(sig, h)
+        return False
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _all_finite(mv):

@@ -157,8 +157,11 @@ class _Weighted(_Op):
             self._use(w["bias"], "f32", (cout,))
         self._plan(qf, w, where, cout)
         # the kernels index one layer's weights, tables and indices with 32-bit ints
-        weights = cout * buffers.count(self.in_shapes[0]) // self.params.get("group", 1) * \
-            (self.params["kernel"][0] * self.params["kernel"][1] if "kernel" in self.params else 1)
+        if self.type == "Convolution":
+            kh, kw = self.params["kernel"]
+            weights = cout * (self.in_shapes[0][0] // self.params["group"]) * kh * kw
+        else:
+            weights = cout * buffers.count(self.in_shapes[0])
         try:
             _kernels.check_int_range(where, weights=weights, **(
                 {"M_K": self.M * self.K * self.d} if self.mode == "lut" else {}))
@@ -579,7 +582,8 @@ class Model:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise FormatError(f"{qf.path}: class_names must be a list of strings")
         self.class_names = names
-        pp = meta.get("preprocess") or {}
+        pp = meta.get("preprocess")
+        pp = {} if pp is None else pp
         try:
             self._mean_bytes = check_preprocess(pp, self.input_shape, qf, self.limits)
         except ModelError as e:
@@ -923,7 +927,7 @@ class Model:
                 f"layers={len(self._ops)} mode={self.mode}>")
 
 
-def load(path, mode="exact", threads=1, strategy="auto"):
+def load(path, mode="exact", threads=1, strategy="auto", limits=None):
     """Load a .qcnn model once; call forward()/predict() on it many times.
 
     mode      "exact": float lookup tables everywhere.
@@ -935,5 +939,8 @@ def load(path, mode="exact", threads=1, strategy="auto"):
     threads   threads each call may use (the kernels split output positions)
     strategy  "auto" runs a first convolution whose input has fewer channels than
               the subspace dimension densely on its dequantized weights (faster,
-              same sums); "lut" forces lookup tables for every quantized layer."""
-    return Model(path, mode=mode, threads=threads, strategy=strategy)
+              same sums); "lut" forces lookup tables for every quantized layer.
+    limits    a dict raising (or lowering) some of the resource limits checked at
+              load: "tensors", "activations", "workspace", "input", "work"
+              (qengine.budget.DEFAULT_LIMITS; see qengine.budget)."""
+    return Model(path, mode=mode, threads=threads, strategy=strategy, limits=limits)

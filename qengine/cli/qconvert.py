@@ -99,6 +99,8 @@ def main(argv=None):
     from .. import convert
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     try:
+        from ..format import check_destination
+        check_destination(args.output, args.force)     # before any long work
         prototxt, caffemodel = args.prototxt, args.caffemodel
         if args.src and os.path.isfile(args.src) and _is_qcnn(args.src):
             if args.arch or args.prototxt or args.caffemodel:
