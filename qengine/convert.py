@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__, format as qformat
 from .errors import FormatError, ModelError, QEngineError
-from .files import open_regular
+from .files import check_regular, open_regular
 from .graph import from_prototxt
 from .readers.qcnn_original import load_quantized_layers, read_mean, scan_dir
 
@@ -202,11 +202,18 @@ def read_mean_file(path):
     """A mean image from .npy ([C,H,W]) or the original .bin format."""
     if str(path).endswith(".npy"):
         try:
-            with open_regular(path, "mean file") as f:
-                m = np.load(f, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
+            check_regular(path, FormatError, "mean file")
+            # mapped: a header declaring more values than the file holds fails here,
+            # before anything is allocated
+            m = np.load(path, allow_pickle=False, mmap_mode="r")
+            if m.size > 1 << 26:
+                raise FormatError(f"{path}: mean image of {m.size} values is too large")
+        except QEngineError:
+            raise
+        except Exception as e:     # numpy's header parser raises many kinds on bad files
             raise FormatError(f"{path}: cannot read mean image ({e})") from None
-        if m.ndim != 3 or m.dtype.kind not in "fiu" or not np.all(np.isfinite(m)):
+        if m.ndim != 3 or m.dtype.kind not in "fiu" or not np.all(np.isfinite(m)) or \
+                np.abs(m).max(initial=0) > 1e6:
             raise FormatError(f"{path}: a mean image must be finite [C, H, W], is {m.shape}")
         return np.ascontiguousarray(m, np.float32)
     return read_mean(path)

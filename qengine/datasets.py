@@ -101,14 +101,21 @@ def calibration_inputs(src, shape, preprocess, count, log=None):
     inputs of this shape, or up to `count` images of a folder or set (a fixed
     random sample, seed 0) through `preprocess` (image -> [C, H, W])."""
     if str(src).endswith(".npy"):
+        from .files import check_regular
+        check_regular(src, FormatError, "calibration .npy file")
         try:
             x = np.load(src, allow_pickle=False, mmap_mode="r")
-        except (OSError, ValueError) as e:
+        except Exception as e:     # numpy's header parser raises many kinds on bad files
             raise FormatError(f"{src}: cannot read calibration inputs ({e})") from None
-        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
-            raise FormatError(f"{src}: calibration inputs must be [N, {', '.join(map(str, shape))}],"
-                              f" are {list(x.shape)}")
-        return np.ascontiguousarray(x[:count], np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape) or x.dtype.kind not in "fiu" \
+                or x.shape[0] < 1:
+            raise FormatError(f"{src}: calibration inputs must be real numbers [N, "
+                              f"{', '.join(map(str, shape))}], are {x.dtype} {list(x.shape)}")
+        out = np.ascontiguousarray(x[:count], np.float32)
+        if not np.isfinite(out).all():
+            raise FormatError(f"{src}: calibration inputs hold NaN or infinity (or values "
+                              f"beyond float32)")
+        return out
     items, _ = open_set(src, labelled=False)
     if len(items) > count:
         rng = np.random.default_rng(0)

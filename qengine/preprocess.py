@@ -123,6 +123,7 @@ def _wide_to_8bit(img):
     for r0 in range(0, a.shape[0], 256):
         band = a[r0:r0 + 256].astype(np.float32)
         band[~np.isfinite(band)] = 0
+        np.clip(band, 0, peak, out=band)
         band *= np.float32(255.0 / peak)
         np.clip(np.rint(band, out=band), 0, 255, out=band)
         out[r0:r0 + 256] = band.astype(np.uint8)[:, :, None]

@@ -857,7 +857,10 @@ class Model:
                     mean = None
                     if isinstance(pp.get("mean"), dict) and pp["mean"].get("type") == "image":
                         mean = self._qf.view(str(pp["mean"].get("tensor", "")))
-                    self._preprocessor = Preprocessor(pp, self.input_shape, mean)
+                    try:
+                        self._preprocessor = Preprocessor(pp, self.input_shape, mean)
+                    except ModelError as e:
+                        raise ModelError(f"{self.path}: {e}") from None
         return self._preprocessor
 
     def preprocess(self, images):

@@ -127,3 +127,334 @@ def seeds(tmp):
         img.save(buf, format=fmt)
         out[fmt.lower()] = (buf.getvalue(), read_image)
     return out
+
+
+# -- Fuzzer II: structure-aware .qcnn mutations --------------------------------
+# Each mutation reads the seed's header and tensors, changes the model as a
+# writer could (values near every limit, layers and tensors added or removed,
+# tensor names shared, codebooks re-encoded as qdelta2d) and writes a valid,
+# correctly checksummed file.
+
+_LARGE_INTS = [1, 2, 3, 4095, 4096, 65535, 65536, (1 << 20) - 1, 1 << 20, 1 << 16, 255, 256,
+               257, 7, 8]
+_LARGE_FLOATS = [3.4e38, -3.4e38, 1e-45, 1e30, 1e6, 1e-6, -1e6, 0.0, 65504.0]
+
+
+def _read_qcnn(data):
+    import json
+    import zlib
+    magic, version, crc, hlen, doff = struct.unpack_from("<8sIIQQ", data)
+    header = json.loads(data[32:32 + hlen])
+    tensors = {}
+    for name, e in header["tensors"].items():
+        tensors[name] = (e, data[doff + e["offset"]:doff + e["offset"] + e["nbytes"]])
+    return header, tensors
+
+
+def _write_qcnn(header, tensors):
+    """header (its tensor entries' offsets, sizes and checksums recomputed) and
+    {name: (entry, payload)} -> file bytes."""
+    import json
+    import zlib
+    entries, blobs, off = {}, [], 0
+    for name, (e, payload) in tensors.items():
+        e = dict(e, offset=off, nbytes=len(payload), crc32=zlib.crc32(payload))
+        entries[name] = e
+        blobs.append((off, payload))
+        off = (off + len(payload) + 63) // 64 * 64
+    data_len = blobs[-1][0] + len(blobs[-1][1]) if blobs else 0
+    header = dict(header, tensors=entries, data_len=data_len)
+    hb = json.dumps(header).encode()
+    doff = (32 + len(hb) + 63) // 64 * 64
+    out = bytearray(struct.pack("<8sIIQQ", b"\x89QCNN\r\n\x1a", 1, zlib.crc32(hb), len(hb), doff))
+    out += hb + b"\0" * (doff - 32 - len(hb))
+    for o, p in blobs:
+        out += b"\0" * (doff + o - len(out)) + p
+    return bytes(out)
+
+
+def mutate_structure(data, rng):
+    """One structure-aware mutation of a .qcnn (see above)."""
+    import copy
+    header, tensors = _read_qcnn(data)
+    header = copy.deepcopy(header)
+    meta = header["metadata"]
+    graph = meta.get("graph", {})
+    layers = graph.get("layers", [])
+    kind = int(rng.integers(0, 9))
+    pick = (lambda seq: seq[int(rng.integers(0, len(seq)))]) if True else None
+    if kind == 0 and layers:                            # a parameter near a limit
+        L = pick(layers)
+        p = L.get("params", {})
+        if p:
+            k = pick(sorted(p))
+            v = p[k]
+            if isinstance(v, list):
+                p[k] = [pick(_LARGE_INTS) for _ in v]
+            elif isinstance(v, float):
+                p[k] = pick(_LARGE_FLOATS)
+            elif isinstance(v, int) and not isinstance(v, bool):
+                p[k] = pick(_LARGE_INTS)
+    elif kind == 1:                                     # input shape near a limit
+        shape = graph.get("input", {}).get("shape")
+        if isinstance(shape, list) and shape:
+            shape[int(rng.integers(0, len(shape)))] = pick([1, 4096, 16384, 1 << 20, 65536])
+    elif kind == 2 and layers:                          # a layer repeated or removed
+        i = int(rng.integers(0, len(layers)))
+        if rng.random() < 0.5:
+            L = copy.deepcopy(layers[i])
+            L["name"] = L["name"] + "_dup"
+            layers.insert(i + 1, L)
+        else:
+            del layers[i]
+    elif kind == 3:                                     # a tensor added or removed
+        if rng.random() < 0.5 and tensors:
+            del tensors[pick(sorted(tensors))]
+        else:
+            n = int(rng.integers(1, 64))
+            tensors[f"extra{len(tensors)}"] = ({"dtype": "f32", "shape": [n]},
+                                              np.ones(n, "<f4").tobytes())
+    elif kind == 4 and len(layers) > 1:                 # tensor names shared by layers
+        w = [L for L in layers if isinstance(L.get("weights"), dict)]
+        if len(w) > 1:
+            a, b = pick(w), pick(w)
+            a["weights"] = copy.deepcopy(b["weights"])
+    elif kind == 5:                                     # a float tensor as qdelta2d
+        cands = [n for n, (e, _) in tensors.items()
+                 if e["dtype"] == "f32" and len(e["shape"]) >= 2 and "encoding" not in e]
+        if cands:
+            from qengine.format import qdelta_encode
+            n = pick(cands)
+            e, payload = tensors[n]
+            arr = np.frombuffer(payload, "<f4").reshape(e["shape"])
+            step = float(pick([1 / 4096, 1 / 64, 1.0, 1e-30]))
+            try:
+                enc = qdelta_encode(arr, step)
+            except ValueError:
+                return data
+            tensors[n] = (dict(e, encoding="qdelta2d", step=step), enc)
+    elif kind == 6:                                     # preprocessing near its limits
+        pp = meta.setdefault("preprocess", {})
+        key = pick(["resize", "crop", "scale", "mean", "channel_order", "resize_method"])
+        pp[key] = pick({
+            "resize": [[65536, 65536], [1, 1], [4096, 4096], [30, 30]],
+            "crop": [[1, 1], [65536, 1]],
+            "scale": [1e-6, 1e6, -1.0, 3.4e38],
+            "mean": [{"type": "pixel", "values": [1e6, -1e6, 0]},
+                     {"type": "image", "tensor": pick(sorted(tensors) or ["x"])}],
+            "channel_order": ["rgb", "gray", "bgr"],
+            "resize_method": ["bilinear", "bilinear_align_corners"]}[key])
+    elif kind == 7:                                     # weights mode flipped
+        w = [L for L in layers if isinstance(L.get("weights"), dict)]
+        if w:
+            L = pick(w)
+            L["weights"]["mode"] = "dense" if L["weights"].get("mode") == "lut" else "lut"
+    else:                                               # class names odd
+        meta["class_names"] = pick([["a"] * 3, ["\u2028"] * 5, [""] * 100000, []])
+    return _write_qcnn(header, tensors)
+
+
+def run_model_full(path, rng=None):
+    """Everything a caller does with a model: load in fast and exact mode, with
+    forced tables, two threads, a batch of 3, intermediate outputs, predict."""
+    import qengine
+    rng = rng or np.random.default_rng(0)
+    mode = "fast" if rng.random() < 0.5 else "exact"
+    strategy = "lut" if rng.random() < 0.3 else "auto"
+    threads = 2 if rng.random() < 0.5 else 1
+    m = qengine.load(path, mode=mode, strategy=strategy, threads=threads)
+    x = rng.standard_normal((3,) + m.input_shape).astype(np.float32)
+    want = m.layer_names[int(rng.integers(0, len(m.layer_names)))] if rng.random() < 0.3 else None
+    m.forward(x, outputs=want)
+    if m.input_shape[0] in (1, 3):
+        img = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        m.predict([img], top=3)
+
+
+def image_kinds(rng_seed=0):
+    """{name: bytes} of images in many kinds: 16-bit, TIFF, GIF, CMYK, float."""
+    from PIL import Image
+    rng = np.random.default_rng(rng_seed)
+    rgb = rng.integers(0, 256, (14, 11, 3), np.uint8)
+    out = {}
+
+    def save(name, img, fmt, **kw):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        out[name] = buf.getvalue()
+    save("png16", Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)), "PNG")
+    save("tiff", Image.fromarray(rgb), "TIFF")
+    save("tiff-float", Image.fromarray(rgb[:, :, 0].astype(np.float32) / 7), "TIFF")
+    save("gif", Image.fromarray(rgb).convert("P"), "GIF")
+    save("jpeg-cmyk", Image.fromarray(rgb).convert("CMYK"), "JPEG")
+    save("png-rgba", Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])), "PNG")
+    return out
+
+
+def more_seeds(tmp):
+    """Fuzzer II's extra targets: {name: (seed bytes, reader of a path)}."""
+    import qengine
+    from PIL import Image
+    from qengine.convert import read_labels, read_mean_file
+    from qengine.datasets import calibration_inputs
+    out = {}
+    p = os.path.join(tmp, "seed2.qcnn")
+    build(p)
+    seed = open(p, "rb").read()
+    out["qcnn-struct"] = (seed, run_model_full)
+    out["labels"] = ("\ufeffn01440764 tench\nn01443537 goldfish\r\nzebra\u2028x\n".encode(),
+                     lambda path: read_labels(path, None))
+    buf = io.BytesIO()
+    np.save(buf, np.ones((3, 4, 5), np.float32))
+    out["mean-npy"] = (buf.getvalue(), read_mean_file)
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 3, 21, 19), np.float32))
+    out["calib-npy"] = (buf.getvalue(),
+                        lambda path: calibration_inputs(path, (3, 21, 19), None, 2))
+    model = qengine.load(p)
+
+    def read_image_every_way(path):
+        model.predict(path)                               # a path
+        with open(path, "rb") as f:                       # a file object
+            model.predict(io.BytesIO(f.read()))
+        try:
+            img = Image.open(path)                        # a PIL image
+            img.load()
+        except Exception:
+            return
+        model.predict(img)
+    for name, b in image_kinds().items():
+        out[f"image-{name}"] = (b, read_image_every_way)
+    return out
+
+
+# -- the harness: each input in a worker process with a memory cap, the parent
+# holding a kill timeout (a C kernel cannot be interrupted by a signal handler)
+
+def all_seeds(tmp):
+    s = seeds(tmp)
+    s.update(more_seeds(tmp))
+    return s
+
+
+def input_name(target):
+    return "input." + target.rsplit("-", 1)[-1]
+
+
+def make_input(target, data, seed, i):
+    """The i-th mutated input of a target (deterministic in seed and i)."""
+    rng = np.random.default_rng([seed, i])
+    b = data
+    for _ in range(int(rng.integers(1, 5))):
+        if target == "qcnn-header":
+            b = mutate_header(b, rng)
+        elif target in ("qcnn-struct", "qcnn-alexnet"):
+            b = mutate_structure(b, rng) if rng.random() < 0.7 else mutate_header(b, rng)
+        else:
+            b = mutate(b, rng)
+    return b, rng
+
+
+def serve(seed, cap):
+    """Worker main loop: lines "TARGET I" on stdin, one JSON answer per line."""
+    import json
+    import resource
+    import sys
+    import tempfile
+    import warnings
+    warnings.simplefilter("ignore")          # Pillow's warnings about corrupt files
+    if cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    from qengine import QEngineError
+    tmp = tempfile.mkdtemp(prefix="qfuzz-")
+    S = all_seeds(tmp)
+    alex = os.environ.get("QENGINE_FUZZ_ALEXNET")
+    if alex and os.path.exists(alex):
+        S["qcnn-alexnet"] = (open(alex, "rb").read(), run_model_full)
+    print(json.dumps({"ready": sorted(S)}), flush=True)
+    for line in sys.stdin:
+        target, i = line.split()
+        data, read = S[target]
+        try:
+            b, rng = make_input(target, data, seed, int(i))
+        except Exception:            # a mutator that cannot parse an earlier mutation's
+            b, rng = data, np.random.default_rng([seed, int(i)])   # output: the seed itself
+        path = os.path.join(tmp, input_name(target))
+        with open(path, "wb") as f:
+            f.write(b)
+        try:
+            if read is run_model_full:
+                read(path, rng)
+            else:
+                read(path)
+            r = "ok"
+        except QEngineError:
+            r = "error"
+        except MemoryError:
+            r = "over_cap"
+        except Exception as e:
+            r = f"other: {type(e).__name__}: {str(e)[:120]}"
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"r": r, "rss": rss}), flush=True)
+
+
+class Worker:
+    """A worker process serving inputs, restarted after a crash or a hang."""
+
+    def __init__(self, seed=1, cap=3 << 30, timeout=20.0, alexnet=None):
+        self.seed, self.cap, self.timeout = seed, cap, timeout
+        self.alexnet = alexnet
+        self.proc = None
+        self.peak_rss = 0
+
+    def _start(self):
+        import json
+        import subprocess
+        import sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.dirname(here)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, root,
+                                                          os.environ.get("PYTHONPATH", "")]))
+        if self.alexnet:
+            env["QENGINE_FUZZ_ALEXNET"] = self.alexnet
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", f"import fuzzkit; fuzzkit.serve({self.seed}, {self.cap})"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        line = self._read(120)
+        if not line:
+            raise RuntimeError("fuzz worker did not start")
+        self.targets = json.loads(line)["ready"]
+
+    def _read(self, timeout):
+        import select
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not r:
+            return None                     # timed out
+        return self.proc.stdout.readline()  # "" at end of file: the worker died
+
+    def run(self, target, i):
+        """"ok", "error", "over_cap", "hang", "crash: ..." or "other: ..." for input i."""
+        import json
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write(f"{target} {i}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self._read(self.timeout)
+        if not line:
+            if line is None:
+                self.proc.kill()
+            code = self.proc.wait()
+            self.proc = None
+            return "hang" if line is None else f"crash: exit {code}"
+        ans = json.loads(line)
+        self.peak_rss = max(self.peak_rss, ans["rss"])
+        return ans["r"]
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+            self.proc = None
