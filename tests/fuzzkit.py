@@ -402,6 +402,9 @@ class Worker:
     """A worker process serving inputs, restarted after a crash or a hang."""
 
     def __init__(self, seed=1, cap=3 << 30, timeout=20.0, alexnet=None):
+        # QENGINE_FUZZ_CAP=0: no cap (AddressSanitizer reserves terabytes of
+        # address space for its shadow memory, which RLIMIT_AS would refuse)
+        cap = int(os.environ.get("QENGINE_FUZZ_CAP", cap))
         self.seed, self.cap, self.timeout = seed, cap, timeout
         self.alexnet = alexnet
         self.proc = None
