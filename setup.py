@@ -34,8 +34,15 @@ if SIMDE and os.environ.get("QENGINE_SIMDE") != "0":
 KERNEL_SOURCES = ["qengine/_kernels.pyx"] + [os.path.join("qengine", "kernels", f)
                                             for f in KERNEL_FILES]
 
-extra_compile = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast"]
+extra_compile = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast", "-Wall", "-Wextra"]
 extra_link = []
+if os.environ.get("QENGINE_STRICT") == "1":      # CI: a warning fails the build
+    extra_compile.append("-Werror")
+if os.environ.get("QENGINE_SANITIZE") == "1":    # CI: AddressSanitizer + UBSan build
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+           "-fno-omit-frame-pointer", "-g"]
+    extra_compile = [f for f in extra_compile if f != "-O3"] + ["-O1"] + san
+    extra_link += san
 if sys.platform != "win32":
     extra_compile.append("-fopenmp")
     extra_link.append("-fopenmp")
