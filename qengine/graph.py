@@ -347,9 +347,10 @@ def infer_shapes(g):
                                  f"{p['num_output']} output channels")
             if h + 2 * p["pad"] < kh or w + 2 * p["pad"] < kw:
                 raise ModelError(f"{where}: kernel {kh}x{kw} larger than the padded input {h}x{w}")
-            # a pad at least the kernel's size or the input's gives outputs made of
-            # padding alone, a stride beyond the padded input skips all but one row
-            if p["pad"] >= max(kh, kw) or p["pad"] > max(h, w) or \
+            # a pad beyond the input's size only adds outputs made of padding (real
+            # models pad by up to the kernel: SqueezeNet's 1x1 conv10 by 1), a
+            # stride beyond the padded input skips all but one row
+            if p["pad"] > max(h, w) or \
                     p["stride"] > max(h, w) + 2 * p["pad"]:
                 raise ModelError(f"{where}: pad {p['pad']} or stride {p['stride']} out of range "
                                  f"for kernel {kh}x{kw} on input {h}x{w}")

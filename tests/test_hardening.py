@@ -98,7 +98,7 @@ def test_huge_kernel_and_pad_cost_is_refused(tmp_path):
     assert time.perf_counter() - t0 < 2
 
 
-@pytest.mark.parametrize("k,p,s", [(3, 3, 1), (1, 1, 1), (3, 1, 300)])
+@pytest.mark.parametrize("k,p,s", [(3, 33, 1), (1, 40, 1), (3, 1, 300)])
 def test_pad_or_stride_out_of_proportion_is_refused(tmp_path, k, p, s):
     path = one_conv_model(tmp_path / "m.qcnn", (3, 32, 32), 4, k, s=s, p=p)
     with pytest.raises(ModelError, match="pad .* or stride"):
@@ -505,3 +505,17 @@ def test_default_limits_documented():
     import qengine.budget as b
     for k in DEFAULT_LIMITS:
         assert k in b.__doc__
+
+
+def test_real_architectures_pass_the_new_graph_rules():
+    """The tightened rules (pad, stride, input size) accept every real network at
+    hand: the presets and the shared Caffe models (SqueezeNet pads a 1x1 by 1)."""
+    import glob
+    from conftest import shared_path
+    from qengine.convert import PRESETS, preset_graph, read_prototxt
+    for name in PRESETS:
+        preset_graph(name)
+    protos = glob.glob(os.path.join(shared_path("caffe"), "*", "*deploy*.prototxt"))
+    assert len(protos) >= 3
+    for p in protos:
+        read_prototxt(p)
