@@ -355,7 +355,12 @@ class QcnnFile:
             self.metadata = header["metadata"]
             self.size = size
             self.data_offset = doff
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
+            try:
+                self._mm = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0
+                            else None)
+            except (OSError, ValueError) as e:
+                raise FormatError(f"{self.path}: cannot map the file ({size} bytes) into "
+                                  f"memory: {getattr(e, 'strerror', None) or e}") from None
         self._buf = memoryview(self._mm)[doff:] if self._mm is not None else memoryview(b"")
         self._check_gaps()
         if verify:

@@ -546,7 +546,9 @@ class Model:
         self.mode = mode
         self.threads = check_threads(threads)
         self.limits = budget.resolve(limits)
-        qf = QcnnFile(path)
+        # the tensors' checksums are verified after the budget check: a model
+        # refused for its size is refused without reading gigabytes first
+        qf = QcnnFile(path, verify=False)
         self.path = qf.path
         self.file_size = qf.size
         meta = qf.metadata
@@ -602,6 +604,7 @@ class Model:
         self._concat_into = self._plan_concat_in_place()
         self._qf = qf
         self._check_budget()
+        qf.verify()
         # the budget holds: decode and lay out the weights (a tensor shared by
         # several layers decoded once)
         qf.keep_decoded(True)
@@ -609,6 +612,10 @@ class Model:
             for op in self._ops:
                 if op.weighted:
                     op.materialize()
+        except MemoryError:
+            raise ModelError(f"{qf.path}: out of memory decoding the weights (the model "
+                             f"needs {budget.human(self.resources['tensors'], 'tensors')}; "
+                             f"this process may not allocate that much)") from None
         finally:
             qf.keep_decoded(False)
 
@@ -761,10 +768,19 @@ class Model:
             unknown = [n for n in want if n not in self.layer_names]
             if unknown:
                 raise InputError(f"unknown layer name(s) {unknown}; layers: {self.layer_names}")
-        out = self._forward(x, want, profile)
+        out = self._forward_checked(x, want, profile)
         if want is not None:
             return {k: buffers.to_numpy(v) for k, v in out.items()}
         return buffers.to_numpy(out)
+
+    def _forward_checked(self, x, want=None, profile=None):
+        try:
+            return self._forward(x, want, profile)
+        except MemoryError:
+            raise InputError(f"{self.path}: out of memory running a batch of {x.shape[0]} "
+                             f"(about {budget.human(self.resources['activations'], 'activations')} "
+                             f"of activations per image); use smaller batches or a lower "
+                             f"'activations' limit") from None
 
     def _forward(self, x, want=None, profile=None):
         """forward() on a checked C-contiguous float32 buffer [N, C, H, W]; returns buffers."""
@@ -890,7 +906,7 @@ class Model:
         _check_top(top)
         if isinstance(batch, memoryview) and buffers.format_of(batch) == "f" \
                 and batch.c_contiguous and tuple(batch.shape[1:]) == self.input_shape:
-            out = self._forward(batch)
+            out = self._forward_checked(batch)
         else:
             out = memoryview(self.forward(batch))
         softmax = self._ops[-1].type == "Softmax"

@@ -30,7 +30,7 @@ MAX_DIMS = 8
 MAX_FIELDS = 1 << 20
 MAX_LAYERS = 1 << 16
 MAX_BLOBS_PER_LAYER = 64
-MAX_BLOBS = 1 << 16
+MAX_BLOBS = 1 << 14
 
 _V1_TYPE_NAMES = {4: "Convolution", 14: "InnerProduct", 18: "ReLU", 15: "LRN", 17: "Pooling",
                   3: "Concat", 6: "Dropout", 20: "Softmax", 5: "Data", 21: "SoftmaxWithLoss",

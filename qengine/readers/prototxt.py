@@ -11,6 +11,10 @@ from ..errors import FormatError
 MAX_TEXT = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_MESSAGES = 1 << 18   # real networks: a few thousand
+# tokens, whitespace and comments included (VGG-16's deploy file: ~2,000): a
+# 16 MB file of tiny fields or comments is refused in well under a second (ResNet-152:
+# ~50,000)
+MAX_TOKENS = 1 << 18
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+|\#[^\n]*)
@@ -39,18 +43,27 @@ def _number(s):
 
 
 def _tokens(text, source):
-    pos, n = 0, len(text)
-    line = 1
-    while pos < n:
-        m = _TOKEN.match(text, pos)
-        if not m:
+    """(kind, value, line) for every token but whitespace and comments: one C-level
+    regex scan; at most MAX_TOKENS tokens (whitespace and comments included)."""
+    pos, line, n = 0, 1, 0
+    for m in _TOKEN.finditer(text):
+        if m.start() != pos:
             raise FormatError(f"{source}: line {line}: unexpected character {text[pos]!r}")
+        n += 1
+        if n > MAX_TOKENS:
+            raise FormatError(f"{source}: more than {MAX_TOKENS} tokens (not a real network "
+                              f"description)")
         kind = m.lastgroup
         val = m.group(kind)
         if kind != "ws":
             yield kind, val, line
-        line += val.count("\n")
+        elif "\n" in val:
+            line += val.count("\n")
+        if kind == "str" and "\n" in val:
+            line += val.count("\n")
         pos = m.end()
+    if pos != len(text):
+        raise FormatError(f"{source}: line {line}: unexpected character {text[pos]!r}")
 
 
 class _Stream:
