@@ -414,15 +414,18 @@ class Worker:
         import json
         import subprocess
         import sys
+        import tempfile
         here = os.path.dirname(os.path.abspath(__file__))
-        root = os.path.dirname(here)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, root,
+        # the installed qengine (or the one PYTHONPATH names, e.g. a sanitizer build
+        # in place); run outside the source tree, whose qengine/ has no extension
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([here,
                                                           os.environ.get("PYTHONPATH", "")]))
         if self.alexnet:
             env["QENGINE_FUZZ_ALEXNET"] = self.alexnet
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"import fuzzkit; fuzzkit.serve({self.seed}, {self.cap})"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            cwd=tempfile.gettempdir())
         line = self._read(120)
         if not line:
             raise RuntimeError("fuzz worker did not start")
