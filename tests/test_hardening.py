@@ -520,3 +520,13 @@ def test_real_architectures_pass_the_new_graph_rules():
     assert len(protos) >= 3
     for p in protos:
         read_prototxt(p)
+
+
+def test_prototxt_of_endless_comments_or_punctuation_is_refused_quickly():
+    from qengine.readers import prototxt
+    from qengine.errors import FormatError
+    for text in ("#\n" * 300_000, ";" * 300_000, "a{} " * 300_000):
+        t0 = time.perf_counter()
+        with pytest.raises(FormatError, match="tokens|messages"):
+            prototxt.parse(text)
+        assert time.perf_counter() - t0 < 5
