@@ -688,6 +688,19 @@ class Model:
             i += 1
         return peak, at
 
+    @property
+    def threads(self):
+        """Threads each call may use (settable: an integer from 1 to MAX_THREADS)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n):
+        self._threads = check_threads(n)
+        with getattr(self, "_pool_lock", threading.Lock()):
+            ex, self._executor = getattr(self, "_executor", None), None
+        if ex is not None:
+            ex.shutdown(wait=False)
+
     def _relu_follows(self, i):
         """True when op i+1 is a plain ReLU applied in place to op i's output
         (a weighted op then applies it itself)."""

@@ -43,3 +43,17 @@ def test_harness_reports_crashes_and_hangs(body, want):
                               stdout=subprocess.PIPE, text=True)
     assert w.run("bin", 0) == want
     assert w.proc is None
+
+
+def test_real_alexnet_as_a_seed(alexnet_qcnn):
+    """Structure-aware mutations of the real AlexNet (packed from ../shared), run
+    through the whole path: large legal values on a real graph and real tensors."""
+    w = Worker(seed=12, cap=3 << 30, timeout=60, alexnet=alexnet_qcnn)
+    try:
+        w._start()
+        assert "qcnn-alexnet" in w.targets
+        bad = [(i, r) for i in range(30) for r in [w.run("qcnn-alexnet", i)]
+               if r not in ("ok", "error")]
+    finally:
+        w.close()
+    assert not bad, bad

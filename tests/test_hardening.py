@@ -530,3 +530,28 @@ def test_prototxt_of_endless_comments_or_punctuation_is_refused_quickly():
         with pytest.raises(FormatError, match="tokens|messages"):
             prototxt.parse(text)
         assert time.perf_counter() - t0 < 5
+
+
+def test_threads_setter_validated(tiny):
+    with pytest.raises(InputError):
+        tiny.threads = "2"
+    tiny.threads = 2
+    x = np.zeros((3,) + tiny.input_shape, np.float32)
+    y2 = tiny.forward(x)
+    tiny.threads = 1
+    assert np.allclose(tiny.forward(x), y2, atol=1e-6)
+
+
+def test_non_finite_network_output_is_an_error_not_nan_probabilities(tmp_path):
+    """Weights that overflow float32 on an input give inf/NaN scores: predict
+    raises instead of printing NaN probabilities (qrun --json printed NaN)."""
+    L, t = dense_conv("c", "data", 3, 4, 3)
+    t["c.w"][:] = 3e38
+    g = {"input": {"name": "data", "shape": [3, 8, 8]},
+         "layers": [L, {"name": "f", "type": "InnerProduct", "bottom": ["c"], "top": ["f"],
+                        "params": {"num_output": 5, "bias_term": False},
+                        "weights": {"mode": "dense", "weight": "f.w"}}]}
+    t["f.w"] = np.ones((5, 4 * 6 * 6), np.float32)
+    m = qengine.load(write_model(tmp_path / "m.qcnn", g, t))
+    with pytest.raises(ModelError, match="not finite"):
+        m.predict([np.full((8, 8, 3), 200, np.uint8)])
