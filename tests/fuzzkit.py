@@ -346,12 +346,15 @@ def make_input(target, data, seed, i):
     rng = np.random.default_rng([seed, i])
     b = data
     for _ in range(int(rng.integers(1, 5))):
-        if target == "qcnn-header":
-            b = mutate_header(b, rng)
-        elif target in ("qcnn-struct", "qcnn-alexnet"):
-            b = mutate_structure(b, rng) if rng.random() < 0.7 else mutate_header(b, rng)
-        else:
-            b = mutate(b, rng)
+        try:
+            if target == "qcnn-header":
+                b = mutate_header(b, rng)
+            elif target in ("qcnn-struct", "qcnn-alexnet"):
+                b = mutate_structure(b, rng) if rng.random() < 0.7 else mutate_header(b, rng)
+            else:
+                b = mutate(b, rng)
+        except Exception:     # an earlier round made a header this mutator cannot walk
+            pass
     return b, rng
 
 
