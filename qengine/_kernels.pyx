@@ -159,10 +159,26 @@ def check_int_range(where, **products):
             raise ValueError(f"{where}: {name} = {v} exceeds the kernels' 32-bit range")
 
 
+def geometry_py(H, W, KH, KW, S, P):
+    """(OH, OW, R, PS) of qe_conv_geom_init, computed in Python integers: output
+    size, positions of the flattened phase-plane rows, floats per phase plane."""
+    Hp, Wp = H + 2 * P, W + 2 * P
+    OH, OW = (Hp - KH) // S + 1, (Wp - KW) // S + 1
+    Hq, Wq = -(-Hp // S), -(-Wp // S)
+    R = OH * Wq
+    need = max(-(-R // QE_TILE) * QE_TILE + (KH - 1) // S * Wq + (KW - 1) // S, Hq * Wq)
+    return OH, OW, R, -(-need // 16) * 16
+
+
 cdef int _geom(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int P) except -1:
     cdef object c = C, h = H, w = W, kh = KH, kw = KW, s = S, p = P   # Python integers
     check_int_range("convolution", C_KH_KW=c * kh * kw, S_S_C=s * s * c,
                     padded_plane=(h + 2 * p) * (w + 2 * p))
+    if qe_conv_geom_init(g, C, H, W, KH, KW, S, P) == 0:
+        # the C geometry checked against the same rule in Python integers
+        if (g.OH, g.OW, g.R, g.PS) != geometry_py(H, W, KH, KW, S, P):
+            raise ValueError(f"convolution geometry mismatch for H={H} W={W} "
+                             f"kernel={KH}x{KW} stride={S} pad={P}")
     if qe_conv_geom_init(g, C, H, W, KH, KW, S, P) != 0:
         raise ValueError(f"invalid convolution geometry C={C} H={H} W={W} kernel={KH}x{KW} "
                          f"stride={S} pad={P}")
