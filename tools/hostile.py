@@ -177,19 +177,26 @@ def run(argv, cap, timeout=30):
         if cap:
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=limit)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        return {"outcome": "hang", "seconds": timeout, "stderr": err.strip()[:200]}
-    secs = time.perf_counter() - t0
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errf:
+        p = subprocess.Popen(argv, stdout=out, stderr=errf, text=True, preexec_fn=limit)
+        deadline = t0 + timeout
+        while True:                 # reap it ourselves: wait4 gives this child's peak RSS
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                p.kill()
+                os.wait4(p.pid, 0)
+                return {"outcome": "hang", "seconds": timeout, "stderr": ""}
+            time.sleep(0.01)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        secs = time.perf_counter() - t0
+        errf.seek(0)
+        err = errf.read()
     return {"code": p.returncode, "seconds": round(secs, 2), "stderr_lines": len(err.splitlines()),
-            "traceback": "Traceback" in err, "stderr": err.strip().splitlines()[0][:160] if err.strip() else "",
-            "peak_rss_children_mib": ru.ru_maxrss // 1024}
+            "traceback": "Traceback" in err,
+            "stderr": err.strip().splitlines()[0][:160] if err.strip() else "",
+            "peak_rss_mib": ru.ru_maxrss // 1024}
 
 
 def main():
@@ -213,7 +220,8 @@ def main():
             r["input"] = name
             rows.append(r)
             if not args.json:
-                print(f"{name:45s} {r['outcome']:8s} {r['seconds']:6.2f} s  {r.get('stderr', '')[:110]}")
+                print(f"{name:45s} {r['outcome']:8s} {r['seconds']:6.2f} s "
+                      f"{r.get('peak_rss_mib', 0):5d} MiB  {r.get('stderr', '')[:100]}")
     if args.json:
         print(json.dumps(rows, indent=1))
     return 1 if bad else 0
