@@ -299,6 +299,14 @@ class Preprocessor:
 
     def __call__(self, image):
         """One image (path, PIL image or uint8 array) -> float32 buffer [C, H, W]."""
+        try:
+            return self._call(image)
+        except MemoryError:
+            name = (os.fspath(image) if isinstance(image, (str, os.PathLike))
+                    else getattr(image, "filename", None) or "image")
+            raise ImageError(f"{name}: out of memory preprocessing the image") from None
+
+    def _call(self, image):
         from . import _kernels
         c, h, w = self.input_shape
         target = tuple(self.resize) if self.resize else (h, w)
@@ -307,6 +315,10 @@ class Preprocessor:
             # straight from the 8-bit pixels: no float copy of the whole image
             a = buffers.empty((c,) + target)
             _kernels.resize_pixels_ac(px, H, W, ch, self.order, a)
+        elif (H, W) != target and ch == 3 and self.order in ("rgb", "bgr"):
+            # PIL's bilinear resize, one channel's float plane at a time (the same
+            # values as converting every channel first: 8-bit -> float is exact)
+            a = self._resize_channels(px, H, W, *target)
         else:
             a = buffers.empty((c, H, W))
             _kernels.pixels_to_planar(px, H, W, ch, self.order, a)
@@ -319,6 +331,16 @@ class Preprocessor:
         _kernels.crop_mean_scale(a, y0, x0, self.mean, y0 if self.mean_at_crop else 0,
                                  x0 if self.mean_at_crop else 0, self.scale, self.scale != 1.0,
                                  out)
+        return out
+
+    def _resize_channels(self, px, H, W, out_h, out_w):
+        from PIL import Image
+        rgb = Image.frombuffer("RGB", (W, H), px, "raw", "RGB", 0, 1)
+        out = buffers.empty((3, out_h, out_w))
+        dst = buffers.rows(out)
+        for k in range(3):
+            plane = rgb.getchannel(2 - k if self.order == "bgr" else k).convert("F")
+            dst[k][:] = plane.resize((out_w, out_h), Image.BILINEAR).tobytes()
         return out
 
     def _resize(self, a, out_h, out_w):

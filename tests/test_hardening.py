@@ -555,3 +555,18 @@ def test_non_finite_network_output_is_an_error_not_nan_probabilities(tmp_path):
     m = qengine.load(write_model(tmp_path / "m.qcnn", g, t))
     with pytest.raises(ModelError, match="not finite"):
         m.predict([np.full((8, 8, 3), 200, np.uint8)])
+
+
+def test_bilinear_resize_one_channel_at_a_time_matches_all_channels():
+    """The 'bilinear' method resizes one float plane at a time (a large photo no
+    longer becomes 12 bytes a pixel): the same values as all planes at once."""
+    from qengine import buffers
+    from qengine.preprocess import Preprocessor
+    img = np.random.default_rng(0).integers(0, 256, (301, 257, 3), np.uint8)
+    for order in ("bgr", "rgb"):
+        pp = Preprocessor({"channel_order": order, "resize_method": "bilinear",
+                           "resize": [64, 80], "crop": [60, 70]}, (3, 60, 70))
+        a = buffers.empty((3, 301, 257))
+        _kernels.pixels_to_planar(memoryview(img).cast("B"), 301, 257, 3, order, a)
+        want = np.asarray(pp._resize(a, 64, 80))[:, 2:62, 5:75]
+        assert np.array_equal(np.asarray(pp(img)), want)
