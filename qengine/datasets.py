@@ -18,11 +18,12 @@ IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", 
 
 
 def _idx(path):
-    opener = gzip.open if path.endswith(".gz") else open
+    from .files import open_regular
     try:
-        with opener(path, "rb") as f:
+        with open_regular(path, "idx file") as raw:
+            f = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
             data = f.read(200 * 1024 * 1024)
-    except OSError as e:
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise FormatError(f"{path}: cannot read ({e})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise FormatError(f"{path}: not an unsigned-byte idx file")
@@ -62,17 +63,22 @@ def open_set(path, limit=None, labelled=True):
     lt = os.path.join(path, "labels.txt")
     if os.path.exists(lt):
         items, labels = [], []
-        with open(lt, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                    raise FormatError(f"{lt}: line {ln}: expected 'file label'")
-                items.append(os.path.join(path, parts[0]))
-                labels.append(int(parts[1]))
-                if limit and len(items) >= limit:
-                    break
+        from .files import open_regular
+        try:
+            with open_regular(lt, "labels file", encoding="utf-8") as f:
+                for ln, line in enumerate(f, 1):
+                    parts = line.split()
+                    if not parts:
+                        continue
+                    if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or \
+                            len(parts[1]) > 9:
+                        raise FormatError(f"{lt}: line {ln}: expected 'file label'")
+                    items.append(os.path.join(path, parts[0]))
+                    labels.append(int(parts[1]))
+                    if limit and len(items) >= limit:
+                        break
+        except UnicodeDecodeError:
+            raise FormatError(f"{lt}: not UTF-8 text") from None
         return items, np.array(labels, np.int64)
     entries = sorted(os.listdir(path))
     classes = [e for e in entries if os.path.isdir(os.path.join(path, e))]
