@@ -386,8 +386,14 @@ def infer_shapes(g):
         if count(out) > MAX_BLOB or min(out) < 1:
             raise ModelError(f"{where}: output {list(out)} is empty or larger than {MAX_BLOB} "
                              f"values per image")
+        out = tuple(int(v) for v in out)
         for top in L["top"]:
-            shapes[top] = tuple(int(v) for v in out)
+            # a blob is produced once; a layer may only rewrite its own input in
+            # place (ReLU, Dropout), keeping its shape
+            if top in shapes and not (top in L["bottom"] and shapes[top] == out):
+                raise ModelError(f"{where}: output blob {top!r} is already produced by an "
+                                 f"earlier layer (only in-place layers may reuse a name)")
+            shapes[top] = out
     return shapes
 
 

@@ -578,3 +578,21 @@ def test_bilinear_resize_one_channel_at_a_time_matches_all_channels():
         _kernels.pixels_to_planar(memoryview(img).cast("B"), 301, 257, 3, order, a)
         want = np.asarray(pp._resize(a, 64, 80))[:, 2:62, 5:75]
         assert np.array_equal(np.asarray(pp(img)), want)
+
+
+def test_a_blob_produced_twice_is_refused(tmp_path):
+    """Found by Fuzzer II (qcnn-struct input 13934 of 100,000): a duplicated layer
+    writing the same top with another shape reached the kernel with the wrong
+    output shape (a ValueError from the wrapper, not a QEngineError)."""
+    from fuzzkit import _read_qcnn, _write_qcnn
+    p = tmp_path / "m.qcnn"
+    build(p)
+    header, tensors = _read_qcnn(p.read_bytes())
+    layers = header["metadata"]["graph"]["layers"]
+    dup = json.loads(json.dumps(layers[4]))            # c2a, writes "c2a"
+    layers[4]["params"]["stride"] = 3
+    dup["name"] = "c2a_dup"
+    layers.insert(5, dup)
+    p.write_bytes(_write_qcnn(header, tensors))
+    with pytest.raises(ModelError, match="already produced"):
+        qengine.load(str(p))
