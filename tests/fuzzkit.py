@@ -312,9 +312,13 @@ def more_seeds(tmp):
     out["calib-npy"] = (buf.getvalue(),
                         lambda path: calibration_inputs(path, (3, 21, 19), None, 2))
     model = qengine.load(p)
+    from qengine.preprocess import Preprocessor
+    bilinear = Preprocessor({"channel_order": "rgb", "resize_method": "bilinear",
+                             "resize": [9, 8], "crop": [7, 7]}, (3, 7, 7))
 
     def read_image_every_way(path):
         model.predict(path)                               # a path
+        bilinear(path)                                    # PIL's resize, a channel at a time
         with open(path, "rb") as f:                       # a file object
             model.predict(io.BytesIO(f.read()))
         try:
