@@ -9,5 +9,5 @@ from .errors import FormatError, ImageError, InputError, ModelError, QEngineErro
 from .runtime import Model, load
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "QEngineError", "FormatError", "ModelError", "ImageError",
+__all__ = ["budget", "load", "Model", "QEngineError", "FormatError", "ModelError", "ImageError",
            "InputError", "__version__"]

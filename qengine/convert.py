@@ -13,8 +13,9 @@ import numpy as np
 from . import __version__, format as qformat
 from .errors import FormatError, ModelError, QEngineError
 from .files import check_regular, open_regular
-from .graph import from_prototxt
-from .readers.qcnn_original import load_quantized_layers, read_mean, scan_dir
+from .frontends.caffe import from_prototxt
+from .frontends.qcnn_original import load_quantized_layers
+from .readers.qcnn_original import read_mean, scan_dir
 
 MEAN_STEP = 1.0 / 64  # mean images are stored to within 1/128 (see docs/FORMAT.md)
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # prototxt and labels files

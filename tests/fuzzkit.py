@@ -76,7 +76,7 @@ def mutate_header(data, rng):
 def seeds(tmp):
     """{reader: (seed bytes, function reading a path)} for every reader."""
     import qengine
-    from qengine.graph import from_prototxt
+    from qengine.frontends.caffe import from_prototxt
     from qengine.preprocess import load_image
     from qengine.readers.caffemodel import read_caffemodel
     from qengine.readers.qcnn_original import read_bin, read_cbn
@@ -142,7 +142,6 @@ _LARGE_FLOATS = [3.4e38, -3.4e38, 1e-45, 1e30, 1e6, 1e-6, -1e6, 0.0, 65504.0]
 
 def _read_qcnn(data):
     import json
-    import zlib
     magic, version, crc, hlen, doff = struct.unpack_from("<8sIIQQ", data)
     header = json.loads(data[32:32 + hlen])
     tensors = {}

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from qengine import graph as qgraph
+from qengine.frontends import caffe
 from qengine.errors import FormatError, ModelError
 from qengine.readers import prototxt
-from qengine.readers.qcnn_original import load_quantized_layers, read_bin, read_cbn
+from qengine.frontends.qcnn_original import load_quantized_layers
+from qengine.readers.qcnn_original import read_bin, read_cbn
 
 from conftest import ROOT, shared_path
 
@@ -124,7 +126,7 @@ def test_prototxt_syntax_new_and_v1():
             pooling_param { pool: AVE global_pooling: true } }
     layer { name: "loss" type: "SoftmaxWithLoss" bottom: "p" top: "loss" }
     '''
-    g = qgraph.from_prototxt(new)
+    g = caffe.from_prototxt(new)
     assert [L["type"] for L in g["layers"]] == ["Convolution", "ReLU", "Pooling"]
     assert g["layers"][1]["params"]["negative_slope"] == 0.5
     assert qgraph.infer_shapes(g)["p"] == (4, 1, 1)
@@ -137,7 +139,7 @@ def test_prototxt_syntax_new_and_v1():
     layers { name: "ip" type: INNER_PRODUCT bottom: "pool1" top: "ip"
              inner_product_param { num_output: 10 } }
     '''
-    g = qgraph.from_prototxt(v1)
+    g = caffe.from_prototxt(v1)
     assert qgraph.infer_shapes(g)["ip"] == (10,)
     assert qgraph.infer_shapes(g)["pool1"] == (20, 12, 12)
 
@@ -176,7 +178,7 @@ def test_prototxt_syntax_new_and_v1():
 ])
 def test_prototxt_errors(text, exc, msg):
     with pytest.raises(exc, match=msg):
-        qgraph.from_prototxt(text)
+        caffe.from_prototxt(text)
 
 
 def test_prototxt_tokens():

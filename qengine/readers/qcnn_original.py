@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _kernels
 from ..files import open_regular
-from ..errors import FormatError, ModelError
+from ..errors import FormatError
 
 MAX_NDIM = 8
 CBN_BLOCK = 4096
@@ -115,72 +115,6 @@ def scan_dir(directory):
         raise FormatError(f"{directory}: no Quantized-CNN files (*.ctrdLst.NN.bin, "
                           f"*.asmtLst.NN.cbn, *.biasVec.NN.bin) found")
     return found
-
-
-def load_quantized_layers(directory, graph):
-    """Read codebooks, indices and biases for every Convolution and InnerProduct
-    layer of `graph`, matched by 1-based layer index; check every shape.
-
-    Returns {layer_name: {"codebook": f32 [M,K,d], "indices": u8, "bias": f32, "bits": b}}."""
-    from ..graph import infer_shapes
-    found = scan_dir(directory)
-    shapes = infer_shapes(graph)
-    out = {}
-    for idx, L in enumerate(graph["layers"], 1):
-        if L["type"] not in ("Convolution", "InnerProduct"):
-            continue
-        name, p = L["name"], L["params"]
-        need = [("ctrdLst", idx), ("asmtLst", idx), ("biasVec", idx)]
-        missing = [k for k in need if k not in found]
-        if missing:
-            raise ModelError(f"{directory}: layer {idx} ({name}) has no "
-                             f"{', '.join(f'{k}.{i:02d}' for k, i in missing)} file")
-        cb = read_bin(found[("ctrdLst", idx)])
-        bias = read_bin(found[("biasVec", idx)])
-        if cb.ndim != 3:
-            raise ModelError(f"{found[('ctrdLst', idx)]}: codebook must be [M, K, d], is {cb.shape}")
-        M, K, d = cb.shape
-        if K > 256:
-            raise ModelError(f"{found[('ctrdLst', idx)]}: K={K} codewords exceed 8-bit indices")
-        apath = found[("asmtLst", idx)]
-        if apath.endswith(".cbn"):
-            asmt, bits = read_cbn(apath, k=K)
-        else:
-            asmt = read_bin(apath)
-            if np.any(asmt != np.round(asmt)) or asmt.min() < 1 or asmt.max() > K:
-                raise FormatError(f"{apath}: raw assignments must be integers 1..{K}")
-            asmt = (asmt - 1).astype(np.uint8)
-            bits = max(1, int(K - 1).bit_length())
-        x_shape = shapes[L["bottom"][0]]
-        cout = p["num_output"]
-        if L["type"] == "Convolution":
-            cin_g = x_shape[0] // p["group"]
-            kh, kw = p["kernel"]
-            want_m = -(-cin_g // d)
-            want = (cout, kh, kw, want_m)
-        else:
-            cin = 1
-            for v in x_shape:
-                cin *= v
-            want_m = -(-cin // d)
-            want = (cout, want_m)
-        if M != want_m:
-            raise ModelError(f"{found[('ctrdLst', idx)]}: layer {idx} ({name}) needs {want_m} "
-                             f"subspaces of d={d}, codebook has {M}")
-        if asmt.shape != want:
-            raise ModelError(f"{apath}: layer {idx} ({name}) needs assignments {want}, "
-                             f"file has {asmt.shape}")
-        if bias.shape != (cout,):
-            raise ModelError(f"{found[('biasVec', idx)]}: layer {idx} ({name}) needs {cout} "
-                             f"biases, file has {bias.shape}")
-        out[name] = {"codebook": np.ascontiguousarray(cb), "indices": np.ascontiguousarray(asmt),
-                     "bias": bias, "bits": int(bits)}
-    extra = sorted({i for (_, i) in found} - {i for i, L in enumerate(graph["layers"], 1)
-                                             if L["type"] in ("Convolution", "InnerProduct")})
-    if extra:
-        raise ModelError(f"{directory}: files for layer index(es) {extra}, which are not "
-                         f"Convolution or InnerProduct layers of the architecture")
-    return out
 
 
 def read_mean(path):

@@ -1,0 +1,58 @@
+"""The package's layering (qengine/frontends/__init__.py): a module imports only
+from layers below its own, so that readers stay byte-level parsers, the graph
+knows no source format, and frontends sit above both."""
+import ast
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "qengine")
+# layer of each module or package (higher imports lower, never the reverse)
+LAYERS = {"errors": 0, "buffers": 0, "files": 0, "budget": 0, "progress": 0, "_kernels": 0,
+          "readers": 1, "format": 1, "graph": 2, "frontends": 3}
+
+
+def _qengine_imports(path, package):
+    """The qengine modules a file imports (first component under qengine)."""
+    tree = ast.parse(open(path).read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] == "qengine" and len(parts) > 1:
+                    out.add(parts[1])
+                elif parts[0] == "qengine":
+                    out.update(a.name for a in node.names)
+                continue
+            base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+            mod = base + (node.module.split(".") if node.module else [])
+            if len(mod) > 1:
+                out.add(mod[1])
+            else:
+                out.update(a.name for a in node.names)
+    return out
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    bad = []
+    for unit, level in LAYERS.items():
+        if unit == "_kernels":             # the compiled extension: imports nothing of ours
+            continue
+        paths = ([os.path.join(ROOT, unit + ".py")] if os.path.exists(os.path.join(ROOT, unit + ".py"))
+                 else [os.path.join(ROOT, unit, f) for f in os.listdir(os.path.join(ROOT, unit))
+                       if f.endswith(".py")])
+        package = "qengine" if paths[0].endswith(f"{unit}.py") else f"qengine.{unit}"
+        for path in paths:
+            for dep in _qengine_imports(path, package):
+                if dep == unit:
+                    continue
+                # a module above every listed layer (runtime, convert, cli...) or one
+                # of the same or a higher layer
+                if LAYERS.get(dep, 99) >= level and not (level == 0 and LAYERS.get(dep) == 0):
+                    bad.append(f"{os.path.relpath(path, ROOT)} imports {dep}")
+    assert not bad, bad
+
+
+def test_graph_knows_no_source_format():
+    src = open(os.path.join(ROOT, "graph.py")).read()
+    for word in ("prototxt", "V1", "caffemodel", "_V1_TYPES", "Caffe deploy"):
+        assert word not in src, word
