@@ -56,3 +56,39 @@ def test_graph_knows_no_source_format():
     src = open(os.path.join(ROOT, "graph.py")).read()
     for word in ("prototxt", "V1", "caffemodel", "_V1_TYPES", "Caffe deploy"):
         assert word not in src, word
+
+
+def test_detect_tells_every_source_kind(tmp_path):
+    """frontends.detect: the one place that decides what a qconvert source is."""
+    import pytest
+    from modelkit import build
+    from qengine.errors import FormatError, InputError
+    from qengine.frontends import detect
+    q = tmp_path / "m.qcnn"
+    build(q)
+    assert detect(str(q)).kind == "qcnn"
+    caffe = tmp_path / "caffe"
+    caffe.mkdir()
+    (caffe / "net.caffemodel").write_bytes(b"")
+    (caffe / "deploy.prototxt").write_text("")
+    (caffe / "solver.prototxt").write_text("")
+    s = detect(str(caffe))
+    assert (s.kind, os.path.basename(s.prototxt), os.path.basename(s.caffemodel)) == \
+        ("caffe", "deploy.prototxt", "net.caffemodel")
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    (orig / "AlexNet.ctrdLst.01.bin").write_bytes(b"")
+    assert detect(str(orig)).kind == "original"
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "AlexNet.convKnl.01.bin").write_bytes(b"")
+    assert detect(str(dense)).kind == "original-dense"
+    (caffe / "other.caffemodel").write_bytes(b"")
+    with pytest.raises(InputError, match="2 .caffemodel files"):
+        detect(str(caffe))
+    with pytest.raises(InputError, match="does not apply|do not apply"):
+        detect(str(q), prototxt="x.prototxt")
+    with pytest.raises(FormatError, match="not a directory"):
+        detect(str(tmp_path / "missing"))
+    with pytest.raises(InputError):
+        detect(None)

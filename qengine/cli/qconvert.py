@@ -18,8 +18,6 @@
 The output is written atomically; an existing file is kept unless --force.
 """
 import argparse
-import glob
-import os
 import sys
 
 from . import fail
@@ -101,46 +99,30 @@ def main(argv=None):
     try:
         from ..format import check_destination
         check_destination(args.output, args.force)     # before any long work
-        prototxt, caffemodel = args.prototxt, args.caffemodel
-        if args.src and os.path.isfile(args.src) and _is_qcnn(args.src):
-            if args.arch or args.prototxt or args.caffemodel:
+        from ..errors import InputError
+        from ..frontends import detect
+        try:
+            source = detect(args.src, args.prototxt, args.caffemodel)
+        except InputError as e:
+            fail("qconvert", str(e), 2)
+        if source.kind == "qcnn":
+            if args.arch:
                 fail("qconvert", f"{args.src}: a .qcnn carries its own architecture; "
                                  f"--arch, --prototxt and --caffemodel do not apply", 2)
             opts = _quantize_options(args, None, log, qcnn_source=args.src)
             convert.convert_qcnn(args.src, args.output, **opts)
-            return 0
-        if args.src and not os.path.isdir(args.src):
-            fail("qconvert", f"{args.src}: not a directory or a .qcnn file")
-        if args.src and not caffemodel and not glob.glob(os.path.join(args.src, "*.ctrdLst.*")):
-            models = sorted(glob.glob(os.path.join(args.src, "*.caffemodel")))
-            protos = sorted(glob.glob(os.path.join(args.src, "*.prototxt")))
-            if models:
-                if len(models) != 1:
-                    fail("qconvert", f"{args.src}: {len(models)} .caffemodel files; pick one with "
-                                     f"--caffemodel")
-                caffemodel = models[0]
-                if not prototxt:
-                    deploy = [p for p in protos if "deploy" in os.path.basename(p)] or protos
-                    if len(deploy) != 1:
-                        fail("qconvert", f"{args.src}: need exactly one deploy .prototxt "
-                                         f"(found {len(protos)}); pick one with --prototxt")
-                    prototxt = deploy[0]
-        if caffemodel:
-            if not prototxt:
-                fail("qconvert", "--caffemodel needs --prototxt (or a DIR holding both)", 2)
-            convert.convert_caffe(prototxt, caffemodel, args.output,
-                                  **_quantize_options(args, prototxt, log))
-        elif args.src and glob.glob(os.path.join(args.src, "*.convKnl.*")) + \
-                glob.glob(os.path.join(args.src, "*.fcntWei.*")):
+        elif source.kind == "caffe":
+            convert.convert_caffe(source.prototxt, source.caffemodel, args.output,
+                                  **_quantize_options(args, source.prototxt, log))
+        elif source.kind == "original-dense":
             arch_file = args.prototxt or convert.preset_path(args.arch or "alexnet")
             convert.convert_original_dense(args.src, args.output, arch=args.arch,
                                            prototxt=args.prototxt,
                                            **_quantize_options(args, arch_file, log))
-        elif args.src:
+        else:
             convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
                                      labels=args.labels, mean=args.mean, force=args.force, log=log)
-        else:
-            fail("qconvert", "give a model directory, or --prototxt and --caffemodel", 2)
+        return 0
     except ValueError as e:
         fail("qconvert", str(e), 2)
     except QEngineError as e:
@@ -150,15 +132,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         fail("qconvert", "interrupted; no output written", 130)
     return 0
-
-
-def _is_qcnn(path):
-    from ..format import MAGIC
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 
 def _quantize_options(args, arch_file, log, qcnn_source=None):
