@@ -14,7 +14,7 @@ from . import __version__, format as qformat
 from .errors import FormatError, ModelError, QEngineError
 from .files import check_regular, open_regular
 from .frontends.caffe import from_prototxt
-from .frontends.qcnn_original import load_quantized_layers
+from .frontends.qcnn_original import load_original_dense, load_quantized_layers
 from .readers.qcnn_original import read_mean, scan_dir
 
 MEAN_STEP = 1.0 / 64  # mean images are stored to within 1/128 (see docs/FORMAT.md)
@@ -244,36 +244,6 @@ def make_preprocess(input_shape, mean=None, mean_pixel=None, scale=None, channel
     elif crop:
         pre["crop"] = [int(crop), int(crop)]
     return pre
-
-
-def load_original_dense(directory, graph):
-    """Dense weights {layer: (w, b)} from the original code's dense layout:
-    *.convKnl.NN.bin [Cout, Cg, KH, KW], *.fcntWei.NN.bin [Cout, Cin] and
-    *.biasVec.NN.bin, matched to the graph by 1-based layer index."""
-    from .graph import infer_shapes
-    from .readers.qcnn_original import read_bin, scan_dir
-    found = scan_dir(directory)
-    shapes = infer_shapes(graph)
-    weights = {}
-    for idx, L in enumerate(graph["layers"], 1):
-        if L["type"] not in ("Convolution", "InnerProduct"):
-            continue
-        n, p = L["name"], L["params"]
-        kind = "convKnl" if L["type"] == "Convolution" else "fcntWei"
-        for key in ((kind, idx), ("biasVec", idx)):
-            if key not in found:
-                raise ModelError(f"{directory}: layer {idx} ({n}) has no {key[0]}.{idx:02d} file")
-        w = read_bin(found[(kind, idx)])
-        b = read_bin(found[("biasVec", idx)])
-        cin = shapes[L["bottom"][0]]
-        cout = p["num_output"]
-        want = ((cout, cin[0] // p["group"]) + tuple(p["kernel"]) if kind == "convKnl"
-                else (cout, int(np.prod(cin))))
-        if w.shape != want or b.shape != (cout,):
-            raise ModelError(f"{found[(kind, idx)]}: layer {idx} ({n}) needs weights {list(want)} "
-                             f"and {cout} biases, files have {list(w.shape)} and {list(b.shape)}")
-        weights[n] = (np.ascontiguousarray(w), np.ascontiguousarray(b))
-    return weights
 
 
 def convert_caffe(prototxt, caffemodel, out, **kw):

@@ -56,8 +56,9 @@ def test_huge_stride_scratch_is_refused_at_load(tmp_path):
     assert time.perf_counter() - t0 < 2
 
 
-def test_many_live_activations_are_refused(tmp_path):
-    # 20 convolutions of 64 x 512 x 512 outputs, each read again only at the end
+def live_activations_model(path, preprocess=None):
+    """20 convolutions of 64 x 512 x 512 outputs, each read again only at the end
+    (1.25 GiB of activations alive at once, from a file of a few KiB)."""
     layers, tensors = [], {}
     for i in range(20):
         L, t = dense_conv(f"c{i}", "data", 1, 64, 1)
@@ -68,7 +69,23 @@ def test_many_live_activations_are_refused(tmp_path):
                             stride=[1, 1], pad=[0, 0], **{"global": True}))
     layers.append(layer("cat", "Concat", [f"p{i}" for i in range(20)], axis=1))
     g = {"input": {"name": "data", "shape": [1, 512, 512]}, "layers": layers}
-    p = write_model(tmp_path / "m.qcnn", g, tensors)
+    return write_model(path, g, tensors, preprocess=preprocess)
+
+
+def huge_kernel_model(path, preprocess=None):
+    """A 2048 x 2048 kernel padded by 2047 on a 2048 x 2048 input, 1-bit indices:
+    0.5 MB of file, 7e4 G multiply-adds and lookups per image."""
+    L = conv("c", "data", 1, 2048, p=2047)
+    L["weights"] = {"mode": "lut", "codebook": "cb", "indices": "idx"}
+    return write_model(path, {"input": {"name": "data", "shape": [1, 2048, 2048]},
+                              "layers": [L]},
+                       {"cb": np.ones((1, 2, 1), np.float32),
+                        "idx": qformat.Tensor(np.zeros((1, 2048, 2048, 1), np.uint8), bits=1)},
+                       preprocess=preprocess)
+
+
+def test_many_live_activations_are_refused(tmp_path):
+    p = live_activations_model(tmp_path / "m.qcnn")
     assert os.path.getsize(p) < 64 << 10
     with pytest.raises(ModelError, match=r"activations.*over the limit"):
         qengine.load(p)
@@ -89,13 +106,7 @@ def test_input_shape_beyond_the_budget_is_refused_at_load(tmp_path):
 
 
 def test_huge_kernel_and_pad_cost_is_refused(tmp_path):
-    # a 2048 x 2048 kernel padded by 2047 on a 2048 x 2048 input, 1-bit indices: 0.5 MB
-    L = conv("c", "data", 1, 2048, p=2047)
-    L["weights"] = {"mode": "lut", "codebook": "cb", "indices": "idx"}
-    p = write_model(tmp_path / "m.qcnn", {"input": {"name": "data", "shape": [1, 2048, 2048]},
-                                          "layers": [L]},
-                    {"cb": np.ones((1, 2, 1), np.float32),
-                     "idx": qformat.Tensor(np.zeros((1, 2048, 2048, 1), np.uint8), bits=1)})
+    p = huge_kernel_model(tmp_path / "m.qcnn")
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="work"):
         qengine.load(p)

@@ -35,7 +35,8 @@ def build_cases(d):
     from PIL import Image
 
     from qengine import format as qformat
-    from test_hardening import conv, dense_conv, layer, one_conv_model, write_model
+    from test_hardening import (huge_kernel_model, live_activations_model, one_conv_model,
+                                write_model)
     from test_quantize import field
 
     def py(code):
@@ -53,19 +54,8 @@ def build_cases(d):
 
     qrun("conv stride 4096 (4 GiB scratch)",
          one_conv_model(os.path.join(d, "stride.qcnn"), (1, 4096, 4096), 1, 1, s=4096))
-    layers, tensors = [], {}
-    for i in range(20):
-        L, t = dense_conv(f"c{i}", "data", 1, 64, 1)
-        layers.append(L)
-        tensors.update(t)
-    for i in range(20):
-        layers.append(layer(f"p{i}", "Pooling", f"c{i}", pool="AVE", kernel=[0, 0],
-                            stride=[1, 1], pad=[0, 0], **{"global": True}))
-    layers.append(layer("cat", "Concat", [f"p{i}" for i in range(20)], axis=1))
     qrun("20 live activations (1.25 GiB)",
-         write_model(os.path.join(d, "live.qcnn"),
-                     {"input": {"name": "data", "shape": [1, 512, 512]}, "layers": layers},
-                     tensors, preprocess={"channel_order": "gray"}))
+         live_activations_model(os.path.join(d, "live.qcnn"), {"channel_order": "gray"}))
     # one qdelta2d codebook (256 MiB decoded, ~1000:1) named by 40 layers
     cb = np.zeros((1024, 256, 256), np.float32)
     tensors = {"cb": qformat.Tensor(cb, encoding="qdelta2d", step=1 / 64),
@@ -79,14 +69,8 @@ def build_cases(d):
                      preprocess={"channel_order": "gray"}), expect="ok")
     qrun("input [3, 2^20, 2^20]",
          one_conv_model(os.path.join(d, "input.qcnn"), (3, 1 << 20, 1 << 20), 1, 1))
-    L = conv("c", "data", 1, 2048, p=2047)
-    L["weights"] = {"mode": "lut", "codebook": "cb", "indices": "idx"}
     qrun("kernel 2048, pad 2047 (hours per image)",
-         write_model(os.path.join(d, "work.qcnn"),
-                     {"input": {"name": "data", "shape": [1, 2048, 2048]}, "layers": [L]},
-                     {"cb": np.ones((1, 2, 1), np.float32),
-                      "idx": qformat.Tensor(np.zeros((1, 2048, 2048, 1), np.uint8), bits=1)},
-                     preprocess={"channel_order": "gray"}))
+         huge_kernel_model(os.path.join(d, "work.qcnn"), {"channel_order": "gray"}))
     # FC with 2^26 inputs, d=1, K=32: an 8 GiB codebook in a sparse file
     path = os.path.join(d, "fc.qcnn")
     M, K = 1 << 26, 32
