@@ -92,6 +92,12 @@ def concat(parts, axis):
     return out
 
 
+def all_finite(mv):
+    """True when no value of a float buffer (any shape) is NaN or infinite."""
+    from . import _kernels
+    return _kernels.all_finite(reshape(mv, (-1,)))
+
+
 def to_numpy(mv):
     """A numpy view of a buffer (no copy; numpy is imported here, on first use)."""
     import numpy as np

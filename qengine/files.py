@@ -9,7 +9,15 @@ absent (a dangling symlink counts as present).
 import os
 import stat
 
-from .errors import FormatError
+from .errors import FormatError, QEngineError
+
+
+def _kind(mode):
+    """What a non-regular file is, for messages."""
+    return ("a directory" if stat.S_ISDIR(mode) else
+            "a FIFO" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
 
 
 def check_regular(path, error=FormatError, what="file"):
@@ -21,12 +29,30 @@ def check_regular(path, error=FormatError, what="file"):
     except OSError as e:
         raise error(f"{path}: cannot open: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
-                "a FIFO" if stat.S_ISFIFO(st.st_mode) else
-                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
-                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise error(f"{path}: is {kind}, expected a regular {what}")
+        raise error(f"{path}: is {_kind(st.st_mode)}, expected a regular {what}")
     return st
+
+
+def exists_error(path):
+    return QEngineError(f"{path}: already exists (use --force to replace it)")
+
+
+def check_destination(path, force):
+    """An output may replace only a regular file (or, with force, a symlink):
+    never a device node, FIFO, socket or directory.  A symlink, dangling or
+    not, counts as an existing file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise QEngineError(f"{path}: cannot write here: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+        if not force:
+            raise exists_error(path)
+        return
+    raise QEngineError(f"{path}: is {_kind(st.st_mode)}; outputs are written to regular "
+                       f"files only")
 
 
 def open_regular(path, what="file", error=FormatError, mode="rb", encoding=None):

@@ -21,8 +21,8 @@ import tempfile
 import zlib
 
 from . import buffers
-from .errors import FormatError, QEngineError
-from .files import open_regular
+from .errors import FormatError
+from .files import check_destination, exists_error, open_regular
 
 MAGIC = b"\x89QCNN\r\n\x1a"
 VERSION = 1
@@ -204,27 +204,6 @@ def write(path, metadata, tensors, force=True):
 TMP_PREFIX = ".qcnn-tmp-"
 
 
-def check_destination(path, force):
-    """An output may replace only a regular file (or, with force, a symlink):
-    never a device node, FIFO, socket or directory.  A symlink, dangling or
-    not, counts as an existing file."""
-    import stat
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise QEngineError(f"{path}: cannot write here: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
-        if not force:
-            raise QEngineError(f"{path}: already exists (use --force to replace it)")
-        return
-    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "not a regular file")
-    raise QEngineError(f"{path}: is {kind}; outputs are written to regular files only")
-
-
 def _publish_exclusive(tmp, path):
     """Give the finished temporary file its final name unless that name exists,
     atomically: link() fails if the name exists, whatever appeared since the
@@ -232,12 +211,12 @@ def _publish_exclusive(tmp, path):
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise QEngineError(f"{path}: already exists (use --force to replace it)") from None
+        raise exists_error(path) from None
     except OSError:
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
-            raise QEngineError(f"{path}: already exists (use --force to replace it)") from None
+            raise exists_error(path) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -304,11 +283,6 @@ def _raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _all_finite(mv):
-    from . import _kernels
-    return _kernels.all_finite(buffers.reshape(mv, (-1,)))
-
-
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -320,6 +294,7 @@ class QcnnFile:
 
     def __init__(self, path, verify=True):
         self.path = os.fspath(path)
+        self._decoded = None          # see keep_decoded()
         f = open_regular(self.path, ".qcnn model")
         with f:
             size = os.fstat(f.fileno()).st_size
@@ -481,9 +456,8 @@ class QcnnFile:
         """The tensor as a shaped memoryview (format "f", "B" or "i"): a read-only
         view of the mapped file for raw tensors, a new buffer for packed or encoded
         ones.  Needs no numpy.  Empty tensors are refused."""
-        cache = getattr(self, "_decoded", None)
-        if cache is not None and name in cache:
-            return cache[name]
+        if self._decoded is not None and name in self._decoded:
+            return self._decoded[name]
         e = self.entry(name)
         shape = tuple(e["shape"])
         where = f"{self.path}: tensor {name!r}"
@@ -493,23 +467,21 @@ class QcnnFile:
         data = self._buf[e["offset"]:e["offset"] + e["nbytes"]]
         if e.get("encoding", "raw") == "qdelta2d":
             out = qdelta_decode(data, shape, e["step"], where)
-            if not _all_finite(out):
+            if not buffers.all_finite(out):
                 raise FormatError(f"{where}: decodes to NaN or infinity")
-            if cache is not None:
-                cache[name] = out
-            return out
-        if e.get("bits"):
+        elif e.get("bits"):
             out = buffers.reshape(unpack_bits(data, e["bits"], count), shape)
-            if cache is not None:
-                cache[name] = out
-            return out
-        fmt, size = DTYPES[e["dtype"]]
-        if size > 1 and sys.byteorder != "little":  # pragma: no cover - the format is little-endian
-            import array
-            a = array.array(fmt, bytes(data))
-            a.byteswap()
-            data = a
-        return buffers.shaped(data, shape, fmt)
+        else:
+            fmt, size = DTYPES[e["dtype"]]
+            if size > 1 and sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+                import array
+                a = array.array(fmt, bytes(data))
+                a.byteswap()
+                data = a
+            return buffers.shaped(data, shape, fmt)
+        if self._decoded is not None:
+            self._decoded[name] = out
+        return out
 
     def packed(self, name):
         """A uint8 tensor as stored: (bytes, bits), an LSB-first stream of `bits`-bit

@@ -288,8 +288,7 @@ class Preprocessor:
             if mi.shape[1:] not in ((h, w), size):
                 raise ModelError(f"preprocessing: mean image {tuple(mi.shape[1:])} matches "
                                  f"neither the resized {size} nor the input {h}x{w} size")
-            from . import _kernels
-            if not _kernels.all_finite(buffers.reshape(mi, (-1,))):
+            if not buffers.all_finite(mi):
                 raise ModelError("preprocessing: mean image holds NaN or infinity")
             self.mean = mi
             # a mean of the resized size is subtracted before the centre crop

@@ -176,15 +176,17 @@ class _Weighted(_Op):
     def materialize(self):
         """Decode and lay out this layer's weights (after the budget check)."""
         qf, w, cout = self._qf, self.L_weights, self.params["num_output"]
-        self.bias = (qf.view(w["bias"]) if w.get("bias") else buffers.zeros((cout,)))
-        if not _kernels.all_finite(self.bias):
-            raise ModelError(f"{qf.path}: {self._where}: bias holds NaN or infinity")
+        self.bias = self._finite(qf.view(w["bias"]) if w.get("bias")
+                                 else buffers.zeros((cout,)), "bias")
         if self.mode == "lut":
-            cb = qf.view(w["codebook"])
-            if not _kernels.all_finite(buffers.reshape(cb, (-1,))):
-                raise ModelError(f"{qf.path}: {self._where}: codebook holds NaN or infinity")
-            self.codebook = cb
+            self.codebook = self._finite(qf.view(w["codebook"]), "codebook")
         self._load(qf, w, cout)
+
+    def _finite(self, buf, what):
+        """buf, refused if it holds NaN or infinity."""
+        if not buffers.all_finite(buf):
+            raise ModelError(f"{self._qf.path}: {self._where}: {what} holds NaN or infinity")
+        return buf
 
     def model_cost(self):
         lut = self.mode == "lut"
@@ -333,9 +335,7 @@ class _Conv(_Weighted):
     def _load(self, qf, w, cout):
         cg = self.in_shapes[0][0] // self.group
         if self.strategy == "dense":
-            self.weight = qf.view(w["weight"])
-            if not _kernels.all_finite(buffers.reshape(self.weight, (-1,))):
-                raise ModelError(f"{qf.path}: {self._where}: weights hold NaN or infinity")
+            self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
             self.weight_blocked = blocked_conv_weights(self.weight, self.group)
             return
         self.indices = self._unpacked_indices()
@@ -433,9 +433,7 @@ class _FC(_Weighted):
 
     def _load(self, qf, w, cout):
         if self.mode != "lut":
-            self.weight = qf.view(w["weight"])
-            if not _kernels.all_finite(buffers.reshape(self.weight, (-1,))):
-                raise ModelError(f"{qf.path}: {self._where}: weights hold NaN or infinity")
+            self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
         elif self.strategy == "dequantized":
             taps = buffers.reshape(self._unpacked_indices(), (cout, 1, self.M))
             self.weight = buffers.reshape(_dequantize(self.codebook, taps, self.cin),
@@ -544,7 +542,9 @@ class Model:
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.threads = check_threads(threads)
+        self._executor = None
+        self._pool_lock = threading.Lock()
+        self.threads = threads
         self.limits = budget.resolve(limits)
         # the tensors' checksums are verified after the budget check: a model
         # refused for its size is refused without reading gigabytes first
@@ -594,8 +594,6 @@ class Model:
         self._preprocessor = None
         self._pp_lock = threading.Lock()
         self._local = threading.local()
-        self._executor = None
-        self._pool_lock = threading.Lock()
         # last layer that reads each blob, to drop activations early
         self._last_use = {}
         for i, op in enumerate(self._ops):
@@ -623,12 +621,10 @@ class Model:
         """Refuse, before anything is decoded or run, a model that needs more
         than self.limits (see qengine.budget)."""
         lim, path = self.limits, self.path
-        fail = []
         need_in = 4 * buffers.count(self.input_shape)
-        fail.append(budget.exceeded("input", need_in, lim,
-                                    f"the input {list(self.input_shape)}"))
+        fail = [budget.exceeded("input", need_in, lim, f"the input {list(self.input_shape)}")]
         sources, derived = {}, 0
-        work = 0
+        work, work_fail = 0, None
         ws_floats, ws_layer = 16, None
         for op in self._ops:
             work += sum(op.cost()) if op.weighted else op_work(op)
@@ -641,13 +637,14 @@ class Model:
                 raise ModelError(f"{path}: layer {op.name!r}: {e}") from None
             if wsf > ws_floats:
                 ws_floats, ws_layer = wsf, op.name
-            if fail[-1] is None:
-                fail.append(budget.exceeded("work", work, lim, f"up to layer {op.name!r}, the model"))
+            # named at the first layer where the running total goes over the limit
+            work_fail = work_fail or budget.exceeded("work", work, lim,
+                                                     f"up to layer {op.name!r}, the model")
+        fail.append(work_fail)
         tensors = sum(sources.values()) + derived + self._mean_bytes
         fail.append(budget.exceeded("tensors", tensors, lim, "decoding the weights"))
         fail.append(budget.exceeded("workspace", 4 * ws_floats, lim, f"layer {ws_layer!r}"))
         peak, at = self._peak_activations()
-        self._peak_bytes = peak
         fail.append(budget.exceeded("activations", peak, lim, f"one image, at layer {at!r},"))
         for msg in fail:
             if msg:
@@ -696,8 +693,8 @@ class Model:
     @threads.setter
     def threads(self, n):
         self._threads = check_threads(n)
-        with getattr(self, "_pool_lock", threading.Lock()):
-            ex, self._executor = getattr(self, "_executor", None), None
+        with self._pool_lock:
+            ex, self._executor = self._executor, None
         if ex is not None:
             ex.shutdown(wait=False)
 
@@ -800,7 +797,7 @@ class Model:
         n = x.shape[0]
         # a batch runs in slices whose activations fit the budget (same results:
         # every kernel treats the images of a batch independently)
-        per = max(1, self.limits["activations"] // max(1, self._peak_bytes))
+        per = max(1, self.limits["activations"] // max(1, self.resources["activations"]))
         if n > per:
             outs = [self._forward(x[i:i + per], want, profile) for i in range(0, n, per)]
             if want is not None:

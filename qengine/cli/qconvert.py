@@ -97,7 +97,7 @@ def main(argv=None):
     from .. import convert
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     try:
-        from ..format import check_destination
+        from ..files import check_destination
         check_destination(args.output, args.force)     # before any long work
         from ..errors import InputError
         from ..frontends import detect
