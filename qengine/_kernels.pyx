@@ -50,6 +50,15 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                  int SH, int SW, int PH, int PW, int kind, int nthreads)
     void qe_relu(const float *x, float *y, int64_t n, float slope)
     void qe_softmax(const float *x, float *y, int C, int64_t HW)
+    void qe_eltwise_sum(const float *const *xs, const float *coeff, int n_in, float *y,
+                        int64_t n, int relu)
+    void qe_affine(const float *x, float *y, int C, int64_t HW, const float *scale,
+                   const float *shift, int relu)
+    void qe_clip(const float *x, float *y, int64_t n, float lo, float hi)
+    void qe_sigmoid(const float *x, float *y, int64_t n)
+    void qe_strided_slice(const float *x, int C, int H, int W, const int *start, const int *step,
+                          float *y, int OC, int OH, int OW)
+    void qe_pad(const float *x, int C, int H, int W, const int *pads, float value, float *y)
     int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
                        uint8_t *dst)
     int qe_resize_bilinear_ac(const float *x, int C, int H, int W, float *y, int OH, int OW)
@@ -604,17 +613,20 @@ def lrn(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int size, float al
 
 
 def pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int kh, int kw, int sh, int sw,
-         int ph, int pw, bint average, int nthreads=1):
-    """Max or average pooling; out's shape carries Caffe's ceil-rounded size."""
+         int ph, int pw, int kind, int nthreads=1):
+    """Pooling, kind 0 max, 1 average over the window clipped to the padded input
+    (Caffe), 2 average over the window clipped to the input (padding excluded);
+    out's shape carries the pooled size (ceil or floor rounding)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N or out.shape[1] != C or kh < 1 or kw < 1 or sh < 1 or sw < 1:
+    if out.shape[0] != N or out.shape[1] != C or kh < 1 or kw < 1 or sh < 1 or sw < 1 \
+            or not 0 <= kind <= 2 or ph < 0 or pw < 0:
         raise ValueError("pooling shapes are invalid")
     cdef int n
     with nogil:
         for n in range(N):
             qe_pool(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, H, W, OH, OW, kh, kw, sh, sw, ph, pw,
-                    1 if average else 0, nthreads)
+                    kind, nthreads)
 
 
 def relu(const float[::1] x, float[::1] out, float slope=0.0):
@@ -634,6 +646,96 @@ def softmax(const float[:, :, ::1] x, float[:, :, ::1] out):
     with nogil:
         for n in range(N):
             qe_softmax(&x[n, 0, 0], &out[n, 0, 0], C, HW)
+
+
+def eltwise_sum(list xs, float[::1] out, coeff=None, bint relu=False):
+    """out = sum_i coeff[i] * xs[i] (1-D float32 buffers of one length; coeff
+    None: all 1), then max(out, 0) with relu.  out may be one of the inputs."""
+    cdef Py_ssize_t k, n_in = len(xs), n = out.shape[0]
+    if n_in < 1 or n_in > 64:
+        raise ValueError("eltwise_sum takes 1 to 64 inputs")
+    cdef const float *ptrs[64]
+    cdef float cf[64]
+    cdef const float[::1] v
+    keep = []
+    for k in range(n_in):
+        v = xs[k]
+        if v.shape[0] != n:
+            raise ValueError("eltwise_sum inputs differ in length")
+        keep.append(v)
+        ptrs[k] = &v[0]
+    if coeff is not None:
+        if len(coeff) != n_in:
+            raise ValueError("eltwise_sum needs one coefficient per input")
+        for k in range(n_in):
+            cf[k] = coeff[k]
+    cdef int use_c = coeff is not None
+    with nogil:
+        qe_eltwise_sum(ptrs, cf if use_c else NULL, <int>n_in, &out[0], n, relu)
+
+
+def affine(const float[:, :, ::1] x, const float[::1] scale, const float[::1] shift,
+           float[:, :, ::1] out, bint relu=False):
+    """out[n, c] = scale[c] * x[n, c] + shift[c] on x [N, C, HW]."""
+    cdef int N = x.shape[0], C = x.shape[1], n
+    cdef int64_t HW = x.shape[2]
+    if out.shape[0] != N or out.shape[1] != C or out.shape[2] != HW or scale.shape[0] != C \
+            or shift.shape[0] != C:
+        raise ValueError("affine shapes differ")
+    with nogil:
+        for n in range(N):
+            qe_affine(&x[n, 0, 0], &out[n, 0, 0], C, HW, &scale[0], &shift[0], relu)
+
+
+def clip(const float[::1] x, float[::1] out, float lo, float hi):
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("clip shapes differ")
+    with nogil:
+        qe_clip(&x[0], &out[0], x.shape[0], lo, hi)
+
+
+def sigmoid(const float[::1] x, float[::1] out):
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("sigmoid shapes differ")
+    with nogil:
+        qe_sigmoid(&x[0], &out[0], x.shape[0])
+
+
+def strided_slice(const float[:, :, :, ::1] x, start, step, float[:, :, :, ::1] out):
+    """out[n, c, h, w] = x[n, s0 + c*t0, s1 + h*t1, s2 + w*t2] (start s, step t per
+    axis C, H, W); every index read must lie inside x."""
+    cdef int st[3]
+    cdef int sp[3]
+    cdef int k, n, N = x.shape[0]
+    for k in range(3):
+        st[k], sp[k] = start[k], step[k]
+        if sp[k] < 1 or st[k] < 0 or out.shape[k + 1] < 1 or \
+                st[k] + (out.shape[k + 1] - 1) * <int64_t>sp[k] >= x.shape[k + 1]:
+            raise ValueError("strided slice reaches outside its input")
+    if out.shape[0] != N:
+        raise ValueError("strided slice batch sizes differ")
+    with nogil:
+        for n in range(N):
+            qe_strided_slice(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], st, sp,
+                             &out[n, 0, 0, 0], out.shape[1], out.shape[2], out.shape[3])
+
+
+def pad(const float[:, :, :, ::1] x, pads, float value, float[:, :, :, ::1] out):
+    """x [N, C, H, W] padded by pads (before, after on C, H, W; all >= 0) with value."""
+    cdef int p[6]
+    cdef int k, n, N = x.shape[0]
+    for k in range(6):
+        p[k] = pads[k]
+        if p[k] < 0:
+            raise ValueError("pads must not be negative")
+    for k in range(3):
+        if out.shape[k + 1] != x.shape[k + 1] + <int64_t>p[2 * k] + p[2 * k + 1]:
+            raise ValueError("padded shape differs")
+    if out.shape[0] != N:
+        raise ValueError("pad batch sizes differ")
+    with nogil:
+        for n in range(N):
+            qe_pad(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], p, value, &out[n, 0, 0, 0])
 
 
 def unpack_bits(const uint8_t[::1] src, int bits, int64_t n, bint msb_first, uint8_t[::1] out):

@@ -39,9 +39,9 @@ def _pool_fast(p, xs, wb):
     if p["global"]:
         return (x.mean(axis=(2, 3), keepdims=True) if p["pool"] == "AVE"
                 else x.max(axis=(2, 3), keepdims=True))
-    if p["pool"] == "MAX":
+    if p["pool"] == "MAX" and p.get("ceil", True):
         return _maxpool(x, p["kernel"], p["stride"], p["pad"])
-    return reference.pool(x, p["kernel"], p["stride"], p["pad"], p["pool"])
+    return reference.LAYERS["Pooling"](p, xs, wb)
 
 
 # the reference's layers, with the heavy ones done the way a numpy user would

@@ -19,7 +19,8 @@ import numpy as np
 from . import _kernels
 from .quantize import reconstruct
 from .reference import LAYERS
-from .runtime import blocked_conv_weights
+from .layers.pooling import kind as pool_kind
+from .layers.weighted import blocked_conv_weights
 
 MAX_POSITIONS = 6144
 RIDGE = 1e-3
@@ -49,16 +50,15 @@ def _fc(x, w, b):
 
 
 def _pool(p, xs, wb):
-    from .graph import pool_output
+    from .layers import record
     x = np.ascontiguousarray(xs[0], np.float32)
     n, c, h, w = x.shape
+    out = np.empty((n,) + record("Pooling").shape(p, [(c, h, w)], "pooling"), np.float32)
     if p["global"]:
-        out = np.empty((n, c, 1, 1), np.float32)
-        _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE")
+        _kernels.pool(x, out, h, w, 1, 1, 0, 0, pool_kind(p))
         return out
     (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-    out = np.empty((n, c, pool_output(h, kh, sh, ph), pool_output(w, kw, sw, pw)), np.float32)
-    _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE")
+    _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, pool_kind(p))
     return out
 
 

@@ -131,7 +131,7 @@ def quantize_weights(w, kind, d, K, iters=25, seed=0, progress=None):
 
 def reconstruct(codebook, indices, kind, shape):
     """Dense weights from a codebook and indices (the inverse of quantize_weights)."""
-    from .runtime import dequantize_conv, dequantize_fc
+    from .layers.weighted import dequantize_conv, dequantize_fc
     if kind == "conv":
         return dequantize_conv(codebook, indices, shape[1])
     return dequantize_fc(codebook, indices, shape[1])

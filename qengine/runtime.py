@@ -12,22 +12,12 @@ import time
 
 from . import _kernels, budget, buffers
 from .errors import FormatError, InputError, ModelError, QEngineError
-from .format import DTYPES, QcnnFile
-from .graph import infer_shapes, layer_cost, layer_work, validate
+from .format import QcnnFile
+from .graph import infer_shapes, validate
+from .layers import record
 from .preprocess import Preprocessor, check_preprocess
 
 MODES = ("exact", "fast")
-# A quantized layer runs densely on its dequantized weights when its tables and
-# lookups would cost this many times its dense multiply-adds (same sums either way).
-DEQUANTIZE_RATIO = 1.25
-# What one table lookup of a convolution costs, in dense multiply-adds, by the
-# kernel that would do it (measured on Zen 3 against the dense kernel's ~30
-# multiply-adds/ns: float table rows 12 lookups/ns for K <= 32, 7-8 beyond, the
-# tables then outgrowing L1; 16-bit register tables estimated from llvm-mca and
-# the Zen 4 micro-kernel figures in README "Fast mode").
-LOOKUP_COST_FLOAT_ROWS_SMALL_K = 2.5   # K <= 32
-LOOKUP_COST_FLOAT_ROWS = 4.0
-LOOKUP_COST_REGISTER = 1.5
 
 
 def _isa_from_env():
@@ -87,451 +77,6 @@ def _check_top(top):
         raise InputError(f"top must be a positive integer, got {top!r}")
 
 
-def op_work(op):
-    """Multiply-adds or comparisons per image of a layer without weights."""
-    return layer_work(op.L, op.in_shapes, op.out_shape)
-
-
-class _Op:
-    """One layer, ready to run: per-sample input and output shapes known."""
-
-    weighted = False
-
-    def __init__(self, L, in_shapes, out_shape):
-        self.L = L
-        self.name, self.type = L["name"], L["type"]
-        self.bottom, self.top = list(L["bottom"]), list(L["top"])
-        self.params = L["params"]
-        self.in_shapes, self.out_shape = in_shapes, out_shape
-
-    def workspace(self):
-        return 0
-
-    def cost(self):
-        """Theoretical work: (dense multiply-adds, table multiply-adds, lookups)."""
-        return 0, 0, 0
-
-    def model_cost(self):
-        """cost() as the model is quantized, whatever strategy runs the layer."""
-        return self.cost()
-
-    def new_out(self, n):
-        return buffers.empty((n,) + tuple(self.out_shape))
-
-
-def _check_tensor(qf, name, dtype, shape, where):
-    """The file's tensor `name` must have this dtype ("f32", "u8") and shape."""
-    e = qf.entry(name)
-    if e["dtype"] != dtype or tuple(e["shape"]) != tuple(shape):
-        def dname(d):
-            return buffers.DTYPE_NAMES[DTYPES[d][0]] if d in DTYPES else str(d)
-        raise ModelError(f"{qf.path}: {where}: tensor {name!r} is {dname(e['dtype'])} "
-                         f"{list(e['shape'])}, expected {dname(dtype)} {list(shape)}")
-
-
-class _Weighted(_Op):
-    """A convolution or fully-connected layer.  Built in two steps so that the
-    model's resource budget is checked before anything is decoded: the
-    constructor reads only the file's tensor table (shapes, encodings) and
-    decides the strategy; materialize() then decodes and lays out the weights."""
-
-    weighted = True
-
-    def __init__(self, L, in_shapes, out_shape, qf, dense_small=True, fast=False):
-        super().__init__(L, in_shapes, out_shape)
-        self.dense_small = dense_small
-        self.fast = fast
-        w = L.get("weights")
-        self.L_weights = w
-        self._qf = qf
-        self._where = where = f"layer {self.name!r}"
-        if not isinstance(w, dict) or w.get("mode") not in ("lut", "dense"):
-            raise ModelError(f"{qf.path}: {where}: missing or unknown weights mode")
-        self.mode = w["mode"]
-        self.strategy = w["mode"]
-        cout = self.params["num_output"]
-        # tensors this layer decodes (name -> bytes; a name shared by layers is
-        # decoded once) and the bytes of its own re-laid copies
-        self.sources, self.derived_bytes = {}, 0
-        if w.get("bias"):
-            self._use(w["bias"], "f32", (cout,))
-        self._plan(qf, w, where, cout)
-        # the kernels index one layer's weights, tables and indices with 32-bit ints
-        if self.type == "Convolution":
-            kh, kw = self.params["kernel"]
-            weights = cout * (self.in_shapes[0][0] // self.params["group"]) * kh * kw
-        else:
-            weights = cout * buffers.count(self.in_shapes[0])
-        try:
-            _kernels.check_int_range(where, weights=weights, **(
-                {"M_K": self.M * self.K * self.d} if self.mode == "lut" else {}))
-        except ValueError as e:
-            raise ModelError(f"{qf.path}: {e}") from None
-
-    def _use(self, name, dtype, shape):
-        """Check a tensor's table entry; count what decoding it costs."""
-        _check_tensor(self._qf, name, dtype, shape, self._where)
-        self.sources[name] = self._qf.decoded_nbytes(name)
-
-    def materialize(self):
-        """Decode and lay out this layer's weights (after the budget check)."""
-        qf, w, cout = self._qf, self.L_weights, self.params["num_output"]
-        self.bias = self._finite(qf.view(w["bias"]) if w.get("bias")
-                                 else buffers.zeros((cout,)), "bias")
-        if self.mode == "lut":
-            self.codebook = self._finite(qf.view(w["codebook"]), "codebook")
-        self._load(qf, w, cout)
-
-    def _finite(self, buf, what):
-        """buf, refused if it holds NaN or infinity."""
-        if not buffers.all_finite(buf):
-            raise ModelError(f"{self._qf.path}: {self._where}: {what} holds NaN or infinity")
-        return buf
-
-    def model_cost(self):
-        lut = self.mode == "lut"
-        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
-                          self.K if lut else None, self.M if lut else None)
-
-    def _plan_lut(self, qf, w, where, cin, idx_prefix):
-        """Check the codebook's and the indices' entries: the M subspaces must
-        cover the cin input channels and the indices be idx_prefix + (M,)."""
-        e = qf.entry(w["codebook"])
-        if e["dtype"] != "f32" or len(e["shape"]) != 3:
-            raise ModelError(f"{qf.path}: {where}: codebook must be float32 [M, K, d]")
-        M, K, d = e["shape"]
-        if not (1 <= K <= 256 and d >= 1):
-            raise ModelError(f"{qf.path}: {where}: codebook K={K}, d={d} out of range")
-        if M != -(-cin // d):
-            raise ModelError(f"{qf.path}: {where}: {M} subspaces of d={d} do not cover {cin} "
-                             f"inputs")
-        self._use(w["codebook"], "f32", (M, K, d))
-        _check_tensor(qf, w["indices"], "u8", tuple(idx_prefix) + (M,), where)
-        self.codebook, self.indices = None, None
-        self.M, self.K, self.d = M, K, d
-        self._idx_name = w["indices"]
-
-    def _use_unpacked_indices(self):
-        self.sources[self._idx_name] = self._qf.decoded_nbytes(self._idx_name)
-
-    def _check_top(self, top):
-        if top >= self.K:
-            raise ModelError(f"{self._qf.path}: {self._where}: codeword index {top} >= "
-                             f"K={self.K}")
-
-    def _unpacked_indices(self):
-        """The indices as stored, unpacked to bytes, every one checked < K."""
-        idx = self._qf.view(self._idx_name)
-        self._check_top(_kernels.max_u8(buffers.reshape(idx, (-1,))))
-        if self._qf.entry(self._idx_name).get("bits"):
-            self._qf.release(self._idx_name)     # unpacked into a buffer of its own
-        return idx
-
-    def stored_indices(self):
-        """The codeword indices as stored in the file (the kernels may hold them re-laid)."""
-        return self._qf.tensor(self._idx_name)
-
-
-def _dequantize(codebook, indices, cin):
-    """Dense weights [R, cin, T] from a codebook [M, K, d] and indices [R, T, M] (buffers)."""
-    R, T, _ = indices.shape
-    out = buffers.empty((R, cin, T))
-    _kernels.dequantize(codebook, indices, cin, out)
-    return out
-
-
-def dequantize_conv(codebook, indices, cin_group):
-    """Dense weights [Cout, Cg, KH, KW] (numpy) of a quantized convolution:
-    w[o, m*d + c, kh, kw] = codebook[m, indices[o, kh, kw, m], c]."""
-    import numpy as np
-    idx = np.ascontiguousarray(indices, np.uint8)
-    cout, kh, kw, M = idx.shape
-    w = _dequantize(np.ascontiguousarray(codebook, np.float32), idx.reshape(cout, kh * kw, M),
-                    cin_group)
-    return buffers.to_numpy(w).reshape(cout, cin_group, kh, kw)
-
-
-def dequantize_fc(codebook, indices, cin):
-    """Dense weights [Cout, Cin] (numpy) of a quantized fully-connected layer."""
-    import numpy as np
-    idx = np.ascontiguousarray(indices, np.uint8)
-    w = _dequantize(np.ascontiguousarray(codebook, np.float32), idx[:, None, :], cin)
-    return buffers.to_numpy(w).reshape(idx.shape[0], cin)
-
-
-def blocked_conv_weights(w, groups):
-    """Dense weights [Cout, Cg, KH, KW] (a buffer) -> the dense kernel's blocked layout."""
-    cout = w.shape[0]
-    w2 = buffers.reshape(w, (cout, -1))
-    out = buffers.empty(_kernels.conv_blocked_shape(cout, groups, w2.shape[1]))
-    _kernels.block_conv_weights(w2, groups, out)
-    return out
-
-
-def _conv16_k_limit():
-    """Largest K whose convolutions fast mode runs on 16-bit register tables:
-    the instruction set's default, or with QENGINE_CONV16=1 every K it can
-    hold in registers (=0: never)."""
-    force = os.environ.get("QENGINE_CONV16", "")
-    if force == "1":
-        return _kernels.conv16_max_k()
-    if force == "0":
-        return 0
-    return _kernels.conv16_auto_k()
-
-
-class _Conv(_Weighted):
-    def _plan(self, qf, w, where, cout):
-        c, h, wd = self.in_shapes[0]
-        p = self.params
-        self.kh, self.kw = p["kernel"]
-        self.group = p["group"]
-        cg = c // self.group
-        J = self.kh * self.kw
-        blocked = 4 * buffers.count(_kernels.conv_blocked_shape(cout, self.group, cg * J))
-        if self.mode != "lut":
-            self.strategy = "dense"
-            self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
-            self.derived_bytes = blocked
-            return
-        self._plan_lut(qf, w, where, cg, (cout, self.kh, self.kw))
-        self._use_unpacked_indices()
-        # A first layer with fewer input channels than the subspace dimension
-        # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
-        # entry would replace under d multiply-adds while the table is K
-        # times larger than the input.  Run it densely on the dequantized
-        # weights, the same sums in another order.  So is any layer whose
-        # tables and lookups would cost more than its dense multiply-adds,
-        # each lookup priced by the kernel that would do it (small d with
-        # float table rows, 1x1 convolutions with few outputs, for example).
-        self.strategy = "lut"
-        dense_cost, table, lookups = self.cost()
-        register = (self.fast and self.K <= _conv16_k_limit()
-                    and J * self.M <= _kernels.C16_MAX_TAPS)
-        per_lookup = (LOOKUP_COST_REGISTER if register else
-                      LOOKUP_COST_FLOAT_ROWS_SMALL_K if self.K <= 32 else
-                      LOOKUP_COST_FLOAT_ROWS)
-        # register tables are built in two passes (ranges, then entries)
-        table_cost = 2 * table if register else table
-        # a first layer with fewer channels than d stays dense: its lookup
-        # form measured 0.83x of the dense kernel with register tables on
-        # AVX2 (AlexNet K=16 conv1, README), untimed on AVX-512
-        if self.dense_small and ((self.M == 1 and cg < self.d)
-                                 or table_cost + per_lookup * lookups > dense_cost):
-            self.strategy = "dequantized"
-            self.derived_bytes = 4 * cout * cg * J + blocked   # dense, then blocked
-        elif register:
-            # fast: 16-bit tables looked up inside SIMD registers, where this
-            # instruction set can hold K entries (see README, "Fast mode")
-            self.strategy = "lut16"
-            # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
-            # one tap per register (for A/B runs on a Zen 4, see README)
-            self.quad = (_kernels.conv16_quad(self.K)
-                         and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
-            self.layout16 = _kernels.conv16_layout_shape(cout, self.group, J * self.M,
-                                                         self.quad)
-            self.derived_bytes = buffers.count(self.layout16)
-
-    def _load(self, qf, w, cout):
-        cg = self.in_shapes[0][0] // self.group
-        if self.strategy == "dense":
-            self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
-            self.weight_blocked = blocked_conv_weights(self.weight, self.group)
-            return
-        self.indices = self._unpacked_indices()
-        taps = self.kh * self.kw
-        if self.strategy == "dequantized":
-            self.weight_blocked = blocked_conv_weights(
-                _dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)),
-                            cg), self.group)
-        elif self.strategy == "lut16":
-            self.indices16 = buffers.empty(self.layout16, "B")
-            _kernels.conv16_layout(buffers.reshape(self.indices, (cout, taps * self.M)),
-                                   self.group, self.indices16, self.quad)
-            self.indices = None
-
-    def workspace(self):
-        c, h, w = self.in_shapes[0]
-        g = self.group
-        if self.strategy == "lut16":
-            return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
-                                                    self.params["stride"], self.params["pad"],
-                                                    self.M, self.K, self.d,
-                                                    self.params["num_output"] // g)
-        if self.strategy == "lut":
-            return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
-                                                  self.params["pad"], self.M, self.K,
-                                                  self.params["num_output"] // g)
-        return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
-                                              self.params["pad"], 0, 0,
-                                              self.params["num_output"] // g)
-
-    def cost(self):
-        lut = self.strategy in ("lut", "lut16")
-        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
-                          self.K if lut else None, self.M if lut else None)
-
-    def run(self, xs, ws, nthreads, relu, into=None):
-        """into: (buffer, c0) to write channels c0.. of a wider buffer (a
-        concatenation's output) instead of a new one."""
-        x = xs[0]
-        out, c0 = into if into is not None else (self.new_out(x.shape[0]), 0)
-        p = self.params
-        if self.strategy == "lut16":
-            _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
-                            p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
-        elif self.strategy == "lut":
-            _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
-                              self.group, relu, out, ws, nthreads, c0)
-        else:
-            _kernels.conv_dense(x, self.weight_blocked, self.bias, self.kh, self.kw, p["stride"],
-                                p["pad"], relu, out, ws, nthreads, c0)
-        return out
-
-
-def block_fc_indices(asmt, K):
-    """Indices [Cout, M] -> the blocked layout the fully-connected kernel reads:
-    for each block of fc_block(K) subspaces, that block's [Cout, mb] indices."""
-    out = buffers.empty(asmt.shape, "B")
-    _kernels.block_fc_indices(asmt, K, out)
-    return out
-
-
-def fc_register_layout(asmt, shape=None, bits=8):
-    """Indices [Cout, M] -> the layout of the register-lookup FC kernels (fc_q8,
-    fc_f32); `asmt` may also be the packed stream of `bits`-bit values of `shape`.
-    Returns the layout and the largest index."""
-    cout, M = shape or asmt.shape
-    out = buffers.empty((_kernels.fc_q8_layout_size(cout, M),), "B")
-    top = _kernels.fc_q8_layout(buffers.reshape(asmt, (-1,)), bits, cout, M, out)
-    return out, top
-
-
-class _FC(_Weighted):
-    def _plan(self, qf, w, where, cout):
-        self.cin = buffers.count(self.in_shapes[0])
-        if self.mode != "lut":
-            self._use(w["weight"], "f32", (cout, self.cin))
-            return
-        self._plan_lut(qf, w, where, self.cin, (cout,))
-        dense_cost, table, lookups = self.cost()
-        q8 = self.fast and self.K <= 32   # 8-bit lookups are far cheaper than multiply-adds
-        if self.dense_small and not q8 and table + lookups > DEQUANTIZE_RATIO * dense_cost:
-            # tables would cost clearly more than the dense layer: dequantize (same sums)
-            self.strategy = "dequantized"
-            self._use_unpacked_indices()
-            self.derived_bytes = 4 * cout * self.cin
-        elif self.K <= 32:
-            # fast: 8-bit tables; exact: float tables small enough to be looked up
-            # inside registers.  Unpacked and laid out in one pass.
-            if q8:
-                self.strategy = "lut8"
-            self.derived_bytes = _kernels.fc_q8_layout_size(cout, self.M)
-        else:
-            self._use_unpacked_indices()
-            self.derived_bytes = cout * self.M
-
-    def _load(self, qf, w, cout):
-        if self.mode != "lut":
-            self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
-        elif self.strategy == "dequantized":
-            taps = buffers.reshape(self._unpacked_indices(), (cout, 1, self.M))
-            self.weight = buffers.reshape(_dequantize(self.codebook, taps, self.cin),
-                                          (cout, self.cin))
-        elif self.K <= 32:
-            stream, bits = qf.packed(self._idx_name)
-            self.indices, top = fc_register_layout(stream, (cout, self.M), bits)
-            self._check_top(top)
-            qf.release(self._idx_name)
-        else:
-            self.indices = block_fc_indices(self._unpacked_indices(), self.K)
-
-    def workspace(self):
-        if self.strategy == "lut8":
-            return _kernels.fc_q8_workspace_floats(self.M, self.K, self.params["num_output"])
-        if self.strategy == "lut" and self.K <= 32:
-            return _kernels.fc_f32_workspace_floats(self.M, self.K, self.params["num_output"])
-        return self.M * self.K if self.strategy == "lut" else 0
-
-    def cost(self):
-        lut = self.strategy in ("lut", "lut8")
-        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
-                          self.K if lut else None, self.M if lut else None)
-
-    def run(self, xs, ws, nthreads, relu):
-        x = buffers.reshape(xs[0], (xs[0].shape[0], -1))
-        out = self.new_out(x.shape[0])
-        if self.strategy == "lut8":
-            _kernels.fc_q8(x, self.codebook, self.indices, self.params["num_output"], self.bias,
-                           relu, out, ws, nthreads)
-        elif self.strategy == "lut" and self.K <= 32:
-            _kernels.fc_f32(x, self.codebook, self.indices, self.params["num_output"], self.bias,
-                            relu, out, ws, nthreads)
-        elif self.strategy == "lut":
-            _kernels.fc_lut(x, self.codebook, self.indices, self.bias, relu, out, ws, nthreads)
-        else:
-            _kernels.fc_dense(x, self.weight, self.bias, relu, out, nthreads)
-        return out
-
-
-class _ReLU(_Op):
-    def run(self, xs, ws, nthreads, relu):
-        x = xs[0]
-        out = buffers.empty(x.shape)
-        _kernels.relu(buffers.reshape(x, (-1,)), buffers.reshape(out, (-1,)),
-                      self.params["negative_slope"])
-        return out
-
-
-class _LRN(_Op):
-    def workspace(self):
-        _, h, w = self.in_shapes[0]
-        return h * w
-
-    def run(self, xs, ws, nthreads, relu):
-        x = xs[0]
-        out = buffers.empty(x.shape)
-        p = self.params
-        _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], ws, nthreads)
-        return out
-
-
-class _Pool(_Op):
-    def run(self, xs, ws, nthreads, relu):
-        x = xs[0]
-        out = self.new_out(x.shape[0])
-        p = self.params
-        _, h, w = self.in_shapes[0]
-        if p["global"]:
-            _kernels.pool(x, out, h, w, 1, 1, 0, 0, p["pool"] == "AVE", nthreads)
-        else:
-            (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-            _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, p["pool"] == "AVE", nthreads)
-        return out
-
-
-class _Concat(_Op):
-    def run(self, xs, ws, nthreads, relu):
-        return buffers.concat(xs, 1)
-
-
-class _Dropout(_Op):
-    def run(self, xs, ws, nthreads, relu):
-        return xs[0]
-
-
-class _Softmax(_Op):
-    def run(self, xs, ws, nthreads, relu):
-        x = xs[0]
-        out = buffers.empty(x.shape)
-        n, c = x.shape[:2]
-        _kernels.softmax(buffers.reshape(x, (n, c, -1)), buffers.reshape(out, (n, c, -1)))
-        return out
-
-
-_OPS = {"Convolution": _Conv, "InnerProduct": _FC, "ReLU": _ReLU, "LRN": _LRN, "Pooling": _Pool,
-        "Concat": _Concat, "Dropout": _Dropout, "Softmax": _Softmax}
-
 
 class Model:
     """A loaded .qcnn model. Create with qengine.load(path)."""
@@ -568,13 +113,11 @@ class Model:
         self.input_shape = tuple(graph["input"]["shape"])
         self.blob_shapes = shapes
         self._ops = []
+        opts = {"dense_small": strategy == "auto", "fast": mode == "fast"}
         try:
             for L in graph["layers"]:
-                cls = _OPS[L["type"]]
                 ins = [shapes[b] for b in L["bottom"]]
-                out = shapes[L["top"][0]]
-                self._ops.append(cls(L, ins, out, qf, strategy == "auto", mode == "fast")
-                                 if cls.weighted else cls(L, ins, out))
+                self._ops.append(record(L["type"]).Op(L, ins, shapes[L["top"][0]], qf, opts))
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{qf.path}: malformed layer entry ({type(e).__name__}: {e})") from None
         if not self._ops:
@@ -594,12 +137,17 @@ class Model:
         self._preprocessor = None
         self._pp_lock = threading.Lock()
         self._local = threading.local()
-        # last layer that reads each blob, to drop activations early
-        self._last_use = {}
+        # the execution plan, made once: the last layer that reads each blob (to
+        # drop activations early), the ReLUs fused into the layer before them,
+        # concatenations written in place, sums written over a dead input
+        self._last_use, self._readers = {}, {}
         for i, op in enumerate(self._ops):
             for b in op.bottom:
                 self._last_use[b] = i
+                self._readers.setdefault(b, []).append(i)
+        self._fused = {i for i in range(len(self._ops)) if self._relu_follows(i)}
         self._concat_into = self._plan_concat_in_place()
+        self._reuse = self._plan_reuse()
         self._qf = qf
         self._check_budget()
         qf.verify()
@@ -608,8 +156,7 @@ class Model:
         qf.keep_decoded(True)
         try:
             for op in self._ops:
-                if op.weighted:
-                    op.materialize()
+                op.materialize()
         except MemoryError:
             raise ModelError(f"{qf.path}: out of memory decoding the weights (the model "
                              f"needs {budget.human(self.resources['tensors'], 'tensors')}; "
@@ -627,10 +174,9 @@ class Model:
         work, work_fail = 0, None
         ws_floats, ws_layer = 16, None
         for op in self._ops:
-            work += sum(op.cost()) if op.weighted else op_work(op)
-            if op.weighted:
-                sources.update(op.sources)
-                derived += op.derived_bytes
+            work += op.work()
+            sources.update(op.sources)
+            derived += op.derived_bytes
             try:
                 wsf = op.workspace()
             except ValueError as e:
@@ -661,7 +207,7 @@ class Model:
         ops = self._ops
         i = 0
         while i < len(ops):
-            op, first = ops[i], i
+            op = ops[i]
             size = 4 * buffers.count(op.out_shape)
             alias = 0
             if i in self._concat_into:          # writes into its concatenation's buffer
@@ -672,16 +218,24 @@ class Model:
                 size, alias = 0, 1
             elif ("concat", i) in live:         # that buffer, already written
                 size = live.pop(("concat", i))
+            elif i in self._reuse:              # a sum written over an input
+                size = 0
+                alias = live.get(op.bottom[self._reuse[i]], 0) or 1
+            elif op.type in ("Dropout", "Flatten"):   # its input's buffer
+                size = 0
+                alias = live.get(op.bottom[0], 0) or 1
             now = sum(live.values()) + size
             if now > peak:
                 peak, at = now, op.name
-            if op.weighted and self._relu_follows(i):
+            done = op.bottom
+            if i in self._fused:
                 i += 1
-            for b in op.bottom:
+                done = done + ops[i].bottom
+            for b in done:
                 if self._last_use.get(b, -1) <= i:
                     live.pop(b, None)
-            for t in ops[first].top:
-                live[t] = 0 if alias else size
+            for t in ops[i].top:
+                live[t] = size if not alias else (alias if alias > 1 else 0)
             i += 1
         return peak, at
 
@@ -699,12 +253,43 @@ class Model:
             ex.shutdown(wait=False)
 
     def _relu_follows(self, i):
-        """True when op i+1 is a plain ReLU applied in place to op i's output
-        (a weighted op then applies it itself)."""
+        """True when op i+1 is a plain ReLU of op i's output, the only layer
+        that reads it, and op i's kernel can apply it itself (convolutions,
+        fully-connected, sums, affine)."""
         ops = self._ops
-        return (i + 1 < len(ops) and ops[i + 1].type == "ReLU"
-                and ops[i + 1].params["negative_slope"] == 0.0
-                and ops[i + 1].bottom == ops[i].top and ops[i + 1].top == ops[i].top)
+        if not (i + 1 < len(ops) and record(ops[i].type).fuses_relu
+                and ops[i + 1].type == "ReLU" and ops[i + 1].params["negative_slope"] == 0.0
+                and ops[i + 1].bottom == ops[i].top):
+            return False
+        t = ops[i].top[0]
+        # in place (same name), or the ReLU is the only reader of a new blob
+        return ops[i + 1].top == ops[i].top or self._readers.get(t) == [i + 1]
+
+    def _plan_reuse(self):
+        """{sum index: input position} for element-wise sums that may write over
+        one of their inputs: a buffer its producer allocated (not the network's
+        input, not a pass-through or a concatenation's part) that no later
+        layer reads under any name."""
+        producer = {}
+        for i, op in enumerate(self._ops):
+            for t in op.top:
+                if t not in op.bottom:
+                    producer[t] = i
+        passes = {"Dropout", "Flatten"}
+        plan = {}
+        for i, op in enumerate(self._ops):
+            if op.type != "Eltwise":
+                continue
+            for k, b in enumerate(op.bottom):
+                pi = producer.get(b)
+                if pi is None or pi in self._concat_into or self._ops[pi].type in passes \
+                        or op.bottom.count(b) > 1 or self._last_use.get(b) != i \
+                        or any(self._ops[r].type in passes for r in self._readers[b]):
+                    continue
+                # a ReLU fused into the producer or applied in place keeps the buffer
+                plan[i] = k
+                break
+        return plan
 
     def _plan_concat_in_place(self):
         """{producer index: (concat index, first channel)} for concatenations
@@ -843,7 +428,7 @@ class Model:
         i = 0
         while i < len(ops):
             op = ops[i]
-            fuse = op.weighted and self._relu_follows(i) and op.name not in keep
+            fuse = i in self._fused and op.name not in keep
             t0 = time.perf_counter() if profile is not None else 0.0
             if i in into_plan:
                 ci, c0 = into_plan[i]
@@ -853,20 +438,25 @@ class Model:
                              into=(cat_bufs[ci], c0))
             elif i in cat_bufs:                   # a concatenation already written
                 out = cat_bufs.pop(i)
+            elif i in self._reuse and not keep:
+                xs = [blobs[b] for b in op.bottom]
+                out = op.run(xs, ws, nthreads, fuse, reuse=xs[self._reuse[i]])
             else:
                 out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse)
             if profile is not None:
                 profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
             if op.name in keep:
                 results[op.name] = out
-            if fuse:
+            done = op.bottom
+            if fuse:                              # the ReLU after it, applied by op
                 i += 1
                 if ops[i].name in keep:
                     results[ops[i].name] = out
-            for b in op.bottom:
+                done = done + ops[i].bottom
+            for b in done:
                 if self._last_use.get(b, -1) <= i and b in blobs:
                     del blobs[b]
-            for t in op.top:
+            for t in ops[i].top:
                 blobs[t] = out
             i += 1
         if want is not None:
@@ -946,6 +536,13 @@ class Model:
         quantized (tables for every quantized layer: the theoretical speed-up)."""
         return [(op.name, op.type) + (op.model_cost() if as_quantized else op.cost())
                 for op in self._ops]
+
+    @property
+    def layers(self):
+        """The model's layers in run order (read-only): each has name, type,
+        params, bottom, top, in_shapes, out_shape and strategy; weighted layers
+        also mode ("lut" or "dense") and, when quantized, K, M and d."""
+        return tuple(self._ops)
 
     def layer_strategies(self):
         """{layer: "lut" | "dequantized" | "dense"} for the weighted layers."""

@@ -23,7 +23,7 @@ def random_fc(rng, n, cin, cout, d, K):
     (x [n, cin], codebook [M, K, d], indices [cout, M], bias, reference output)."""
     import numpy as np
     from qengine import reference
-    from qengine.runtime import dequantize_fc
+    from qengine.layers.weighted import dequantize_fc
     M = -(-cin // d)
     x = rng.standard_normal((n, cin)).astype(np.float32)
     cb = rng.standard_normal((M, K, d)).astype(np.float32)

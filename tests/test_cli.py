@@ -162,11 +162,11 @@ def test_qconvert_caffe_errors(tmp_path):
     bad.mkdir()
     (bad / "deploy.prototxt").write_text(
         'input: "d" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
-        'layer { name: "bn" type: "BatchNorm" bottom: "d" top: "bn" }\n'
-        'layer { name: "sc" type: "Scale" bottom: "bn" top: "sc" }\n')
+        'layer { name: "bn" type: "Deconvolution" bottom: "d" top: "bn" }\n'
+        'layer { name: "sc" type: "PReLU" bottom: "bn" top: "sc" }\n')
     (bad / "w.caffemodel").write_bytes(b"")
     r = run("qconvert", str(bad), "-o", str(tmp_path / "o.qcnn"))
-    assert r.returncode == 1 and "unsupported layers: bn (BatchNorm), sc (Scale)" in r.stderr
+    assert r.returncode == 1 and "unsupported layers: bn (Deconvolution), sc (PReLU)" in r.stderr
     r = run("qconvert", "--caffemodel", str(bad / "w.caffemodel"), "-o", str(tmp_path / "o.qcnn"))
     assert r.returncode == 2 and "--prototxt" in r.stderr
     r = run("qconvert", shared_path("caffe", "lenet"), "-o", str(tmp_path / "o.qcnn"),

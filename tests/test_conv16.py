@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qengine import _kernels, reference
-from qengine.runtime import dequantize_conv
+from qengine.layers.weighted import dequantize_conv
 
 from conftest import ISAS, on_every_isa
 

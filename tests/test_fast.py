@@ -5,7 +5,7 @@ import pytest
 
 import qengine
 from qengine import _kernels
-from qengine.runtime import fc_register_layout
+from qengine.layers.weighted import fc_register_layout
 
 from conftest import on_every_isa, random_fc
 from modelkit import build

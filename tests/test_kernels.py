@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from qengine import _kernels, reference
-from qengine.runtime import (block_fc_indices, blocked_conv_weights, dequantize_conv,
+from qengine.layers.weighted import (block_fc_indices, blocked_conv_weights, dequantize_conv,
                              fc_register_layout)
 
 from conftest import on_every_isa, random_fc

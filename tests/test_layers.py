@@ -1,13 +1,14 @@
 """The package's layering (qengine/frontends/__init__.py): a module imports only
-from layers below its own, so that readers stay byte-level parsers, the graph
-knows no source format, and frontends sit above both."""
+from layers below its own, so that readers stay byte-level parsers, the layer
+records know no graph, the graph knows no source format, and frontends and the
+runtime sit above them, neither importing the other."""
 import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "qengine")
 # layer of each module or package (higher imports lower, never the reverse)
 LAYERS = {"errors": 0, "buffers": 0, "files": 0, "budget": 0, "progress": 0, "_kernels": 0,
-          "readers": 1, "format": 1, "graph": 2, "frontends": 3}
+          "readers": 1, "format": 1, "layers": 2, "graph": 3, "frontends": 4, "runtime": 4}
 
 
 def _qengine_imports(path, package):

@@ -196,7 +196,7 @@ def test_original_dense_layout_is_quantised(tmp_path):
     """*.convKnl / *.fcntWei / *.biasVec in the original code's layout, matched by layer
     index; with as many codewords as vectors the quantised model equals the dense one."""
     from qengine.convert import convert_original_dense
-    from qengine.runtime import dequantize_conv, dequantize_fc
+    from qengine.layers.weighted import dequantize_conv, dequantize_fc
     from test_readers import write_bin
     proto = tmp_path / "net.prototxt"
     proto.write_text('input: "d" input_dim: 1 input_dim: 2 input_dim: 6 input_dim: 6\n'

@@ -7,7 +7,7 @@ import pytest
 
 import qengine
 from qengine import reference
-from qengine.runtime import dequantize_conv, dequantize_fc
+from qengine.layers.weighted import dequantize_conv, dequantize_fc
 
 from modelkit import build
 

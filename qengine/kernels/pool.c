@@ -83,6 +83,7 @@ void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int 
                     int count = (h1p - hs) * (w1p - ws);
                     int h0 = hs < 0 ? 0 : hs, h1 = he > H ? H : he;
                     int w0 = ws < 0 ? 0 : ws, w1 = we > W ? W : we;
+                    if (kind == 2) count = (h1 - h0) * (w1 - w0);   /* padding excluded */
                     float s = 0.f;
                     for (int h = h0; h < h1; h++)
                         for (int w = w0; w < w1; w++) s += xc[(int64_t)h * W + w];

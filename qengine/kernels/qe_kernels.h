@@ -110,13 +110,33 @@ void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float 
 void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
             float k, float *sq, int nthreads);
 
-/* Max (kind 0) or average (kind 1) pooling of x [C][H][W] into y [C][OH][OW]
- * with Caffe's rules (OH, OW already computed with ceil rounding). */
+/* Max (kind 0) or average pooling of x [C][H][W] into y [C][OH][OW] (OH, OW
+ * computed by the caller, with ceil or floor rounding).  Average: kind 1 divides
+ * by the window clipped to the padded input (Caffe, ONNX count_include_pad=1),
+ * kind 2 by the window clipped to the input (ONNX's default, padding excluded). */
 void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
              int SH, int SW, int PH, int PW, int kind, int nthreads);
 
 /* y = x > 0 ? x : slope * x over n floats (y may equal x). */
 void qe_relu(const float *x, float *y, int64_t n, float slope);
+
+/* Layers of residual and modern CNNs (tensor_ops.c).
+ * qe_eltwise_sum: y = sum_i coeff[i] * xs[i] over n floats (coeff NULL: 1),
+ *   then max(y, 0) when relu; y may be one of the inputs.
+ * qe_affine: y[c] = scale[c] * x[c] + shift[c] (shift NULL: 0) on x [C][HW].
+ * qe_clip: y = min(max(x, lo), hi).  qe_sigmoid: y = 1 / (1 + exp(-x)).
+ * qe_strided_slice: y [OC][OH][OW] = x [C][H][W] at start + i * step per axis
+ *   (indices checked by the caller).
+ * qe_pad: x [C][H][W] padded by pads (before, after for C, H, W) with value. */
+void qe_eltwise_sum(const float *const *xs, const float *coeff, int n_in, float *y, int64_t n,
+                    int relu);
+void qe_affine(const float *x, float *y, int C, int64_t HW, const float *scale,
+               const float *shift, int relu);
+void qe_clip(const float *x, float *y, int64_t n, float lo, float hi);
+void qe_sigmoid(const float *x, float *y, int64_t n);
+void qe_strided_slice(const float *x, int C, int H, int W, const int *start, const int *step,
+                      float *y, int OC, int OH, int OW);
+void qe_pad(const float *x, int C, int H, int W, const int *pads, float value, float *y);
 
 /* Softmax over C channels for each of HW positions: x, y [C][HW]. */
 void qe_softmax(const float *x, float *y, int C, int64_t HW);

@@ -1,0 +1,203 @@
+"""Convolution: a record of its rules and the op that runs it (dense, or by
+lookup tables of product-quantized weights: float rows, or 16-bit tables held
+in SIMD registers in fast mode)."""
+import os
+
+from .. import _kernels, buffers
+from ..errors import ModelError
+from .base import MAX_DIM, LayerType, conv_output, is_int, need_chw, np, register
+from .weighted import (LOOKUP_COST_FLOAT_ROWS, LOOKUP_COST_FLOAT_ROWS_SMALL_K,
+                       LOOKUP_COST_REGISTER, WeightedOp, blocked_conv_weights, conv16_k_limit,
+                       dense_shape, dequantize, dequantize_conv, layer_cost)
+
+
+class ConvOp(WeightedOp):
+    def _plan(self, qf, w, where, cout):
+        c, h, wd = self.in_shapes[0]
+        p = self.params
+        self.kh, self.kw = p["kernel"]
+        self.group = p["group"]
+        cg = c // self.group
+        J = self.kh * self.kw
+        blocked = 4 * buffers.count(_kernels.conv_blocked_shape(cout, self.group, cg * J))
+        if self.mode != "lut":
+            self.strategy = "dense"
+            self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
+            self.derived_bytes = blocked
+            return
+        self._plan_lut(qf, w, where, cg, (cout, self.kh, self.kw))
+        self._use_unpacked_indices()
+        # A first layer with fewer input channels than the subspace dimension
+        # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
+        # entry would replace under d multiply-adds while the table is K
+        # times larger than the input.  Run it densely on the dequantized
+        # weights, the same sums in another order.  So is any layer whose
+        # tables and lookups would cost more than its dense multiply-adds,
+        # each lookup priced by the kernel that would do it (small d with
+        # float table rows, 1x1 convolutions with few outputs, for example).
+        self.strategy = "lut"
+        dense_cost, table, lookups = self.cost()
+        register = (self.fast and self.K <= conv16_k_limit()
+                    and J * self.M <= _kernels.C16_MAX_TAPS)
+        per_lookup = (LOOKUP_COST_REGISTER if register else
+                      LOOKUP_COST_FLOAT_ROWS_SMALL_K if self.K <= 32 else
+                      LOOKUP_COST_FLOAT_ROWS)
+        # register tables are built in two passes (ranges, then entries)
+        table_cost = 2 * table if register else table
+        # a first layer with fewer channels than d stays dense: its lookup
+        # form measured 0.83x of the dense kernel with register tables on
+        # AVX2 (AlexNet K=16 conv1, README), untimed on AVX-512
+        if self.dense_small and ((self.M == 1 and cg < self.d)
+                                 or table_cost + per_lookup * lookups > dense_cost):
+            self.strategy = "dequantized"
+            self.derived_bytes = 4 * cout * cg * J + blocked   # dense, then blocked
+        elif register:
+            # fast: 16-bit tables looked up inside SIMD registers, where this
+            # instruction set can hold K entries (see README, "Fast mode")
+            self.strategy = "lut16"
+            # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
+            # one tap per register (for A/B runs on a Zen 4, see README)
+            self.quad = (_kernels.conv16_quad(self.K)
+                         and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
+            self.layout16 = _kernels.conv16_layout_shape(cout, self.group, J * self.M,
+                                                         self.quad)
+            self.derived_bytes = buffers.count(self.layout16)
+
+    def _load(self, qf, w, cout):
+        cg = self.in_shapes[0][0] // self.group
+        if self.strategy == "dense":
+            self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
+            self.weight_blocked = blocked_conv_weights(self.weight, self.group)
+            return
+        self.indices = self._unpacked_indices()
+        taps = self.kh * self.kw
+        if self.strategy == "dequantized":
+            self.weight_blocked = blocked_conv_weights(
+                dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)),
+                            cg), self.group)
+        elif self.strategy == "lut16":
+            self.indices16 = buffers.empty(self.layout16, "B")
+            _kernels.conv16_layout(buffers.reshape(self.indices, (cout, taps * self.M)),
+                                   self.group, self.indices16, self.quad)
+            self.indices = None
+
+    def workspace(self):
+        c, h, w = self.in_shapes[0]
+        g = self.group
+        if self.strategy == "lut16":
+            return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
+                                                    self.params["stride"], self.params["pad"],
+                                                    self.M, self.K, self.d,
+                                                    self.params["num_output"] // g)
+        if self.strategy == "lut":
+            return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
+                                                  self.params["pad"], self.M, self.K,
+                                                  self.params["num_output"] // g)
+        return _kernels.conv_workspace_floats(c // g, h, w, self.kh, self.kw, self.params["stride"],
+                                              self.params["pad"], 0, 0,
+                                              self.params["num_output"] // g)
+
+    def cost(self):
+        lut = self.strategy in ("lut", "lut16")
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
+
+    def run(self, xs, ws, nthreads, relu, into=None):
+        """into: (buffer, c0) to write channels c0.. of a wider buffer (a
+        concatenation's output) instead of a new one."""
+        x = xs[0]
+        out, c0 = into if into is not None else (self.new_out(x.shape[0]), 0)
+        p = self.params
+        if self.strategy == "lut16":
+            _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
+                            p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
+        elif self.strategy == "lut":
+            _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
+                              self.group, relu, out, ws, nthreads, c0)
+        else:
+            _kernels.conv_dense(x, self.weight_blocked, self.bias, self.kh, self.kw, p["stride"],
+                                p["pad"], relu, out, ws, nthreads, c0)
+        return out
+
+
+
+    def dense_weights(self):
+        """(w [Cout, Cg, KH, KW], bias) as numpy arrays: dequantized when quantized."""
+        import numpy
+        cg = self.in_shapes[0][0] // self.group
+        w = (dequantize_conv(self.codebook, self.stored_indices(), cg) if self.mode == "lut"
+             else self.weight)
+        return numpy.asarray(w), numpy.asarray(self.bias)
+
+
+
+def conv2d(x, w, b, stride=1, pad=0, groups=1):
+    """numpy: x [N,C,H,W], w [Cout,C/groups,KH,KW] -> [N,Cout,OH,OW] (im2col, float64)."""
+    n_ = np()
+    n, c, h, wd = x.shape
+    cout, cg, kh, kw = w.shape
+    xp = n_.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (wd + 2 * pad - kw) // stride + 1
+    og = cout // groups
+    out = n_.empty((n, cout, oh, ow), n_.float64)
+    for g in range(groups):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        cols = n_.empty((n, cg, kh, kw, oh, ow), n_.float64)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, i, j] = xs[:, :, i:i + stride * (oh - 1) + 1:stride,
+                                      j:j + stride * (ow - 1) + 1:stride]
+        wg = w[g * og:(g + 1) * og].reshape(og, -1).astype(n_.float64)
+        out[:, g * og:(g + 1) * og] = n_.einsum("ok,nkp->nop", wg,
+                                                cols.reshape(n, cg * kh * kw, oh * ow)
+                                                ).reshape(n, og, oh, ow)
+    if b is not None:
+        out += n_.asarray(b, n_.float64)[None, :, None, None]
+    return out.astype(n_.float32)
+
+
+@register
+class Convolution(LayerType):
+    """num_output, kernel [kh, kw], stride, pad, group, bias_term (bool)."""
+
+    type = "Convolution"
+    fuses_relu = True
+    Op = ConvOp
+
+    def check(self, p, need):
+        need(is_int(p.get("num_output"), 1, MAX_DIM), "num_output")
+        k = p.get("kernel")
+        need(isinstance(k, list) and len(k) == 2 and all(is_int(v, 1, 4096) for v in k),
+             "kernel")
+        need(is_int(p.get("stride"), 1, 4096), "stride")
+        need(is_int(p.get("pad"), 0, 4096), "pad")
+        need(is_int(p.get("group"), 1, MAX_DIM), "group")
+
+    def shape(self, p, ins, where):
+        c, h, w = need_chw(ins[0], where)
+        kh, kw = p["kernel"]
+        grp = p["group"]
+        if c % grp or p["num_output"] % grp:
+            raise ModelError(f"{where}: group {grp} does not divide {c} input and "
+                             f"{p['num_output']} output channels")
+        if h + 2 * p["pad"] < kh or w + 2 * p["pad"] < kw:
+            raise ModelError(f"{where}: kernel {kh}x{kw} larger than the padded input {h}x{w}")
+        # a pad beyond the input's size only adds outputs made of padding (real
+        # models pad by up to the kernel: SqueezeNet's 1x1 conv10 by 1), a
+        # stride beyond the padded input skips all but one row
+        if p["pad"] > max(h, w) or p["stride"] > max(h, w) + 2 * p["pad"]:
+            raise ModelError(f"{where}: pad {p['pad']} or stride {p['stride']} out of range "
+                             f"for kernel {kh}x{kw} on input {h}x{w}")
+        return (p["num_output"], conv_output(h, kh, p["stride"], p["pad"]),
+                conv_output(w, kw, p["stride"], p["pad"]))
+
+    def work(self, p, ins, out):
+        return layer_cost({"type": self.type, "params": p}, ins[0], out)[0]
+
+    def weight_shapes(self, p, ins):
+        return {"weight": dense_shape({"type": self.type, "params": p}, ins[0]),
+                "bias": (p["num_output"],)}
+
+    def reference(self, p, xs, wb):
+        return conv2d(xs[0], wb[0], wb[1], p["stride"], p["pad"], p["group"])

@@ -1,0 +1,238 @@
+"""The weighted layers' shared machinery: product-quantized weights (codebooks
+and indices) or dense ones, the one rule for weight shapes and subspaces, the
+theoretical cost of either form, and the layouts the kernels read."""
+import os
+
+from .. import _kernels, buffers
+from ..errors import ModelError
+from .base import Op, check_tensor
+
+# A quantized layer runs densely on its dequantized weights when its tables and
+# lookups would cost this many times its dense multiply-adds (same sums either way).
+DEQUANTIZE_RATIO = 1.25
+# What one table lookup of a convolution costs, in dense multiply-adds, by the
+# kernel that would do it (measured on Zen 3 against the dense kernel's ~30
+# multiply-adds/ns: float table rows 12 lookups/ns for K <= 32, 7-8 beyond, the
+# tables then outgrowing L1; 16-bit register tables estimated from llvm-mca and
+# the Zen 4 micro-kernel figures in README "Fast mode").
+LOOKUP_COST_FLOAT_ROWS_SMALL_K = 2.5   # K <= 32
+LOOKUP_COST_FLOAT_ROWS = 4.0
+LOOKUP_COST_REGISTER = 1.5
+
+def subspace_inputs(L, in_shape):
+    """The inputs a subspace splits: a convolution's channels per group, or a
+    fully-connected layer's flattened input."""
+    if L["type"] == "Convolution":
+        return in_shape[0] // L["params"]["group"]
+    return buffers.count(in_shape)
+
+
+def dense_shape(L, in_shape):
+    """The dense weight tensor's shape: conv [Cout, Cg, KH, KW], fc [Cout, Cin]."""
+    cout = L["params"]["num_output"]
+    if L["type"] == "Convolution":
+        kh, kw = L["params"]["kernel"]
+        return (cout, subspace_inputs(L, in_shape), kh, kw)
+    return (cout, subspace_inputs(L, in_shape))
+
+
+def subspaces(L, in_shape, d):
+    """M: how many subspaces of d inputs cover the layer's inputs."""
+    return -(-subspace_inputs(L, in_shape) // d)
+
+
+def indices_shape(L, in_shape, d):
+    """The codeword indices' shape: conv [Cout, KH, KW, M], fc [Cout, M]."""
+    shape = dense_shape(L, in_shape)
+    M = subspaces(L, in_shape, d)
+    if L["type"] == "Convolution":
+        return shape[:1] + shape[2:] + (M,)
+    return (shape[0], M)
+
+
+def layer_cost(L, in_shape, out_shape, K=None, M=None):
+    """Theoretical work of a Convolution or InnerProduct layer per image:
+    (dense multiply-adds, table multiply-adds, lookups).  With K and M (codebook
+    size, subspaces) the lookup-table form, else the dense one (0, 0 for tables).
+
+    A convolution's table holds K inner products per subspace at every padded
+    input position the kernel can touch (K x C multiply-adds per position); each
+    output then sums one entry per kernel tap and subspace.  A fully-connected
+    layer's table holds K x Cin multiply-adds; each output sums M entries."""
+    cout = L["params"]["num_output"]
+    if L["type"] == "Convolution":
+        c, h, w = in_shape
+        _, oh, ow = out_shape
+        p = L["params"]
+        kh, kw = p["kernel"]
+        g, pd = p["group"], p["pad"]
+        dense = cout * oh * ow * (c // g) * kh * kw
+        if K is None:
+            return dense, 0, 0
+        return dense, g * K * (c // g) * (h + 2 * pd) * (w + 2 * pd), cout * oh * ow * kh * kw * M
+    cin = buffers.count(in_shape)
+    if K is None:
+        return cout * cin, 0, 0
+    return cout * cin, K * cin, cout * M
+
+
+class WeightedOp(Op):
+    """A convolution or fully-connected layer.  Built in two steps so that the
+    model's resource budget is checked before anything is decoded: the
+    constructor reads only the file's tensor table (shapes, encodings) and
+    decides the strategy; materialize() then decodes and lays out the weights."""
+
+    weighted = True
+
+    def __init__(self, L, in_shapes, out_shape, qf, opts):
+        super().__init__(L, in_shapes, out_shape)
+        self.dense_small = opts.get("dense_small", True)
+        self.fast = opts.get("fast", False)
+        w = L.get("weights")
+        self.L_weights = w
+        self._qf = qf
+        self._where = where = f"layer {self.name!r}"
+        if not isinstance(w, dict) or w.get("mode") not in ("lut", "dense"):
+            raise ModelError(f"{qf.path}: {where}: missing or unknown weights mode")
+        self.mode = w["mode"]
+        self.strategy = w["mode"]
+        cout = self.params["num_output"]
+        if w.get("bias"):
+            self._use(w["bias"], "f32", (cout,))
+        self._plan(qf, w, where, cout)
+        # the kernels index one layer's weights, tables and indices with 32-bit ints
+        weights = buffers.count(dense_shape(L, self.in_shapes[0]))
+        try:
+            _kernels.check_int_range(where, weights=weights, **(
+                {"M_K": self.M * self.K * self.d} if self.mode == "lut" else {}))
+        except ValueError as e:
+            raise ModelError(f"{qf.path}: {e}") from None
+
+    def _use(self, name, dtype, shape):
+        """Check a tensor's table entry; count what decoding it costs."""
+        check_tensor(self._qf, name, dtype, shape, self._where)
+        self.sources[name] = self._qf.decoded_nbytes(name)
+
+    def materialize(self):
+        """Decode and lay out this layer's weights (after the budget check)."""
+        qf, w, cout = self._qf, self.L_weights, self.params["num_output"]
+        self.bias = self._finite(qf.view(w["bias"]) if w.get("bias")
+                                 else buffers.zeros((cout,)), "bias")
+        if self.mode == "lut":
+            self.codebook = self._finite(qf.view(w["codebook"]), "codebook")
+        self._load(qf, w, cout)
+
+    def _finite(self, buf, what):
+        """buf, refused if it holds NaN or infinity."""
+        if not buffers.all_finite(buf):
+            raise ModelError(f"{self._qf.path}: {self._where}: {what} holds NaN or infinity")
+        return buf
+
+    def model_cost(self):
+        lut = self.mode == "lut"
+        return layer_cost(self.L, self.in_shapes[0], self.out_shape,
+                          self.K if lut else None, self.M if lut else None)
+
+    def _plan_lut(self, qf, w, where, cin, idx_prefix):
+        """Check the codebook's and the indices' entries: the M subspaces must
+        cover the cin input channels and the indices be idx_prefix + (M,)."""
+        e = qf.entry(w["codebook"])
+        if e["dtype"] != "f32" or len(e["shape"]) != 3:
+            raise ModelError(f"{qf.path}: {where}: codebook must be float32 [M, K, d]")
+        M, K, d = e["shape"]
+        if not (1 <= K <= 256 and d >= 1):
+            raise ModelError(f"{qf.path}: {where}: codebook K={K}, d={d} out of range")
+        if M != -(-cin // d):
+            raise ModelError(f"{qf.path}: {where}: {M} subspaces of d={d} do not cover {cin} "
+                             f"inputs")
+        self._use(w["codebook"], "f32", (M, K, d))
+        check_tensor(qf, w["indices"], "u8", tuple(idx_prefix) + (M,), where)
+        self.codebook, self.indices = None, None
+        self.M, self.K, self.d = M, K, d
+        self._idx_name = w["indices"]
+
+    def _use_unpacked_indices(self):
+        self.sources[self._idx_name] = self._qf.decoded_nbytes(self._idx_name)
+
+    def _check_top(self, top):
+        if top >= self.K:
+            raise ModelError(f"{self._qf.path}: {self._where}: codeword index {top} >= "
+                             f"K={self.K}")
+
+    def _unpacked_indices(self):
+        """The indices as stored, unpacked to bytes, every one checked < K."""
+        idx = self._qf.view(self._idx_name)
+        self._check_top(_kernels.max_u8(buffers.reshape(idx, (-1,))))
+        if self._qf.entry(self._idx_name).get("bits"):
+            self._qf.release(self._idx_name)     # unpacked into a buffer of its own
+        return idx
+
+    def stored_indices(self):
+        """The codeword indices as stored in the file (the kernels may hold them re-laid)."""
+        return self._qf.tensor(self._idx_name)
+
+
+def dequantize(codebook, indices, cin):
+    """Dense weights [R, cin, T] from a codebook [M, K, d] and indices [R, T, M] (buffers)."""
+    R, T, _ = indices.shape
+    out = buffers.empty((R, cin, T))
+    _kernels.dequantize(codebook, indices, cin, out)
+    return out
+
+
+def dequantize_conv(codebook, indices, cin_group):
+    """Dense weights [Cout, Cg, KH, KW] (numpy) of a quantized convolution:
+    w[o, m*d + c, kh, kw] = codebook[m, indices[o, kh, kw, m], c]."""
+    import numpy as np
+    idx = np.ascontiguousarray(indices, np.uint8)
+    cout, kh, kw, M = idx.shape
+    w = dequantize(np.ascontiguousarray(codebook, np.float32), idx.reshape(cout, kh * kw, M),
+                    cin_group)
+    return buffers.to_numpy(w).reshape(cout, cin_group, kh, kw)
+
+
+def dequantize_fc(codebook, indices, cin):
+    """Dense weights [Cout, Cin] (numpy) of a quantized fully-connected layer."""
+    import numpy as np
+    idx = np.ascontiguousarray(indices, np.uint8)
+    w = dequantize(np.ascontiguousarray(codebook, np.float32), idx[:, None, :], cin)
+    return buffers.to_numpy(w).reshape(idx.shape[0], cin)
+
+
+def blocked_conv_weights(w, groups):
+    """Dense weights [Cout, Cg, KH, KW] (a buffer) -> the dense kernel's blocked layout."""
+    cout = w.shape[0]
+    w2 = buffers.reshape(w, (cout, -1))
+    out = buffers.empty(_kernels.conv_blocked_shape(cout, groups, w2.shape[1]))
+    _kernels.block_conv_weights(w2, groups, out)
+    return out
+
+
+def conv16_k_limit():
+    """Largest K whose convolutions fast mode runs on 16-bit register tables:
+    the instruction set's default, or with QENGINE_CONV16=1 every K it can
+    hold in registers (=0: never)."""
+    force = os.environ.get("QENGINE_CONV16", "")
+    if force == "1":
+        return _kernels.conv16_max_k()
+    if force == "0":
+        return 0
+    return _kernels.conv16_auto_k()
+
+
+def block_fc_indices(asmt, K):
+    """Indices [Cout, M] -> the blocked layout the fully-connected kernel reads:
+    for each block of fc_block(K) subspaces, that block's [Cout, mb] indices."""
+    out = buffers.empty(asmt.shape, "B")
+    _kernels.block_fc_indices(asmt, K, out)
+    return out
+
+
+def fc_register_layout(asmt, shape=None, bits=8):
+    """Indices [Cout, M] -> the layout of the register-lookup FC kernels (fc_q8,
+    fc_f32); `asmt` may also be the packed stream of `bits`-bit values of `shape`.
+    Returns the layout and the largest index."""
+    cout, M = shape or asmt.shape
+    out = buffers.empty((_kernels.fc_q8_layout_size(cout, M),), "B")
+    top = _kernels.fc_q8_layout(buffers.reshape(asmt, (-1,)), bits, cout, M, out)
+    return out, top
