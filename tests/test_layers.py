@@ -8,7 +8,7 @@ import os
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "qengine")
 # layer of each module or package (higher imports lower, never the reverse)
 LAYERS = {"errors": 0, "buffers": 0, "files": 0, "budget": 0, "progress": 0, "_kernels": 0,
-          "readers": 1, "format": 1, "layers": 2, "graph": 3, "frontends": 4, "runtime": 4}
+          "readers": 1, "format": 1, "preprocess": 1, "layers": 2, "graph": 3, "frontends": 4, "runtime": 4}
 
 
 def _qengine_imports(path, package):
