@@ -5,7 +5,7 @@ post-training quantisation on calibration inputs) where they are installed."""
 import numpy as np
 
 from . import reference
-from .graph import pool_output
+from .layers import pool_output
 
 
 def _maxpool(x, kernel, stride, pad):

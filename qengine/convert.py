@@ -1,8 +1,7 @@
-"""Conversion of models into .qcnn files.
-
-convert_original(): pack a model quantized by the original Quantized-CNN code
-(codebooks, .cbn assignments, biases) with its architecture, preprocessing
-and class names.
+"""Conversion of models into .qcnn files: convert(source, out, ...) loads any
+source through its frontend (frontends.load), then packs quantized original
+binaries as they are (pack_original) or quantizes dense weights
+(quantize_model), and writes the file with its preprocessing and class names.
 """
 import os
 import re
@@ -13,43 +12,12 @@ import numpy as np
 from . import __version__, format as qformat
 from .errors import FormatError, ModelError, QEngineError
 from .files import check_regular, open_regular
-from .frontends.caffe import from_prototxt
-from .frontends.qcnn_original import load_original_dense, load_quantized_layers
-from .readers.qcnn_original import read_mean, scan_dir
+from .frontends import Source, load
+from .layers import QUANTIZABLE
+from .readers.qcnn_original import read_mean
 
 MEAN_STEP = 1.0 / 64  # mean images are stored to within 1/128 (see docs/FORMAT.md)
-MAX_TEXT_BYTES = 16 * 1024 * 1024  # prototxt and labels files
-
-
-def read_prototxt(path):
-    try:
-        with open_regular(path, "prototxt file") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: cannot read prototxt ({e})") from None
-    if len(data) > MAX_TEXT_BYTES:
-        raise FormatError(f"{path}: prototxt larger than {MAX_TEXT_BYTES} bytes")
-    return from_prototxt(text, source=path)
-
-
-PRESETS = ("alexnet", "caffenet", "vgg_cnn_s", "vgg16")
-
-
-def preset_path(name):
-    """The preset's prototxt: installed as qengine.models, or models/ in a source tree."""
-    try:
-        from .models import preset_path as installed
-        return installed(name)
-    except ImportError:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return os.path.join(os.path.dirname(here), "models", f"{name}.prototxt")
-
-
-def preset_graph(name):
-    if name not in PRESETS:
-        raise QEngineError(f"unknown architecture {name!r}; presets: {', '.join(PRESETS)}")
-    return read_prototxt(preset_path(name))
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # labels files
 
 
 _WNID = re.compile(r"n\d{8}\s+")
@@ -89,27 +57,50 @@ def output_classes(graph):
     return int(np.prod(last))
 
 
-def _graph_for(arch, prototxt):
-    if arch and prototxt:
-        raise QEngineError("give either --arch or --prototxt, not both")
-    if prototxt:
-        return read_prototxt(prototxt), os.path.basename(prototxt)
-    return preset_graph(arch or "alexnet"), f"preset:{arch or 'alexnet'}"
-
-
-def convert_original(src_dir, out, arch=None, prototxt=None, labels=None, mean=None,
-                     force=False, log=None):
-    """Pack an original Quantized-CNN model directory into `out` (.qcnn)."""
-    log = log or (lambda msg: None)
-    t0 = time.time()
-    if not os.path.isdir(src_dir):
-        raise QEngineError(f"{src_dir}: not a directory")
+def convert(source, out, arch=None, input_shape=None, labels=None, mean=None, force=False,
+            log=None, **quantize_options):
+    """Convert a model source (a frontends.Source, or a path detect() reads)
+    into `out` (.qcnn): quantized original binaries are packed as they are,
+    every other source quantized by quantize_model(**quantize_options)."""
+    from .frontends import detect
+    if not isinstance(source, Source):
+        source = detect(source)
     if not force and os.path.exists(out):
         raise QEngineError(f"{out}: already exists (use --force to replace it)")
-    graph, arch_src = _graph_for(arch, prototxt)
-    scan_dir(src_dir)
-    log(f"reading {src_dir} ({arch_src}, {len(graph['layers'])} layers)")
-    layers = load_quantized_layers(src_dir, graph)
+    graph, weights, prov = load(source, arch=arch, input_shape=input_shape)
+    if source.kind == "original":
+        return pack_original(source.path, graph, weights, prov, out, labels=labels, mean=mean,
+                             force=force, log=log)
+    if callable(quantize_options.get("calib")):   # inputs made for the model's input shape
+        quantize_options["calib"] = quantize_options["calib"](graph["input"]["shape"])
+    carried = prov.pop("carried", None)
+    if carried is not None and (quantize_options.get("preprocess") or {}) and any(
+            v is not None for v in quantize_options["preprocess"].values()):
+        carried["preprocess"] = None        # the user's options replace the model's own
+    if carried is not None:
+        pre = carried["preprocess"]
+        if pre is not None:
+            pre = (pre[0], {k: qformat.Tensor(v, encoding="qdelta2d", step=MEAN_STEP)
+                            for k, v in pre[1].items()})
+        quantize_options["prepared"] = (pre, None if labels else carried["class_names"])
+    return quantize_model(graph, weights, out, prov, labels=labels, force=force, log=log,
+                          **quantize_options)
+
+
+def convert_original(src_dir, out, arch=None, prototxt=None, **kw):
+    """Pack an original Quantized-CNN model directory into `out` (.qcnn)."""
+    if not os.path.isdir(src_dir):
+        raise QEngineError(f"{src_dir}: not a directory")
+    return convert(Source("original", src_dir, prototxt), out, arch=arch, **kw)
+
+
+def pack_original(src_dir, graph, layers, prov, out, labels=None, mean=None, force=False,
+                  log=None):
+    """Write quantized original binaries ({layer: codebook, indices, bias, bits})
+    with their graph, preprocessing (the directory's mean image) and class names."""
+    log = log or (lambda msg: None)
+    t0 = time.time()
+    log(f"reading {src_dir} ({prov['architecture']}, {len(graph['layers'])} layers)")
     tensors, qinfo = {}, {}
     for L in graph["layers"]:
         q = layers.get(L["name"])
@@ -149,54 +140,13 @@ def convert_original(src_dir, out, arch=None, prototxt=None, labels=None, mean=N
         "graph": graph,
         "preprocess": pre,
         "class_names": names,
-        "provenance": {"source": os.path.abspath(src_dir), "source_format": "quantized-cnn",
-                       "architecture": arch_src, "converter": f"qengine {__version__}",
+        "provenance": {**prov, "converter": f"qengine {__version__}",
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "quantization": qinfo},
     }
     size = qformat.write(out, meta, tensors, force=force)
     log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {time.time() - t0:.1f} s")
     return size
-
-
-# -- dense Caffe models ---------------------------------------------------
-
-def load_caffe(prototxt, caffemodel):
-    """The graph of a deploy prototxt and its dense weights {layer: (w, b)} from a
-    .caffemodel, matched by layer name, shapes checked (legacy 4-D blobs reshaped)."""
-    from .graph import infer_shapes
-    from .readers.caffemodel import read_caffemodel
-    graph = read_prototxt(prototxt)
-    blobs = read_caffemodel(caffemodel)
-    shapes = infer_shapes(graph)
-    weights = {}
-    for L in graph["layers"]:
-        if L["type"] not in ("Convolution", "InnerProduct"):
-            continue
-        n, p = L["name"], L["params"]
-        if n not in blobs or not blobs[n]["blobs"]:
-            raise ModelError(f"{caffemodel}: no weights for layer {n!r} of {prototxt}")
-        bl = blobs[n]["blobs"]
-        cin = shapes[L["bottom"][0]]
-        cout = p["num_output"]
-        if L["type"] == "Convolution":
-            kh, kw = p["kernel"]
-            want = (cout, cin[0] // p["group"], kh, kw)
-        else:
-            want = (cout, int(np.prod(cin)))
-        w = bl[0]
-        if w.size != int(np.prod(want)):
-            raise ModelError(f"{caffemodel}: layer {n!r} weights {list(w.shape)} do not fit "
-                             f"{list(want)} from {prototxt}")
-        w = np.ascontiguousarray(w.reshape(want), np.float32)
-        if p.get("bias_term", True):
-            if len(bl) < 2 or bl[1].size != cout:
-                raise ModelError(f"{caffemodel}: layer {n!r} needs {cout} biases")
-            b = np.ascontiguousarray(bl[1].reshape(cout), np.float32)
-        else:
-            b = np.zeros(cout, np.float32)
-        weights[n] = (w, b)
-    return graph, weights
 
 
 def read_mean_file(path):
@@ -221,10 +171,14 @@ def read_mean_file(path):
 
 
 def make_preprocess(input_shape, mean=None, mean_pixel=None, scale=None, channel_order=None,
-                    resize=None, crop=None, tensors=None):
+                    resize=None, crop=None, tensors=None, std=None, pixel_range=None):
     """Preprocessing metadata from qconvert's options (see preprocess.py)."""
     c, h, w = input_shape
     pre = {"channel_order": channel_order or ("bgr" if c == 3 else "gray")}
+    if pixel_range is not None and pixel_range != 255:
+        pre["pixel_range"] = 1 if pixel_range == 1 else pixel_range
+    if std is not None:
+        pre["std"] = [float(v) for v in std]
     if mean is not None and mean_pixel is not None:
         raise QEngineError("give --mean or --mean-pixel, not both")
     if mean is not None:
@@ -248,55 +202,24 @@ def make_preprocess(input_shape, mean=None, mean_pixel=None, scale=None, channel
 
 def convert_caffe(prototxt, caffemodel, out, **kw):
     """Quantise a dense Caffe model into `out` (.qcnn); options as quantize_model()."""
-    graph, weights = load_caffe(prototxt, caffemodel)
-    source = {"source": os.path.abspath(caffemodel), "source_format": "caffe",
-              "architecture": os.path.abspath(prototxt)}
-    return quantize_model(graph, weights, out, source, **kw)
+    return convert(Source("caffe", None, prototxt, caffemodel), out, **kw)
 
 
 def convert_original_dense(src_dir, out, arch=None, prototxt=None, **kw):
     """Quantise a dense model in the original code's layout (convKnl/fcntWei/biasVec)."""
-    graph, arch_src = _graph_for(arch, prototxt)
-    weights = load_original_dense(src_dir, graph)
-    source = {"source": os.path.abspath(src_dir), "source_format": "quantized-cnn dense",
-              "architecture": arch_src}
-    return quantize_model(graph, weights, out, source, **kw)
+    return convert(Source("original-dense", src_dir, prototxt), out, arch=arch, **kw)
 
 
-def load_qcnn(path):
-    """A .qcnn as the source of a new quantisation: its graph, dense weights
-    {layer: (w, b)} (quantized layers dequantized: w[o, m*d + c] =
-    codebook[m, index, c]), preprocessing spec with its mean image tensor, and
-    class names."""
-    import copy
-    from .reference import model_weights
-    from .runtime import Model
-    model = Model(path, mode="exact")
-    graph = copy.deepcopy(model.graph)
-    for L in graph["layers"]:
-        L.pop("weights", None)
-    weights = model_weights(model)
-    pre = copy.deepcopy(model._preprocess_spec)
-    tensors = {}
-    mean = pre.get("mean")
-    if isinstance(mean, dict) and mean.get("type") == "image":
-        # stored as multiples of MEAN_STEP: re-encoding them is lossless
-        arr = np.asarray(model._qf.tensor(str(mean.get("tensor", ""))), np.float32)
-        tensors["preprocess.mean"] = qformat.Tensor(arr, encoding="qdelta2d", step=MEAN_STEP)
-        pre["mean"] = {"type": "image", "tensor": "preprocess.mean"}
-    return graph, weights, (pre, tensors), list(model.class_names)
+def convert_onnx(path, out, input_shape=None, **kw):
+    """Quantise (or with keep_dense=("all",) keep dense) an ONNX model into `out`."""
+    return convert(Source("onnx", path), out, input_shape=input_shape, **kw)
 
 
 def convert_qcnn(src, out, preprocess=None, labels=None, **kw):
     """Re-quantise a .qcnn with other settings (its dequantized weights are the
     dense model); its preprocessing and class names carry over unless
     `preprocess` options or `labels` are given.  Options as quantize_model()."""
-    graph, weights, pre, names = load_qcnn(src)
-    source = {"source": os.path.abspath(src), "source_format": "qcnn (dequantized)"}
-    if preprocess and any(v is not None for v in preprocess.values()):
-        pre = None
-    return quantize_model(graph, weights, out, source, preprocess=preprocess, labels=labels,
-                          prepared=(pre, None if labels else names), **kw)
+    return convert(Source("qcnn", src), out, preprocess=preprocess, labels=labels, **kw)
 
 
 def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
@@ -320,7 +243,7 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
     if not force and os.path.exists(out):
         raise QEngineError(f"{out}: already exists (use --force to replace it)")
     layer_opts = dict(layer_opts or {})
-    known = {L["name"] for L in graph["layers"] if L["type"] in ("Convolution", "InnerProduct")}
+    known = {L["name"] for L in graph["layers"] if L["type"] in QUANTIZABLE}
     all_dense = "all" in keep_dense
     for n in list(layer_opts) + [k for k in keep_dense if k != "all"]:
         if n not in known:
@@ -350,6 +273,12 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
     for L in graph["layers"]:
         n = L["name"]
         if n not in weights:
+            continue
+        if L["type"] not in QUANTIZABLE:     # per-channel affine (Scale): stored as it is
+            s_, t_ = weights[n]
+            L["weights"] = {"scale": f"{n}.scale", "shift": f"{n}.shift"}
+            tensors[f"{n}.scale"] = qformat.Tensor(np.ascontiguousarray(s_, np.float32))
+            tensors[f"{n}.shift"] = qformat.Tensor(np.ascontiguousarray(t_, np.float32))
             continue
         kind = "conv" if L["type"] == "Convolution" else "fc"
         if all_dense or n in keep_dense:

@@ -11,8 +11,7 @@ What each layer type's params mean, and its shape rule, live in its record
 """
 from .buffers import count
 from .errors import ModelError
-from .layers import (MAX_DIM, QUANTIZABLE, TYPES, conv_output, layer_cost,  # noqa: F401
-                     pool_output, record)
+from .layers import MAX_DIM, QUANTIZABLE, TYPES, record
 
 SUPPORTED = TYPES
 WEIGHTED = QUANTIZABLE

@@ -21,21 +21,14 @@ offered (the runtime would run them densely anyway).
 """
 import numpy as np
 
-from .buffers import count
 from .errors import QEngineError
-from .graph import infer_shapes, layer_cost
+from .graph import infer_shapes
+from .layers import QUANTIZABLE, layer_cost, subspace_inputs
 
 SUBDIMS = (2, 3, 4, 6, 8)
 KS = (16, 32, 64, 128)
 PLAN_ITERS = 10          # k-means iterations per candidate (the final run uses the full count)
 MAX_PLAN_INPUTS = 8      # calibration inputs the errors are measured on
-
-
-def _subspace_inputs(L, in_shape):
-    """The inputs a subspace splits: channels per group, or the flattened input."""
-    if L["type"] == "Convolution":
-        return in_shape[0] // L["params"]["group"]
-    return count(in_shape)
 
 
 def operations(L, in_shape, out_shape, d=None, K=None):
@@ -44,13 +37,13 @@ def operations(L, in_shape, out_shape, d=None, K=None):
     if d is None:
         return layer_cost(L, in_shape, out_shape)[0]
     _, table, lookups = layer_cost(L, in_shape, out_shape, K,
-                                   -(-_subspace_inputs(L, in_shape) // d))
+                                   -(-subspace_inputs(L, in_shape) // d))
     return table + lookups
 
 
 def candidates(L, in_shape, out_shape, subdims=SUBDIMS, ks=KS):
     """[(d, K, cost)] worth trying for one layer: cheaper than its dense form."""
-    cin = _subspace_inputs(L, in_shape)
+    cin = subspace_inputs(L, in_shape)
     dense = operations(L, in_shape, out_shape)
     out = []
     for d in sorted(set(min(d, cin) for d in subdims)):
@@ -130,10 +123,10 @@ def plan(graph, weights, speedup, calib=None, keep_dense=(), fixed=None, subdims
     if not speedup >= 1.0:
         raise QEngineError(f"--speedup must be at least 1 (got {speedup})")
     shapes = infer_shapes(graph)
-    weighted = [L for L in graph["layers"] if L["name"] in weights]
+    weighted = [L for L in graph["layers"] if L["name"] in weights and L["type"] in QUANTIZABLE]
     dense_total = 0
     for L in graph["layers"]:
-        if L["type"] in ("Convolution", "InnerProduct"):
+        if L["type"] in QUANTIZABLE:
             dense_total += operations(L, shapes[L["bottom"][0]], shapes[L["top"][0]])
     fixed = dict(fixed or {})
     n_cand = {}
@@ -163,7 +156,9 @@ def plan(graph, weights, speedup, calib=None, keep_dense=(), fixed=None, subdims
         n = L["name"]
         xs = [blobs[b] for b in L["bottom"]] if x is not None else None
         y = None
-        if n in weights:
+        if n in weights and L["type"] not in QUANTIZABLE:      # a Scale: as it is
+            y = apply_layer(L, xs, weights[n]) if xs is not None else None
+        elif n in weights:
             w, b = weights[n]
             kind = "conv" if L["type"] == "Convolution" else "fc"
             dense_ops[n] = operations(L, shapes[L["bottom"][0]], shapes[L["top"][0]])

@@ -7,7 +7,11 @@ The preprocessing metadata (all keys optional):
     mean           {"type": "image", "tensor": NAME} (a [C,H,W] tensor of the resized
                    or the cropped size) or {"type": "pixel", "values": [..]}
     crop           [H, W]: centre crop, offset floor((size - crop) / 2)
+    pixel_range    255 (default: pixels 0..255) or 1 (pixels divided by 255 first,
+                   as PyTorch's ToTensor does); the mean is in these units
     scale          multiply after subtracting the mean (default 1)
+    std            [1 or C values]: then divide channel c by std[c] (PyTorch's
+                   Normalize: (pixel / 255 - mean) / std)
 """
 import math
 import os
@@ -169,7 +173,8 @@ def _check_declared_size(img, src, name):
                          f"{img.size[1]} pixels ({need} bytes), the file has {have}")
 
 
-PREPROCESS_KEYS = ("channel_order", "resize", "resize_method", "mean", "crop", "scale")
+PREPROCESS_KEYS = ("channel_order", "resize", "resize_method", "mean", "crop", "scale",
+                   "pixel_range", "std")
 MAX_SCALE = 1e6     # |scale| in [1/MAX_SCALE, MAX_SCALE]; real ones: 1, 1/255, 0.017, 255
 MAX_MEAN = 1e6
 
@@ -203,6 +208,15 @@ def check_preprocess(spec, input_shape, qf=None, limits=None):
     scale = spec.get("scale", 1.0)
     if not _finite(scale, MAX_SCALE) or abs(scale) < 1 / MAX_SCALE:
         fail(f"scale must be a finite number with 1e-6 <= |scale| <= 1e6, got {scale!r:.50}")
+    std = spec.get("std")
+    if std is not None and not (isinstance(std, list) and len(std) in (1, c) and all(
+            _finite(v, MAX_SCALE) and abs(v) >= 1 / MAX_SCALE for v in std)):
+        fail(f"std must be 1 or {c} numbers with 1e-6 <= |std| <= 1e6, got {std!r:.80}")
+    rng = spec.get("pixel_range", 255)
+    if type(rng) not in (int, float) or rng not in (1, 255):
+        fail(f"pixel_range must be 255 or 1, got {rng!r:.50}")
+    if rng != 255 and isinstance(spec.get("mean"), dict) and spec["mean"].get("type") == "image":
+        fail("pixel_range 1 with a mean image is unsupported (give the mean image in 0..255)")
     if spec.get("resize"):
         rh, rw = spec["resize"]
         need = 4 * c * rh * rw
@@ -251,7 +265,17 @@ class Preprocessor:
         if self.method not in ("bilinear_align_corners", "bilinear"):
             raise ModelError(f"preprocessing: unknown resize method {self.method!r}")
         self.crop = self.spec.get("crop")
-        self.scale = float(self.spec.get("scale", 1.0))
+        # pixels in the model's units are p * unit; a mean in those units is
+        # subtracted from the 0..255 pixels as mean / unit
+        self.unit = float(self.spec.get("pixel_range", 255)) / 255.0
+        self.scale = float(self.spec.get("scale", 1.0)) * self.unit
+        std = self.spec.get("std")
+        self.inv_std = None
+        if std is not None:
+            std = std * c if len(std) == 1 else std
+            self.inv_std = buffers.shaped(b"".join(struct.pack("<f", 1.0 / v) for v in std),
+                                          (c,), "f")
+            self.zeros = buffers.zeros((c,))
         size = tuple(self.resize) if self.resize else None
         if self.crop and tuple(self.crop) != (h, w):
             raise ModelError(f"preprocessing: crop {self.crop} does not match the input {h}x{w}")
@@ -270,7 +294,7 @@ class Preprocessor:
                 raise ModelError("preprocessing: mean values must be a list of finite numbers")
             if len(vals) not in (1, c):
                 raise ModelError(f"preprocessing: {len(vals)} mean values for {c} channels")
-            vals = vals * c if len(vals) == 1 else vals
+            vals = [v / self.unit for v in (vals * c if len(vals) == 1 else vals)]
             plane = h * w
             self.mean = buffers.shaped(b"".join(struct.pack("<f", v) * plane for v in vals),
                                        (c, h, w), "f")
@@ -330,6 +354,9 @@ class Preprocessor:
         _kernels.crop_mean_scale(a, y0, x0, self.mean, y0 if self.mean_at_crop else 0,
                                  x0 if self.mean_at_crop else 0, self.scale, self.scale != 1.0,
                                  out)
+        if self.inv_std is not None:
+            flat = buffers.reshape(out, (1, c, h * w))
+            _kernels.affine(flat, self.inv_std, self.zeros, flat)
         return out
 
     def _resize_channels(self, px, H, W, out_h, out_w):

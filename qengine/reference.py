@@ -5,7 +5,9 @@ tests check the C kernels against, and part of the dense baselines
 import numpy as np
 
 from .layers import RECORDS
-from .layers.convolution import conv2d  # noqa: F401 (used by tests and baselines)
+from .layers.convolution import conv2d
+
+__all__ = ["LAYERS", "conv2d", "fc", "relu", "lrn", "softmax", "pool", "forward", "model_weights"]
 
 # one function per layer type: f(params, inputs, (w, b) or None) -> output
 LAYERS = {t: rec.reference for t, rec in RECORDS.items()}

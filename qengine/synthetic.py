@@ -5,7 +5,7 @@ stay in a sane range; the predictions mean nothing."""
 import numpy as np
 
 from . import __version__, format as qformat
-from .convert import PRESETS, preset_graph
+from .frontends.presets import PRESETS, preset_graph
 from .graph import infer_shapes
 
 # (subspace dimension d, codebook size K), after the paper's AlexNet set-up

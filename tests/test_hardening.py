@@ -532,7 +532,8 @@ def test_real_architectures_pass_the_new_graph_rules():
     hand: the presets and the shared Caffe models (SqueezeNet pads a 1x1 by 1)."""
     import glob
     from conftest import shared_path
-    from qengine.convert import PRESETS, preset_graph, read_prototxt
+    from qengine.frontends.caffe import read_prototxt
+    from qengine.frontends.presets import PRESETS, preset_graph
     for name in PRESETS:
         preset_graph(name)
     protos = glob.glob(os.path.join(shared_path("caffe"), "*", "*deploy*.prototxt"))

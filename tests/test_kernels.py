@@ -124,7 +124,7 @@ def test_lrn_matches_numpy(isa, size, alpha, beta, k):
 @pytest.mark.parametrize("h,w,k,s,p", [(55, 55, 3, 2, 0), (13, 13, 3, 2, 0), (7, 9, 2, 2, 0),
                                        (8, 8, 3, 2, 1), (6, 5, 3, 3, 1), (1, 1, 1, 1, 0)])
 def test_pool_matches_numpy(method, h, w, k, s, p):
-    from qengine.graph import pool_output
+    from qengine.layers import pool_output
     x = RNG.standard_normal((2, 3, h, w)).astype(np.float32)
     ref = reference.pool(x, (k, k), (s, s), (p, p), method)
     out = np.empty((2, 3, pool_output(h, k, s, p), pool_output(w, k, s, p)), np.float32)
@@ -134,7 +134,7 @@ def test_pool_matches_numpy(method, h, w, k, s, p):
 
 
 def test_caffe_ceil_pooling_sizes():
-    from qengine.graph import pool_output
+    from qengine.layers import pool_output
     assert pool_output(55, 3, 2, 0) == 27      # AlexNet pool1
     assert pool_output(13, 3, 2, 0) == 6       # pool5
     assert pool_output(6, 3, 2, 0) == 3        # ceil: (6-3)/2 = 1.5 -> 2, +1

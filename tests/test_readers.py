@@ -89,7 +89,7 @@ def test_cbn_errors(tmp_path):
 
 def test_real_alexnet_files_and_wrong_architecture():
     src = shared_path("qcnn-alexnet")
-    from qengine.convert import preset_graph
+    from qengine.frontends.presets import preset_graph
     layers = load_quantized_layers(src, preset_graph("alexnet"))
     assert sorted(layers) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
     assert layers["conv2"]["indices"].shape == (256, 5, 5, 6)
@@ -102,7 +102,7 @@ def test_real_alexnet_files_and_wrong_architecture():
 
 
 def test_presets_parse_with_expected_shapes():
-    from qengine.convert import PRESETS, preset_graph
+    from qengine.frontends.presets import PRESETS, preset_graph
     fc6_in = {"alexnet": (256, 6, 6), "caffenet": (256, 6, 6), "vgg_cnn_s": (512, 6, 6),
               "vgg16": (512, 7, 7)}
     for name in PRESETS:
@@ -150,8 +150,8 @@ def test_prototxt_syntax_new_and_v1():
     ('layer } ', FormatError, "unexpected"),
     ('input: "d" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4 '
      'layer { name: "x" type: "Deconvolution" bottom: "d" top: "x" } '
-     'layer { name: "y" type: "BatchNorm" bottom: "x" top: "y" }', ModelError,
-     "unsupported layers: x \\(Deconvolution\\), y \\(BatchNorm\\)"),
+     'layer { name: "y" type: "PReLU" bottom: "x" top: "y" }', ModelError,
+     "unsupported layers: x \\(Deconvolution\\), y \\(PReLU\\)"),
     ('input: "d" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4 '
      'layer { name: "c" type: "Convolution" bottom: "d" top: "c" '
      'convolution_param { num_output: 2 kernel_size: 3 dilation: 2 } }', ModelError, "dilation"),

@@ -10,6 +10,11 @@
         re-quantise a .qcnn with other settings: its dequantized weights are the
         dense model; preprocessing and class names carry over.
 
+    qconvert model.onnx -o model.qcnn --pixel-range 1 --mean-pixel 0.485,0.456,0.406
+            --std 0.229,0.224,0.225 --channel-order rgb --calib imgs/
+        an ONNX model (exported from PyTorch, for example): product-quantised
+        like a Caffe model; --keep-dense all keeps it dense.
+
     qconvert DIR -o model.qcnn                 (DIR holds one .prototxt and one .caffemodel)
     qconvert --prototxt deploy.prototxt --caffemodel weights.caffemodel -o model.qcnn
         a dense Caffe model: product-quantised (k-means per subspace), then, with
@@ -54,7 +59,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="qconvert", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", nargs="?", help="directory of the model files, or a .qcnn")
+    ap.add_argument("src", nargs="?", help="directory of the model files, an .onnx, or a .qcnn")
     ap.add_argument("-o", "--output", required=True, help="the .qcnn file to write")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--arch", help="built-in architecture for original Quantized-CNN files: "
@@ -68,6 +73,11 @@ def main(argv=None):
     pre.add_argument("--mean", help="mean image (.npy [C,H,W] or original .bin)")
     pre.add_argument("--mean-pixel", help="per-channel mean, e.g. 104,117,123")
     pre.add_argument("--scale", type=float, help="multiply after subtracting the mean")
+    pre.add_argument("--std", help="per-channel divisor after the mean, e.g. 0.229,0.224,0.225")
+    pre.add_argument("--pixel-range", type=int, choices=[255, 1],
+                     help="pixel values the network expects: 255 (default: 0..255) or 1 "
+                          "(divided by 255 first, as PyTorch's ToTensor; --mean-pixel is then "
+                          "in 0..1 too)")
     pre.add_argument("--channel-order", choices=["bgr", "rgb", "gray"],
                      help="channel order the network expects (default bgr, gray for 1 channel)")
     pre.add_argument("--resize", type=int, help="resize images to this square size first")
@@ -89,6 +99,8 @@ def main(argv=None):
                    help="pick each layer's d and K (or keep it dense) for a theoretical speed-up "
                         "of S over the dense network, with the least response error on the "
                         "calibration inputs (see README); --layer and --keep-dense still apply")
+    q.add_argument("--input-shape", metavar="C,H,W",
+                   help="input size of an ONNX model whose size is not fixed")
     q.add_argument("--iters", type=int, default=25, help="k-means iterations (default 25)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = ap.parse_args(argv)
@@ -105,23 +117,19 @@ def main(argv=None):
             source = detect(args.src, args.prototxt, args.caffemodel)
         except InputError as e:
             fail("qconvert", str(e), 2)
-        if source.kind == "qcnn":
-            if args.arch:
-                fail("qconvert", f"{args.src}: a .qcnn carries its own architecture; "
-                                 f"--arch, --prototxt and --caffemodel do not apply", 2)
-            opts = _quantize_options(args, None, log, qcnn_source=args.src)
-            convert.convert_qcnn(args.src, args.output, **opts)
-        elif source.kind == "caffe":
-            convert.convert_caffe(source.prototxt, source.caffemodel, args.output,
-                                  **_quantize_options(args, source.prototxt, log))
-        elif source.kind == "original-dense":
-            arch_file = args.prototxt or convert.preset_path(args.arch or "alexnet")
-            convert.convert_original_dense(args.src, args.output, arch=args.arch,
-                                           prototxt=args.prototxt,
-                                           **_quantize_options(args, arch_file, log))
+        if args.arch and source.kind not in ("original", "original-dense"):
+            fail("qconvert", f"{args.src}: a {source.kind} source carries its own architecture; "
+                             f"--arch names the architecture of original Quantized-CNN "
+                             f"binaries only", 2)
+        shape = None
+        if args.input_shape:
+            shape = [int(v) for v in _floats(args.input_shape, (3,), "--input-shape")]
+        if source.kind == "original":
+            convert.convert(source, args.output, arch=args.arch, labels=args.labels,
+                            mean=args.mean, force=args.force, log=log)
         else:
-            convert.convert_original(args.src, args.output, arch=args.arch, prototxt=args.prototxt,
-                                     labels=args.labels, mean=args.mean, force=args.force, log=log)
+            convert.convert(source, args.output, arch=args.arch, input_shape=shape,
+                            **_quantize_options(args, source, log))
         return 0
     except ValueError as e:
         fail("qconvert", str(e), 2)
@@ -134,21 +142,25 @@ def main(argv=None):
     return 0
 
 
-def _quantize_options(args, arch_file, log, qcnn_source=None):
+def _quantize_options(args, source, log):
     """Keyword options of convert.quantize_model() from the command line: the
     preprocessing stored in the model, calibration inputs (preprocessed as the
-    network `arch_file` describes, or as the .qcnn `qcnn_source` does) and the
+    model will be: by these options, or by a .qcnn source's own) and the
     quantisation settings."""
     from ..progress import Progress
     preprocess = {"mean": args.mean, "scale": args.scale, "channel_order": args.channel_order,
-                  "resize": args.resize, "crop": args.crop}
+                  "resize": args.resize, "crop": args.crop, "pixel_range": args.pixel_range}
     if args.mean_pixel:
         preprocess["mean_pixel"] = _floats(args.mean_pixel, what="--mean-pixel")
+    if args.std:
+        preprocess["std"] = _floats(args.std, what="--std")
     calib = None
-    if args.calib and qcnn_source:
-        calib = _calibration_from_qcnn(args.calib, qcnn_source, args.calib_count, log)
+    own = source.kind == "qcnn" and all(v is None for v in preprocess.values())
+    if args.calib and own:
+        calib = _calibration_from_qcnn(args.calib, source.path, args.calib_count, log)
     elif args.calib:
-        calib = load_calibration(args.calib, arch_file, preprocess, args.calib_count, log)
+        def calib(input_shape):        # called once the model's input shape is known
+            return load_calibration(args.calib, input_shape, preprocess, args.calib_count, log)
     return dict(conv_subdim=args.conv_subdim, conv_k=args.conv_k, fc_subdim=args.fc_subdim,
                 fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
@@ -165,13 +177,13 @@ def _calibration_from_qcnn(src, qcnn, count, log):
     return calibration_inputs(src, model.input_shape, model.preprocessor, count, log)
 
 
-def load_calibration(src, prototxt, preprocess, count, log):
-    """Calibration inputs [N, C, H, W]: an .npy, or images preprocessed as the model's."""
-    from ..convert import make_preprocess, read_prototxt
+def load_calibration(src, shape, preprocess, count, log):
+    """Calibration inputs [N, C, H, W] for a network of input `shape`: an .npy,
+    or images preprocessed as the model's."""
+    from ..convert import make_preprocess
     from ..datasets import calibration_inputs
     from ..preprocess import Preprocessor
-    graph = read_prototxt(prototxt)
-    shape = tuple(graph["input"]["shape"])
+    shape = tuple(shape)
     pp = None
     if not src.endswith(".npy"):
         tensors = {}

@@ -1,19 +1,30 @@
-"""The Caffe frontend: a deploy (or train_val) prototxt -> qengine's layer graph.
+"""The Caffe frontend: a deploy (or train_val) prototxt and its .caffemodel ->
+qengine's layer graph and dense weights.
 
-The prototxt text is parsed by readers.prototxt (bytes and syntax only); this
-module knows Caffe: its layer type names (current and legacy V1 enums), input
-declarations, train-only layers, and how each layer's parameters map onto the
-graph's (see graph.py for the graph's own rules).
+The prototxt text is parsed by readers.prototxt and the weights by
+readers.caffemodel (bytes and syntax only); this module knows Caffe: its layer
+type names (current and legacy V1 enums), input declarations, train-only
+layers, how each layer's parameters map onto the graph's (the layer records in
+qengine/layers/ hold the graph's own rules), and BatchNorm + Scale: a
+per-channel affine folded into the convolution before it (ResNets), else kept
+as a Scale layer.
 """
+import os
+
+import numpy as np
+
 from ..errors import FormatError, ModelError
+from ..files import open_regular
 from ..graph import MAX_DIM, MAX_LAYERS, SUPPORTED, infer_shapes, validate
 from ..readers import prototxt
+
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # a prototxt
 
 # Caffe's legacy V1 `layers { type: ENUM }` names.
 _V1_TYPES = {
     "CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "RELU": "ReLU",
     "LRN": "LRN", "POOLING": "Pooling", "CONCAT": "Concat", "DROPOUT": "Dropout",
-    "SOFTMAX": "Softmax", "DATA": "Data", "IMAGE_DATA": "ImageData",
+    "SOFTMAX": "Softmax", "DATA": "Data", "IMAGE_DATA": "ImageData", "ELTWISE": "Eltwise",
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "ACCURACY": "Accuracy",
 }
 _INPUT_TYPES = ("Input", "Data", "ImageData", "MemoryData", "DummyData")
@@ -134,7 +145,31 @@ def _layer_params(ltype, msg, where):
         if _one(p, "axis", 1) != 1:
             raise ModelError(f"{where}: Softmax only over axis 1 is supported")
         return {}
+    if ltype == "Eltwise":
+        p = _sub(msg, "eltwise_param", where)
+        op = _one(p, "operation", "SUM")
+        op = {0: "PROD", 1: "SUM", 2: "MAX"}.get(op, op) if not isinstance(op, bool) else op
+        if op != "SUM":
+            raise ModelError(f"{where}: Eltwise operation {op} is not supported (only SUM)")
+        coeff = p.get("coeff", [])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coeff):
+            raise FormatError(f"{where}: Eltwise coeff must be numbers")
+        return {"operation": "SUM", **({"coeff": [float(v) for v in coeff]} if coeff else {})}
     return {}
+
+
+def _affine_params(ltype, msg, where):
+    """A BatchNorm or Scale layer: the graph's Scale (weights from the
+    caffemodel), and what computing them needs."""
+    if ltype == "BatchNorm":
+        p = _sub(msg, "batch_norm_param", where)
+        if _one(p, "use_global_stats", True) is False:
+            raise ModelError(f"{where}: BatchNorm with use_global_stats: false is training-only")
+        return {"type": "BatchNorm", "eps": _float(p, "eps", 1e-5, where)}
+    p = _sub(msg, "scale_param", where)
+    if _one(p, "axis", 1) != 1 or _one(p, "num_axes", 1) != 1:
+        raise ModelError(f"{where}: Scale only per channel (axis 1, num_axes 1) is supported")
+    return {"type": "Scale", "bias_term": bool(_one(p, "bias_term", False))}
 
 
 def from_prototxt(text, source="<prototxt>"):
@@ -180,15 +215,25 @@ def _from_prototxt(text, source):
             continue
         if ltype in _TRAIN_ONLY:
             continue
-        if ltype not in SUPPORTED:
+        caffe = None
+        if ltype in ("BatchNorm", "Scale"):
+            caffe = _affine_params(ltype, lm, where)
+            if len(lm.get("bottom", [])) != 1:
+                raise ModelError(f"{where}: {ltype} with {len(lm.get('bottom', []))} inputs is "
+                                 f"not supported (only a learned per-channel {ltype})")
+            ltype = "Scale"
+        elif ltype not in SUPPORTED:
             unsupported.append(f"{name} ({ltype})")
             continue
         bottoms = [str(b) for b in lm.get("bottom", [])]
         tops = [str(t) for t in lm.get("top", [])]
         if not tops:
             raise FormatError(f"{where}: no top blob")
-        layers.append({"name": str(name), "type": ltype, "bottom": bottoms, "top": tops,
-                       "params": _layer_params(ltype, lm, where)})
+        L = {"name": str(name), "type": ltype, "bottom": bottoms, "top": tops,
+             "params": {} if caffe else _layer_params(ltype, lm, where)}
+        if caffe:
+            L["caffe"] = caffe            # read by load(), then dropped
+        layers.append(L)
     if unsupported:
         raise ModelError(f"{source}: unsupported layers: {', '.join(unsupported)}")
     if input_name is None:
@@ -205,3 +250,113 @@ def _from_prototxt(text, source):
     validate(g)
     infer_shapes(g)
     return g
+
+
+def read_prototxt(path):
+    """The graph of a prototxt file."""
+    try:
+        with open_regular(path, "prototxt file") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: cannot read prototxt ({e})") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise FormatError(f"{path}: prototxt larger than {MAX_TEXT_BYTES} bytes")
+    return from_prototxt(text, source=path)
+
+
+def _blob(blobs, n, k, caffemodel, size, what):
+    bl = blobs[n]["blobs"]
+    if len(bl) <= k or bl[k].size != size:
+        raise ModelError(f"{caffemodel}: layer {n!r} needs {what} of {size} values")
+    return bl[k].reshape(-1).astype(np.float64)
+
+
+def load_weights(graph, caffemodel, prototxt="prototxt"):
+    """Dense weights {layer: (w, b)} (Scale layers: (scale, shift)) of `graph`
+    from a .caffemodel, matched by layer name, shapes checked (legacy 4-D blobs
+    reshaped).  Drops the graph's "caffe" notes."""
+    from ..layers import record
+    from ..readers.caffemodel import read_caffemodel
+    blobs = read_caffemodel(caffemodel)
+    shapes = infer_shapes(graph)
+    weights = {}
+    for L in graph["layers"]:
+        n, p = L["name"], L["params"]
+        shapes_of = record(L["type"]).weight_shapes(p, [shapes[b] for b in L["bottom"]])
+        if not shapes_of:
+            continue
+        if n not in blobs or not blobs[n]["blobs"]:
+            raise ModelError(f"{caffemodel}: no weights for layer {n!r} of {prototxt}")
+        bl = blobs[n]["blobs"]
+        caffe = L.pop("caffe", None)
+        if caffe is not None:           # BatchNorm or Scale -> (scale, shift)
+            C = shapes_of["scale"][0]
+            if caffe["type"] == "BatchNorm":
+                mean = _blob(blobs, n, 0, caffemodel, C, "a mean")
+                var = _blob(blobs, n, 1, caffemodel, C, "a variance")
+                sf = _blob(blobs, n, 2, caffemodel, 1, "a scale factor")[0] if len(bl) > 2 else 1
+                f = 0.0 if sf == 0 else 1.0 / sf
+                s = 1.0 / np.sqrt(var * f + caffe["eps"])
+                t = -mean * f * s
+            else:
+                s = _blob(blobs, n, 0, caffemodel, C, "scales")
+                t = (_blob(blobs, n, 1, caffemodel, C, "biases") if caffe["bias_term"]
+                     else np.zeros(C))
+            weights[n] = (s.astype(np.float32), t.astype(np.float32))
+            continue
+        want = shapes_of["weight"]
+        cout = p["num_output"]
+        w = bl[0]
+        if w.size != int(np.prod(want)):
+            raise ModelError(f"{caffemodel}: layer {n!r} weights {list(w.shape)} do not fit "
+                             f"{list(want)} from {prototxt}")
+        w = np.ascontiguousarray(w.reshape(want), np.float32)
+        if p.get("bias_term", True):
+            if len(bl) < 2 or bl[1].size != cout:
+                raise ModelError(f"{caffemodel}: layer {n!r} needs {cout} biases")
+            b = np.ascontiguousarray(bl[1].reshape(cout), np.float32)
+        else:
+            b = np.zeros(cout, np.float32)
+        weights[n] = (w, b)
+    return weights
+
+
+def fold_affine(graph, weights):
+    """Fold each Scale layer into the Convolution or InnerProduct just before it
+    that produces its input (in place, or read by nothing else): w and b scaled
+    per output channel, the Scale layer removed.  BatchNorm + Scale after a
+    convolution (Caffe ResNets) then cost nothing at run time."""
+    layers, out = graph["layers"], []
+    readers = {}
+    for L in layers:
+        for b in L["bottom"]:
+            readers[b] = readers.get(b, 0) + 1
+    for L in layers:
+        prev = out[-1] if out else None
+        if L["type"] == "Scale" and prev is not None and \
+                prev["type"] in ("Convolution", "InnerProduct") and \
+                L["bottom"] == prev["top"] and \
+                (L["top"] == L["bottom"] or readers.get(L["bottom"][0]) == 1):
+            s, t = (np.asarray(v, np.float64) for v in weights.pop(L["name"]))
+            w, b = weights[prev["name"]]
+            w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+            weights[prev["name"]] = (w, (b.astype(np.float64) * s + t).astype(np.float32))
+            prev["top"] = list(L["top"])
+            prev["params"]["bias_term"] = True
+            continue
+        out.append(L)
+    graph["layers"] = out
+    return graph, weights
+
+
+def load(source):
+    """A Caffe model (Source with prototxt and caffemodel) -> (graph, dense
+    weights {layer: (w, b)}, provenance)."""
+    graph = read_prototxt(source.prototxt)
+    weights = load_weights(graph, source.caffemodel, source.prototxt)
+    graph, weights = fold_affine(graph, weights)
+    validate(graph)
+    infer_shapes(graph)
+    return graph, weights, {"source": os.path.abspath(source.caffemodel), "source_format": "caffe",
+                            "architecture": os.path.abspath(source.prototxt)}

@@ -3,6 +3,8 @@
 (*.biasVec.NN.bin), or the dense layout (*.convKnl.NN.bin, *.fcntWei.NN.bin,
 *.biasVec.NN.bin), matched to the layers of an architecture's graph.  The file
 formats themselves are read by readers.qcnn_original."""
+import os
+
 import numpy as np
 
 from ..errors import FormatError, ModelError
@@ -106,3 +108,20 @@ def load_original_dense(directory, graph):
                              f"and {cout} biases, files have {list(w.shape)} and {list(b.shape)}")
         weights[n] = (np.ascontiguousarray(w), np.ascontiguousarray(b))
     return weights
+
+
+def load(source, arch=None):
+    """The original binaries in directory source.path, matched to --arch or
+    source.prototxt (default alexnet) -> (graph, weights, provenance).  Dense
+    files ("original-dense"): weights {layer: (w, b)}.  Quantized files
+    ("original"): {layer: {"codebook", "indices", "bias", "bits"}}, to be packed
+    as they are."""
+    from .presets import architecture
+    graph, arch_src = architecture(arch, source.prototxt)
+    scan_dir(source.path)
+    prov = {"source": os.path.abspath(source.path), "architecture": arch_src}
+    if source.kind == "original-dense":
+        return graph, load_original_dense(source.path, graph), \
+            {**prov, "source_format": "quantized-cnn dense"}
+    return graph, load_quantized_layers(source.path, graph), \
+        {**prov, "source_format": "quantized-cnn"}
