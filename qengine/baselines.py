@@ -61,74 +61,8 @@ def numpy_runner(graph, weights):
 
 def onnx_model(graph, weights, batch=1):
     """The network as an ONNX ModelProto (needs the onnx package)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    from .graph import infer_shapes
-    shapes = infer_shapes(graph)
-    nodes, inits = [], []
-    inp = graph["input"]["name"]
-    names = {inp: inp}
-
-    def init(name, arr):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
-        return name
-
-    out = inp
-    for L in graph["layers"]:
-        n, t, p = L["name"], L["type"], L["params"]
-        xs = [names[b] for b in L["bottom"]]
-        y = f"{n}__out"
-        if t == "Convolution":
-            w, b = weights[n]
-            kh, kw = p["kernel"]
-            nodes.append(helper.make_node("Conv", [xs[0], init(n + "_w", w), init(n + "_b", b)], [y],
-                                          kernel_shape=[kh, kw], strides=[p["stride"]] * 2,
-                                          pads=[p["pad"]] * 4, group=p["group"]))
-        elif t == "InnerProduct":
-            w, b = weights[n]
-            flat = y + "_flat"
-            nodes.append(helper.make_node("Flatten", [xs[0]], [flat], axis=1))
-            nodes.append(helper.make_node("Gemm", [flat, init(n + "_w", w), init(n + "_b", b)], [y],
-                                          transB=1))
-        elif t == "ReLU":
-            if p["negative_slope"]:
-                nodes.append(helper.make_node("LeakyRelu", xs, [y], alpha=p["negative_slope"]))
-            else:
-                nodes.append(helper.make_node("Relu", xs, [y]))
-        elif t == "LRN":
-            nodes.append(helper.make_node("LRN", xs, [y], size=p["local_size"], alpha=p["alpha"],
-                                          beta=p["beta"], bias=p["k"]))
-        elif t == "Pooling":
-            if p["global"]:
-                op = "GlobalAveragePool" if p["pool"] == "AVE" else "GlobalMaxPool"
-                nodes.append(helper.make_node(op, xs, [y]))
-            else:
-                (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-                op = "MaxPool" if p["pool"] == "MAX" else "AveragePool"
-                kw_ = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
-                           ceil_mode=1)
-                if op == "AveragePool":
-                    kw_["count_include_pad"] = 1
-                nodes.append(helper.make_node(op, xs, [y], **kw_))
-        elif t == "Concat":
-            nodes.append(helper.make_node("Concat", xs, [y], axis=1))
-        elif t == "Softmax":
-            nodes.append(helper.make_node("Softmax", xs, [y], axis=1))
-        else:
-            nodes.append(helper.make_node("Identity", xs, [y]))
-        for top in L["top"]:
-            names[top] = y
-        out = y
-    c, h, w = graph["input"]["shape"]
-    last = shapes[graph["layers"][-1]["top"][0]]
-    g = helper.make_graph(nodes, "qengine_dense",
-                          [helper.make_tensor_value_info(inp, TensorProto.FLOAT, [batch, c, h, w])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT,
-                                                         [batch] + list(last))], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    from .export_onnx import onnx_model as build
+    return build(graph, weights, batch)
 
 
 def onnxruntime_runners(graph, weights, batch=1, threads=1, int8=True):

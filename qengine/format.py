@@ -25,7 +25,15 @@ from .errors import FormatError
 from .files import check_destination, exists_error, open_regular
 
 MAGIC = b"\x89QCNN\r\n\x1a"
-VERSION = 1
+# The versions this qengine reads.  A file is written with the lowest version
+# whose readers understand all of it (docs/FORMAT.md, "Versioning"): version 2
+# adds keys that a version-1 reader would silently ignore.
+VERSIONS = (1, 2)
+VERSION = VERSIONS[-1]
+V1_LAYER_TYPES = ("Convolution", "InnerProduct", "ReLU", "LRN", "Pooling", "Concat", "Dropout",
+                  "Softmax")
+V2_POOLING_KEYS = ("ceil", "exclude_pad")
+V2_PREPROCESS_KEYS = ("std", "pixel_range")
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 64
 MAX_HEADER = 16 * 1024 * 1024
@@ -132,6 +140,26 @@ class Tensor:
         raise TypeError(f"unsupported tensor dtype {a.dtype}")
 
 
+def required_version(metadata):
+    """The lowest format version that describes this metadata: 2 when a
+    version-1 reader would misread it (pooling rounding or padding rules,
+    PyTorch-style preprocessing) or refuse it (a layer type it lacks)."""
+    graph = metadata.get("graph") if isinstance(metadata, dict) else None
+    layers = graph.get("layers", []) if isinstance(graph, dict) else []
+    for L in layers:
+        if not isinstance(L, dict):
+            continue
+        if L.get("type") not in V1_LAYER_TYPES:
+            return 2
+        if L.get("type") == "Pooling" and any(k in (L.get("params") or {})
+                                              for k in V2_POOLING_KEYS):
+            return 2
+    pre = metadata.get("preprocess") if isinstance(metadata, dict) else None
+    if isinstance(pre, dict) and any(k in pre for k in V2_PREPROCESS_KEYS):
+        return 2
+    return 1
+
+
 def write(path, metadata, tensors, force=True):
     """Write a .qcnn atomically: a temporary file in the same directory, fsync,
     rename.  With force=False an existing file is never replaced."""
@@ -151,12 +179,31 @@ def write(path, metadata, tensors, force=True):
         blobs.append((offset, data))
         offset = _align(offset + len(data))
     data_len = blobs[-1][0] + len(blobs[-1][1]) if blobs else 0
-    header = json.dumps({"format": "qcnn", "version": VERSION, "metadata": metadata,
+    version = required_version(metadata)
+    header = json.dumps({"format": "qcnn", "version": version, "metadata": metadata,
                          "tensors": entries, "data_len": data_len},
                         separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     data_offset = _align(PREAMBLE.size + len(header))
-    pre = PREAMBLE.pack(MAGIC, VERSION, zlib.crc32(header), len(header), data_offset)
+    pre = PREAMBLE.pack(MAGIC, version, zlib.crc32(header), len(header), data_offset)
 
+    def body(f):
+        f.write(pre)
+        f.write(header)
+        f.write(b"\0" * (data_offset - PREAMBLE.size - len(header)))
+        pos = 0
+        for off, data in blobs:
+            f.write(b"\0" * (off - pos))
+            f.write(data)
+            pos = off + len(data)
+
+    write_atomic(path, body, force)
+    return PREAMBLE.size + len(header) + (data_offset - PREAMBLE.size - len(header)) + data_len
+
+
+def write_atomic(path, body, force=True):
+    """Write a file atomically: body(f) fills a temporary file in the same
+    directory, fsync, rename (removed on any error or signal).  With
+    force=False an existing file is never replaced."""
     path = os.fspath(path)
     check_destination(path, force)
     d = os.path.dirname(os.path.abspath(path))
@@ -166,14 +213,7 @@ def write(path, metadata, tensors, force=True):
         with _signals_raise():
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             with os.fdopen(fd, "wb") as f:
-                f.write(pre)
-                f.write(header)
-                f.write(b"\0" * (data_offset - PREAMBLE.size - len(header)))
-                pos = 0
-                for off, data in blobs:
-                    f.write(b"\0" * (off - pos))
-                    f.write(data)
-                    pos = off + len(data)
+                body(f)
                 f.flush()
                 os.fsync(f.fileno())
             if force:
@@ -195,7 +235,6 @@ def write(path, metadata, tensors, force=True):
             os.close(dfd)
     except OSError:
         pass
-    return PREAMBLE.size + len(header) + (data_offset - PREAMBLE.size - len(header)) + data_len
 
 
 # Temporary files are named .qcnn-tmp-<pid>-XXXX.tmp beside the output: one
@@ -304,9 +343,11 @@ class QcnnFile:
             magic, version, hcrc, hlen, doff = PREAMBLE.unpack(pre)
             if magic != MAGIC:
                 raise FormatError(f"{self.path}: not a .qcnn file (bad magic bytes)")
-            if version != VERSION:
+            if version not in VERSIONS:
                 raise FormatError(f"{self.path}: .qcnn version {version} is not supported "
-                                  f"(this qengine reads version {VERSION})")
+                                  f"(this qengine reads versions "
+                                  f"{', '.join(map(str, VERSIONS))}: upgrade qengine)")
+            self.version = version
             if hlen > MAX_HEADER or PREAMBLE.size + hlen > size:
                 raise FormatError(f"{self.path}: header: length {hlen} exceeds the file or "
                                   f"the {MAX_HEADER}-byte limit")
@@ -345,8 +386,12 @@ class QcnnFile:
         raise FormatError(f"{self.path}: {msg}")
 
     def _check_header(self, h, data_size):
-        if not isinstance(h, dict) or h.get("format") != "qcnn" or h.get("version") != VERSION:
-            self._fail("header: not a version-1 .qcnn header")
+        if not isinstance(h, dict) or h.get("format") != "qcnn" or \
+                h.get("version") != self.version:
+            self._fail(f"header: not a version-{self.version} .qcnn header")
+        if self.version < required_version(h.get("metadata")):
+            self._fail(f"header: version {self.version} cannot hold what the metadata uses "
+                       f"(version {required_version(h.get('metadata'))} features)")
         if not isinstance(h.get("metadata"), dict):
             self._fail("header: metadata missing")
         if h.get("data_len") != data_size:

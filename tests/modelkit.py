@@ -43,7 +43,7 @@ def tiny_graph():
 
 
 def build(path, graph=None, dense=("c2b", "f2"), seed=0, d_conv=4, k_conv=16, d_fc=3, k_fc=8,
-          meta_extra=None):
+          meta_extra=None, extra_tensors=None):
     """Write a .qcnn of `graph` with random weights; returns (graph, {layer: (codebook,
     indices) or weight, bias})."""
     rng = np.random.default_rng(seed)
@@ -85,5 +85,54 @@ def build(path, graph=None, dense=("c2b", "f2"), seed=0, d_conv=4, k_conv=16, d_
     meta = {"graph": graph, "preprocess": {"channel_order": "bgr"},
             "class_names": [f"class{i}" for i in range(5)], "provenance": {"source": "test"}}
     meta.update(meta_extra or {})
+    tensors.update(extra_tensors or {})
     qformat.write(str(path), meta, tensors)
+    return graph, params
+
+
+def every_type_graph():
+    """A graph holding every layer type: quantized and dense convolutions, a
+    per-channel Scale, Clip, a weighted Eltwise with its ReLU fused (a new
+    blob), Sigmoid, StridedSlice, channel Pad, average pooling with floor
+    rounding and padding excluded, LRN, Concat, global max pooling, Flatten,
+    a quantized fully-connected layer, Dropout, Softmax."""
+    L = [
+        conv("c1", "data", 8, 3, p=1),
+        layer("bn", "Scale", "c1", "c1"),
+        layer("r1", "ReLU", "c1", "c1", negative_slope=0.0),
+        conv("c2", "c1", 8, 3, p=1),
+        layer("clip", "Clip", "c2", min=-0.5, max=0.75),
+        layer("sum", "Eltwise", ["clip", "c1"], operation="SUM", coeff=[1.0, -0.5]),
+        layer("sumr", "ReLU", "sum", negative_slope=0.0),
+        layer("sig", "Sigmoid", "sumr"),
+        layer("sl", "StridedSlice", "sig", start=[0, 0, 1], stop=[8, 12, 12], step=[1, 2, 2]),
+        layer("pd", "Pad", "sl", pads=[2, 2, 0, 0, 0, 0], value=0.0),
+        layer("ap", "Pooling", "sumr", pool="AVE", kernel=[3, 3], stride=[2, 2], pad=[1, 1],
+              ceil=False, exclude_pad=True, **{"global": False}),
+        layer("lrn", "LRN", "ap", local_size=3, alpha=1e-2, beta=0.75, k=1.0),
+        layer("cat", "Concat", ["pd", "lrn"], axis=1),
+        layer("gp", "Pooling", "cat", pool="MAX", kernel=[0, 0], stride=[1, 1], pad=[0, 0],
+              **{"global": True}),
+        layer("fl", "Flatten", "gp"),
+        {"name": "fc", "type": "InnerProduct", "bottom": ["fl"], "top": ["fc"],
+         "params": {"num_output": 6, "bias_term": True}},
+        layer("drop", "Dropout", "fc", "fc"),
+        layer("prob", "Softmax", "fc"),
+    ]
+    return {"input": {"name": "data", "shape": [3, 12, 12]}, "layers": L}
+
+
+def build_graph_model(path, seed=0):
+    """Write every_type_graph() as a .qcnn (c2 dense, c1 and fc quantized, the
+    Scale's own tensors); returns (graph, dense weights {layer: (w, b)})."""
+    graph = every_type_graph()
+    rng = np.random.default_rng(seed)
+    scale = (rng.standard_normal(8) * 0.5 + 1).astype(np.float32)
+    shift = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    extra = {"bn.scale": scale, "bn.shift": shift}
+    for L in graph["layers"]:
+        if L["name"] == "bn":
+            L["weights"] = {"scale": "bn.scale", "shift": "bn.shift"}
+    _graph, params = build(path, graph, dense=("c2",), seed=seed, extra_tensors=extra,
+                           meta_extra={"class_names": []})
     return graph, params

@@ -60,7 +60,10 @@ def main(argv=None):
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", nargs="?", help="directory of the model files, an .onnx, or a .qcnn")
-    ap.add_argument("-o", "--output", required=True, help="the .qcnn file to write")
+    ap.add_argument("-o", "--output", help="the .qcnn file to write")
+    ap.add_argument("--export-onnx", metavar="OUT.onnx",
+                    help="instead: write the dequantized network of a .qcnn as ONNX (to open in "
+                         "Netron or check in ONNX Runtime)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--arch", help="built-in architecture for original Quantized-CNN files: "
                                   "alexnet (default), caffenet, vgg_cnn_s, vgg16")
@@ -108,8 +111,17 @@ def main(argv=None):
     from ..errors import QEngineError
     from .. import convert
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    if (args.output is None) == (args.export_onnx is None):
+        ap.error("give -o OUT.qcnn, or --export-onnx OUT.onnx with a .qcnn")
     try:
         from ..files import check_destination
+        if args.export_onnx:
+            from ..export_onnx import export
+            from ..frontends import detect
+            if detect(args.src).kind != "qcnn":
+                fail("qconvert", f"{args.src}: --export-onnx reads a .qcnn", 2)
+            export(args.src, args.export_onnx, args.force, log)
+            return 0
         check_destination(args.output, args.force)     # before any long work
         from ..errors import InputError
         from ..frontends import detect
@@ -136,7 +148,7 @@ def main(argv=None):
     except QEngineError as e:
         fail("qconvert", str(e))
     except OSError as e:
-        fail("qconvert", f"{e.filename or args.output}: {e.strerror}")
+        fail("qconvert", f"{e.filename or args.output or args.export_onnx}: {e.strerror}")
     except KeyboardInterrupt:
         fail("qconvert", "interrupted; no output written", 130)
     return 0

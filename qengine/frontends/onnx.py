@@ -426,8 +426,9 @@ class _Translator:
             self.fail(node, f"constant of shape other than one value or one per channel "
                             f"({C}) unsupported")
         prod = self._producer_layer(x.name)
-        if prod is not None and prod["type"] in ("Convolution", "InnerProduct") \
+        if prod is not None and prod["type"] in ("Convolution", "InnerProduct", "Scale") \
                 and self.readers.get(node.input[0], 0) == 1:
+            # folded into the layer before: w and b (or a Scale's own) scaled per channel
             w, b = self.weights[prod["name"]]
             w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
             b = (b.astype(np.float64) * s + t).astype(np.float32)
@@ -753,14 +754,14 @@ def load(path, input_shape=None):
         raise FormatError(f"{path}: weights stored in external data files are unsupported "
                           f"(save the model with its weights inside: "
                           f"onnx.save(model, path, save_as_external_data=False))")
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:
-        raise FormatError(f"{path}: the ONNX checker refuses the model: {str(e)[:300]}") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not OPSETS[0] <= opset <= OPSETS[1]:
         raise ModelError(f"{path}: opset {opset} unsupported (qengine reads opsets "
                          f"{OPSETS[0]} to {OPSETS[1]}); re-export with opset_version=17")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise FormatError(f"{path}: the ONNX checker refuses the model: {str(e)[:300]}") from None
     t = _Translator(model, path, numpy_helper)
     graph, weights = t.run(input_shape)
     from ..graph import infer_shapes, validate

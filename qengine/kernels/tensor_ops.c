@@ -6,31 +6,47 @@
 #include <string.h>
 #include "qe_kernels.h"
 
+static void sum2(const float *a, const float *b, float *y, int64_t n, float ca, float cb,
+                 int relu)
+{
+    /* y may be a or b: each element is read before it is written */
+    if (relu) {
+        for (int64_t i = 0; i < n; i++) {
+            const float v = ca * a[i] + cb * b[i];
+            y[i] = v > 0.f ? v : 0.f;
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) y[i] = ca * a[i] + cb * b[i];
+    }
+}
+
 void qe_eltwise_sum(const float *const *xs, const float *coeff, int n_in, float *y, int64_t n,
                     int relu)
 {
     /* y = sum_i coeff[i] * xs[i] (coeff NULL: all 1), then max(y, 0) with relu.
-     * y may equal any xs[i]: each element is read by every input before it is
-     * written. */
-    const int64_t B = 4096;
+     * y may be any xs[i]: blocks of B elements are summed in acc, every input
+     * read before y is written. */
+    if (n_in == 2) {
+        sum2(xs[0], xs[1], y, n, coeff ? coeff[0] : 1.f, coeff ? coeff[1] : 1.f, relu);
+        return;
+    }
+    enum { B = 2048 };
+    float acc[B];
     for (int64_t i0 = 0; i0 < n; i0 += B) {
-        const int64_t i1 = i0 + B < n ? i0 + B : n;
-        float acc[4096];
+        const int64_t m = n - i0 < B ? n - i0 : B;
         const float c0 = coeff ? coeff[0] : 1.f;
-        for (int64_t i = i0; i < i1; i++) acc[i - i0] = c0 * xs[0][i];
+        const float *x0 = xs[0] + i0;
+        for (int64_t i = 0; i < m; i++) acc[i] = c0 * x0[i];
         for (int k = 1; k < n_in; k++) {
-            const float *x = xs[k];
-            if (coeff) {
-                const float c = coeff[k];
-                for (int64_t i = i0; i < i1; i++) acc[i - i0] += c * x[i];
-            } else {
-                for (int64_t i = i0; i < i1; i++) acc[i - i0] += x[i];
-            }
+            const float *x = xs[k] + i0;
+            const float c = coeff ? coeff[k] : 1.f;
+            for (int64_t i = 0; i < m; i++) acc[i] += c * x[i];
         }
+        float *yb = y + i0;
         if (relu) {
-            for (int64_t i = i0; i < i1; i++) y[i] = acc[i - i0] > 0.f ? acc[i - i0] : 0.f;
+            for (int64_t i = 0; i < m; i++) yb[i] = acc[i] > 0.f ? acc[i] : 0.f;
         } else {
-            memcpy(y + i0, acc, sizeof(float) * (size_t)(i1 - i0));
+            memcpy(yb, acc, sizeof(float) * (size_t)m);
         }
     }
 }
