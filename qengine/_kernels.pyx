@@ -59,6 +59,9 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_strided_slice(const float *x, int C, int H, int W, const int *start, const int *step,
                           float *y, int OC, int OH, int OW)
     void qe_pad(const float *x, int C, int H, int W, const int *pads, float value, float *y)
+    void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,
+                           int KW, int S, int P, const float *bias, int relu, float *y, int OH,
+                           int OW, int nthreads)
     int qe_unpack_bits(const uint8_t *src, int64_t nbytes, int bits, int msb_first, int64_t n,
                        uint8_t *dst)
     int qe_resize_bilinear_ac(const float *x, int C, int H, int W, float *y, int OH, int OW)
@@ -736,6 +739,27 @@ def pad(const float[:, :, :, ::1] x, pads, float value, float[:, :, :, ::1] out)
     with nogil:
         for n in range(N):
             qe_pad(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], p, value, &out[n, 0, 0, 0])
+
+
+def conv_depthwise(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                   const float[::1] bias, int stride, int pad, bint relu,
+                   float[:, :, :, ::1] out, int nthreads=1, int c0=0):
+    """Depthwise convolution: x [N,C,H,W], w [C*mult,1,KH,KW] (output o reads input
+    channel o // mult), out [N,C*mult,OH,OW] (or channels c0.. of a wider out)."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int Cout = w.shape[0], KH = w.shape[2], KW = w.shape[3], n
+    if C < 1 or Cout % C or w.shape[1] != 1 or bias.shape[0] != Cout or KH < 1 or KW < 1 \
+            or stride < 1 or pad < 0:
+        raise ValueError("depthwise weights do not match the input")
+    cdef int64_t OH = (H + 2 * <int64_t>pad - KH) // stride + 1
+    cdef int64_t OW = (W + 2 * <int64_t>pad - KW) // stride + 1
+    if OH < 1 or OW < 1 or out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout \
+            or out.shape[2] != OH or out.shape[3] != OW:
+        raise ValueError("output shape does not match the depthwise convolution")
+    with nogil:
+        for n in range(N):
+            qe_depthwise_conv(&x[n, 0, 0, 0], C, H, W, &w[0, 0, 0, 0], Cout // C, KH, KW, stride,
+                              pad, &bias[0], relu, &out[n, c0, 0, 0], <int>OH, <int>OW, nthreads)
 
 
 def unpack_bits(const uint8_t[::1] src, int bits, int64_t n, bint msb_first, uint8_t[::1] out):

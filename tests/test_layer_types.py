@@ -217,3 +217,22 @@ layer { name: "fc" type: "InnerProduct" bottom: "sum" top: "fc"
     y = np.maximum(y + x, 0)
     want = y.reshape(2, -1) @ wf.T + bf
     _close(m.forward(x), want.astype(np.float32), 1e-4)
+
+
+@pytest.mark.parametrize("stride,pad,mult,k", [(1, 1, 1, 3), (2, 1, 2, 3), (1, 2, 1, 5),
+                                               (3, 0, 1, 2)])
+def test_depthwise_convolution(tmp_path, stride, pad, mult, k):
+    """Depthwise convolutions (one input channel per group) run on their own
+    kernel, dense or dequantized, with the ReLU fused and into a concatenation."""
+    g = {"input": {"name": "data", "shape": [6, 11, 9]}, "layers": [
+        modelkit.conv("dw", "data", 6 * mult, k, s=stride, p=pad, g=6),
+        modelkit.layer("r", "ReLU", "dw", "dw", negative_slope=0.0),
+        modelkit.conv("dq", "data", 6 * mult, k, s=stride, p=pad, g=6),
+        modelkit.layer("cat", "Concat", ["dw", "dq"], axis=1)]}
+    m = _model(tmp_path, g, dense=("dw",), d_conv=2)
+    assert m.layer_strategies() == {"dw": "depthwise", "dq": "depthwise"}
+    x = RNG.standard_normal((2, 6, 11, 9)).astype(np.float32)
+    _close(m.forward(x), reference.forward(g, reference.model_weights(m), x))
+    lut = qengine.load(m.path, strategy="lut")      # forced tables: the same sums
+    assert lut.layer_strategies()["dq"] == "lut"
+    _close(lut.forward(x), m.forward(x))

@@ -137,6 +137,12 @@ void qe_sigmoid(const float *x, float *y, int64_t n);
 void qe_strided_slice(const float *x, int C, int H, int W, const int *start, const int *step,
                       float *y, int OC, int OH, int OW);
 void qe_pad(const float *x, int C, int H, int W, const int *pads, float value, float *y);
+/* Depthwise convolution (groups = C, `mult` outputs per input channel): x [C][H][W],
+ * w [C*mult][KH][KW], y [C*mult][OH][OW] (OH, OW from stride S and pad P checked
+ * by the caller), bias added, ReLU applied when relu != 0. */
+void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,
+                       int KW, int S, int P, const float *bias, int relu, float *y, int OH,
+                       int OW, int nthreads);
 
 /* Softmax over C channels for each of HW positions: x, y [C][HW]. */
 void qe_softmax(const float *x, float *y, int C, int64_t HW);

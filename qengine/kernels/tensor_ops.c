@@ -138,3 +138,45 @@ void qe_pad(const float *x, int C, int H, int W, const int *pads, float value, f
         }
     }
 }
+
+void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,
+                       int KW, int S, int P, const float *bias, int relu, float *y, int OH,
+                       int OW, int nthreads)
+{
+    /* Output channel o reads input channel o / mult through its own KH x KW
+     * filter w[o].  Per output row: the taps' input rows are added with the
+     * filter weight along the row (a contiguous, vectorised loop for stride 1);
+     * the columns a tap would read in the padding are skipped. */
+    const int Cout = C * mult;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int o = 0; o < Cout; o++) {
+        const float *xc = x + (int64_t)(o / mult) * H * W;
+        const float *wo = w + (int64_t)o * KH * KW;
+        const float b = bias ? bias[o] : 0.f;
+        float *yo = y + (int64_t)o * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            float *yr = yo + (int64_t)oh * OW;
+            for (int ow = 0; ow < OW; ow++) yr[ow] = b;
+            for (int i = 0; i < KH; i++) {
+                const int h = oh * S - P + i;
+                if (h < 0 || h >= H) continue;
+                const float *xr = xc + (int64_t)h * W;
+                for (int j = 0; j < KW; j++) {
+                    const float wv = wo[i * KW + j];
+                    const int off = j - P;          /* input column = ow * S + off */
+                    int lo = off < 0 ? (-off + S - 1) / S : 0;
+                    int hi = W - 1 - off >= 0 ? (W - 1 - off) / S + 1 : 0;
+                    hi = hi > OW ? OW : hi;
+                    if (S == 1) {
+                        const float *xs = xr + off;
+                        for (int ow = lo; ow < hi; ow++) yr[ow] += wv * xs[ow];
+                    } else {
+                        for (int ow = lo; ow < hi; ow++) yr[ow] += wv * xr[(int64_t)ow * S + off];
+                    }
+                }
+            }
+            if (relu)
+                for (int ow = 0; ow < OW; ow++) yr[ow] = yr[ow] > 0.f ? yr[ow] : 0.f;
+        }
+    }
+}

@@ -20,13 +20,20 @@ class ConvOp(WeightedOp):
         cg = c // self.group
         J = self.kh * self.kw
         blocked = 4 * buffers.count(_kernels.conv_blocked_shape(cout, self.group, cg * J))
+        # one input channel per group (depthwise, MobileNet's 3x3 layers): a
+        # direct kernel of its own, on the dense or dequantized weights
+        depthwise = cg == 1 and self.dense_small
         if self.mode != "lut":
-            self.strategy = "dense"
+            self.strategy = "depthwise" if depthwise else "dense"
             self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
-            self.derived_bytes = blocked
+            self.derived_bytes = 0 if depthwise else blocked
             return
         self._plan_lut(qf, w, where, cg, (cout, self.kh, self.kw))
         self._use_unpacked_indices()
+        if depthwise:
+            self.strategy = "depthwise"
+            self.derived_bytes = 4 * cout * J
+            return
         # A first layer with fewer input channels than the subspace dimension
         # (AlexNet's conv1: 3 of d=8) gains nothing from tables: each table
         # entry would replace under d multiply-adds while the table is K
@@ -65,12 +72,18 @@ class ConvOp(WeightedOp):
 
     def _load(self, qf, w, cout):
         cg = self.in_shapes[0][0] // self.group
-        if self.strategy == "dense":
+        if self.strategy in ("dense", "depthwise") and self.mode != "lut":
             self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
-            self.weight_blocked = blocked_conv_weights(self.weight, self.group)
+            if self.strategy == "dense":
+                self.weight_blocked = blocked_conv_weights(self.weight, self.group)
             return
         self.indices = self._unpacked_indices()
         taps = self.kh * self.kw
+        if self.strategy == "depthwise":
+            self.weight = buffers.reshape(
+                dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)), cg),
+                (cout, 1, self.kh, self.kw))
+            return
         if self.strategy == "dequantized":
             self.weight_blocked = blocked_conv_weights(
                 dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)),
@@ -84,6 +97,8 @@ class ConvOp(WeightedOp):
     def workspace(self):
         c, h, w = self.in_shapes[0]
         g = self.group
+        if self.strategy == "depthwise":
+            return 0
         if self.strategy == "lut16":
             return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                     self.params["stride"], self.params["pad"],
@@ -108,7 +123,10 @@ class ConvOp(WeightedOp):
         x = xs[0]
         out, c0 = into if into is not None else (self.new_out(x.shape[0]), 0)
         p = self.params
-        if self.strategy == "lut16":
+        if self.strategy == "depthwise":
+            _kernels.conv_depthwise(x, self.weight, self.bias, p["stride"], p["pad"], relu, out,
+                                    nthreads, c0)
+        elif self.strategy == "lut16":
             _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
                             p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
         elif self.strategy == "lut":
