@@ -235,3 +235,78 @@ def test_export_round_trip_every_layer_type(tmp_path):
     assert used == set(TYPES) - {"LRN"} or used == set(TYPES)
     with pytest.raises(SystemExit):                 # an existing file is kept
         qconvert.main([path, "--export-onnx", out, "-q"])
+
+
+# -- the real ResNets exported from PyTorch (../shared/data/onnx-cifar-resnet) --
+
+RESNET_PRE = ["--pixel-range", "1", "--mean-pixel", "0.485,0.456,0.406",
+              "--std", "0.229,0.224,0.225", "--channel-order", "rgb"]
+
+
+def _cifar_items(n_per_class, start=0):
+    from conftest import shared_path
+    root = shared_path("cifar10-test")
+    classes = sorted(os.listdir(root))
+    items = []
+    for label, c in enumerate(classes):
+        files = sorted(os.listdir(os.path.join(root, c)))[start:start + n_per_class]
+        items += [(os.path.join(root, c, f), label) for f in files]
+    return items
+
+
+@pytest.mark.parametrize("net", ["resnet20", "resnet32"])
+def test_resnet_dense_matches_onnxruntime(tmp_path, net):
+    """Converted dense, the exported ResNets give ONNX Runtime's outputs
+    (relative 1e-4) on random inputs, and its predictions on real test images
+    preprocessed by the model's own stored preprocessing."""
+    from conftest import shared_path
+    from qengine.cli import qconvert
+    src = shared_path("onnx-cifar-resnet", f"{net}.onnx")
+    out = str(tmp_path / f"{net}.qcnn")
+    assert qconvert.main([src, "-o", out, "--keep-dense", "all", "-q"] + RESNET_PRE) == 0
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    x = RNG.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    want = sess.run(None, {"data": x})[0]
+    for mode in ("exact", "fast"):
+        m = qengine.load(out, mode=mode)
+        got = m.forward(x)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    # real images: PyTorch's ToTensor + Normalize, written out, against the stored preprocessing
+    from PIL import Image
+    items = _cifar_items(20)
+    xs = m.preprocess([p for p, _ in items])
+    ref = np.stack([((np.asarray(Image.open(p).convert("RGB"), np.float32) / 255
+                      - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+                    for p, _ in items]).astype(np.float32)
+    assert np.abs(xs - ref).max() < 1e-5
+    assert np.array_equal(m.forward(xs).argmax(1), sess.run(None, {"data": ref})[0].argmax(1))
+
+
+@pytest.mark.slow
+def test_resnet20_quantized_keeps_accuracy(tmp_path):
+    """ResNet-20 quantized (d=4, K=128 convolutions, error correction on 500
+    test images) loses at most 1.5 points of top-1 on 2,000 other test images
+    (the closing note of issue 11 gives the full-set figures)."""
+    from conftest import shared_path
+    from qengine.cli import qconvert
+    src = shared_path("onnx-cifar-resnet", "resnet20.onnx")
+    calib = tmp_path / "calib"
+    for p, label in _cifar_items(50):
+        d = calib / str(label)
+        d.mkdir(parents=True, exist_ok=True)
+        os.symlink(p, d / os.path.basename(p))
+    dense, quant = str(tmp_path / "d.qcnn"), str(tmp_path / "q.qcnn")
+    assert qconvert.main([src, "-o", dense, "--keep-dense", "all", "-q"] + RESNET_PRE) == 0
+    assert qconvert.main([src, "-o", quant, "--conv-subdim", "4", "--conv-k", "128",
+                          "--fc-subdim", "2", "--fc-k", "16", "--calib", str(calib),
+                          "--calib-count", "500", "-q"] + RESNET_PRE) == 0
+    items = _cifar_items(200, start=100)
+    labels = np.array([lb for _, lb in items])
+    acc = {}
+    for path in (dense, quant):
+        m = qengine.load(path, mode="fast")
+        preds = np.concatenate([m.forward(m.preprocess([p for p, _ in items[i:i + 250]])).argmax(1)
+                                for i in range(0, len(items), 250)])
+        acc[path] = (preds == labels).mean() * 100
+    assert acc[dense] > 78
+    assert acc[quant] >= acc[dense] - 1.5, acc
