@@ -32,6 +32,7 @@ VERSIONS = (1, 2)
 VERSION = VERSIONS[-1]
 V1_LAYER_TYPES = ("Convolution", "InnerProduct", "ReLU", "LRN", "Pooling", "Concat", "Dropout",
                   "Softmax")
+V2_LAYER_TYPES = ("Eltwise", "Scale", "Clip", "Sigmoid", "Flatten", "StridedSlice", "Pad")
 V2_POOLING_KEYS = ("ceil", "exclude_pad")
 V2_PREPROCESS_KEYS = ("std", "pixel_range")
 PREAMBLE = struct.Struct("<8sIIQQ")
@@ -140,19 +141,22 @@ class Tensor:
         raise TypeError(f"unsupported tensor dtype {a.dtype}")
 
 
-def required_version(metadata):
+def required_version(metadata, reading=False):
     """The lowest format version that describes this metadata: 2 when a
     version-1 reader would misread it (pooling rounding or padding rules,
-    PyTorch-style preprocessing) or refuse it (a layer type it lacks)."""
+    PyTorch-style preprocessing) or refuse it (a layer type it lacks).
+    reading: count only the layer types version 2 added (an unknown type is
+    the graph check's to report)."""
     graph = metadata.get("graph") if isinstance(metadata, dict) else None
-    layers = graph.get("layers", []) if isinstance(graph, dict) else []
-    for L in layers:
+    layers = graph.get("layers") if isinstance(graph, dict) else None
+    for L in layers if isinstance(layers, list) else []:
         if not isinstance(L, dict):
             continue
-        if L.get("type") not in V1_LAYER_TYPES:
+        t, params = L.get("type"), L.get("params")
+        if t in V2_LAYER_TYPES if reading else t not in V1_LAYER_TYPES:
             return 2
-        if L.get("type") == "Pooling" and any(k in (L.get("params") or {})
-                                              for k in V2_POOLING_KEYS):
+        if t == "Pooling" and isinstance(params, dict) and \
+                any(k in params for k in V2_POOLING_KEYS):
             return 2
     pre = metadata.get("preprocess") if isinstance(metadata, dict) else None
     if isinstance(pre, dict) and any(k in pre for k in V2_PREPROCESS_KEYS):
@@ -389,9 +393,10 @@ class QcnnFile:
         if not isinstance(h, dict) or h.get("format") != "qcnn" or \
                 h.get("version") != self.version:
             self._fail(f"header: not a version-{self.version} .qcnn header")
-        if self.version < required_version(h.get("metadata")):
+        need = required_version(h.get("metadata"), reading=True)
+        if self.version < need:
             self._fail(f"header: version {self.version} cannot hold what the metadata uses "
-                       f"(version {required_version(h.get('metadata'))} features)")
+                       f"(version {need} features)")
         if not isinstance(h.get("metadata"), dict):
             self._fail("header: metadata missing")
         if h.get("data_len") != data_size:

@@ -544,6 +544,20 @@ class Model:
         also mode ("lut" or "dense") and, when quantized, K, M and d."""
         return tuple(self._ops)
 
+    def weight_bytes(self):
+        """(bytes of the weights as dense float32, bytes the file stores for them):
+        every layer's weight tensors (codebooks, indices, dense weights, biases,
+        per-channel scales)."""
+        entries = self._qf.header["tensors"]
+        dense = stored = 0
+        for op in self.layers:
+            shapes = record(op.type).weight_shapes(op.params, op.in_shapes)
+            dense += 4 * sum(buffers.count(s) for s in shapes.values())
+            w = op.L.get("weights") or {}
+            stored += sum(entries[v]["nbytes"] for k, v in w.items()
+                          if k != "mode" and v in entries)
+        return dense, stored
+
     def layer_strategies(self):
         """{layer: "lut" | "dequantized" | "dense"} for the weighted layers."""
         return {op.name: op.strategy for op in self._ops if op.weighted}

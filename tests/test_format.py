@@ -155,9 +155,34 @@ def test_malformed_headers(tmp_path):
         p = forge(tmp_path / "f.qcnn", h)
         with pytest.raises(FormatError, match=msg):
             qformat.QcnnFile(p)
-    p = forge(tmp_path / "v.qcnn", {}, version=2)
-    with pytest.raises(FormatError, match="version 2"):
+    p = forge(tmp_path / "v.qcnn", {}, version=3)
+    with pytest.raises(FormatError, match="version 3 is not supported.*upgrade qengine"):
         qformat.QcnnFile(p)
+    # a header claiming version 1 while using version-2 keys is refused
+    h = {"format": "qcnn", "version": 1, "tensors": {}, "data_len": 0,
+         "metadata": {"graph": {"layers": [{"type": "Eltwise"}]}}}
+    with pytest.raises(FormatError, match="version 1 cannot hold"):
+        qformat.QcnnFile(forge(tmp_path / "w.qcnn", h))
+
+
+def test_writer_picks_the_lowest_version(tmp_path):
+    """A model using only version-1 layers and keys is written as version 1
+    (older qengines read it); pooling rounding rules, PyTorch-style
+    preprocessing or a new layer type make it version 2."""
+    import modelkit
+    p = str(tmp_path / "v1.qcnn")
+    modelkit.build(p)
+    assert qformat.QcnnFile(p).version == 1
+    with open(p, "rb") as f:
+        assert qformat.PREAMBLE.unpack(f.read(qformat.PREAMBLE.size))[1] == 1
+    g = modelkit.tiny_graph()
+    g["layers"][3]["params"]["ceil"] = False
+    modelkit.build(p, g)
+    assert qformat.QcnnFile(p).version == 2
+    modelkit.build(p, meta_extra={"preprocess": {"std": [0.5]}})
+    assert qformat.QcnnFile(p).version == 2
+    modelkit.build_graph_model(p)
+    assert qformat.QcnnFile(p).version == 2
     # deeply nested JSON is refused, not a crash
     hb = b"[" * 100000 + b"]" * 100000
     pre = struct.pack("<8sIIQQ", qformat.MAGIC, 1, zlib.crc32(hb), len(hb),

@@ -48,7 +48,7 @@ def one_conv_model(path, shape, n, k, s=1, p=0):
 
 def test_huge_stride_scratch_is_refused_at_load(tmp_path):
     # a 1x1 convolution of stride 4096 over a 4096x4096 input: 4096^2 phase planes
-    p = one_conv_model(tmp_path / "m.qcnn", (1, 4096, 4096), 1, 1, s=4096)
+    p = one_conv_model(tmp_path / "m.qcnn", (2, 4096, 4096), 1, 1, s=4096)
     assert os.path.getsize(p) < 2000
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="workspace"):

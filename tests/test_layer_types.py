@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import qengine
-from qengine import _kernels, reference
+from qengine import _kernels, format as qformat, reference
 from qengine.errors import ModelError
 from qengine.graph import infer_shapes, validate
 from qengine.layers import RECORDS, TYPES
@@ -29,6 +29,7 @@ def test_every_record_is_complete():
         assert type(rec).reference is not type(rec).__mro__[-2].reference, t
         assert t in EXPORTERS, t
         assert f"`{t}`" in fmt, f"{t} missing from docs/FORMAT.md"
+        assert t in qformat.V1_LAYER_TYPES + qformat.V2_LAYER_TYPES, t
     assert "Adding a layer type" in readme
 
 

@@ -61,9 +61,10 @@ def report(model, totals, per_layer, args, size):
     qcost = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in mcosts)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     layers = []
+    types = {op.name: op.type for op in model.layers}
     for n in model.layer_names:
         dmac, tmac, lk = costs[n]
-        layers.append({"name": n, "type": next(op.type for op in model._ops if op.name == n),
+        layers.append({"name": n, "type": types[n],
                        "strategy": strategies.get(n, ""), "ms": round(layer_ms[n], 4),
                        "share": round(layer_ms[n] / total_layer_ms, 4), "dense_macs": dmac,
                        "table_macs": tmac, "lookups": lk})
@@ -118,20 +119,7 @@ def print_table(r):
 
 def weight_bytes(model):
     """(dense float32 weight bytes, stored weight bytes) of a model's weighted layers."""
-    dense = stored = 0
-    entries = model._qf.header["tensors"]
-    for op in model._ops:
-        if not op.weighted:
-            continue
-        cout = op.params["num_output"]
-        if op.type == "Convolution":
-            dense += 4 * (cout * op.in_shapes[0][0] // op.group * op.kh * op.kw + cout)
-        else:
-            dense += 4 * (cout * op.cin + cout)
-        w = op.L_weights
-        stored += sum(entries[w[k]]["nbytes"] for k in ("codebook", "indices", "weight", "bias")
-                      if w.get(k))
-    return dense, stored
+    return model.weight_bytes()
 
 
 def accuracy(args):
