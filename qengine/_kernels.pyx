@@ -5,7 +5,8 @@ Each wrapper checks shapes, then calls the C kernel with the GIL released.
 Scratch memory (`ws`) is passed in by the caller so that a Model can keep one
 workspace per thread and reuse it across calls.
 """
-from cython.view cimport array as cvarray
+from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT,
+                              PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer)
 from libc.stdint cimport uint8_t, int32_t, int64_t
 from libc.stdlib cimport free
 
@@ -109,20 +110,91 @@ C16_MAX_TAPS = QE_C16_MAX_TAPS
 ISA_NAMES = tuple(qe_isa_name(i).decode() for i in range(QE_ISA_COUNT))
 
 
+cdef class _Buffer:
+    """A block of memory from qe_alloc with a shape: the runtime's activations
+    and scratch (memoryview(_Buffer) is C-contiguous).  Lighter than
+    cython.view.array: a layer's output costs one malloc and no format parsing."""
+    cdef void *data
+    cdef Py_ssize_t shape[8]
+    cdef Py_ssize_t strides[8]
+    cdef int ndim
+    cdef Py_ssize_t itemsize, nbytes
+    cdef bytes fmt
+
+    def __dealloc__(self):
+        free(self.data)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        view.buf = self.data
+        view.obj = self
+        view.len = self.nbytes
+        view.readonly = 0
+        view.itemsize = self.itemsize
+        view.format = self.fmt
+        view.ndim = self.ndim
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
 def empty_buffer(tuple shape, str fmt):
     """A new uninitialised C-contiguous buffer ("f" float32, "i" int32, "B" uint8)."""
+    cdef _Buffer b = _Buffer.__new__(_Buffer)
     cdef Py_ssize_t item = 1 if fmt == "B" else 4
-    cdef cvarray arr = cvarray(shape=shape, itemsize=item, format=fmt, mode="c",
-                               allocate_buffer=False)
+    cdef int k, nd = len(shape)
+    if nd < 1 or nd > 8 or fmt not in ("f", "i", "B"):
+        raise ValueError(f"cannot make a buffer of shape {shape} and format {fmt!r}")
     cdef int64_t n = item
-    for s in shape:
-        n *= <int64_t>s
-    cdef void *p = qe_alloc(n)
-    if p == NULL:
+    for k in range(nd):
+        if shape[k] < 0:
+            raise ValueError(f"negative dimension in {shape}")
+        b.shape[k] = shape[k]
+        n *= <int64_t>shape[k]
+    cdef Py_ssize_t st = item
+    for k in range(nd - 1, -1, -1):
+        b.strides[k] = st
+        st *= b.shape[k]
+    b.ndim = nd
+    b.itemsize = item
+    b.nbytes = n
+    b.fmt = fmt.encode()
+    b.data = qe_alloc(n)
+    if b.data == NULL:
         raise MemoryError(f"cannot allocate {n} bytes")
-    arr.data = <char *>p
-    arr.callback_free_data = free
-    return memoryview(arr)
+    return memoryview(b)
+
+
+cdef class _FloatView:
+    """The float32 values of any C-contiguous buffer, whatever its shape."""
+    cdef Py_buffer view
+    cdef bint held
+
+    def __cinit__(self, obj, bint writable):
+        cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (PyBUF_WRITABLE if writable else 0)
+        PyObject_GetBuffer(obj, &self.view, flags)
+        self.held = True
+        fmt = self.view.format
+        if self.view.itemsize != 4 or fmt.lstrip(b"@=<") != b"f":
+            PyBuffer_Release(&self.view)
+            self.held = False
+            raise ValueError("expected a float32 buffer")
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+
+    cdef float *ptr(self) noexcept nogil:
+        return <float *>self.view.buf
+
+    cdef int64_t n(self) noexcept nogil:
+        return self.view.len // 4
+
+    cdef int64_t dim(self, int k) noexcept nogil:
+        return self.view.shape[k] if k < self.view.ndim else 1
 
 
 def isa_built(str name):
@@ -632,11 +704,13 @@ def pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int kh, int kw, i
                     kind, nthreads)
 
 
-def relu(const float[::1] x, float[::1] out, float slope=0.0):
-    if out.shape[0] != x.shape[0]:
+def relu(x, out, float slope=0.0):
+    """out = x > 0 ? x : slope * x on float32 C-contiguous buffers of one size."""
+    cdef _FloatView a = _FloatView(x, False), b = _FloatView(out, True)
+    if a.n() != b.n():
         raise ValueError("ReLU shapes differ")
     with nogil:
-        qe_relu(&x[0], &out[0], x.shape[0], slope)
+        qe_relu(a.ptr(), b.ptr(), a.n(), slope)
 
 
 def softmax(const float[:, :, ::1] x, float[:, :, ::1] out):
@@ -651,22 +725,24 @@ def softmax(const float[:, :, ::1] x, float[:, :, ::1] out):
             qe_softmax(&x[n, 0, 0], &out[n, 0, 0], C, HW)
 
 
-def eltwise_sum(list xs, float[::1] out, coeff=None, bint relu=False):
-    """out = sum_i coeff[i] * xs[i] (1-D float32 buffers of one length; coeff
-    None: all 1), then max(out, 0) with relu.  out may be one of the inputs."""
-    cdef Py_ssize_t k, n_in = len(xs), n = out.shape[0]
+def eltwise_sum(list xs, out, coeff=None, bint relu=False):
+    """out = sum_i coeff[i] * xs[i] (float32 C-contiguous buffers of one size,
+    any shape; coeff None: all 1), then max(out, 0) with relu.  out may be one
+    of the inputs."""
+    cdef Py_ssize_t k, n_in = len(xs)
     if n_in < 1 or n_in > 64:
         raise ValueError("eltwise_sum takes 1 to 64 inputs")
     cdef const float *ptrs[64]
     cdef float cf[64]
-    cdef const float[::1] v
+    cdef _FloatView o = _FloatView(out, True), v
+    cdef int64_t n = o.n()
     keep = []
     for k in range(n_in):
-        v = xs[k]
-        if v.shape[0] != n:
+        v = _FloatView(xs[k], False)
+        if v.n() != n:
             raise ValueError("eltwise_sum inputs differ in length")
         keep.append(v)
-        ptrs[k] = &v[0]
+        ptrs[k] = v.ptr()
     if coeff is not None:
         if len(coeff) != n_in:
             raise ValueError("eltwise_sum needs one coefficient per input")
@@ -674,34 +750,42 @@ def eltwise_sum(list xs, float[::1] out, coeff=None, bint relu=False):
             cf[k] = coeff[k]
     cdef int use_c = coeff is not None
     with nogil:
-        qe_eltwise_sum(ptrs, cf if use_c else NULL, <int>n_in, &out[0], n, relu)
+        qe_eltwise_sum(ptrs, cf if use_c else NULL, <int>n_in, o.ptr(), n, relu)
 
 
-def affine(const float[:, :, ::1] x, const float[::1] scale, const float[::1] shift,
-           float[:, :, ::1] out, bint relu=False):
-    """out[n, c] = scale[c] * x[n, c] + shift[c] on x [N, C, HW]."""
-    cdef int N = x.shape[0], C = x.shape[1], n
-    cdef int64_t HW = x.shape[2]
-    if out.shape[0] != N or out.shape[1] != C or out.shape[2] != HW or scale.shape[0] != C \
-            or shift.shape[0] != C:
-        raise ValueError("affine shapes differ")
+def affine(x, const float[::1] scale, const float[::1] shift, out, bint relu=False):
+    """out[n, c, ...] = scale[c] * x[n, c, ...] + shift[c] on float32 C-contiguous
+    buffers [N, C, ...] of one size (then max(out, 0) with relu)."""
+    cdef _FloatView a = _FloatView(x, False), b = _FloatView(out, True)
+    if a.view.ndim < 2 or a.n() != b.n():
+        raise ValueError("affine takes [N, C, ...] buffers of one size")
+    cdef int N = <int>a.dim(0), C = <int>a.dim(1), n
+    cdef int64_t HW = a.n() // (<int64_t>N * C) if N * C else 0
+    if scale.shape[0] != C or shift.shape[0] != C:
+        raise ValueError("affine needs one scale and one shift per channel")
+    cdef float *px = a.ptr()
+    cdef float *py = b.ptr()
     with nogil:
         for n in range(N):
-            qe_affine(&x[n, 0, 0], &out[n, 0, 0], C, HW, &scale[0], &shift[0], relu)
+            qe_affine(px + n * C * HW, py + n * C * HW, C, HW, &scale[0], &shift[0], relu)
 
 
-def clip(const float[::1] x, float[::1] out, float lo, float hi):
-    if out.shape[0] != x.shape[0]:
+def clip(x, out, float lo, float hi):
+    """out = min(max(x, lo), hi) on float32 C-contiguous buffers of one size."""
+    cdef _FloatView a = _FloatView(x, False), b = _FloatView(out, True)
+    if a.n() != b.n():
         raise ValueError("clip shapes differ")
     with nogil:
-        qe_clip(&x[0], &out[0], x.shape[0], lo, hi)
+        qe_clip(a.ptr(), b.ptr(), a.n(), lo, hi)
 
 
-def sigmoid(const float[::1] x, float[::1] out):
-    if out.shape[0] != x.shape[0]:
+def sigmoid(x, out):
+    """out = 1 / (1 + exp(-x)) on float32 C-contiguous buffers of one size."""
+    cdef _FloatView a = _FloatView(x, False), b = _FloatView(out, True)
+    if a.n() != b.n():
         raise ValueError("sigmoid shapes differ")
     with nogil:
-        qe_sigmoid(&x[0], &out[0], x.shape[0])
+        qe_sigmoid(a.ptr(), b.ptr(), a.n())
 
 
 def strided_slice(const float[:, :, :, ::1] x, start, step, float[:, :, :, ::1] out):

@@ -19,13 +19,18 @@ def count(shape):
     return n
 
 
+_alloc = None
+
+
 def empty(shape, fmt="f"):
     """A new uninitialised C-contiguous buffer of the given shape ("f" float32, "B" uint8)."""
-    from . import _kernels
-    shape = tuple(int(s) for s in shape)
+    global _alloc
+    if _alloc is None:
+        from ._kernels import empty_buffer as _alloc
+    shape = tuple(map(int, shape))
     if 0 in shape:
         raise ValueError(f"empty shape {list(shape)}")
-    return _kernels.empty_buffer(shape, fmt)
+    return _alloc(shape, fmt)
 
 
 def zeros(shape, fmt="f"):
@@ -47,12 +52,17 @@ def shaped(buf, shape, fmt):
 def reshape(mv, shape):
     """The same C-contiguous values with another shape (one entry may be -1)."""
     mv = memoryview(mv)
-    shape = list(shape)
     if -1 in shape:
+        shape = list(shape)
         k = shape.index(-1)
-        rest = count(s for i, s in enumerate(shape) if i != k)
-        shape[k] = mv.nbytes // mv.itemsize // max(1, rest)
-    return shaped(mv, shape, format_of(mv))
+        shape[k] = 1
+        shape[k] = mv.nbytes // mv.itemsize // max(1, count(shape))
+    if 0 in shape:
+        raise ValueError(f"empty shape {list(shape)}")
+    f = mv.format
+    if f not in ("f", "B", "i"):
+        f = format_of(mv)
+    return (mv if mv.ndim == 1 and mv.format == "B" else mv.cast("B")).cast(f, tuple(shape))
 
 
 def format_of(mv):

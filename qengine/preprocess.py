@@ -355,8 +355,8 @@ class Preprocessor:
                                  x0 if self.mean_at_crop else 0, self.scale, self.scale != 1.0,
                                  out)
         if self.inv_std is not None:
-            flat = buffers.reshape(out, (1, c, h * w))
-            _kernels.affine(flat, self.inv_std, self.zeros, flat)
+            one = buffers.reshape(out, (1, c, h, w))
+            _kernels.affine(one, self.inv_std, self.zeros, one)
         return out
 
     def _resize_channels(self, px, H, W, out_h, out_w):

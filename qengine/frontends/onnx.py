@@ -177,6 +177,10 @@ class _Translator:
         x = ins[0] if ins else None
         if op == "Identity":
             v = x
+        elif op == "Shape":
+            v = np.array(np.shape(x), np.int64)[a.get("start", 0):a.get("end", None)]
+        elif op == "Size":
+            v = np.array(np.size(x), np.int64)
         elif op == "Gather":
             v = np.take(x, ins[1], axis=a.get("axis", 0))
         elif op == "ConstantOfShape":

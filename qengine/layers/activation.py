@@ -4,15 +4,11 @@ from .. import _kernels, buffers
 from .base import FLOAT32_MAX, LayerType, Op, is_num, np, register
 
 
-def _flat(x):
-    return buffers.reshape(x, (-1,))
-
-
 class ReLUOp(Op):
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
         out = buffers.empty(x.shape)
-        _kernels.relu(_flat(x), _flat(out), self.params["negative_slope"])
+        _kernels.relu(x, out, self.params["negative_slope"])
         return out
 
 
@@ -37,7 +33,7 @@ class ClipOp(Op):
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
         out = buffers.empty(x.shape)
-        _kernels.clip(_flat(x), _flat(out), self.params["min"], self.params["max"])
+        _kernels.clip(x, out, self.params["min"], self.params["max"])
         return out
 
 
@@ -65,7 +61,7 @@ class SigmoidOp(Op):
     def run(self, xs, ws, nthreads, relu):
         x = xs[0]
         out = buffers.empty(x.shape)
-        _kernels.sigmoid(_flat(x), _flat(out))
+        _kernels.sigmoid(x, out)
         return out
 
 

@@ -35,8 +35,7 @@ class EltwiseOp(Op):
     def run(self, xs, ws, nthreads, relu, reuse=None):
         """reuse: an input buffer no later layer reads, to write the sum into."""
         out = reuse if reuse is not None else buffers.empty(xs[0].shape)
-        _kernels.eltwise_sum([buffers.reshape(x, (-1,)) for x in xs], buffers.reshape(out, (-1,)),
-                             self.params.get("coeff"), relu)
+        _kernels.eltwise_sum(xs, out, self.params.get("coeff"), relu)
         return out
 
 
