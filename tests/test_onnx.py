@@ -310,3 +310,35 @@ def test_resnet20_quantized_keeps_accuracy(tmp_path):
         acc[path] = (preds == labels).mean() * 100
     assert acc[dense] > 78
     assert acc[quant] >= acc[dense] - 1.5, acc
+
+
+def test_hostile_shape_computations_are_refused(tmp_path):
+    """Constant folding never allocates what a tiny file asks for."""
+    i64 = np.int64
+    for make in (lambda n: n.op("ConstantOfShape", [n.const([1 << 20, 1 << 20], i64)]),
+                 lambda n: n.op("Range", [n.const(0, i64), n.const(1 << 40, i64),
+                                          n.const(1, i64)]),
+                 lambda n: n.op("Expand", [n.const([1.0], np.float32),
+                                           n.const([1 << 16, 1 << 16], i64)])):
+        n = Net()
+        x = n.last
+        make(n)                      # folded first, in node order; its output unused
+        n.op("Relu", [x])
+        path = n.save(tmp_path / "h.onnx")
+        with pytest.raises(ModelError, match="h.onnx: node"):
+            _convert(tmp_path, path)
+
+
+def test_shape_of_an_initializer_folds(tmp_path):
+    """Shape and Size of a constant (PyTorch exports pads computed from a
+    constant's shape this way)."""
+    i64 = np.int64
+    n = Net((1, 2, 4, 4))
+    x = n.last
+    sh = n.op("Shape", [n.const(np.zeros((3, 5), np.float32))])
+    g = n.op("Gather", [sh, n.const(1, i64)], axis=0)          # 5
+    pads = n.op("Concat", [n.const([0, 0, 0], i64), n.op("Unsqueeze", [g, n.const([0], i64)]),
+                           n.const([0, 0, 0, 0], i64)], axis=0)  # [0,0,0,5, 0,0,0,0]
+    n.op("Pad", [x, pads, n.const(np.float32(1.5))], mode="constant")
+    m = _check(tmp_path, n.save(tmp_path / "s.onnx"), (1, 2, 4, 4))
+    assert m.layers[0].out_shape == (2, 4, 9)

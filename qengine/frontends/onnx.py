@@ -33,6 +33,7 @@ from ..files import check_regular
 OPSETS = (9, 21)
 MAX_BYTES = 2 << 30              # protobuf's own limit for one file
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_CONST = 1 << 24              # values of one folded constant (shape computations are tiny)
 
 # ops folded when all their inputs are constants (the shape subgraphs)
 FOLDABLE = {"Constant", "Shape", "Gather", "ConstantOfShape", "Concat", "Cast", "Reshape",
@@ -63,6 +64,13 @@ def is_onnx(path):
 
 class _Unsupported(Exception):
     pass
+
+
+def _count(shape):
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 class _Blob:
@@ -186,7 +194,7 @@ class _Translator:
         elif op == "ConstantOfShape":
             fill = self.nh.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
             shape = [int(s) for s in np.asarray(x).reshape(-1)]
-            if any(s < 0 for s in shape) or int(np.prod(shape)) > 1 << 24:
+            if any(s < 0 for s in shape) or _count(shape) > MAX_CONST:
                 raise _Unsupported(f"ConstantOfShape of shape {shape}")
             v = np.full(shape, fill.reshape(-1)[0], fill.dtype)
         elif op == "Concat":
@@ -230,8 +238,14 @@ class _Translator:
         elif op == "Where":
             v = np.where(ins[0], ins[1], ins[2])
         elif op == "Expand":
-            v = x * np.ones([int(s) for s in ins[1]], x.dtype)
+            shape = np.broadcast_shapes(x.shape, tuple(int(s) for s in ins[1]))
+            if _count(shape) > MAX_CONST:
+                raise _Unsupported(f"Expand to shape {list(shape)}")
+            v = np.broadcast_to(x, shape).copy()
         elif op == "Range":
+            start, limit, delta = (float(np.asarray(t).reshape(-1)[0]) for t in ins[:3])
+            if delta == 0 or max(0.0, np.ceil((limit - start) / delta)) > MAX_CONST:
+                raise _Unsupported(f"Range({start}, {limit}, {delta})")
             v = np.arange(ins[0], ins[1], ins[2])
         elif op == "Flatten":
             ax = a.get("axis", 1)
@@ -242,7 +256,10 @@ class _Translator:
             v = np.prod(x, keepdims=bool(a.get("keepdims", 1)))
         else:
             return False
-        self.const[node.output[0]] = np.asarray(v)
+        v = np.asarray(v)
+        if v.size > MAX_CONST:
+            raise _Unsupported(f"a constant of {v.size} values")
+        self.const[node.output[0]] = v
         return True
 
     def _slice_args(self, node, a, ins, ndim):
@@ -307,7 +324,8 @@ class _Translator:
             except ModelError:
                 raise
             except Exception as e:      # numpy on malformed constants
-                self.fail(node, f"cannot evaluate on its constant inputs ({e})")
+                self.fail(node, f"cannot evaluate on its constant inputs "
+                                f"({type(e).__name__}: {str(e)[:200]})")
             self.translate(node)
         out = self.g.output[0].name
         if out not in self.blobs:
