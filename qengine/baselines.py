@@ -141,13 +141,17 @@ def openvino_runners(graph, weights, batch=1, threads=1, calib=None):
     return runners
 
 
-def compare(model, x, runs, warmup=2, calib=None):
+def compare(model, x, runs, warmup=2, calib=None, dense=None):
     """Time qengine and every available dense baseline on x, interleaved run by run
-    (calib: calibration inputs for the int8 baselines that need them).  Returns [(name, median ms per image, max |diff| against qengine's output or
-    an error message)], qengine first."""
+    (calib: calibration inputs for the int8 baselines that need them; dense: the
+    same network with dense weights as a loaded qengine Model, the real speed-up's
+    baseline).  Returns [(name, median ms per image, max |diff| against qengine's
+    output or an error message)], qengine first."""
     import time
     weights = reference.model_weights(model)
     runners = {"qengine " + model.mode: model.forward}
+    if dense is not None:
+        runners["qengine dense (same network)"] = dense.forward
     threads = max(1, int(model.threads))
     for name, fn in onnxruntime_runners(model.graph, weights, batch=x.shape[0],
                                         threads=threads).items():

@@ -109,3 +109,19 @@ def test_dense_baselines_agree_with_qengine(tmp_path):
             continue  # int8 weights: not expected to agree closely
         assert ms is not None and ms > 0
         assert diff <= 1e-5, (name, diff)
+
+
+def test_qbench_compare_times_the_dense_twin(tmp_path, capsys):
+    """qbench --compare times the same network with dense weights (the real
+    speed-up's baseline) beside ONNX Runtime, every layer type included."""
+    import json
+    from modelkit import build_graph_model
+    from qengine.cli import qbench
+    path = str(tmp_path / "all.qcnn")
+    build_graph_model(path)
+    assert qbench.main([path, "--compare", "--runs", "2", "--warmup", "0", "--json",
+                        "--exact"]) == 0
+    rows = {r["runtime"]: r for r in json.loads(capsys.readouterr().out)["compare"]}
+    dense = rows["qengine dense (same network)"]
+    assert dense["ms_per_image"] > 0 and dense["max_abs_diff"] <= 1e-5
+    assert rows["onnxruntime fp32"]["max_abs_diff"] <= 1e-5

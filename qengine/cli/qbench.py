@@ -257,7 +257,10 @@ def main(argv=None):
             calib = None
             if args.calib:
                 calib = _calibration(model, args.calib, args.calib_count)
-            rows = compare(model, x, args.runs, calib=calib)
+            if tmpdir is None:
+                tmpdir = tempfile.TemporaryDirectory(prefix="qbench-")
+            dense = _dense_twin(model, path, tmpdir.name)
+            rows = compare(model, x, args.runs, calib=calib, dense=dense)
             q = rows[0][1]
             r["compare"] = [{"runtime": n, "ms_per_image": ms, "ratio": (ms / q if ms else None),
                              "max_abs_diff": d} for n, ms, d in rows]
@@ -273,6 +276,19 @@ def main(argv=None):
     else:
         print_table(r)
     return 0
+
+
+def _dense_twin(model, path, directory):
+    """The same network with its weights dequantized, loaded like the model
+    (None when every layer is dense already), written into `directory`."""
+    if all(getattr(op, "mode", "dense") == "dense" for op in model.layers if op.weighted):
+        return None
+    from ..convert import convert
+    from ..frontends import Source
+    from ..runtime import load
+    twin = os.path.join(directory, "dense.qcnn")
+    convert(Source("qcnn", path), twin, keep_dense=("all",), force=True)
+    return load(twin, mode=model.mode, threads=model.threads)
 
 
 def _calibration(model, src, count):
