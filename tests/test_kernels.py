@@ -26,6 +26,7 @@ CONV_CASES = [
     (9, 8, 8, 1, 1, 1, 0, 1, 5, 4, 256),       # 1x1, K = 256
     (6, 31, 29, 11, 11, 4, 0, 1, 9, 8, 128),   # AlexNet conv1-like
     (4, 3, 3, 3, 3, 1, 1, 1, 3, 3, 4),         # output as large as a tiny input
+    (300, 7, 6, 3, 3, 1, 1, 1, 7, 8, 16),      # dense: panel shared by < 4 blocks (plane mode)
 ]
 
 

@@ -157,9 +157,6 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
  * copies its J input rows into one contiguous [J][16] panel, which the
  * group's blocks then read in order (the rows themselves lie in J planes
  * far apart: the panel turns J scattered reads per block into one stream). */
-#ifndef QE_DENSE_W_BYTES
-#define QE_DENSE_W_BYTES (160 * 1024)
-#endif
 typedef int32_t QE_CAT(v8m, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
 
 /* Output channel co's 16 positions from r0, plus bias, ReLU'd when asked,
@@ -187,28 +184,81 @@ static inline void FN(dense_store_y)(float *y, int64_t R, int64_t r0, int co, co
     }
 }
 
-/* y != NULL (layers whose flattened positions are the output's, Wq == OW):
- * bias, ReLU and the output written here, no accumulator pass. */
-static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t *jbase, int J,
-                           const float *w, int CoutB, float *accbuf, float *y, int Cout,
-                           const float *bias, int relu, int nthreads)
+/* Lanes i >= i0 of a 16-lane pair taken from b, the others from a. */
+static inline V8 FN(vsel)(V8 a, V8 b, QE_CAT(v8m, QE_SUFFIX) m)
+{
+    return (V8)(((QE_CAT(v8m, QE_SUFFIX))a & ~m) | ((QE_CAT(v8m, QE_SUFFIX))b & m));
+}
+
+/* y != NULL: bias, ReLU and the output written here, no accumulator pass.
+ * gather != 0 (needs y): tiles of 16 *output* positions (OH x OW, no padding
+ * columns computed), each tile's panel gathered from the plane rows it spans
+ * (at most four runs, merged with vector blends); else tiles of 16 plane
+ * positions (OH x Wq), written to y only when Wq == OW, to accbuf otherwise.
+ * Returns nonzero when gather mode could not allocate its panel (nothing
+ * was written: the caller runs the plain mode). */
+static int FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t *jbase, int J,
+                          const float *w, int CoutB, float *accbuf, float *y, int Cout,
+                          const float *bias, int relu, int nthreads, int gather)
 {
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
-    const int64_t ntiles = (g->R + 15) / 16;   /* only tiles holding real positions */
+    const int64_t NR = gather ? (int64_t)g->OH * g->OW : g->R;
+    const int64_t ntiles = (NR + 15) / 16;   /* only tiles holding real positions */
     const int nblk = CoutB / QE_DENSE_CO;
     int per_group = (int)(QE_DENSE_W_BYTES / ((int64_t)J * QE_DENSE_CO * (int64_t)sizeof(float)));
     per_group = per_group < 1 ? 1 : per_group;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(| : failed)
     {
         float *panel = (float *)malloc(sizeof(float) * 16 * (size_t)J);
-        for (int b0 = 0; b0 < nblk; b0 += per_group) {
+        failed = gather && !panel;
+        for (int b0 = 0; b0 < nblk && !(gather && !panel); b0 += per_group) {
             const int b1 = b0 + per_group < nblk ? b0 + per_group : nblk;
             #pragma omp for schedule(static)
             for (int64_t t = 0; t < ntiles; t++) {
                 const int64_t r0 = t * 16;
                 const float *xs = panel;
                 int64_t step = 16;
-                if (panel) {
+                if (panel && gather) {
+                    /* the tile's plane positions; in a full tile, runs of
+                     * consecutive ones (run k from lane i0[k], read at base[k]
+                     * + lane: every read lies between the tile's first and last
+                     * position) merged by vector blends */
+                    int64_t q[16], base[4];
+                    QE_CAT(v8m, QE_SUFFIX) mlo[4], mhi[4];
+                    int nrun = 0;
+                    for (int i = 0; i < 16; i++) {
+                        const int64_t p = r0 + i < NR ? r0 + i : NR - 1;
+                        q[i] = p / g->OW * g->Wq + p % g->OW;
+                        if (i == 0 || q[i] != q[i - 1] + 1) {
+                            if (nrun < 4) {
+                                base[nrun] = q[i] - i;
+                                for (int l = 0; l < 8; l++) {
+                                    mlo[nrun][l] = l >= i ? -1 : 0;
+                                    mhi[nrun][l] = l + 8 >= i ? -1 : 0;
+                                }
+                            }
+                            nrun++;
+                        }
+                    }
+                    if (nrun <= 4 && r0 + 16 <= NR) {
+                        for (int j = 0; j < J; j++) {
+                            const float *s = xp + jbase[j];
+                            V8 lo = FN(vload)(s + base[0]), hi = FN(vload)(s + base[0] + 8);
+                            for (int k = 1; k < nrun; k++) {
+                                lo = FN(vsel)(lo, FN(vload)(s + base[k]), mlo[k]);
+                                hi = FN(vsel)(hi, FN(vload)(s + base[k] + 8), mhi[k]);
+                            }
+                            FN(vstore)(panel + 16 * j, lo);
+                            FN(vstore)(panel + 16 * j + 8, hi);
+                        }
+                    } else {    /* narrow rows, or the last tile: one value at a time */
+                        for (int j = 0; j < J; j++) {
+                            const float *s = xp + jbase[j];
+                            for (int i = 0; i < 16; i++) panel[16 * j + i] = s[q[i]];
+                        }
+                    }
+                } else if (panel) {
                     for (int j = 0; j < J; j++) {
                         const float *s = xp + jbase[j] + r0;
                         FN(vstore)(panel + 16 * j, FN(vload)(s));
@@ -235,12 +285,12 @@ static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t
                     }
                     if (y) {
                         const int co = cb * QE_DENSE_CO;
-                        FN(dense_store_y)(y, g->R, r0, co, bias, relu, c00, c01);
-                        if (co + 1 < Cout) FN(dense_store_y)(y, g->R, r0, co + 1, bias, relu, c10, c11);
-                        if (co + 2 < Cout) FN(dense_store_y)(y, g->R, r0, co + 2, bias, relu, c20, c21);
-                        if (co + 3 < Cout) FN(dense_store_y)(y, g->R, r0, co + 3, bias, relu, c30, c31);
-                        if (co + 4 < Cout) FN(dense_store_y)(y, g->R, r0, co + 4, bias, relu, c40, c41);
-                        if (co + 5 < Cout) FN(dense_store_y)(y, g->R, r0, co + 5, bias, relu, c50, c51);
+                        FN(dense_store_y)(y, NR, r0, co, bias, relu, c00, c01);
+                        if (co + 1 < Cout) FN(dense_store_y)(y, NR, r0, co + 1, bias, relu, c10, c11);
+                        if (co + 2 < Cout) FN(dense_store_y)(y, NR, r0, co + 2, bias, relu, c20, c21);
+                        if (co + 3 < Cout) FN(dense_store_y)(y, NR, r0, co + 3, bias, relu, c30, c31);
+                        if (co + 4 < Cout) FN(dense_store_y)(y, NR, r0, co + 4, bias, relu, c40, c41);
+                        if (co + 5 < Cout) FN(dense_store_y)(y, NR, r0, co + 5, bias, relu, c50, c51);
                         continue;
                     }
                     float *o = accbuf + (int64_t)cb * QE_DENSE_CO * RP + r0;
@@ -255,6 +305,7 @@ static void FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t
         }
         free(panel);
     }
+    return failed;
 }
 
 /* The fully-connected lookup table: T[m][k] = x_m . cb[m][k], rows ldT floats apart. */

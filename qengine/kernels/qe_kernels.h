@@ -15,6 +15,8 @@
 
 #define QE_TILE 64 /* output positions per register tile; scratch planes are padded to it */
 #define QE_DENSE_CO 6 /* output channels per register block of the dense convolution */
+/* weights of the output-channel blocks that share one input panel (L2) */
+#define QE_DENSE_W_BYTES (160 * 1024)
 
 /* Instruction sets the hot kernels are compiled for (one isa_*.c file each).
  * QE_ISA_AVX512_EMULATED is the AVX-512 code compiled against SIMDe for the
