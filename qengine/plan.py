@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import QEngineError
 from .graph import infer_shapes
-from .layers import QUANTIZABLE, layer_cost, subspace_inputs
+from .layers import QUANTIZABLE, layer_cost, subspace_inputs, subspaces
 
 SUBDIMS = (2, 3, 4, 6, 8)
 KS = (16, 32, 64, 128)
@@ -37,7 +37,7 @@ def operations(L, in_shape, out_shape, d=None, K=None):
     if d is None:
         return layer_cost(L, in_shape, out_shape)[0]
     _, table, lookups = layer_cost(L, in_shape, out_shape, K,
-                                   -(-subspace_inputs(L, in_shape) // d))
+                                   subspaces(L, in_shape, d))
     return table + lookups
 
 

@@ -12,6 +12,7 @@ codebooks and indices to fit each layer's response on calibration inputs.
 import numpy as np
 
 from .errors import ModelError
+from .layers.weighted import subspace_count
 
 MAX_CHUNK_FLOATS = 16 * 1024 * 1024  # distance matrix per k-means step
 
@@ -21,14 +22,14 @@ def subspace_vectors(w, kind, d):
     conv w [Cout, Cg, KH, KW] -> N = Cout*KH*KW; fc w [Cout, Cin] -> N = Cout."""
     if kind == "conv":
         cout, cg, kh, kw = w.shape
-        M = -(-cg // d)
+        M = subspace_count(cg, d)
         wp = np.zeros((cout, M * d, kh, kw), np.float32)
         wp[:, :cg] = w
         # [Cout, M, d, KH, KW] -> [M, Cout, KH, KW, d]
         v = wp.reshape(cout, M, d, kh, kw).transpose(1, 0, 3, 4, 2)
         return np.ascontiguousarray(v.reshape(M, cout * kh * kw, d))
     cout, cin = w.shape
-    M = -(-cin // d)
+    M = subspace_count(cin, d)
     wp = np.zeros((cout, M * d), np.float32)
     wp[:, :cin] = w
     return np.ascontiguousarray(wp.reshape(cout, M, d).transpose(1, 0, 2))
@@ -37,8 +38,8 @@ def subspace_vectors(w, kind, d):
 def indices_shape(w, kind, d):
     if kind == "conv":
         cout, cg, kh, kw = w.shape
-        return (cout, kh, kw, -(-cg // d))
-    return (w.shape[0], -(-w.shape[1] // d))
+        return (cout, kh, kw, subspace_count(cg, d))
+    return (w.shape[0], subspace_count(w.shape[1], d))
 
 
 def assign(X, C, with_dist=False):

@@ -7,6 +7,7 @@ import numpy as np
 from . import __version__, format as qformat
 from .frontends.presets import PRESETS, preset_graph
 from .graph import infer_shapes
+from .layers.weighted import subspace_count
 
 # (subspace dimension d, codebook size K), after the paper's AlexNet set-up
 CONV_QUANT = (8, 128)
@@ -33,13 +34,13 @@ def make_synthetic(arch, path, seed=0, force=True):
             d, K = CONV_QUANT
             cg = cin[0] // p["group"]
             kh, kw = p["kernel"]
-            M = -(-cg // d)
+            M = subspace_count(cg, d)
             idx_shape = (cout, kh, kw, M)
             fan_in = cg * kh * kw
         else:
             d, K = LAST_FC_QUANT if n == fcs[-1] else FC_QUANT
             c = int(np.prod(cin))
-            M = -(-c // d)
+            M = subspace_count(c, d)
             idx_shape = (cout, M)
             fan_in = c
         cb = (rng.standard_normal((M, K, d)) * np.sqrt(2.0 / fan_in)).astype(np.float32)

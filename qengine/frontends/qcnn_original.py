@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import FormatError, ModelError
 from ..graph import infer_shapes
+from ..layers.weighted import subspace_count
 from ..readers.qcnn_original import read_bin, read_cbn, scan_dir
 
 
@@ -62,13 +63,13 @@ def load_quantized_layers(directory, graph):
         if L["type"] == "Convolution":
             cin_g = x_shape[0] // p["group"]
             kh, kw = p["kernel"]
-            want_m = -(-cin_g // d)
+            want_m = subspace_count(cin_g, d)
             want = (cout, kh, kw, want_m)
         else:
             cin = 1
             for v in x_shape:
                 cin *= v
-            want_m = -(-cin // d)
+            want_m = subspace_count(cin, d)
             want = (cout, want_m)
         if M != want_m:
             raise ModelError(f"{files['ctrdLst']}: layer {idx} ({name}) needs {want_m} "

@@ -36,9 +36,14 @@ def dense_shape(L, in_shape):
     return (cout, subspace_inputs(L, in_shape))
 
 
+def subspace_count(inputs, d):
+    """M: how many subspaces of d inputs cover `inputs` (the last may be shorter)."""
+    return -(-inputs // d)
+
+
 def subspaces(L, in_shape, d):
     """M: how many subspaces of d inputs cover the layer's inputs."""
-    return -(-subspace_inputs(L, in_shape) // d)
+    return subspace_count(subspace_inputs(L, in_shape), d)
 
 
 def indices_shape(L, in_shape, d):
