@@ -27,7 +27,8 @@
 const qe_kernel_table QE_TABLE_NAME = {
     QE_CAT(lut_build, QE_SUFFIX), QE_CAT(lut_lookup, QE_SUFFIX),
     QE_CAT(scatter_rows, QE_SUFFIX), QE_CAT(dense_conv, QE_SUFFIX),
-    QE_CAT(fc_table, QE_SUFFIX), QE_CAT(lut_fc, QE_SUFFIX), QE_CAT(dense_fc, QE_SUFFIX),
+    QE_CAT(depthwise_conv, QE_SUFFIX), QE_CAT(fc_table, QE_SUFFIX),
+    QE_CAT(lut_fc, QE_SUFFIX), QE_CAT(dense_fc, QE_SUFFIX),
     QE_CAT(lrn, QE_SUFFIX), QE_CAT(fc_q8_lookup, QE_SUFFIX), QE_CAT(fc_f32_lookup, QE_SUFFIX),
     QE_CAT(conv16_build, QE_SUFFIX), QE_CAT(conv16_lookup, QE_SUFFIX),
     QE_CAT(conv16_lookup4, QE_SUFFIX), QE_CONV16_MAX_K, QE_CONV16_AUTO_K, QE_SIMD == 3,

@@ -271,6 +271,14 @@ int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Co
     return 0;
 }
 
+void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,
+                       int KW, int S, int P, const float *bias, int relu, float *y, int OH,
+                       int OW, int nthreads)
+{
+    K_()->depthwise_conv(x, C, H, W, w, mult, KH, KW, S, P, bias, relu, y, OH, OW,
+                         nthreads < 1 ? 1 : nthreads);
+}
+
 void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
                const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                int relu, int nthreads)

@@ -308,6 +308,49 @@ static int FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t 
     return failed;
 }
 
+/* Depthwise convolution (qe_depthwise_conv): output channel o reads input
+ * channel o / mult through its own KH x KW filter.  Per output row, each tap
+ * adds its input row times the filter weight along the row (contiguous and
+ * vectorised for stride 1), skipping the columns it would read in the padding;
+ * eight output rows at a time stay in L1 while the taps run over them. */
+static void FN(depthwise_conv)(const float *x, int C, int H, int W, const float *w, int mult,
+                               int KH, int KW, int S, int P, const float *bias, int relu,
+                               float *y, int OH, int OW, int nthreads)
+{
+    const int Cout = C * mult;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int o = 0; o < Cout; o++) {
+        const float *xc = x + (int64_t)(o / mult) * H * W;
+        const float *wo = w + (int64_t)o * KH * KW;
+        const float b = bias ? bias[o] : 0.f;
+        float *yo = y + (int64_t)o * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            float *__restrict yr = yo + (int64_t)oh * OW;
+            for (int ow = 0; ow < OW; ow++) yr[ow] = b;
+            for (int i = 0; i < KH; i++) {
+                const int h = oh * S - P + i;
+                if (h < 0 || h >= H) continue;
+                const float *xr = xc + (int64_t)h * W;
+                for (int j = 0; j < KW; j++) {
+                    const float wv = wo[i * KW + j];
+                    const int off = j - P;          /* input column = ow * S + off */
+                    int lo = off < 0 ? (-off + S - 1) / S : 0;
+                    int hi = W - 1 - off >= 0 ? (W - 1 - off) / S + 1 : 0;
+                    hi = hi > OW ? OW : hi;
+                    if (S == 1) {
+                        const float *__restrict xs = xr + off;
+                        for (int ow = lo; ow < hi; ow++) yr[ow] += wv * xs[ow];
+                    } else {
+                        for (int ow = lo; ow < hi; ow++) yr[ow] += wv * xr[(int64_t)ow * S + off];
+                    }
+                }
+            }
+            if (relu)
+                for (int ow = 0; ow < OW; ow++) yr[ow] = yr[ow] > 0.f ? yr[ow] : 0.f;
+        }
+    }
+}
+
 /* The fully-connected lookup table: T[m][k] = x_m . cb[m][k], rows ldT floats apart. */
 static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K, int d, float *T,
                          int ldT)

@@ -18,6 +18,8 @@ typedef struct {
     void (*scatter_rows)(const qe_conv_geom *, const float *, int, const float *, int, float *, int);
     int (*dense_conv)(const qe_conv_geom *, const float *, const int64_t *, int, const float *,
                       int, float *, float *, int, const float *, int, int, int);
+    void (*depthwise_conv)(const float *, int, int, int, const float *, int, int, int, int, int,
+                           const float *, int, float *, int, int, int);
     void (*fc_table)(const float *, int, const float *, int, int, int, float *, int);
     void (*lut_fc)(const float *, int, const float *, int, int, int, const uint8_t *, int,
                    const float *, float *, float *, int, int);
