@@ -328,7 +328,57 @@ def more_seeds(tmp):
         model.predict(img)
     for name, b in image_kinds().items():
         out[f"image-{name}"] = (b, read_image_every_way)
+    try:
+        out["onnx"] = (onnx_seed(), convert_and_run_onnx)
+    except ImportError:     # the onnx package is an optional extra
+        pass
     return out
+
+
+def onnx_seed():
+    """A small ONNX model using many of the ops the frontend translates."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+    nodes.append(helper.make_node("Conv", ["x", const("w", rng.standard_normal((4, 3, 3, 3))
+                                                      .astype(np.float32)), const("b", np.zeros(4, np.float32))],
+                                  ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+    nodes.append(helper.make_node("Slice", ["r", const("st", np.array([0, 0], np.int64)),
+                                            const("en", np.array([8, 8], np.int64)),
+                                            const("ax", np.array([2, 3], np.int64)),
+                                            const("sp", np.array([2, 2], np.int64))], ["s"]))
+    nodes.append(helper.make_node("Pad", ["s", const("pd", np.array([0, 1, 0, 0, 0, 1, 0, 0],
+                                                                    np.int64))], ["p"]))
+    nodes.append(helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(helper.make_node("Concat", ["m", "p"], ["cat"], axis=1))
+    nodes.append(helper.make_node("GlobalAveragePool", ["cat"], ["g"]))
+    nodes.append(helper.make_node("Flatten", ["g"], ["f"]))
+    nodes.append(helper.make_node("Gemm", ["f", const("fw", rng.standard_normal((5, 10))
+                                                      .astype(np.float32))], ["y"], transB=1))
+    g = helper.make_graph(nodes, "seed", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                       [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return m.SerializeToString()
+
+
+def convert_and_run_onnx(path):
+    """qconvert an ONNX model (dense) and run what it gives."""
+    import tempfile
+    import qengine
+    from qengine.convert import convert_onnx
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "m.qcnn")
+        convert_onnx(path, out, keep_dense=("all",))
+        m = qengine.load(out)
+        m.forward(np.ones((2,) + m.input_shape, np.float32))
 
 
 # -- the harness: each input in a worker process with a memory cap, the parent

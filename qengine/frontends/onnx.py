@@ -326,7 +326,11 @@ class _Translator:
             except Exception as e:      # numpy on malformed constants
                 self.fail(node, f"cannot evaluate on its constant inputs "
                                 f"({type(e).__name__}: {str(e)[:200]})")
-            self.translate(node)
+            try:
+                self.translate(node)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError,
+                    OverflowError) as e:     # attributes of unexpected kinds or sizes
+                self.fail(node, f"malformed node ({type(e).__name__}: {str(e)[:200]})")
         out = self.g.output[0].name
         if out not in self.blobs:
             raise ModelError(f"{self.path}: the output {out!r} is not computed from the input "
