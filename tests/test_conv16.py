@@ -222,3 +222,24 @@ def test_alexnet_pool5_fast_within_half_a_percent(alexnet_qcnn, monkeypatch):
     err = np.linalg.norm(a - b) / np.linalg.norm(b)
     assert err <= 5e-3, f"pool5 relative L2 error {err:.2e}"
     assert err > 0   # the fast path did run on other tables
+
+
+@pytest.mark.parametrize("cout", [5, 16, 31, 32, 33, 70])
+def test_narrow_layers_skip_padding_channels(tmp_path, monkeypatch, cout):
+    """Layers with fewer outputs than a 64-channel block: the register halves
+    holding only padding channels are skipped; every real channel still gets
+    the 16-bit tables' sums (fast vs exact, within their precision)."""
+    import qengine
+    from modelkit import build, conv
+    monkeypatch.setenv("QENGINE_CONV16", "1")
+    g = {"input": {"name": "data", "shape": [16, 12, 12]},
+         "layers": [conv("c", "data", cout, 3, p=1)]}
+    path = str(tmp_path / "n.qcnn")
+    build(path, g, dense=(), d_conv=4, k_conv=16, meta_extra={"class_names": []})
+    fast = qengine.load(path, mode="fast", strategy="lut")
+    exact = qengine.load(path, mode="exact", strategy="lut")
+    if fast.layer_strategies()["c"] != "lut16":
+        pytest.skip("this instruction set has no register tables for K=16")
+    x = np.random.default_rng(cout).standard_normal((2, 16, 12, 12)).astype(np.float32)
+    a, b = fast.forward(x), exact.forward(x)
+    assert np.abs(a - b).max() <= 2e-4 * np.abs(b).max()

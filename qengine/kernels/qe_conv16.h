@@ -236,21 +236,25 @@ static void FN(c16_block_any)(const uint8_t *Q, int Kp, const int64_t *tb, int J
 }
 
 static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
-                              const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
+                              const uint8_t *aT, int Cop, int Cuse, int64_t R, int32_t *acc,
+                              int nthreads)
 {
     if (Kp > QE_CONV16_MAX_K) {
-        qe_kernels_generic.conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads);
+        qe_kernels_generic.conv16_lookup(Q, Kp, tb, J, aT, Cop, Cuse, R, acc, nthreads);
         return;
     }
     const int64_t nrb = R / QE_C16_P;
     const int nb = Cop / 64;
     /* position blocks outer: their tables (QE_C16_P x J x 2Kp bytes) stay in
-     * L2 while every channel block looks them up */
+     * L2 while every channel block looks them up.  A register's worth of
+     * channels all at or beyond Cuse (the padding of a narrow layer: 16 or 32
+     * outputs in a 64-channel block) is skipped; its slots stay unwritten. */
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t rb = 0; rb < nrb; rb++)
         for (int b = 0; b < nb; b++)
             for (int h = 0; h < 64 / QV_BYTES; h++)
-                FN(c16_block_any)(Q, Kp, tb, J, aT, Cop, rb * QE_C16_P, b, h, acc);
+                if (b * 64 + h * QV_BYTES < Cuse)
+                    FN(c16_block_any)(Q, Kp, tb, J, aT, Cop, rb * QE_C16_P, b, h, acc);
 }
 #undef QE_C16_P
 #undef QE_C16_LOOK
@@ -259,8 +263,10 @@ static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J
 #else /* portable body: the reference the SIMD bodies are tested against */
 
 static void FN(conv16_lookup)(const uint8_t *Q, int Kp, const int64_t *tb, int J,
-                              const uint8_t *aT, int Cop, int64_t R, int32_t *acc, int nthreads)
+                              const uint8_t *aT, int Cop, int Cuse, int64_t R, int32_t *acc,
+                              int nthreads)
 {
+    (void)Cuse;     /* every channel is computed here: a superset of the SIMD bodies' */
     int slot[64];
     for (int c = 0; c < 64; c++) slot[c] = qe_conv16_slot(c);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)

@@ -538,7 +538,7 @@ void qe_conv16_lookup4(const uint8_t *Q, const int64_t *tb, int J4, const uint8_
 void qe_conv16_lookup(const uint8_t *Q, int Kp, const int64_t *tb, int J, const uint8_t *aT,
                       int Cop, int64_t R, int32_t *acc, int nthreads)
 {
-    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R, acc, nthreads < 1 ? 1 : nthreads);
+    K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, Cop, R, acc, nthreads < 1 ? 1 : nthreads);
 }
 
 int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, int K, int d,
@@ -590,7 +590,7 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     if (quad)
         K_()->conv16_lookup4(Q, tb, J4, aT, Cop, R4, acc, nthreads);
     else
-        K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, R4, acc, nthreads);
+        K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, Cout, R4, acc, nthreads);
     const int64_t OHW = (int64_t)g->OH * g->OW;
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int co = 0; co < Cout; co++) {

@@ -31,7 +31,7 @@ typedef struct {
     /* the fast convolution's quantised tables and register lookups (qe_conv16.h) */
     float (*conv16_build)(const qe_conv_geom *, const float *, const float *, int, int, int,
                           float *, float, uint8_t *, int, int);
-    void (*conv16_lookup)(const uint8_t *, int, const int64_t *, int, const uint8_t *, int,
+    void (*conv16_lookup)(const uint8_t *, int, const int64_t *, int, const uint8_t *, int, int,
                           int64_t, int32_t *, int);
     void (*conv16_lookup4)(const uint8_t *, const int64_t *, int, const uint8_t *, int, int64_t,
                            int32_t *, int);
