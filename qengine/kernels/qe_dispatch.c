@@ -592,17 +592,22 @@ int qe_conv16(const qe_conv_geom *g, const float *xp, const float *cb, int M, in
     else
         K_()->conv16_lookup(Q, Kp, tb, J, aT, Cop, Cout, R4, acc, nthreads);
     const int64_t OHW = (int64_t)g->OH * g->OW;
+    /* output rows outer: one row's accumulators (OW x Cop int32) stay in cache
+     * while every channel reads its column of them (channels outer swept the
+     * whole accumulator once per channel: 0.5 ms for 256 channels at 32x32) */
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int co = 0; co < Cout; co++) {
-        const int32_t *a = acc + (quad ? co : (co & ~63) + qe_conv16_slot(co & 63));
-        const float b = bias ? bias[co] : 0.f;
-        float *yc = y + co * OHW;
-        for (int oh = 0; oh < g->OH; oh++)
+    for (int oh = 0; oh < g->OH; oh++) {
+        const int64_t r0 = (int64_t)oh * g->Wq;
+        for (int co = 0; co < Cout; co++) {
+            const int32_t *a = acc + r0 * Cop + (quad ? co : (co & ~63) + qe_conv16_slot(co & 63));
+            const float b = bias ? bias[co] : 0.f;
+            float *yr = y + co * OHW + (int64_t)oh * g->OW;
+            const float *o = off + r0;
             for (int ow = 0; ow < g->OW; ow++) {
-                const int64_t r = (int64_t)oh * g->Wq + ow;
-                const float v = s * (float)a[r * Cop] + off[r] + b;
-                yc[(int64_t)oh * g->OW + ow] = relu && v < 0.f ? 0.f : v;
+                const float v = s * (float)a[(int64_t)ow * Cop] + o[ow] + b;
+                yr[ow] = relu && v < 0.f ? 0.f : v;
             }
+        }
     }
     free(tb); free(tm);
     return 0;
