@@ -5,6 +5,7 @@ post-training quantisation on calibration inputs) where they are installed."""
 import numpy as np
 
 from . import reference
+from .export_onnx import onnx_model
 from .layers import pool_output
 
 
@@ -57,12 +58,6 @@ NUMPY_LAYERS = {
 def numpy_runner(graph, weights):
     """A callable x -> output: im2col + GEMM (numpy's BLAS) for conv and fc."""
     return lambda x: reference.forward(graph, weights, x, layers=NUMPY_LAYERS)
-
-
-def onnx_model(graph, weights, batch=1):
-    """The network as an ONNX ModelProto (needs the onnx package)."""
-    from .export_onnx import onnx_model as build
-    return build(graph, weights, batch)
 
 
 def onnxruntime_runners(graph, weights, batch=1, threads=1, int8=True):

@@ -93,8 +93,3 @@ def infer_shapes(g):
                                  f"earlier layer (only in-place layers may reuse a name)")
             shapes[top] = out
     return shapes
-
-
-def layer_work(L, in_shapes, out_shape):
-    """Operations per image of a layer (the budget's work): its record's rule."""
-    return record(L["type"]).work(L["params"], in_shapes, out_shape)

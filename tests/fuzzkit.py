@@ -341,7 +341,6 @@ def more_seeds(tmp):
 
 def onnx_seed():
     """A small ONNX model using many of the ops the frontend translates."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     inits, nodes = [], []

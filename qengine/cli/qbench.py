@@ -117,11 +117,6 @@ def print_table(r):
                   f"{c['max_abs_diff']:.3g}")
 
 
-def weight_bytes(model):
-    """(dense float32 weight bytes, stored weight bytes) of a model's weighted layers."""
-    return model.weight_bytes()
-
-
 def accuracy(args):
     from ..datasets import evaluate, open_set
     from ..runtime import load
@@ -149,7 +144,7 @@ def accuracy(args):
             costs = m.layer_costs(as_quantized=True)
             dmacs = sum(c[2] for c in costs)
             q = sum((c[3] + c[4]) if (c[3] or c[4]) else c[2] for c in costs)
-            dense_b, stored_b = weight_bytes(m)
+            dense_b, stored_b = m.weight_bytes()
     return {"set": args.accuracy, "images": len(labels), "rows": rows,
             "theoretical_speedup": dmacs / q if q else 1.0,
             "dense_weight_bytes": dense_b, "stored_weight_bytes": stored_b,

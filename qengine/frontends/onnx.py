@@ -57,11 +57,6 @@ def _onnx():
     return onnx, numpy_helper
 
 
-def is_onnx(path):
-    """A file that looks like an ONNX model: named .onnx (protobuf has no magic)."""
-    return str(path).lower().endswith(".onnx") and os.path.isfile(path)
-
-
 class _Unsupported(Exception):
     pass
 

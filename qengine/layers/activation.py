@@ -1,7 +1,7 @@
 """Element-wise activations and the layers that pass their input through:
 ReLU (leaky), Clip (ReLU6), Sigmoid, Softmax over channels, Dropout."""
 from .. import _kernels, buffers
-from .base import FLOAT32_MAX, LayerType, Op, is_num, np, register
+from .base import LayerType, Op, is_num, np, register
 
 
 class ReLUOp(Op):
@@ -52,9 +52,6 @@ class Clip(LayerType):
     def reference(self, p, xs, wb):
         n_ = np()
         return n_.clip(xs[0], n_.float32(p["min"]), n_.float32(p["max"])).astype(n_.float32)
-
-
-CLIP_UNBOUNDED = FLOAT32_MAX   # the bound a Clip without one gets
 
 
 class SigmoidOp(Op):
