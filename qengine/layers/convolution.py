@@ -5,10 +5,10 @@ import os
 
 from .. import _kernels, buffers
 from ..errors import ModelError
-from .base import MAX_DIM, LayerType, conv_output, is_int, need_chw, np, register
+from .base import MAX_DIM, conv_output, is_int, need_chw, np, register
 from .weighted import (LOOKUP_COST_FLOAT_ROWS, LOOKUP_COST_FLOAT_ROWS_SMALL_K,
-                       LOOKUP_COST_REGISTER, WeightedOp, blocked_conv_weights, conv16_k_limit,
-                       dense_shape, dequantize, dequantize_conv, layer_cost)
+                       LOOKUP_COST_REGISTER, WeightedOp, WeightedType, blocked_conv_weights,
+                       conv16_k_limit, dequantize, dequantize_conv, layer_cost)
 
 
 class ConvOp(WeightedOp):
@@ -176,11 +176,10 @@ def conv2d(x, w, b, stride=1, pad=0, groups=1):
 
 
 @register
-class Convolution(LayerType):
+class Convolution(WeightedType):
     """num_output, kernel [kh, kw], stride, pad, group, bias_term (bool)."""
 
     type = "Convolution"
-    fuses_relu = True
     Op = ConvOp
 
     def check(self, p, need):
@@ -209,13 +208,6 @@ class Convolution(LayerType):
                              f"for kernel {kh}x{kw} on input {h}x{w}")
         return (p["num_output"], conv_output(h, kh, p["stride"], p["pad"]),
                 conv_output(w, kw, p["stride"], p["pad"]))
-
-    def work(self, p, ins, out):
-        return layer_cost({"type": self.type, "params": p}, ins[0], out)[0]
-
-    def weight_shapes(self, p, ins):
-        return {"weight": dense_shape({"type": self.type, "params": p}, ins[0]),
-                "bias": (p["num_output"],)}
 
     def reference(self, p, xs, wb):
         return conv2d(xs[0], wb[0], wb[1], p["stride"], p["pad"], p["group"])

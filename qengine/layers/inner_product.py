@@ -1,8 +1,8 @@
 """InnerProduct (fully connected): a record of its rules and the op that runs
 it (dense, float lookup tables, or 8-bit tables in SIMD registers in fast mode)."""
 from .. import _kernels, buffers
-from .base import MAX_DIM, LayerType, is_int, np, register
-from .weighted import (DEQUANTIZE_RATIO, WeightedOp, block_fc_indices, dense_shape, dequantize,
+from .base import MAX_DIM, is_int, np, register
+from .weighted import (DEQUANTIZE_RATIO, WeightedOp, WeightedType, block_fc_indices, dequantize,
                        dequantize_fc, fc_register_layout, layer_cost)
 
 
@@ -84,11 +84,10 @@ class FCOp(WeightedOp):
 
 
 @register
-class InnerProduct(LayerType):
+class InnerProduct(WeightedType):
     """num_output, bias_term (bool); the input is flattened."""
 
     type = "InnerProduct"
-    fuses_relu = True
     Op = FCOp
 
     def check(self, p, need):
@@ -96,13 +95,6 @@ class InnerProduct(LayerType):
 
     def shape(self, p, ins, where):
         return (p["num_output"],)
-
-    def work(self, p, ins, out):
-        return layer_cost({"type": self.type, "params": p}, ins[0], out)[0]
-
-    def weight_shapes(self, p, ins):
-        return {"weight": dense_shape({"type": self.type, "params": p}, ins[0]),
-                "bias": (p["num_output"],)}
 
     def reference(self, p, xs, wb):
         n_ = np()

@@ -5,7 +5,7 @@ import os
 
 from .. import _kernels, buffers
 from ..errors import ModelError
-from .base import Op, check_tensor
+from .base import LayerType, Op, check_tensor
 
 # A quantized layer runs densely on its dequantized weights when its tables and
 # lookups would cost this many times its dense multiply-adds (same sums either way).
@@ -53,6 +53,21 @@ def indices_shape(L, in_shape, d):
     if L["type"] == "Convolution":
         return shape[:1] + shape[2:] + (M,)
     return (shape[0], M)
+
+
+class WeightedType(LayerType):
+    """The record rules Convolution and InnerProduct share: their work is their
+    dense multiply-adds, their tensors a dense weight and a bias (quantized:
+    codebooks and indices standing for the weight)."""
+
+    fuses_relu = True
+
+    def work(self, p, ins, out):
+        return layer_cost({"type": self.type, "params": p}, ins[0], out)[0]
+
+    def weight_shapes(self, p, ins):
+        return {"weight": dense_shape({"type": self.type, "params": p}, ins[0]),
+                "bias": (p["num_output"],)}
 
 
 def layer_cost(L, in_shape, out_shape, K=None, M=None):
