@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import FormatError, ModelError
 from ..files import open_regular
 from ..graph import MAX_DIM, MAX_LAYERS, SUPPORTED, infer_shapes, validate
+from ..layers.weighted import scale_outputs
 from ..readers import prototxt
 
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # a prototxt
@@ -338,10 +339,8 @@ def fold_affine(graph, weights):
                 prev["type"] in ("Convolution", "InnerProduct") and \
                 L["bottom"] == prev["top"] and \
                 (L["top"] == L["bottom"] or readers.get(L["bottom"][0]) == 1):
-            s, t = (np.asarray(v, np.float64) for v in weights.pop(L["name"]))
-            w, b = weights[prev["name"]]
-            w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
-            weights[prev["name"]] = (w, (b.astype(np.float64) * s + t).astype(np.float32))
+            weights[prev["name"]] = scale_outputs(*weights[prev["name"]],
+                                                  *weights.pop(L["name"]))
             prev["top"] = list(L["top"])
             prev["params"]["bias_term"] = True
             continue

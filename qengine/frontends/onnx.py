@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import FormatError, InputError, ModelError
 from ..files import check_regular
+from ..layers.weighted import scale_outputs
 
 OPSETS = (9, 21)
 MAX_BYTES = 2 << 30              # protobuf's own limit for one file
@@ -450,10 +451,7 @@ class _Translator:
         if prod is not None and prod["type"] in ("Convolution", "InnerProduct", "Scale") \
                 and self.readers.get(node.input[0], 0) == 1:
             # folded into the layer before: w and b (or a Scale's own) scaled per channel
-            w, b = self.weights[prod["name"]]
-            w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
-            b = (b.astype(np.float64) * s + t).astype(np.float32)
-            self.weights[prod["name"]] = (w, b)
+            self.weights[prod["name"]] = scale_outputs(*self.weights[prod["name"]], s, t)
             return x
         return self.add(node, "Scale", [x], {}, node.output[0],
                         weights=(s.astype(np.float32).copy(), t.astype(np.float32).copy()))

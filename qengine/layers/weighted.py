@@ -70,6 +70,17 @@ class WeightedType(LayerType):
                 "bias": (p["num_output"],)}
 
 
+def scale_outputs(w, b, s, t):
+    """Dense weights (w [Cout, ...], b [Cout]) followed by y = s[c] * y + t[c]
+    as one layer (batch norm folded into the convolution before it): w scaled
+    per output channel, b -> b * s + t, in float64, returned as float32.  A
+    Scale layer's own (scale, shift) fold the same way."""
+    import numpy
+    s, t = numpy.asarray(s, numpy.float64), numpy.asarray(t, numpy.float64)
+    w = numpy.asarray(w, numpy.float64) * s.reshape((-1,) + (1,) * (numpy.ndim(w) - 1))
+    return w.astype(numpy.float32), (numpy.asarray(b, numpy.float64) * s + t).astype(numpy.float32)
+
+
 def layer_cost(L, in_shape, out_shape, K=None, M=None):
     """Theoretical work of a Convolution or InnerProduct layer per image:
     (dense multiply-adds, table multiply-adds, lookups).  With K and M (codebook
