@@ -221,7 +221,7 @@ class Model:
             elif i in self._reuse:              # a sum written over an input
                 size = 0
                 alias = live.get(op.bottom[self._reuse[i]], 0) or 1
-            elif op.type in ("Dropout", "Flatten"):   # its input's buffer
+            elif op.aliases_input:              # its input's buffer
                 size = 0
                 alias = live.get(op.bottom[0], 0) or 1
             now = sum(live.values()) + size
@@ -275,16 +275,15 @@ class Model:
             for t in op.top:
                 if t not in op.bottom:
                     producer[t] = i
-        passes = {"Dropout", "Flatten"}
         plan = {}
         for i, op in enumerate(self._ops):
             if op.type != "Eltwise":
                 continue
             for k, b in enumerate(op.bottom):
                 pi = producer.get(b)
-                if pi is None or pi in self._concat_into or self._ops[pi].type in passes \
+                if pi is None or pi in self._concat_into or self._ops[pi].aliases_input \
                         or op.bottom.count(b) > 1 or self._last_use.get(b) != i \
-                        or any(self._ops[r].type in passes for r in self._readers[b]):
+                        or any(self._ops[r].aliases_input for r in self._readers[b]):
                     continue
                 # a ReLU fused into the producer or applied in place keeps the buffer
                 plan[i] = k

@@ -103,6 +103,7 @@ class Softmax(LayerType):
 
 class PassOp(Op):
     strategy = "none"
+    aliases_input = True
 
     def run(self, xs, ws, nthreads, relu):
         return xs[0]

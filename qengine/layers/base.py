@@ -96,6 +96,7 @@ class Op:
 
     weighted = False
     strategy = "kernel"
+    aliases_input = False     # returns its input's buffer (Dropout, Flatten): no copy
 
     def __init__(self, L, in_shapes, out_shape, qf=None, opts=None):
         self.L = L

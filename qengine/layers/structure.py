@@ -75,6 +75,7 @@ class Eltwise(LayerType):
 
 class FlattenOp(Op):
     strategy = "none"
+    aliases_input = True
 
     def run(self, xs, ws, nthreads, relu):
         return buffers.reshape(xs[0], (xs[0].shape[0], -1))
