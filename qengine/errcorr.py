@@ -19,7 +19,7 @@ import numpy as np
 from . import _kernels
 from .quantize import reconstruct
 from .reference import LAYERS
-from .layers.pooling import kind as pool_kind
+from .layers.pooling import pool_into
 from .layers.weighted import blocked_conv_weights
 
 MAX_POSITIONS = 6144
@@ -54,12 +54,7 @@ def _pool(p, xs, wb):
     x = np.ascontiguousarray(xs[0], np.float32)
     n, c, h, w = x.shape
     out = np.empty((n,) + record("Pooling").shape(p, [(c, h, w)], "pooling"), np.float32)
-    if p["global"]:
-        _kernels.pool(x, out, h, w, 1, 1, 0, 0, pool_kind(p))
-        return out
-    (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-    _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, pool_kind(p))
-    return out
+    return pool_into(p, x, out)
 
 
 # the reference's layers with the C kernels for the heavy ones (calibration runs are large)

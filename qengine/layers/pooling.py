@@ -18,18 +18,19 @@ def kind(p):
     return 2 if _rules(p)[1] and not p["global"] else 1
 
 
+def pool_into(p, x, out, nthreads=1):
+    """Pool x [N, C, H, W] into out (its shape from the record's rule) by the C kernel."""
+    if p["global"]:
+        _kernels.pool(x, out, x.shape[2], x.shape[3], 1, 1, 0, 0, kind(p), nthreads)
+    else:
+        (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
+        _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, kind(p), nthreads)
+    return out
+
+
 class PoolOp(Op):
     def run(self, xs, ws, nthreads, relu):
-        x = xs[0]
-        out = self.new_out(x.shape[0])
-        p = self.params
-        _, h, w = self.in_shapes[0]
-        if p["global"]:
-            _kernels.pool(x, out, h, w, 1, 1, 0, 0, kind(p), nthreads)
-        else:
-            (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["pad"]
-            _kernels.pool(x, out, kh, kw, sh, sw, ph, pw, kind(p), nthreads)
-        return out
+        return pool_into(self.params, xs[0], self.new_out(xs[0].shape[0]), nthreads)
 
 
 @register
