@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from ..buffers import count
 from ..errors import FormatError, InputError, ModelError
 from ..files import check_regular
 from ..layers.weighted import scale_outputs
@@ -61,12 +62,6 @@ def _onnx():
 class _Unsupported(Exception):
     pass
 
-
-def _count(shape):
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 class _Blob:
@@ -190,7 +185,7 @@ class _Translator:
         elif op == "ConstantOfShape":
             fill = self.nh.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
             shape = [int(s) for s in np.asarray(x).reshape(-1)]
-            if any(s < 0 for s in shape) or _count(shape) > MAX_CONST:
+            if any(s < 0 for s in shape) or count(shape) > MAX_CONST:
                 raise _Unsupported(f"ConstantOfShape of shape {shape}")
             v = np.full(shape, fill.reshape(-1)[0], fill.dtype)
         elif op == "Concat":
@@ -235,7 +230,7 @@ class _Translator:
             v = np.where(ins[0], ins[1], ins[2])
         elif op == "Expand":
             shape = np.broadcast_shapes(x.shape, tuple(int(s) for s in ins[1]))
-            if _count(shape) > MAX_CONST:
+            if count(shape) > MAX_CONST:
                 raise _Unsupported(f"Expand to shape {list(shape)}")
             v = np.broadcast_to(x, shape).copy()
         elif op == "Range":
