@@ -222,24 +222,54 @@ def convert_qcnn(src, out, preprocess=None, labels=None, **kw):
     return convert(Source("qcnn", src), out, preprocess=preprocess, labels=labels, **kw)
 
 
-def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_subdim=4, fc_k=32,
-                   layer_opts=None, keep_dense=(), labels=None, preprocess=None, iters=25, seed=0,
-                   calib=None, speedup=None, force=False, log=None, progress=None,
-                   prepared=None):
+DEFAULT_SETTINGS = {"conv_subdim": 8, "conv_k": 128, "fc_subdim": 4, "fc_k": 32}
+
+
+class Steps:
+    """The wall time of each step of a conversion, logged as each ends."""
+
+    def __init__(self, log):
+        self.log, self.times, self.t = log, {}, time.time()
+
+    def done(self, step):
+        now, took = time.time(), time.time() - self.t
+        self.times[step] = self.times.get(step, 0.0) + took
+        self.t = now
+        self.log(f"[{step}: {took:.1f} s]")
+
+
+def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, fc_subdim=None,
+                   fc_k=None, layer_opts=None, keep_dense=(), labels=None, preprocess=None,
+                   iters=25, seed=0, calib=None, speedup=None, force=False, log=None,
+                   progress=None, prepared=None, plan_on="time", min_agreement=None,
+                   finetune=None):
     """Quantise a dense model (graph and {layer: (w, b)}) into `out` (.qcnn).
 
-    layer_opts: {layer: {"subdim": d, "k": K}} overriding the defaults;
+    conv_subdim, conv_k, fc_subdim, fc_k: one (d, K) for every convolution /
+    fully-connected layer (DEFAULT_SETTINGS for those not given);
+    layer_opts: {layer: {"subdim": d, "k": K}} overriding them;
     keep_dense: layer names kept as dense weights ("all" keeps every layer, which
-    makes a dense reference model); calib: float32 inputs [N, C, H, W] for error
-    correction (None: plain k-means); speedup: a theoretical speed-up for which
-    plan.py picks each remaining layer's d and K (or keeps it dense), measuring
-    errors on calib; preprocess: keyword options of
-    make_preprocess() (mean, mean_pixel, scale, channel_order, resize, crop);
-    prepared: ((spec, tensors) or None, class names or None) already made, as
-    a .qcnn source carries them (convert_qcnn)."""
-    from .quantize import quantize_weights
+    makes a dense reference model); calib: float32 inputs [N, C, H, W] (an
+    array or memory map, read in batches) for error correction (None: plain
+    k-means); speedup: a speed-up over the dense network for which plan.py
+    picks each remaining layer's d and K (or keeps it dense), measuring errors
+    on calib.  With calib and none of the settings above, the settings are
+    chosen automatically: the fastest plan whose top-1 agreement with the
+    dense network, on the calibration inputs held out from fitting (every
+    HOLDOUT_EVERY-th), is at least min_agreement (plan.DEFAULT_MIN_AGREEMENT).
+    preprocess: keyword options of make_preprocess() (mean, mean_pixel,
+    scale, channel_order, resize, crop); prepared: ((spec, tensors) or None,
+    class names or None) already made, as a .qcnn source carries them
+    (convert_qcnn); plan_on: what plans and the predicted speed are priced by:
+    "time" (each layer form timed on this machine, costmodel.CostModel) or
+    "operations" (multiply-adds + lookups); finetune: None, or keyword
+    options of finetune.finetune() (epochs, lr, ...) to fine-tune codebooks
+    and biases by distillation after error correction (needs calib and
+    PyTorch).  Returns the file's size."""
+    from .costmodel import CostModel, OperationCounts
+    from . import plan as planning
     log = log or (lambda m: None)
-    t0 = time.time()
+    steps = Steps(log)
     if not force and os.path.exists(out):
         raise QEngineError(f"{out}: already exists (use --force to replace it)")
     layer_opts = dict(layer_opts or {})
@@ -249,9 +279,21 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
         if n not in known:
             raise QEngineError(f"no Convolution or InnerProduct layer named {n!r}; "
                                f"layers: {', '.join(sorted(known))}")
+    if plan_on not in ("time", "operations"):
+        raise QEngineError(f"plan_on must be 'time' or 'operations', got {plan_on!r}")
+    given = {"conv_subdim": conv_subdim, "conv_k": conv_k, "fc_subdim": fc_subdim, "fc_k": fc_k}
+    explicit = any(v is not None for v in given.values()) or layer_opts or speedup is not None
+    settings = {k: DEFAULT_SETTINGS[k] if v is None else int(v) for k, v in given.items()}
+    auto = calib is not None and not explicit and not all_dense
+    if min_agreement is not None and not auto:
+        raise QEngineError("--min-agreement chooses the settings itself: it needs calibration "
+                           "images and none of --speedup, --layer, --conv-*, --fc-*")
+    min_agreement = planning.DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement
+    if not 0.0 <= min_agreement <= 1.0:
+        raise QEngineError(f"--min-agreement must be between 0 and 1, got {min_agreement:g}")
     # everything that can fail on the user's input fails before the long work
     names = read_labels(labels, output_classes(graph)) if labels else []
-    tensors, qinfo = {}, {}
+    tensors = {}
     ready_pre, ready_names = prepared or (None, None)
     if ready_names is not None:
         names = ready_names
@@ -261,76 +303,183 @@ def quantize_model(graph, weights, out, source, conv_subdim=8, conv_k=128, fc_su
     else:
         pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors,
                               **(preprocess or {}))
-    if speedup is not None and not all_dense:
-        from .plan import plan as plan_layers
-        log(f"planning per-layer settings for a {speedup:g}x theoretical speed-up")
-        planned, dense_set = plan_layers(graph, weights, speedup, calib, keep_dense=keep_dense,
-                                  fixed=layer_opts, seed=seed, log=log, progress=progress)
+    if finetune is not None:
+        if calib is None:
+            raise QEngineError("--finetune needs calibration images (--calib)")
+        from .finetune import _torch
+        _torch()                        # installed? (before any long work)
+    costs = CostModel() if plan_on == "time" else OperationCounts()
+    if all_dense:
+        keep_dense = tuple(known)
+    if calib is None and not all_dense and not explicit:
+        log("warning: no calibration images, so nothing checks this model's accuracy: the "
+            "default settings (conv d=8 K=128, fc d=4 K=32) can lose much of it.  Give --calib "
+            "IMAGES to choose the settings by measured agreement, or choose them (--speedup, "
+            "--conv-k ...) and check the result with qbench --accuracy")
+    fit, held, search = calib, None, None
+    if auto:
+        from .calibration import Subset
+        fit_idx, held_idx = planning.holdout(len(calib))
+        fit, held = Subset(calib, fit_idx), Subset(calib, held_idx)
+        log(f"choosing the settings: the fastest plan whose top-1 agreement with the dense "
+            f"network on {len(held)} held-out calibration images is >= {min_agreement:.1%} "
+            f"({len(fit)} images fit the quantisation)")
+        search = planning.AgreementSearch(graph, weights, costs, fit, held, min_agreement,
+                                          keep_dense=keep_dense, seed=seed, log=log,
+                                          progress=progress)
+        choice = search.best()
+        steps.done("plan")
+        layer_opts, dense_set = search.planner.settings(choice)
+        keep_dense = tuple(dense_set | set(keep_dense))
+    elif speedup is not None and not all_dense:
+        what = "operations" if costs.mode == "operations" else "time"
+        log(f"planning per-layer settings for {speedup:g}x less {what} than the dense network")
+        planned, dense_set, _ = planning.plan(graph, weights, speedup, calib,
+                                              keep_dense=keep_dense, fixed=layer_opts,
+                                              seed=seed, log=log, progress=progress, costs=costs)
         layer_opts = {**planned, **layer_opts}
         keep_dense = tuple(dense_set)
+        steps.done("plan")
     log(f"quantising {source['source']} ({len(graph['layers'])} layers)")
-    plan = []
+    while True:
+        quantized, qinfo = _kmeans_layers(graph, weights, settings, layer_opts, keep_dense,
+                                          iters, seed, log, progress)
+        steps.done("k-means")
+        errors = {}
+        if fit is not None and quantized:
+            from .errcorr import error_correct
+            quantized = error_correct(graph, weights, quantized, fit, log=log, progress=progress,
+                                      errors=errors)
+            steps.done("error correction")
+        if finetune is not None and quantized:
+            from .finetune import finetune as tune
+            log(f"fine-tuning codebooks and biases by distillation on {len(fit)} images")
+            quantized, _ = tune(graph, weights, quantized, fit, seed=seed, log=log,
+                                progress=progress, **finetune)
+            steps.done("fine-tuning")
+        agreement = None
+        if calib is not None and quantized:
+            agreement = _agreement(graph, weights, quantized, held if held is not None else fit)
+            where = (f"{len(held)} held-out calibration images" if held is not None else
+                     f"its {len(fit)} calibration images (fitted by error correction)")
+            log(f"top-1 agreement with the dense network: {agreement:.2%} on {where}")
+            steps.done("agreement")
+        if search is None or agreement is None or agreement >= min_agreement:
+            break
+        slower = search.slower()
+        if slower is None:
+            break
+        log(f"below {min_agreement:.1%}: the next slower plan")
+        layer_opts, dense_set = search.planner.settings(slower)
+        keep_dense = tuple(dense_set)
     for L in graph["layers"]:
         n = L["name"]
-        if n not in weights:
-            continue
-        if L["type"] not in QUANTIZABLE:     # per-channel affine (Scale): stored as it is
+        if n in weights and L["type"] not in QUANTIZABLE:   # per-channel affine (Scale)
             s_, t_ = weights[n]
             L["weights"] = {"scale": f"{n}.scale", "shift": f"{n}.shift"}
             tensors[f"{n}.scale"] = qformat.Tensor(np.ascontiguousarray(s_, np.float32))
             tensors[f"{n}.shift"] = qformat.Tensor(np.ascontiguousarray(t_, np.float32))
-            continue
-        kind = "conv" if L["type"] == "Convolution" else "fc"
-        if all_dense or n in keep_dense:
-            plan.append((L, kind, None, None))
-            continue
-        o = layer_opts.get(n, {})
-        d = int(o.get("subdim", conv_subdim if kind == "conv" else fc_subdim))
-        K = int(o.get("k", conv_k if kind == "conv" else fc_k))
-        if not 1 <= K <= 256 or d < 1:
-            raise QEngineError(f"layer {n!r}: need 1 <= K <= 256 and d >= 1 (got K={K}, d={d})")
-        plan.append((L, kind, d, K))
-    quantized = {}
-    for L, kind, d, K in plan:
-        n = L["name"]
-        w, b = weights[n]
-        if d is None:
+        elif n in weights and n not in quantized:
+            w, b = weights[n]
             L["weights"] = {"mode": "dense", "weight": f"{n}.weight", "bias": f"{n}.bias"}
             tensors[f"{n}.weight"] = qformat.Tensor(w)
-            qinfo[n] = {"mode": "dense"}
-            log(f"  {n:<18} kept dense {list(w.shape)}")
-        else:
-            prog = (progress or (lambda label, total: None))(f"k-means {n}", iters)
-            cb, idx = quantize_weights(w, kind, d, K, iters=iters, seed=seed, progress=prog)
-            if prog:
-                prog.close()
-            quantized[n] = (cb, idx)
-            qinfo[n] = {"mode": "lut", "subdim": d, "k": int(cb.shape[1])}
-            log(f"  {n:<18} d={d} K={cb.shape[1]:<4} M={cb.shape[0]:<5} indices {list(idx.shape)}")
-        tensors[f"{n}.bias"] = qformat.Tensor(b)
-    if calib is not None and quantized:
-        from .errcorr import error_correct
-        quantized = error_correct(graph, weights, quantized, calib, log=log, progress=progress)
-    for n, q in quantized.items():
-        cb, idx = q[:2]
-        if len(q) > 2:                      # error correction refitted the bias
-            tensors[f"{n}.bias"] = qformat.Tensor(q[2])
-        L = next(L for L in graph["layers"] if L["name"] == n)
-        K = cb.shape[1]
-        L["weights"] = {"mode": "lut", "codebook": f"{n}.codebook", "indices": f"{n}.indices",
-                        "bias": f"{n}.bias"}
-        tensors[f"{n}.codebook"] = qformat.Tensor(np.ascontiguousarray(cb, np.float32))
-        tensors[f"{n}.indices"] = qformat.Tensor(idx, bits=max(1, (K - 1).bit_length()))
+            tensors[f"{n}.bias"] = qformat.Tensor(b)
+        elif n in quantized:
+            cb, idx = quantized[n][:2]
+            b = quantized[n][2] if len(quantized[n]) > 2 else weights[n][1]
+            K = cb.shape[1]
+            L["weights"] = {"mode": "lut", "codebook": f"{n}.codebook", "indices": f"{n}.indices",
+                            "bias": f"{n}.bias"}
+            tensors[f"{n}.codebook"] = qformat.Tensor(np.ascontiguousarray(cb, np.float32))
+            tensors[f"{n}.indices"] = qformat.Tensor(idx, bits=max(1, (K - 1).bit_length()))
+            tensors[f"{n}.bias"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
+            if n in errors:
+                qinfo[n]["response_error"] = round(errors[n], 5)
+    quant = {"layers": qinfo, "kmeans_iters": iters, "seed": seed,
+             "error_correction": fit is not None,
+             "finetune": finetune if finetune is None else dict(finetune),
+             "calibration_inputs": 0 if calib is None else len(calib)}
+    if auto:
+        quant["chosen_by"] = {"min_agreement": min_agreement, "held_out": len(held)}
+    if agreement is not None:
+        quant["agreement"] = {"top1": round(agreement, 5),
+                              "images": len(held) if held is not None else len(fit),
+                              "held_out": held is not None}
+    if quantized and costs.mode != "operations":
+        quant["predicted"] = _prediction(graph, weights, quantized, costs, log)
+        steps.done("prediction")
     meta = {
         "graph": graph,
         "preprocess": pre,
         "class_names": names,
         "provenance": {**source, "converter": f"qengine {__version__}",
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "quantization": {"layers": qinfo, "kmeans_iters": iters, "seed": seed,
-                                        "error_correction": calib is not None,
-                                        "calibration_inputs": 0 if calib is None else len(calib)}},
+                       "quantization": quant},
     }
     size = qformat.write(out, meta, tensors, force=force)
-    log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {time.time() - t0:.1f} s")
+    steps.done("write")
+    total = sum(steps.times.values())
+    log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {total:.1f} s ("
+        + ", ".join(f"{k} {v:.1f} s" for k, v in steps.times.items()) + ")")
     return size
+
+
+def _kmeans_layers(graph, weights, settings, layer_opts, keep_dense, iters, seed, log, progress):
+    """k-means of every weighted layer not kept dense: ({layer: (codebook,
+    indices)}, {layer: info for the file's provenance})."""
+    from .quantize import quantize_weights
+    quantized, qinfo = {}, {}
+    for L in graph["layers"]:
+        n = L["name"]
+        if n not in weights or L["type"] not in QUANTIZABLE:
+            continue
+        w, b = weights[n]
+        if n in keep_dense:
+            qinfo[n] = {"mode": "dense"}
+            log(f"  {n:<18} kept dense {list(w.shape)}")
+            continue
+        kind = "conv" if L["type"] == "Convolution" else "fc"
+        o = layer_opts.get(n, {})
+        d = int(o.get("subdim", settings[f"{kind}_subdim"]))
+        K = int(o.get("k", settings[f"{kind}_k"]))
+        if not 1 <= K <= 256 or d < 1:
+            raise QEngineError(f"layer {n!r}: need 1 <= K <= 256 and d >= 1 (got K={K}, d={d})")
+        prog = (progress or (lambda label, total: None))(f"k-means {n}", iters)
+        cb, idx = quantize_weights(w, kind, d, K, iters=iters, seed=seed, progress=prog)
+        if prog:
+            prog.close()
+        quantized[n] = (cb, idx)
+        qinfo[n] = {"mode": "lut", "subdim": d, "k": int(cb.shape[1])}
+        log(f"  {n:<18} d={d} K={cb.shape[1]:<4} M={cb.shape[0]:<5} indices {list(idx.shape)}")
+    return quantized, qinfo
+
+
+def _agreement(graph, weights, quantized, inputs):
+    """Top-1 agreement of the quantized network (dequantized weights) with
+    the dense one on inputs."""
+    from .calibration import top1
+    from .quantize import reconstruct
+    params = dict(weights)
+    for n, q in quantized.items():
+        L = next(L for L in graph["layers"] if L["name"] == n)
+        kind = "conv" if L["type"] == "Convolution" else "fc"
+        w, b = weights[n]
+        params[n] = (reconstruct(q[0], q[1], kind, w.shape), q[2] if len(q) > 2 else b)
+    return float(np.mean(top1(graph, params, inputs) == top1(graph, weights, inputs)))
+
+
+def _prediction(graph, weights, quantized, costs, log):
+    """The predicted time per image of the quantized network on this machine
+    (costmodel.predict), logged and stored in the file for qbench to show."""
+    from .costmodel import predict
+    choice = {n: (int(q[0].shape[2]), int(q[0].shape[1])) for n, q in quantized.items()}
+    dense_graph = {"input": graph["input"],
+                   "layers": [{k: v for k, v in L.items() if k != "weights"}
+                              for L in graph["layers"]]}
+    total, per, dense = predict(dense_graph, weights, choice, costs)
+    log(f"predicted: {total * 1e3:.2f} ms per image, {dense / total:.2f}x faster than the dense "
+        f"network ({dense * 1e3:.2f} ms), batch 1, 1 thread, {costs.mode} mode, {costs.isa}")
+    return {"ms": round(total * 1e3, 4), "dense_ms": round(dense * 1e3, 4),
+            "speedup": round(dense / total, 4), "isa": costs.isa, "mode": costs.mode,
+            "batch": 1, "threads": 1,
+            "layers": {n: round(t * 1e3, 4) for n, t in per.items()}}

@@ -102,7 +102,7 @@ def open_set(path, limit=None, labelled=True):
     return files[:limit] if limit else files, None
 
 
-def calibration_inputs(src, shape, preprocess, count, log=None):
+def calibration_inputs(src, shape, preprocess, count, log=None, progress=None):
     """Calibration inputs [N, C, H, W] float32: the first `count` of an .npy of
     inputs of this shape, or up to `count` images of a folder or set (a fixed
     random sample, seed 0) through `preprocess` (image -> [C, H, W])."""
@@ -128,7 +128,19 @@ def calibration_inputs(src, shape, preprocess, count, log=None):
         items = [items[i] for i in sorted(rng.choice(len(items), count, replace=False))]
     if log:
         log(f"calibration: {len(items)} images from {src}")
-    return np.stack([np.asarray(preprocess(it)) for it in items])
+    # filled in place: the set is held once (a list then np.stack would hold it twice)
+    out = None
+    bar = progress("preprocessing", len(items)) if progress else None
+    for i, it in enumerate(items):
+        x = np.asarray(preprocess(it), np.float32)
+        if out is None:
+            out = np.empty((len(items),) + x.shape, np.float32)
+        out[i] = x
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    return out
 
 
 def iterate_batches(model, items, batch=64):

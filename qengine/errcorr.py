@@ -14,60 +14,15 @@ weights), subspace by subspace:
 
 Convolutions are fitted on a sample of output positions.
 """
+import time
+
 import numpy as np
 
-from . import _kernels
+from .calibration import run_prefix, stream
 from .quantize import reconstruct
-from .reference import LAYERS
-from .layers.pooling import pool_into
-from .layers.weighted import blocked_conv_weights
 
 MAX_POSITIONS = 6144
 RIDGE = 1e-3
-
-
-# -- running the graph (dense and quantised side by side) -----------------
-
-def _conv(x, w, b, p):
-    n, c, h, wd = x.shape
-    kh, kw = w.shape[2:]
-    g = p["group"]
-    oh, ow = _kernels.conv_output_size(h, wd, kh, kw, p["stride"], p["pad"])
-    out = np.empty((n, w.shape[0], oh, ow), np.float32)
-    ws = np.empty(_kernels.conv_workspace_floats(c // g, h, wd, kh, kw, p["stride"], p["pad"], 0, 0,
-                                                 w.shape[0] // g), np.float32)
-    wblk = blocked_conv_weights(np.ascontiguousarray(w, np.float32), g)
-    _kernels.conv_dense(np.ascontiguousarray(x, np.float32), wblk, b, kh, kw, p["stride"],
-                        p["pad"], False, out, ws, 2)
-    return out
-
-
-def _fc(x, w, b):
-    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), np.float32)
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    _kernels.fc_dense(x2, np.ascontiguousarray(w), b, False, out, 2)
-    return out
-
-
-def _pool(p, xs, wb):
-    from .layers import record
-    x = np.ascontiguousarray(xs[0], np.float32)
-    n, c, h, w = x.shape
-    out = np.empty((n,) + record("Pooling").shape(p, [(c, h, w)], "pooling"), np.float32)
-    return pool_into(p, x, out)
-
-
-# the reference's layers with the C kernels for the heavy ones (calibration runs are large)
-FAST_LAYERS = {
-    "Convolution": lambda p, xs, wb: _conv(xs[0], wb[0], wb[1], p),
-    "InnerProduct": lambda p, xs, wb: _fc(xs[0], wb[0], wb[1]),
-    "ReLU": lambda p, xs, wb: np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"])),
-    "Pooling": _pool,
-}
-
-
-def apply_layer(L, xs, wb=None):
-    return dict(LAYERS, **FAST_LAYERS)[L["type"]](L["params"], xs, wb)
 
 
 # -- the fit ---------------------------------------------------------------
@@ -160,38 +115,61 @@ def _refine(pat, R, group_of, C, A, iters, ridge=RIDGE):
     return C.astype(np.float32), A, delta
 
 
-def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
-    """Refine one quantised layer; returns (codebook, indices, bias, relative response
-    error before, after)."""
-    rng = np.random.default_rng(seed)
-    M, K, d = codebook.shape
+def conv_positions(n, out_shape, count, rng):
+    """`count` sampled output positions (image, row, column) of a convolution
+    run on n images, ordered by image (so batches of images take them in turn)."""
+    _, oh, ow = out_shape
+    total = n * oh * ow
+    pick = np.sort(rng.choice(total, min(total, count), replace=False))
+    ni, rest = np.divmod(pick, oh * ow)
+    pi, pj = np.divmod(rest, ow)
+    return ni, pi, pj
+
+
+def fc_positions(n, count, rng):
+    """Sampled images (rows) of a fully-connected layer, in order."""
+    return (np.sort(rng.choice(n, min(n, count), replace=False)),)
+
+
+def sample_outputs(y, pos, i0):
+    """Rows [P, Cout] of a layer's output y (a batch starting at image i0) at
+    the sampled positions that fall in it."""
+    sel = (pos[0] >= i0) & (pos[0] < i0 + y.shape[0])
+    ni = pos[0][sel] - i0
+    if len(pos) == 1:
+        return y.reshape(y.shape[0], -1)[ni]
+    return y[ni, :, pos[1][sel], pos[2][sel]]
+
+
+def sample_inputs(L, x, pos, i0, d, M):
+    """Input patches [G, P, M, T, d] of layer L (x: its input for a batch
+    starting at image i0) at the sampled positions in that batch."""
+    sel = (pos[0] >= i0) & (pos[0] < i0 + x.shape[0])
+    ni = pos[0][sel] - i0
     if L["type"] == "InnerProduct":
-        X = x_in.reshape(x_in.shape[0], -1).astype(np.float32)
-        n, cin = X.shape
-        if n > MAX_POSITIONS:
-            X = X[rng.choice(n, MAX_POSITIONS, replace=False)]
-            y_target = None if y_target is None else y_target
-        Xp = np.zeros((X.shape[0], M * d), np.float32)
-        Xp[:, :cin] = X
-        pat = Xp.reshape(1, X.shape[0], M, 1, d)
-        R = (y_target - bias).T.astype(np.float64)       # [Cout, P]
-        A = indices.reshape(indices.shape[0], 1, M).astype(np.int64)
-        group_of = np.zeros(indices.shape[0], np.int64)
+        X = x.reshape(x.shape[0], -1)[ni]
+        Xp = np.zeros((len(ni), M * d), np.float32)
+        Xp[:, :X.shape[1]] = X
+        return Xp.reshape(1, len(ni), M, 1, d)
+    p = L["params"]
+    kh, kw = p["kernel"]
+    return _conv_patches(x, p, kh, kw, d, M, p["group"], (ni, pos[1][sel], pos[2][sel]))
+
+
+def refine_samples(L, pat, R, bias, codebook, indices, iters=4):
+    """Refine one quantised layer from sampled input patches pat [G, P, M, T, d]
+    and the dense network's responses R [P, Cout] at the same positions;
+    returns (codebook, indices, bias, relative response error before, after)."""
+    M, K, d = codebook.shape
+    cout = indices.shape[0]
+    R = (np.asarray(R, np.float64) - np.asarray(bias, np.float64)[None, :]).T   # [Cout, P]
+    if L["type"] == "InnerProduct":
+        A = indices.reshape(cout, 1, M).astype(np.int64)
+        group_of = np.zeros(cout, np.int64)
     else:
-        p = L["params"]
-        kh, kw = p["kernel"]
-        G = p["group"]
-        n = x_in.shape[0]
-        oh, ow = y_target.shape[2:]
-        total = n * oh * ow
-        pick = rng.choice(total, min(total, MAX_POSITIONS), replace=False)
-        ni, rest = np.divmod(pick, oh * ow)
-        pi, pj = np.divmod(rest, ow)
-        pat = _conv_patches(x_in, p, kh, kw, d, M, G, (ni, pi, pj))
-        R = (y_target[ni, :, pi, pj] - bias[None, :]).T.astype(np.float64)
-        cout = indices.shape[0]
+        kh, kw = L["params"]["kernel"]
         A = indices.reshape(cout, kh * kw, M).astype(np.int64)
-        group_of = np.arange(cout) // (cout // G)
+        group_of = np.arange(cout) // (cout // L["params"]["group"])
 
     def err(C, A, delta=0.0):
         out = np.zeros_like(R) + np.asarray(delta)[..., None]
@@ -199,8 +177,8 @@ def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
         for g in range(pat.shape[0]):
             cos = np.nonzero(group_of == g)[0]
             for m in range(M):
-                out[cos] += np.einsum("ntd,ptd->np", C64[m][A[cos, :, m]], pat[g, :, m].astype(np.float64),
-                                      optimize=True)
+                out[cos] += np.einsum("ntd,ptd->np", C64[m][A[cos, :, m]],
+                                      pat[g, :, m].astype(np.float64), optimize=True)
         return float(np.linalg.norm(R - out) / max(np.linalg.norm(R), 1e-30))
 
     before = err(codebook, A)
@@ -212,37 +190,118 @@ def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
             before, after)
 
 
-def error_correct(graph, weights, quantized, calib, iters=4, seed=0, log=None, progress=None):
-    """Refine every quantised layer in graph order on calibration inputs calib
-    [N, C, H, W]; returns the refined {layer: (codebook, indices, bias)}."""
-    log = log or (lambda m: None)
-    calib = np.ascontiguousarray(calib, np.float32)
-    name_in = graph["input"]["name"]
-    dense, quant = {name_in: calib}, {name_in: calib}
-    out = dict(quantized)
+def _positions(L, n, out_shape, rng, count=MAX_POSITIONS):
+    if L["type"] == "InnerProduct":
+        return fc_positions(n, count, rng)
+    return conv_positions(n, out_shape, count, rng)
+
+
+def refine_layer(L, x_in, y_target, bias, codebook, indices, iters=4, seed=0):
+    """Refine one quantised layer on its whole input x_in and the dense
+    response y_target (arrays in memory); returns (codebook, indices, bias,
+    relative response error before, after)."""
+    rng = np.random.default_rng(seed)
+    M, K, d = codebook.shape
+    pos = _positions(L, x_in.shape[0], y_target.shape[1:], rng)
+    return refine_samples(L, sample_inputs(L, x_in, pos, 0, d, M),
+                          sample_outputs(y_target, pos, 0), bias, codebook, indices, iters)
+
+
+def _ancestors(graph):
+    """{layer: names of the layers its input depends on}."""
+    made_by, anc = {}, {}
     for L in graph["layers"]:
-        n = L["name"]
-        xd = [dense[b] for b in L["bottom"]]
-        xq = [quant[b] for b in L["bottom"]]
-        if n in weights:
-            w, b = weights[n]
-            yd = apply_layer(L, xd, (w, b))
-            if n in quantized:
-                kind = "conv" if L["type"] == "Convolution" else "fc"
-                cb, idx = quantized[n][:2]
-                cb, idx, bq, e0, e1 = refine_layer(L, xq[0], yd, b, cb, idx, iters, seed)
-                out[n] = (cb, idx, bq)
-                log(f"  error correction {n:<18} response error {e0:.4f} -> {e1:.4f}")
-                wq = reconstruct(cb, idx, kind, w.shape)
-                yq = apply_layer(L, xq, (wq, bq))
-            else:
-                yq = apply_layer(L, xq, (w, b))
-        else:
-            yd, yq = apply_layer(L, xd), apply_layer(L, xq)
-        for t in L["top"]:
-            dense[t], quant[t] = yd, yq
+        a = set()
         for b in L["bottom"]:
-            if all(b not in L2["bottom"] for L2 in graph["layers"][graph["layers"].index(L) + 1:]):
-                dense.pop(b, None)
-                quant.pop(b, None)
+            if b in made_by:
+                src = made_by[b]
+                a |= anc[src] | {src}
+        anc[L["name"]] = a
+        for t in L["top"]:
+            made_by[t] = L["name"]
+    return anc
+
+
+def error_correct(graph, weights, quantized, calib, iters=4, seed=0, log=None, progress=None,
+                  errors=None, max_positions=MAX_POSITIONS):
+    """Refine every quantised layer in graph order on calibration inputs calib
+    [N, C, H, W] (an array, or a memory map: it is read in batches); returns the
+    refined {layer: (codebook, indices, bias)}; errors (a dict), if given,
+    receives each layer's relative response error after refinement.
+
+    The activations are streamed: one pass of the dense network collects each
+    layer's responses at its sampled positions; then, layer after layer, a
+    pass of the network quantised so far (the layers already refined)
+    collects its input patches there.  Layers that do not feed one another
+    (the branches of a fire module) share a pass.  Memory is the samples
+    plus one batch's activations, whatever N."""
+    from .graph import infer_shapes
+    log = log or (lambda m: None)
+    layers = graph["layers"]
+    shapes = infer_shapes(graph)
+    n = len(calib)
+    rng = np.random.default_rng(seed)
+    index = {L["name"]: i for i, L in enumerate(layers)}
+    todo = [L["name"] for L in layers if L["name"] in quantized]
+    pos = {name: _positions(layers[index[name]], n, shapes[layers[index[name]]["top"][0]], rng,
+                            max_positions) for name in todo}
+    dense = {name: weights[name] for name in weights}
+    bar = (progress or (lambda label, total: None))("error correction", len(todo) + 1)
+
+    def batches():
+        return stream(graph, calib)
+
+    # the dense responses at every layer's positions, in one pass
+    t0 = time.perf_counter()
+    resp = {name: [] for name in todo}
+    upto = max(index[name] for name in todo) + 1
+    for i0, x in batches():
+        run_prefix(graph, dense, x, upto,
+                   lambda i, L, xs, y: resp[L["name"]].append(sample_outputs(y, pos[L["name"]], i0))
+                   if L["name"] in resp else None)
+    resp = {k: np.concatenate(v) for k, v in resp.items()}
+    t_pass, t_fit = time.perf_counter() - t0, 0.0
+    if bar:
+        bar.update(1)
+    anc = _ancestors(graph)
+    qparams = dict(dense)
+    out = dict(quantized)
+    pending = list(todo)
+    while pending:
+        # every pending layer whose input no pending layer feeds: one pass
+        group = [name for name in pending if not (anc[name] & set(pending))]
+        pats = {name: [] for name in group}
+        upto = max(index[name] for name in group) + 1
+
+        def collect(i, L, xs, y):
+            name = L["name"]
+            if name in pats:
+                M, _, d = quantized[name][0].shape
+                pats[name].append(sample_inputs(L, xs[0], pos[name], i0, d, M))
+
+        t0 = time.perf_counter()
+        for i0, x in batches():
+            run_prefix(graph, qparams, x, upto, collect)
+        t_pass += time.perf_counter() - t0
+        for name in group:
+            L = layers[index[name]]
+            kind = "conv" if L["type"] == "Convolution" else "fc"
+            w, b = weights[name]
+            cb, idx = quantized[name][:2]
+            t0 = time.perf_counter()
+            cb, idx, bq, e0, e1 = refine_samples(L, np.concatenate(pats.pop(name), axis=1),
+                                                 resp.pop(name), b, cb, idx, iters)
+            t_fit += time.perf_counter() - t0
+            out[name] = (cb, idx, bq)
+            qparams[name] = (reconstruct(cb, idx, kind, w.shape), bq)
+            log(f"  error correction {name:<18} response error {e0:.4f} -> {e1:.4f}")
+            if errors is not None:
+                errors[name] = e1
+            if bar:
+                bar.update(1)
+            pending.remove(name)
+    if bar:
+        bar.close()
+    log(f"  error correction: {t_pass:.1f} s running {n} calibration inputs through the network, "
+        f"{t_fit:.1f} s fitting")
     return out

@@ -6,7 +6,8 @@ import pytest
 
 import qengine
 from qengine.errors import QEngineError
-from qengine.plan import _hull, candidates, choose, operations, plan
+from qengine.costmodel import CostModel, OperationCounts, predict
+from qengine.plan import Planner, _hull, candidates, choose, operations, plan
 
 from modelkit import build, conv, layer
 
@@ -90,13 +91,14 @@ def test_plan_reaches_the_speedup_it_promises(tmp_path):
     dense_ops = sum(sum(c[2:]) if c[3] else c[2] for c in
                     qengine.load(str(tmp_path / "dense.qcnn")).layer_costs())
     out = tmp_path / "p.qcnn"
-    quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, speedup=2.0, force=True)
+    quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, speedup=2.0, force=True,
+                   plan_on="operations")
     m = qengine.load(str(out), strategy="lut")
     ops = sum(c[3] + c[4] if c[3] else c[2] for c in m.layer_costs())
     assert dense_ops / ops >= 2.0
     assert set(m.layer_strategies().values()) >= {"lut"}
     with pytest.raises(QEngineError, match="out of reach"):
-        plan(graph, weights, 50, calib=x, subdims=(4,), ks=(16,))
+        plan(graph, weights, 50, calib=x, subdims=(4,), ks=(16,), costs=OperationCounts())
 
 
 def test_plan_keeps_the_users_settings_and_counts_them_in_the_budget(tmp_path):
@@ -105,12 +107,100 @@ def test_plan_keeps_the_users_settings_and_counts_them_in_the_budget(tmp_path):
     x = np.random.default_rng(2).standard_normal((4,) + tuple(graph["input"]["shape"]))
     x = x.astype(np.float32)
     user = {"c2": {"subdim": 8, "k": 16}}
-    opts, dense = plan(graph, weights, 1.5, calib=x, fixed=user)
+    opts, dense, _ = plan(graph, weights, 1.5, calib=x, fixed=user, costs=OperationCounts())
     assert opts["c2"] == {"subdim": 8, "k": 16} and "c2" not in dense
     out = tmp_path / "p.qcnn"
     quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, speedup=1.5,
-                   layer_opts=user, force=True)
+                   layer_opts=user, force=True, plan_on="operations")
     m = qengine.load(str(out), strategy="lut")
     ops = sum(c[3] + c[4] if c[3] else c[2] for c in m.layer_costs())
     assert sum(c[2] for c in m.layer_costs()) / ops >= 1.5
     assert m.metadata["provenance"]["quantization"]["layers"]["c2"]["subdim"] == 8
+
+
+class FixedPrices(OperationCounts):
+    """Prices set by the test: so a plan's choice is known in advance."""
+    mode = "fixed"
+
+    def __init__(self, prices, rest=0.0):
+        self.prices, self.rest = prices, rest
+
+    def forms(self, L, in_shape, forms):
+        p = self.prices[L["name"]]
+        return {f: p[f] for f in [None] + [tuple(f) for f in forms if f is not None] if f in p}
+
+    def network(self, graph, weights):
+        prof = {L["name"]: (self.prices[L["name"]][None] if L["name"] in self.prices else 0.0)
+                for L in graph["layers"]}
+        prof["prob"] += self.rest
+        return prof, sum(prof.values())
+
+
+def test_the_plan_spends_measured_time_not_operations(tmp_path):
+    """A form is worth only what it saves in time: one layer's lookup form is
+    priced slower than its dense form (as narrow layers measure on AVX2), so
+    it is never offered however few operations it has; and a speed-up needs
+    the time the other layers can give."""
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    x = np.random.default_rng(3).standard_normal((4,) + tuple(graph["input"]["shape"]))
+    x = x.astype(np.float32)
+    grid = [(d, K) for d in (2, 4) for K in (16, 64)]
+    prices = {"c1": {None: 10.0, **{f: 4.0 + f[1] / 64 for f in grid}},
+              "c2": {None: 10.0, **{f: 12.0 for f in grid}},       # lookups slower here
+              "c3": {None: 1.0, **{f: 0.5 for f in grid}},
+              "f1": {None: 1.0, **{f: 0.9 for f in grid}}}
+    costs = FixedPrices(prices, rest=2.0)
+    pl = Planner(graph, weights, costs, x, subdims=(2, 4), ks=(16, 64))
+    assert all(p[2] is None for p in pl.options["c2"])          # never offered
+    assert pl.max_speedup() == pytest.approx(24.0 / (4.25 + 10 + 0.5 + 0.9 + 2.0))
+    choice = pl.choose(1.3)
+    total, per = pl.predict(choice)
+    assert total <= 24.0 / 1.3 and choice["c2"] is None and choice["c1"] is not None
+    assert pl.choose(1.6) is None
+    with pytest.raises(QEngineError, match="out of reach.*1.36x less time"):
+        plan(graph, weights, 1.6, calib=x, subdims=(2, 4), ks=(16, 64), costs=costs)
+
+
+def test_measured_prices_are_the_runtime_running_the_layer(tmp_path):
+    """CostModel times the runtime's own op: positive seconds, cached per
+    shape and form, and a quantized form the runtime runs on its dequantized
+    weights (a first convolution with fewer channels than d) costs exactly
+    what the dense form costs."""
+    graph = plan_graph()
+    cm = CostModel()
+    L = graph["layers"][0]
+    r = cm.forms(L, (16, 12, 12), [(4, 16), (8, 128)])
+    assert all(v > 0 for v in r.values()) and set(r) == {None, (4, 16), (8, 128)}
+    n = cm.measured
+    assert cm.forms(L, (16, 12, 12), [(4, 16)]) == {None: r[None], (4, 16): r[(4, 16)]}
+    assert cm.measured == n                                       # cached
+    first = {"name": "c0", "type": "Convolution", "bottom": ["data"], "top": ["c0"],
+             "params": {"num_output": 16, "kernel": [3, 3], "stride": 1, "pad": 1, "group": 1,
+                        "bias_term": True}}
+    r = cm.forms(first, (3, 20, 20), [(8, 64)])
+    assert r[(8, 64)] == r[None]
+
+
+def test_prediction_of_the_dense_choice_is_the_dense_network(tmp_path):
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    costs = OperationCounts()
+    total, per, dense = predict(graph, weights, {"c1": None}, costs)
+    assert total == dense == sum(costs.network(graph, weights)[0].values())
+    total, per, _ = predict(graph, weights, {"c1": (4, 16)}, costs)
+    assert per["c1"] == costs.forms(graph["layers"][0], (16, 12, 12), [(4, 16)])[(4, 16)]
+    assert total < dense
+
+
+def test_a_quantized_model_records_its_predicted_time(tmp_path):
+    from qengine.convert import quantize_model
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    out = tmp_path / "q.qcnn"
+    logs = []
+    quantize_model(graph, weights, str(out), {"source": "test"}, conv_subdim=4, conv_k=16,
+                   fc_subdim=4, fc_k=16, iters=3, force=True, log=logs.append)
+    pred = qengine.load(str(out)).metadata["provenance"]["quantization"]["predicted"]
+    assert pred["mode"] == "fast" and pred["ms"] > 0 and pred["dense_ms"] > 0
+    # every layer that runs (a ReLU fused into its convolution runs inside it)
+    assert set(pred["layers"]) == {"c1", "c2", "c3", "f1", "prob"}
+    assert pred["ms"] == pytest.approx(sum(pred["layers"].values()), rel=1e-3)
+    assert any(m.startswith("predicted:") for m in logs)

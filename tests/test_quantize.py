@@ -124,7 +124,8 @@ def test_quantize_shapes_and_small_layers():
 
 
 def test_error_correction_reduces_response_error():
-    from qengine.errcorr import apply_layer, refine_layer
+    from qengine.calibration import apply_layer
+    from qengine.errcorr import refine_layer
     rng = np.random.default_rng(1)
     L = {"name": "c", "type": "Convolution", "bottom": ["x"], "top": ["c"],
          "params": {"num_output": 12, "kernel": [3, 3], "stride": 1, "pad": 1, "group": 2,
@@ -173,7 +174,7 @@ def test_lenet_quantized_accuracy(tmp_path):
 
 
 def test_cifar10_error_correction_halves_the_loss(tmp_path):
-    from qengine.convert import convert_caffe
+    from qengine.convert import DEFAULT_SETTINGS, convert_caffe
     from qengine.datasets import evaluate, open_set
     src = shared_path("caffe", "cifar10_quick")
     items, labels = open_set(shared_path("cifar10-test"), limit=4000)
@@ -184,7 +185,8 @@ def test_cifar10_error_correction_halves_the_loss(tmp_path):
     dense_m = qengine.load(str(tmp_path / "d.qcnn"), threads=2)
     calib = dense_m.preprocess(calib_items)
     convert_caffe(*args, str(tmp_path / "km.qcnn"), **kw)
-    convert_caffe(*args, str(tmp_path / "ec.qcnn"), calib=calib, **kw)
+    # the default settings, given (with calibration alone the converter would choose them)
+    convert_caffe(*args, str(tmp_path / "ec.qcnn"), calib=calib, **DEFAULT_SETTINGS, **kw)
     acc = {n: evaluate(qengine.load(str(tmp_path / f"{n}.qcnn"), threads=2), test_items,
                        test_labels, 500)["top1"] for n in ("d", "km", "ec")}
     loss_km, loss_ec = acc["d"] - acc["km"], acc["d"] - acc["ec"]

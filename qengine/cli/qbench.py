@@ -60,6 +60,9 @@ def report(model, totals, per_layer, args, size):
     dense = sum(c[0] for c in mcosts)
     qcost = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in mcosts)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # what qconvert predicted for this model (timed on the machine that converted it)
+    pred = ((model.metadata.get("provenance") or {}).get("quantization") or {}).get("predicted")
+    pred = pred if isinstance(pred, dict) and isinstance(pred.get("layers"), dict) else None
     layers = []
     types = {op.name: op.type for op in model.layers}
     for n in model.layer_names:
@@ -68,6 +71,8 @@ def report(model, totals, per_layer, args, size):
                        "strategy": strategies.get(n, ""), "ms": round(layer_ms[n], 4),
                        "share": round(layer_ms[n] / total_layer_ms, 4), "dense_macs": dmac,
                        "table_macs": tmac, "lookups": lk})
+        if pred is not None and isinstance(pred["layers"].get(n), (int, float)):
+            layers[-1]["predicted_ms"] = float(pred["layers"][n])
     res = {
         "qengine": __version__, "model": args.model_name, "mode": model.mode,
         "isa": _kernels.get_isa(), "threads": model.threads, "batch": batch, "runs": len(totals),
@@ -79,6 +84,9 @@ def report(model, totals, per_layer, args, size):
         "theoretical_speedup": dense / qcost if qcost else 1.0,
         "layers": layers,
     }
+    if pred is not None:
+        res["predicted"] = {k: pred.get(k) for k in ("ms", "dense_ms", "speedup", "isa", "mode",
+                                                      "batch", "threads")}
     return res
 
 
@@ -86,14 +94,20 @@ def print_table(r):
     print(f"qengine {r['qengine']}  {r['model']}  mode={r['mode']}  isa={r['isa']}  "
           f"threads={r['threads']}  batch={r['batch']}  runs={r['runs']}")
     print()
-    hdr = (f"{'layer':<10} {'type':<13} {'strategy':<12} {'ms':>8} {'share':>6} "
-           f"{'dense MMAC':>11} {'table MMAC':>11} {'lookups M':>10}")
+    w = max([10] + [len(L["name"]) for L in r["layers"]])
+    pred = any("predicted_ms" in L for L in r["layers"])
+    hdr = (f"{'layer':<{w}} {'type':<13} {'strategy':<12} {'ms':>8} "
+           + (f"{'predicted':>9} " if pred else "")
+           + f"{'share':>6} {'dense MMAC':>11} {'table MMAC':>11} {'lookups M':>10}")
     print(hdr)
     print("-" * len(hdr))
     for L in r["layers"]:
         if L["ms"] < 0.005 and not L["dense_macs"]:
             continue
-        print(f"{L['name']:<10} {L['type']:<13} {L['strategy']:<12} {L['ms']:>8.3f} "
+        p = ""
+        if pred:
+            p = f"{L['predicted_ms']:>9.3f} " if "predicted_ms" in L else f"{'':>9} "
+        print(f"{L['name']:<{w}} {L['type']:<13} {L['strategy']:<12} {L['ms']:>8.3f} {p}"
               f"{L['share'] * 100:>5.1f}% {_fmt_int(L['dense_macs']):>11} "
               f"{_fmt_int(L['table_macs']):>11} {_fmt_int(L['lookups']):>10}")
     print("-" * len(hdr))
@@ -104,6 +118,11 @@ def print_table(r):
     print(f"theoretical    {r['theoretical_speedup']:.2f}x fewer operations than the dense network "
           f"({r['dense_macs'] / 1e6:.0f}M multiply-adds vs {r['quantized_ops'] / 1e6:.0f}M "
           f"table multiply-adds + lookups)")
+    if r.get("predicted"):
+        p = r["predicted"]
+        print(f"predicted      {p['ms']:.2f} ms per image, {p['speedup']:.2f}x faster than the dense "
+              f"network ({p['dense_ms']:.2f} ms): qconvert's timing of each layer on the "
+              f"converting machine ({p['isa']}, {p['mode']} mode, batch 1, 1 thread)")
     print(f"file size      {r['size_bytes']:,} bytes ({r['size_bytes'] / 2**20:.2f} MiB)")
     print(f"peak memory    {r['peak_rss_bytes'] / 2**20:.1f} MiB RSS")
     if r.get("compare"):

@@ -86,22 +86,37 @@ def main(argv=None):
     pre.add_argument("--resize", type=int, help="resize images to this square size first")
     pre.add_argument("--crop", type=int, help="centre crop (default: the input size)")
     q = ap.add_argument_group("quantisation of dense models")
-    q.add_argument("--conv-subdim", type=int, default=8, help="convolution subspace dimension (8)")
-    q.add_argument("--conv-k", type=int, default=128, help="convolution codebook size (128)")
-    q.add_argument("--fc-subdim", type=int, default=4, help="fully-connected subspace dimension (4)")
-    q.add_argument("--fc-k", type=int, default=32, help="fully-connected codebook size (32)")
+    q.add_argument("--conv-subdim", type=int, help="convolution subspace dimension (default 8)")
+    q.add_argument("--conv-k", type=int, help="convolution codebook size (default 128)")
+    q.add_argument("--fc-subdim", type=int, help="fully-connected subspace dimension (default 4)")
+    q.add_argument("--fc-k", type=int, help="fully-connected codebook size (default 32)")
     q.add_argument("--layer", action="append", metavar="NAME:d=D,k=K",
                    help="per-layer override (repeatable)")
     q.add_argument("--keep-dense", action="append", default=[], metavar="LAYER",
                    help="keep a layer's dense weights (repeatable; 'all' for a dense model)")
     q.add_argument("--calib", help="calibration images (a directory) or inputs (.npy [N,C,H,W]) "
-                                   "for error correction; without it, plain k-means")
+                                   "for choosing the settings, error correction and the "
+                                   "agreement check; without it, plain k-means")
     q.add_argument("--calib-count", type=int, default=256,
                    help="calibration images to use (default 256)")
     q.add_argument("--speedup", type=float, metavar="S",
-                   help="pick each layer's d and K (or keep it dense) for a theoretical speed-up "
-                        "of S over the dense network, with the least response error on the "
-                        "calibration inputs (see README); --layer and --keep-dense still apply")
+                   help="pick each layer's d and K (or keep it dense) so that the model runs S "
+                        "times faster than the same network dense (each layer form timed on "
+                        "this machine), with the least response error on the calibration "
+                        "inputs (see README); --layer and --keep-dense still apply")
+    q.add_argument("--min-agreement", type=float, metavar="A",
+                   help="with --calib and no settings given: the fastest plan whose top-1 "
+                        "agreement with the dense network, on calibration images held out "
+                        "from fitting, is at least A (default 0.95, about one point of top-1)")
+    q.add_argument("--finetune", type=int, nargs="?", const=2, metavar="EPOCHS",
+                   help="after error correction, fine-tune codebooks and biases so the outputs "
+                        "match the dense network's on the calibration images (distillation; "
+                        "needs pip install 'qengine[finetune]'); EPOCHS default 2")
+    q.add_argument("--finetune-lr", type=float, default=1e-4, metavar="LR",
+                   help="fine-tuning learning rate (Adam, default 1e-4)")
+    q.add_argument("--plan-on", choices=["time", "operations"], default="time",
+                   help="price plans by each layer form's time measured on this machine "
+                        "(default) or by theoretical operations (multiply-adds + lookups)")
     q.add_argument("--input-shape", metavar="C,H,W",
                    help="input size of an ONNX model whose size is not fixed")
     q.add_argument("--iters", type=int, default=25, help="k-means iterations (default 25)")
@@ -111,6 +126,7 @@ def main(argv=None):
     from ..errors import QEngineError
     from .. import convert
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    log.quiet = args.quiet
     if (args.output is None) == (args.export_onnx is None):
         ap.error("give -o OUT.qcnn, or --export-onnx OUT.onnx with a .qcnn")
     try:
@@ -177,6 +193,9 @@ def _quantize_options(args, source, log):
                 fc_k=args.fc_k, layer_opts=_layer_opts(args.layer), keep_dense=args.keep_dense,
                 labels=args.labels, preprocess=preprocess, iters=args.iters, seed=args.seed,
                 calib=calib, speedup=args.speedup, force=args.force, log=log,
+                min_agreement=args.min_agreement, plan_on=args.plan_on,
+                finetune=None if args.finetune is None else
+                {"epochs": args.finetune, "lr": args.finetune_lr},
                 progress=None if args.quiet else (lambda label, total: Progress(label, total)))
 
 
@@ -186,7 +205,7 @@ def _calibration_from_qcnn(src, qcnn, count, log):
     from ..datasets import calibration_inputs
     from ..runtime import Model
     model = Model(qcnn)
-    return calibration_inputs(src, model.input_shape, model.preprocessor, count, log)
+    return calibration_inputs(src, model.input_shape, model.preprocessor, count, log, _bar(log))
 
 
 def load_calibration(src, shape, preprocess, count, log):
@@ -202,7 +221,13 @@ def load_calibration(src, shape, preprocess, count, log):
         pre = make_preprocess(shape, tensors=tensors, **{k: v for k, v in preprocess.items()})
         mean = tensors["preprocess.mean"].array if "preprocess.mean" in tensors else None
         pp = Preprocessor(pre, shape, mean)
-    return calibration_inputs(src, shape, pp, count, log)
+    return calibration_inputs(src, shape, pp, count, log, _bar(log))
+
+
+def _bar(log):
+    """A progress-bar factory (shown on a terminal), none when quiet."""
+    from ..progress import Progress
+    return None if getattr(log, "quiet", False) else (lambda label, total: Progress(label, total))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""Running a network on calibration data, for the converter: the graph's
+layers on the C kernels for the heavy ones (dense weights, whatever the
+layer will be stored as), and the calibration set streamed through it in
+batches, so that memory holds one batch's activations, never the set's.
+
+A calibration set is anything with len() and slicing that yields float32
+[n, C, H, W] (an array, a memory map, or a Subset of either)."""
+import numpy as np
+
+from . import _kernels
+from .layers.pooling import pool_into
+from .layers.weighted import blocked_conv_weights
+from .reference import LAYERS
+
+
+def _conv(x, w, b, p):
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    g = p["group"]
+    oh, ow = _kernels.conv_output_size(h, wd, kh, kw, p["stride"], p["pad"])
+    out = np.empty((n, w.shape[0], oh, ow), np.float32)
+    ws = np.empty(_kernels.conv_workspace_floats(c // g, h, wd, kh, kw, p["stride"], p["pad"], 0, 0,
+                                                 w.shape[0] // g), np.float32)
+    wblk = blocked_conv_weights(np.ascontiguousarray(w, np.float32), g)
+    _kernels.conv_dense(np.ascontiguousarray(x, np.float32), wblk, b, kh, kw, p["stride"],
+                        p["pad"], False, out, ws, 2)
+    return out
+
+
+def _fc(x, w, b):
+    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), np.float32)
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    _kernels.fc_dense(x2, np.ascontiguousarray(w), b, False, out, 2)
+    return out
+
+
+def _pool(p, xs, wb):
+    from .layers import record
+    x = np.ascontiguousarray(xs[0], np.float32)
+    n, c, h, w = x.shape
+    out = np.empty((n,) + record("Pooling").shape(p, [(c, h, w)], "pooling"), np.float32)
+    return pool_into(p, x, out)
+
+
+# the reference's layers with the C kernels for the heavy ones (calibration runs are large)
+FAST_LAYERS = {
+    "Convolution": lambda p, xs, wb: _conv(xs[0], wb[0], wb[1], p),
+    "InnerProduct": lambda p, xs, wb: _fc(xs[0], wb[0], wb[1]),
+    "ReLU": lambda p, xs, wb: np.where(xs[0] > 0, xs[0], xs[0] * np.float32(p["negative_slope"])),
+    "Pooling": _pool,
+}
+
+
+def apply_layer(L, xs, wb=None):
+    return dict(LAYERS, **FAST_LAYERS)[L["type"]](L["params"], xs, wb)
+
+
+ACTIVATION_BYTES = 256 << 20     # activations alive at once while streaming
+
+
+def stream_batch(graph, n):
+    """Images per batch so that one batch's activations (every blob of the
+    network at once, an upper bound) stay within ACTIVATION_BYTES."""
+    from .graph import infer_shapes
+    per = 4 * sum(int(np.prod(s)) for s in infer_shapes(graph).values())
+    return int(max(1, min(n, 64, ACTIVATION_BYTES // max(per, 1))))
+
+
+def run_prefix(graph, params, x, upto, hook=None):
+    """Run layers[0 .. upto-1] on batch x with params {layer: weights};
+    hook(index, L, inputs, output) after each.  Returns the live blobs."""
+    layers = graph["layers"]
+    last = {}
+    for i, L in enumerate(layers[:upto]):
+        for b in L["bottom"]:
+            last[b] = i
+    blobs = {graph["input"]["name"]: x}
+    for i, L in enumerate(layers[:upto]):
+        xs = [blobs[b] for b in L["bottom"]]
+        y = apply_layer(L, xs, params.get(L["name"]))
+        if hook is not None:
+            hook(i, L, xs, y)
+        for b in L["bottom"]:
+            if last.get(b, -1) <= i:
+                blobs.pop(b, None)
+        for t in L["top"]:
+            blobs[t] = y
+    return blobs
+
+
+def stream(graph, inputs, batch=None):
+    """(first index, float32 batch) over a calibration set."""
+    n = len(inputs)
+    batch = batch or stream_batch(graph, n)
+    for i0 in range(0, n, batch):
+        yield i0, np.ascontiguousarray(inputs[i0:i0 + batch], np.float32)
+
+
+class Subset:
+    """Some images of a calibration set, by index, without copying them."""
+
+    def __init__(self, inputs, index):
+        index = np.asarray(index, np.int64)
+        if isinstance(inputs, Subset):          # a subset of a subset: one level
+            inputs, index = inputs.inputs, inputs.index[index]
+        self.inputs, self.index = inputs, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, s):
+        """Images by a slice (or an index array) of the subset."""
+        return np.asarray(self.inputs[self.index[s]])
+
+
+def outputs(graph, params, inputs):
+    """The network's last output for every input, [N, ...] (streamed)."""
+    last = graph["layers"][-1]
+    res = []
+    for _, x in stream(graph, inputs):
+        blobs = run_prefix(graph, params, x, len(graph["layers"]))
+        res.append(np.asarray(blobs[last["top"][0]]).reshape(len(x), -1))
+    return np.concatenate(res)
+
+
+def top1(graph, params, inputs):
+    """The network's top-1 class of every input (streamed)."""
+    return outputs(graph, params, inputs).argmax(1)
