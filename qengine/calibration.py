@@ -5,6 +5,10 @@ batches, so that memory holds one batch's activations, never the set's.
 
 A calibration set is anything with len() and slicing that yields float32
 [n, C, H, W] (an array, a memory map, or a Subset of either)."""
+import json
+import os
+import tempfile
+
 import numpy as np
 
 from . import _kernels
@@ -66,28 +70,6 @@ def stream_batch(graph, n):
     return int(max(1, min(n, 64, ACTIVATION_BYTES // max(per, 1))))
 
 
-def run_prefix(graph, params, x, upto, hook=None):
-    """Run layers[0 .. upto-1] on batch x with params {layer: weights};
-    hook(index, L, inputs, output) after each.  Returns the live blobs."""
-    layers = graph["layers"]
-    last = {}
-    for i, L in enumerate(layers[:upto]):
-        for b in L["bottom"]:
-            last[b] = i
-    blobs = {graph["input"]["name"]: x}
-    for i, L in enumerate(layers[:upto]):
-        xs = [blobs[b] for b in L["bottom"]]
-        y = apply_layer(L, xs, params.get(L["name"]))
-        if hook is not None:
-            hook(i, L, xs, y)
-        for b in L["bottom"]:
-            if last.get(b, -1) <= i:
-                blobs.pop(b, None)
-        for t in L["top"]:
-            blobs[t] = y
-    return blobs
-
-
 def stream(graph, inputs, batch=None):
     """(first index, float32 batch) over a calibration set."""
     n = len(inputs)
@@ -113,16 +95,59 @@ class Subset:
         return np.asarray(self.inputs[self.index[s]])
 
 
-def outputs(graph, params, inputs):
-    """The network's last output for every input, [N, ...] (streamed)."""
-    last = graph["layers"][-1]
-    res = []
-    for _, x in stream(graph, inputs):
-        blobs = run_prefix(graph, params, x, len(graph["layers"]))
-        res.append(np.asarray(blobs[last["top"][0]]).reshape(len(x), -1))
+def outputs(graph, params, inputs, threads=2):
+    """The network's last output for every input, [N, ...] (streamed through
+    the runtime on dense weights)."""
+    model = dense_model(graph, params, threads=threads)
+    res = [model.forward(x).reshape(len(x), -1) for _, x in stream(graph, inputs)]
     return np.concatenate(res)
 
 
 def top1(graph, params, inputs):
     """The network's top-1 class of every input (streamed)."""
     return outputs(graph, params, inputs).argmax(1)
+
+
+def dense_model(graph, params, mode="exact", threads=1, layers=None):
+    """A runtime Model of the graph (its first `layers` layers) on dense
+    weights params {layer: (w, b) or (scale, shift)}: written to a temporary
+    .qcnn (memory-backed where the system has one), loaded, the file removed
+    (the model keeps its mapping).  The runtime's kernels, fused ReLUs and
+    buffer reuse: a calibration pass as fast as inference."""
+    from . import format as qformat
+    from .layers import QUANTIZABLE
+    from .runtime import Model
+    g = json.loads(json.dumps({"input": graph["input"],
+                               "layers": graph["layers"][:layers]}))
+    tensors = {}
+    for L in g["layers"]:
+        L.pop("weights", None)
+        n = L["name"]
+        if n not in params or params[n] is None:
+            continue
+        a, b = params[n]
+        if L["type"] in QUANTIZABLE:
+            L["weights"] = {"mode": "dense", "weight": f"{n}.weight", "bias": f"{n}.bias"}
+            tensors[f"{n}.weight"] = qformat.Tensor(np.ascontiguousarray(a, np.float32))
+            tensors[f"{n}.bias"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
+        else:
+            L["weights"] = {"scale": f"{n}.scale", "shift": f"{n}.shift"}
+            tensors[f"{n}.scale"] = qformat.Tensor(np.ascontiguousarray(a, np.float32))
+            tensors[f"{n}.shift"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="qengine-calib-", dir=base) as tmp:
+        path = os.path.join(tmp, "network.qcnn")
+        qformat.write(path, {"graph": g, "preprocess": {}, "class_names": [],
+                             "provenance": {"source": "calibration"}}, tensors, force=True)
+        return Model(path, mode=mode, threads=threads, limits={"work": 1 << 62})
+
+
+def input_producers(graph):
+    """{layer: the layer whose output it reads as its first input (None: the
+    network's input)}: for in-place blobs, the last writer before it."""
+    writer, out = {}, {}
+    for L in graph["layers"]:
+        out[L["name"]] = writer.get(L["bottom"][0])
+        for t in L["top"]:
+            writer[t] = L["name"]
+    return out

@@ -18,10 +18,11 @@ import time
 
 import numpy as np
 
-from .calibration import run_prefix, stream
+from .calibration import dense_model, input_producers, stream
 from .quantize import reconstruct
 
 MAX_POSITIONS = 6144
+THREADS = 2              # threads of the calibration passes
 RIDGE = 1e-3
 
 
@@ -42,6 +43,33 @@ def _conv_patches(x, p, kh, kw, d, M, groups, positions):
             for g in range(groups):
                 out[g, :, :cg, i * kw + j] = v[:, g * cg:(g + 1) * cg]
     return out.reshape(groups, len(ni), M, d, T).transpose(0, 1, 2, 4, 3)
+
+
+def _solve_codebook(Ab, bb, Cm, ridge, diagonal):
+    """The codebook step's normal equations (blocks Ab [K, K, d, d], right side
+    bb [K, d]) with a ridge towards the current codewords Cm.  With one tap
+    (1x1 convolutions, fully-connected layers) only codeword k meets codeword
+    k: K independent d x d systems.  Otherwise the system is symmetric
+    positive definite (a Gram matrix plus a ridge): Cholesky, with SciPy where
+    installed (about 3x faster than a general solve at K d = 1024)."""
+    K, d = bb.shape
+    if diagonal:
+        blocks = Ab[np.arange(K), np.arange(K)]                       # [K, d, d]
+        lam = ridge * (np.trace(blocks, axis1=1, axis2=2).sum() / (K * d) + 1e-12)
+        rhs = bb + lam * Cm
+        return np.linalg.solve(blocks + lam * np.eye(d), rhs[..., None])[..., 0]
+    Amat = Ab.transpose(0, 2, 1, 3).reshape(K * d, K * d)
+    lam = ridge * (np.trace(Amat) / (K * d) + 1e-12)
+    A = Amat + lam * np.eye(K * d)
+    rhs = bb.reshape(-1) + lam * Cm.reshape(-1)
+    try:
+        from scipy.linalg import cho_factor, cho_solve
+        return cho_solve(cho_factor(A, check_finite=False), rhs,
+                         check_finite=False).reshape(K, d)
+    except ImportError:
+        return np.linalg.solve(A, rhs).reshape(K, d)
+    except np.linalg.LinAlgError:              # not positive definite in floating point
+        return np.linalg.solve(A, rhs).reshape(K, d)
 
 
 def _refine(pat, R, group_of, C, A, iters, ridge=RIDGE):
@@ -90,10 +118,7 @@ def _refine(pat, R, group_of, C, A, iters, ridge=RIDGE):
                     np.add.at(bb, a[:, t], q[cos, t])
                     for u in range(T):
                         np.add.at(Ab, (a[:, t], a[:, u]), gram[g, m, t, u])
-            Amat = Ab.transpose(0, 2, 1, 3).reshape(K * d, K * d)
-            lam = ridge * (np.trace(Amat) / (K * d) + 1e-12)
-            theta = np.linalg.solve(Amat + lam * np.eye(K * d), bb.reshape(-1) + lam * C[m].reshape(-1))
-            C[m] = theta.reshape(K, d)
+            C[m] = _solve_codebook(Ab, bb, C[m], ridge, T == 1)
             # index step: coordinate descent over taps, scored from Gram matrices
             cc = C[m]
             for g in range(G):
@@ -251,37 +276,42 @@ def error_correct(graph, weights, quantized, calib, iters=4, seed=0, log=None, p
     def batches():
         return stream(graph, calib)
 
-    # the dense responses at every layer's positions, in one pass
+    # the dense responses at every layer's positions, in one pass (the
+    # runtime's kernels on dense weights; requested outputs come before any
+    # fused ReLU, as the layers' responses are)
     t0 = time.perf_counter()
     resp = {name: [] for name in todo}
-    upto = max(index[name] for name in todo) + 1
+    model = dense_model(graph, dense, threads=THREADS, layers=max(index[n] for n in todo) + 1)
     for i0, x in batches():
-        run_prefix(graph, dense, x, upto,
-                   lambda i, L, xs, y: resp[L["name"]].append(sample_outputs(y, pos[L["name"]], i0))
-                   if L["name"] in resp else None)
+        outs = model.forward(x, outputs=todo)
+        for name in todo:
+            resp[name].append(sample_outputs(outs[name], pos[name], i0))
+    del model
     resp = {k: np.concatenate(v) for k, v in resp.items()}
     t_pass, t_fit = time.perf_counter() - t0, 0.0
     if bar:
         bar.update(1)
     anc = _ancestors(graph)
+    producer = input_producers(graph)
     qparams = dict(dense)
     out = dict(quantized)
     pending = list(todo)
     while pending:
-        # every pending layer whose input no pending layer feeds: one pass
+        # every pending layer whose input no pending layer feeds: one pass of
+        # the network quantised so far, up to the last of them
         group = [name for name in pending if not (anc[name] & set(pending))]
         pats = {name: [] for name in group}
-        upto = max(index[name] for name in group) + 1
-
-        def collect(i, L, xs, y):
-            name = L["name"]
-            if name in pats:
-                M, _, d = quantized[name][0].shape
-                pats[name].append(sample_inputs(L, xs[0], pos[name], i0, d, M))
-
         t0 = time.perf_counter()
+        model = dense_model(graph, qparams, threads=THREADS,
+                            layers=max(index[n] for n in group) + 1)
+        wanted = sorted({producer[n] for n in group if producer[n] is not None})
         for i0, x in batches():
-            run_prefix(graph, qparams, x, upto, collect)
+            outs = model.forward(x, outputs=wanted) if wanted else {}
+            for name in group:
+                M, _, d = quantized[name][0].shape
+                xin = x if producer[name] is None else outs[producer[name]]
+                pats[name].append(sample_inputs(layers[index[name]], xin, pos[name], i0, d, M))
+        del model
         t_pass += time.perf_counter() - t0
         for name in group:
             L = layers[index[name]]

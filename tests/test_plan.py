@@ -204,3 +204,53 @@ def test_a_quantized_model_records_its_predicted_time(tmp_path):
     assert set(pred["layers"]) == {"c1", "c2", "c3", "f1", "prob"}
     assert pred["ms"] == pytest.approx(sum(pred["layers"].values()), rel=1e-3)
     assert any(m.startswith("predicted:") for m in logs)
+
+
+def _auto(tmp_path, name, x, **kw):
+    from qengine.convert import quantize_model
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    logs = []
+    out = tmp_path / name
+    quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, force=True,
+                   plan_on="operations", iters=5, log=logs.append, **kw)
+    return qengine.load(str(out)), logs
+
+
+def test_calibration_alone_chooses_the_fastest_plan_that_agrees(tmp_path):
+    """With --calib and no settings, every 4th calibration input is held out;
+    the plan is the fastest whose held-out top-1 agreement with the dense
+    network reaches --min-agreement, measured again on the final model and
+    stored with it.  A lower threshold never gives a slower plan."""
+    x = np.random.default_rng(5).standard_normal((40, 16, 12, 12)).astype(np.float32)
+    results = {}
+    for a in (0.0, 1.0):
+        m, logs = _auto(tmp_path, f"a{a}.qcnn", x, min_agreement=a)
+        q = m.metadata["provenance"]["quantization"]
+        assert q["chosen_by"] == {"min_agreement": a, "held_out": 10}
+        ops = sum(c[3] + c[4] if c[3] else c[2] for c in m.layer_costs(as_quantized=True))
+        results[a] = ops
+        if "agreement" in q:
+            assert q["agreement"]["held_out"] and q["agreement"]["images"] == 10
+            assert q["agreement"]["top1"] >= a or any("next slower" in s for s in logs)
+        assert any(s.startswith("[plan:") for s in logs)
+    assert results[0.0] < results[1.0]
+
+
+def test_without_calibration_the_defaults_warn_and_settings_do_not(tmp_path):
+    from qengine.convert import quantize_model
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    logs = []
+    quantize_model(graph, weights, str(tmp_path / "a.qcnn"), {"source": "test"}, iters=3,
+                   plan_on="operations", log=logs.append)
+    assert any(s.startswith("warning: no calibration images") for s in logs)
+    logs.clear()
+    quantize_model(graph, weights, str(tmp_path / "b.qcnn"), {"source": "test"}, iters=3,
+                   conv_k=16, plan_on="operations", log=logs.append)
+    assert not any(s.startswith("warning") for s in logs)
+    x = np.random.default_rng(5).standard_normal((64, 16, 12, 12)).astype(np.float32)
+    with pytest.raises(QEngineError, match="min-agreement"):
+        quantize_model(graph, weights, str(tmp_path / "c.qcnn"), {"source": "test"}, calib=x,
+                       conv_k=16, min_agreement=0.9)
+    with pytest.raises(QEngineError, match="at least 32 calibration images"):
+        quantize_model(graph, weights, str(tmp_path / "c.qcnn"), {"source": "test"},
+                       calib=x[:20])
