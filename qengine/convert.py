@@ -395,6 +395,7 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
             tensors[f"{n}.bias"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
             if n in errors:
                 qinfo[n]["response_error"] = round(errors[n], 5)
+    _summary(qinfo, agreement, held is not None, log)
     quant = {"layers": qinfo, "kmeans_iters": iters, "seed": seed,
              "error_correction": fit is not None,
              "finetune": finetune if finetune is None else dict(finetune),
@@ -422,6 +423,21 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
     log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {total:.1f} s ("
         + ", ".join(f"{k} {v:.1f} s" for k, v in steps.times.items()) + ")")
     return size
+
+
+def _summary(qinfo, agreement, held_out, log):
+    """The run's closing table: each weighted layer's form and response error."""
+    if not qinfo:
+        return
+    log("summary:")
+    w = max(len(n) for n in qinfo)
+    for n, info in qinfo.items():
+        form = "dense" if info["mode"] == "dense" else f"d={info['subdim']} K={info['k']}"
+        err = info.get("response_error")
+        log(f"  {n:<{w}}  {form:<12} " + ("" if err is None else f"response error {err:.4f}"))
+    if agreement is not None:
+        log(f"  top-1 agreement with the dense network {agreement:.2%}"
+            + (" (held-out images)" if held_out else " (calibration images)"))
 
 
 def _kmeans_layers(graph, weights, settings, layer_opts, keep_dense, iters, seed, log, progress):

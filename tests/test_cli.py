@@ -190,3 +190,26 @@ def test_qrun_batches_with_threads_and_skips_bad_images(tmp_path):
     assert [x["image"] for x in lines] == [str(good), str(good)]
     assert lines[0]["top"] == lines[1]["top"]
     assert len(r.stderr.strip().splitlines()) == 1 and "bad.jpg" in r.stderr
+
+
+def test_qconvert_finetune_and_agreement_errors(tmp_path, monkeypatch, capsys):
+    """--finetune without PyTorch names the install command, without --calib
+    says so; --min-agreement beside explicit settings is refused; all before
+    any long work, and no output is left behind."""
+    import sys
+    from qengine.cli.qconvert import main
+    out = tmp_path / "o.qcnn"
+    lenet = shared_path("caffe", "lenet")
+    import numpy as np
+    np.save(tmp_path / "x.npy", np.zeros((40, 1, 28, 28), np.float32))
+    monkeypatch.setitem(sys.modules, "torch", None)         # as if not installed
+    for extra, msg in ((["--finetune", "--calib", str(tmp_path / "x.npy")],
+                        "pip install 'qengine[finetune]'"),
+                       (["--finetune"], "--finetune needs calibration images"),
+                       (["--min-agreement", "0.9", "--conv-k", "16"], "--min-agreement")):
+        with pytest.raises(SystemExit) as e:
+            main([lenet, "-o", str(out), "--scale", "0.00390625", "-q"] + extra)
+        assert e.value.code != 0 and msg in capsys.readouterr().err
+        assert not out.exists()
+    r = run("qconvert", lenet, "-o", str(out), "--min-agreement", "0.9", "--conv-k", "16")
+    assert r.returncode == 1 and "--min-agreement" in r.stderr and "Traceback" not in r.stderr

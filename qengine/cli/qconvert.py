@@ -139,6 +139,11 @@ def main(argv=None):
             export(args.src, args.export_onnx, args.force, log)
             return 0
         check_destination(args.output, args.force)     # before any long work
+        if args.finetune is not None:
+            if not args.calib:
+                fail("qconvert", "--finetune needs calibration images (--calib)", 2)
+            from ..finetune import _torch
+            _torch()
         from ..errors import InputError
         from ..frontends import detect
         try:
