@@ -179,7 +179,7 @@ def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=16, feat
     indices[, bias])}) so the network's outputs match the dense network's
     (`weights`) on the calibration inputs calib [N, C, H, W] (read in
     batches); returns {layer: (codebook, indices, bias)} and the mean loss
-    of each epoch."""
+    of each epoch.  Adam at `lr`, decayed to 0 on a cosine over all steps."""
     torch = _torch()
     log = log or (lambda m: None)
     if threads:
@@ -200,6 +200,9 @@ def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=16, feat
     opt = torch.optim.Adam(params, lr=lr)
     n_img = len(calib)
     steps = -(-n_img // batch)
+    # cosine decay of the learning rate over all steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + np.cos(np.pi * min(t, epochs * steps) / (epochs * steps))))
     history = []
     for epoch in range(epochs):
         t0 = time.time()
@@ -229,6 +232,7 @@ def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=16, feat
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += float(loss.detach()) * len(x)
             if bar:
                 bar.update(1)

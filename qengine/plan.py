@@ -142,7 +142,7 @@ class Planner:
         fixed = dict(fixed or {})
         self.profile, _ = costs.network(graph, weights)
         self.dense_total = sum(self.profile.values())
-        self.prices, forms = {}, {}
+        self.prices, forms, self.free, self.free_error = {}, {}, {}, {}
         measured = isinstance(getattr(costs, "mode", None), str) and costs.mode != "operations"
         gain = MIN_GAIN if measured else 0.0
         weighted = [L for L in graph["layers"] if L["name"] in weights and L["type"] in QUANTIZABLE]
@@ -159,6 +159,13 @@ class Planner:
             self.prices[n] = costs.forms(L, ins, want)
             dense = self.prices[n][None]
             forms[n] = [f for f in want if n in fixed or self.prices[n][f] < dense * (1 - gain)]
+            # a form the runtime runs on its dequantized weights costs exactly the
+            # dense time: free to store quantized (a smaller file, same speed); the
+            # most accurate of them (smallest d, then largest K) is kept in reserve
+            free = [f for f in want if measured and n not in fixed
+                    and self.prices[n][f] == dense]
+            if free:
+                self.free[n] = min(free, key=lambda f: (f[0], -f[1]))
             if bar:
                 bar.update(1)
         if bar:
@@ -203,7 +210,8 @@ class Planner:
                     y_energy = max(float(np.sum(np.square(y, dtype=np.float64))), 1e-30)
                 w_energy = max(float(np.sum(np.square(w, dtype=np.float64))), 1e-30)
                 self.kmeans[n] = {}
-                for d, K in forms[n]:
+                extra = [self.free[n]] if n in self.free and self.free[n] not in forms[n] else []
+                for d, K in forms[n] + extra:
                     cb, idx = quantize_weights(w, kind, d, K, iters=PLAN_ITERS, seed=self.seed)
                     self.kmeans[n][(d, K)] = (cb, idx)
                     wq = reconstruct(cb, idx, kind, w.shape)
@@ -212,7 +220,10 @@ class Planner:
                         err = float(np.sum(np.square(y - yq, dtype=np.float64))) / y_energy
                     else:
                         err = float(np.sum(np.square(w - wq, dtype=np.float64))) / w_energy
-                    pts.append((self.prices[n][(d, K)], err, (d, K)))
+                    if (d, K) in forms[n]:
+                        pts.append((self.prices[n][(d, K)], err, (d, K)))
+                    else:
+                        self.free_error[n] = err
                     if bar:
                         bar.update(1)
                 options[n] = pts
@@ -254,6 +265,8 @@ class Planner:
         return opts, {n for n, f in choice.items() if f is None}
 
     def error(self, n, form):
+        if form == self.free.get(n) and n in self.free_error:
+            return self.free_error[n]
         return next(p[1] for p in self.options[n] if p[2] == form)
 
     def describe(self, choice, unit):
@@ -324,6 +337,7 @@ class AgreementSearch:
         self.log = log or (lambda m: None)
         self.graph, self.weights, self.held = graph, weights, held
         self.min_agreement, self.seed = min_agreement, seed
+        self.keep_dense = set(keep_dense)
         self.planner = Planner(graph, weights, costs, fit, keep_dense=keep_dense, seed=seed,
                                log=log, progress=progress)
         n = len(fit)
@@ -382,8 +396,29 @@ class AgreementSearch:
         self.at = lo
         self.log(f"chosen: the plan {self.speedup(lo):.2f}x faster than the dense network "
                  f"(probe agreement {self.agreements[lo]:.2%})")
+        self._compress(lo)
         self.planner.describe(self.plans[lo], "")
         return self.plans[lo]
+
+    def _compress(self, i):
+        """The layers plan i leaves dense, stored quantized where that costs no
+        time (a form the runtime runs on its dequantized weights), if the
+        held-out agreement still holds: the same speed in a smaller file."""
+        free = self.planner.free
+        plan = {n: (free[n] if f is None and n in free and n not in self.keep_dense else f)
+                for n, f in self.plans[i].items()}
+        if plan == self.plans[i]:
+            return
+        n_free = sum(1 for n in plan if plan[n] != self.plans[i][n])
+        self.plans.insert(i, plan)
+        self.agreements = {(k + 1 if k >= i else k): v for k, v in self.agreements.items()}
+        if self.agreement(i) >= self.min_agreement:
+            self.log(f"  {n_free} layers it keeps dense are stored quantized instead: the "
+                     f"runtime runs them on their dequantized weights (same time, smaller file)")
+        else:
+            del self.plans[i]
+            self.agreements = {(k - 1 if k > i else k): v for k, v in self.agreements.items()
+                               if k != i}
 
     def slower(self):
         """The next slower plan after the one last given, or None."""

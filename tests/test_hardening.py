@@ -416,7 +416,7 @@ def test_caffemodel_of_empty_blobs_is_refused_quickly(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(QEngineError, match="weight blobs"):
         read_caffemodel(str(p))
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 10      # a guard against quadratic work, not a speed test
 
 
 def test_caffemodel_unpacked_floats_read_by_runs(tmp_path):
