@@ -108,6 +108,13 @@ def top1(graph, params, inputs):
     return outputs(graph, params, inputs).argmax(1)
 
 
+def scratch_dir():
+    """A temporary directory for models made on the fly (removed on exit; a
+    loaded model keeps its mapping): memory-backed where the system has it."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.TemporaryDirectory(prefix="qengine-", dir=base)
+
+
 def dense_model(graph, params, mode="exact", threads=1, layers=None):
     """A runtime Model of the graph (its first `layers` layers) on dense
     weights params {layer: (w, b) or (scale, shift)}: written to a temporary
@@ -134,8 +141,7 @@ def dense_model(graph, params, mode="exact", threads=1, layers=None):
             L["weights"] = {"scale": f"{n}.scale", "shift": f"{n}.shift"}
             tensors[f"{n}.scale"] = qformat.Tensor(np.ascontiguousarray(a, np.float32))
             tensors[f"{n}.shift"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="qengine-calib-", dir=base) as tmp:
+    with scratch_dir() as tmp:
         path = os.path.join(tmp, "network.qcnn")
         qformat.write(path, {"graph": g, "preprocess": {}, "class_names": [],
                              "provenance": {"source": "calibration"}}, tensors, force=True)

@@ -222,6 +222,7 @@ def convert_qcnn(src, out, preprocess=None, labels=None, **kw):
     return convert(Source("qcnn", src), out, preprocess=preprocess, labels=labels, **kw)
 
 
+AGREEMENT_IMAGES = 250   # calibration images the agreement is measured on (without a held-out set)
 DEFAULT_SETTINGS = {"conv_subdim": 8, "conv_k": 128, "fc_subdim": 4, "fc_k": 32}
 
 
@@ -359,9 +360,15 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
             steps.done("fine-tuning")
         agreement = None
         if calib is not None and quantized:
-            agreement = _agreement(graph, weights, quantized, held if held is not None else fit)
+            check = held
+            if check is None:               # at most AGREEMENT_IMAGES, evenly spread
+                from .calibration import Subset
+                n = len(fit)
+                check = fit if n <= AGREEMENT_IMAGES else Subset(
+                    fit, np.linspace(0, n - 1, AGREEMENT_IMAGES).astype(np.int64))
+            agreement = _agreement(graph, weights, quantized, check)
             where = (f"{len(held)} held-out calibration images" if held is not None else
-                     f"its {len(fit)} calibration images (fitted by error correction)")
+                     f"{len(check)} of its calibration images (fitted by error correction)")
             log(f"top-1 agreement with the dense network: {agreement:.2%} on {where}")
             steps.done("agreement")
         if search is None or agreement is None or agreement >= min_agreement:
@@ -404,7 +411,7 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
         quant["chosen_by"] = {"min_agreement": min_agreement, "held_out": len(held)}
     if agreement is not None:
         quant["agreement"] = {"top1": round(agreement, 5),
-                              "images": len(held) if held is not None else len(fit),
+                              "images": len(held) if held is not None else len(check),
                               "held_out": held is not None}
     if quantized and costs.mode != "operations":
         quant["predicted"] = _prediction(graph, weights, quantized, costs, log)

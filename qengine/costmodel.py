@@ -20,7 +20,6 @@ all measured in the same process within seconds of each other, which is what
 """
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -33,14 +32,6 @@ from .layers.weighted import dense_shape
 MIN_RUNS = 3            # timed runs per candidate (after one warm-up)
 MIN_SECONDS = 0.02      # ... and at least this long in total
 MAX_RUNS = 50
-
-
-def _scratch_dir():
-    """A temporary directory for the one-layer models (removed after each
-    measurement; a loaded model keeps its mapping): memory-backed when the
-    system has it."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return tempfile.TemporaryDirectory(prefix="qengine-cost-", dir=base)
 
 
 class CostModel:
@@ -112,7 +103,8 @@ class CostModel:
     def _measure(self, L, in_shape, forms):
         from .runtime import Model
         models = {}
-        with _scratch_dir() as tmp:
+        from .calibration import scratch_dir
+        with scratch_dir() as tmp:
             for i, f in enumerate(forms):
                 path = os.path.join(tmp, f"layer{i}.qcnn")
                 self._one_layer(L, in_shape, f, path)
@@ -151,28 +143,8 @@ class CostModel:
         return self._networks[key]
 
     def _network(self, graph, weights):
-        from .runtime import Model
-        g = json.loads(json.dumps(graph))
-        tensors = {}
-        for L in g["layers"]:
-            n = L["name"]
-            if n not in weights:
-                continue
-            if L["type"] in QUANTIZABLE:
-                w, b = weights[n]
-                L["weights"] = {"mode": "dense", "weight": f"{n}.weight", "bias": f"{n}.bias"}
-                tensors[f"{n}.weight"] = qformat.Tensor(np.ascontiguousarray(w, np.float32))
-                tensors[f"{n}.bias"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
-            else:
-                s, t = weights[n]
-                L["weights"] = {"scale": f"{n}.scale", "shift": f"{n}.shift"}
-                tensors[f"{n}.scale"] = qformat.Tensor(np.ascontiguousarray(s, np.float32))
-                tensors[f"{n}.shift"] = qformat.Tensor(np.ascontiguousarray(t, np.float32))
-        with _scratch_dir() as tmp:
-            path = os.path.join(tmp, "network.qcnn")
-            qformat.write(path, {"graph": g, "preprocess": {}, "class_names": [],
-                                 "provenance": {"source": "costmodel"}}, tensors, force=True)
-            model = Model(path, mode=self.mode, threads=1)
+        from .calibration import dense_model
+        model = dense_model(graph, weights, mode=self.mode, threads=1)
         x = self._rng.standard_normal((1,) + model.input_shape).astype(np.float32)
         model.forward(x)
         best, total, runs = None, float("inf"), 0

@@ -332,14 +332,14 @@ class AgreementSearch:
     short, slower() gives the next slower plan."""
 
     def __init__(self, graph, weights, costs, fit, held, min_agreement, keep_dense=(), seed=0,
-                 log=None, progress=None):
+                 log=None, progress=None, subdims=SUBDIMS, ks=KS):
         from .calibration import Subset, top1
         self.log = log or (lambda m: None)
         self.graph, self.weights, self.held = graph, weights, held
         self.min_agreement, self.seed = min_agreement, seed
         self.keep_dense = set(keep_dense)
-        self.planner = Planner(graph, weights, costs, fit, keep_dense=keep_dense, seed=seed,
-                               log=log, progress=progress)
+        self.planner = Planner(graph, weights, costs, fit, keep_dense=keep_dense, subdims=subdims,
+                               ks=ks, seed=seed, log=log, progress=progress)
         n = len(fit)
         self.probe_fit = Subset(fit, np.linspace(0, n - 1, min(n, PROBE_IMAGES)).astype(int)) \
             if n > PROBE_IMAGES else fit

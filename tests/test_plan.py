@@ -254,3 +254,27 @@ def test_without_calibration_the_defaults_warn_and_settings_do_not(tmp_path):
     with pytest.raises(QEngineError, match="at least 32 calibration images"):
         quantize_model(graph, weights, str(tmp_path / "c.qcnn"), {"source": "test"},
                        calib=x[:20])
+
+
+def test_layers_left_dense_are_stored_quantized_where_that_costs_no_time(tmp_path):
+    """When no form is faster than dense (the AVX2 picture for narrow layers),
+    the fastest plan is dense; the layers are then stored in the most
+    accurate form the runtime runs at dense speed (priced exactly as dense),
+    if the held-out agreement allows."""
+    from qengine.calibration import Subset
+    from qengine.plan import AgreementSearch, holdout
+    graph, weights = build(tmp_path / "dense.qcnn", plan_graph(), dense=("c1", "c2", "c3", "f1"))
+    grid = [(d, K) for d in (2, 4) for K in (16, 64)]
+    prices = {n: {None: 5.0, **{f: 5.0 for f in grid}} for n in ("c1", "c2", "c3", "f1")}
+    prices["c3"][(4, 16)] = 1.0                    # one form is faster: offered as usual
+    x = np.random.default_rng(6).standard_normal((40, 16, 12, 12)).astype(np.float32)
+    fit, held = holdout(len(x))
+    for a, want_free in ((0.0, True), (1.01, False)):
+        s = AgreementSearch(graph, weights, FixedPrices(prices), Subset(x, fit), Subset(x, held),
+                            a, subdims=(2, 4), ks=(16, 64))
+        plan = s.best()
+        assert s.planner.free == {n: (2, 64) for n in ("c1", "c2", "c3", "f1")}
+        if want_free:
+            assert plan["c3"] == (4, 16) and plan["c1"] == plan["c2"] == plan["f1"] == (2, 64)
+        else:                                       # nothing agrees enough: all dense
+            assert all(f is None for f in plan.values())
