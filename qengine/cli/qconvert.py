@@ -20,6 +20,14 @@
         a dense Caffe model: product-quantised (k-means per subspace), then, with
         --calib, refined by error correction on calibration images.
 
+    qconvert DIR -o model.qcnn --calib imgs/ [--min-agreement 0.95]
+        with calibration images and no settings, the converter chooses them:
+        the fastest plan (each layer form timed on this machine) whose top-1
+        agreement with the dense network, on calibration images held out from
+        fitting, is at least 95%.  --speedup S asks for S times the dense
+        network's speed instead; --finetune then trains codebooks and biases
+        by distillation (pip install 'qengine[finetune]').
+
 The output is written atomically; an existing file is kept unless --force.
 """
 import argparse
