@@ -503,6 +503,7 @@ def _prediction(graph, weights, quantized, costs, log):
     log(f"predicted: {total * 1e3:.2f} ms per image, {dense / total:.2f}x faster than the dense "
         f"network ({dense * 1e3:.2f} ms), batch 1, 1 thread, {costs.mode} mode, {costs.isa}")
     return {"ms": round(total * 1e3, 4), "dense_ms": round(dense * 1e3, 4),
+            "outside_layers_ms": round((total - sum(per.values())) * 1e3, 4),
             "speedup": round(dense / total, 4), "isa": costs.isa, "mode": costs.mode,
             "batch": 1, "threads": 1,
             "layers": {n: round(t * 1e3, 4) for n, t in per.items()}}

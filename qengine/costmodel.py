@@ -173,8 +173,11 @@ def layer_inputs(graph):
 def predict(graph, weights, choice, costs):
     """(predicted cost of the network, {layer: cost}, dense network's cost)
     with choice {layer: (d, K) or None}: the dense network's profile with
-    each weighted layer's one-layer dense time replaced by its form's."""
-    prof, _ = costs.network(graph, weights)
+    each weighted layer's one-layer dense time replaced by its form's, plus
+    the time a forward pass spends outside its layers (the Python between
+    them: a tenth of a millisecond, which matters on LeNet-sized networks)."""
+    prof, wall = costs.network(graph, weights)
+    overhead = max(0.0, wall - sum(prof.values()))
     ins = layer_inputs(graph)
     by_name = {L["name"]: L for L in graph["layers"]}
     per = dict(prof)
@@ -182,7 +185,7 @@ def predict(graph, weights, choice, costs):
         if f is not None:
             t = costs.forms(by_name[n], ins[n], [f])
             per[n] = prof[n] - t[None] + t[tuple(f)]
-    return sum(per.values()), per, sum(prof.values())
+    return sum(per.values()) + overhead, per, sum(prof.values()) + overhead
 
 
 class OperationCounts:

@@ -140,8 +140,8 @@ class Planner:
         self.shapes = infer_shapes(graph)
         self.by_name = {L["name"]: L for L in graph["layers"]}
         fixed = dict(fixed or {})
-        self.profile, _ = costs.network(graph, weights)
-        self.dense_total = sum(self.profile.values())
+        self.profile, wall = costs.network(graph, weights)
+        self.dense_total = max(wall, sum(self.profile.values()))
         self.prices, forms, self.free, self.free_error = {}, {}, {}, {}
         measured = isinstance(getattr(costs, "mode", None), str) and costs.mode != "operations"
         gain = MIN_GAIN if measured else 0.0
@@ -241,12 +241,10 @@ class Planner:
 
     def predict(self, choice):
         """(predicted cost of the network, {layer: cost}) with choice {layer:
-        (d, K) or None}: the dense profile with each weighted layer's one-layer
-        dense time replaced by its chosen form's."""
-        per = dict(self.profile)
-        for n, f in choice.items():
-            per[n] = self.profile[n] - self.prices[n][None] + self.prices[n][f]
-        return sum(per.values()), per
+        (d, K) or None} (costmodel.predict)."""
+        from .costmodel import predict
+        total, per, _ = predict(self.graph, self.weights, choice, self.costs)
+        return total, per
 
     def max_speedup(self):
         """The largest speed-up the candidate forms can give."""

@@ -274,7 +274,11 @@ def main(argv=None):
             if tmpdir is None:
                 tmpdir = tempfile.TemporaryDirectory(prefix="qbench-")
             dense = _dense_twin(model, path, tmpdir.name)
-            rows = compare(model, x, args.runs, calib=calib, dense=dense)
+            # the peers' own progress output (NNCF's) goes to stderr: stdout holds
+            # the table or the JSON only
+            import contextlib
+            with contextlib.redirect_stdout(sys.stderr):
+                rows = compare(model, x, args.runs, calib=calib, dense=dense)
             q = rows[0][1]
             r["compare"] = [{"runtime": n, "ms_per_image": ms, "ratio": (ms / q if ms else None),
                              "max_abs_diff": d} for n, ms, d in rows]
