@@ -24,6 +24,7 @@ from .layers.pooling import _rules
 from .layers.base import pool_output
 
 TEMPERATURE = 2.0
+TRAIN_BYTES = 768 << 20     # activations of one training batch (forward and backward)
 
 
 def _torch():
@@ -173,7 +174,16 @@ def _augment(torch, x, rng):
     return out
 
 
-def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=16, features=(),
+def train_batch(graph):
+    """Images per training step: 16, fewer where a batch's activations (kept
+    for the backward pass, about three times the forward blobs) would pass
+    TRAIN_BYTES (SqueezeNet at 227x227: 8)."""
+    from .graph import infer_shapes
+    per = 4 * sum(int(np.prod(s)) for s in infer_shapes(graph).values())
+    return int(max(4, min(16, TRAIN_BYTES // max(1, 3 * per))))
+
+
+def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=None, features=(),
              feature_weight=1.0, reassign=False, seed=0, threads=None, log=None, progress=None):
     """Fine-tune the codebooks and biases of `quantized` ({layer: (codebook,
     indices[, bias])}) so the network's outputs match the dense network's
@@ -182,6 +192,7 @@ def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=16, feat
     of each epoch.  Adam at `lr`, decayed to 0 on a cosine over all steps."""
     torch = _torch()
     log = log or (lambda m: None)
+    batch = batch or train_batch(graph)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
