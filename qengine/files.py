@@ -44,6 +44,10 @@ def check_destination(path, force):
     try:
         st = os.lstat(path)
     except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise QEngineError(f"{path}: the output directory {os.path.dirname(path) or parent} "
+                               f"does not exist") from None
         return
     except OSError as e:
         raise QEngineError(f"{path}: cannot write here: {e.strerror}") from None

@@ -337,6 +337,8 @@ class Model:
         layers' outputs ([N, C, H, W], or [N, C] after fully-connected layers),
         as numpy arrays.  With profile={} the seconds spent in each layer are added to it."""
         import numpy as np
+        if getattr(self, "_closed", False):
+            raise InputError(f"{self.path}: the model is closed")
         try:
             x = np.asarray(x)
             if x.dtype.kind not in "fiub":
@@ -367,7 +369,31 @@ class Model:
             return {k: buffers.to_numpy(v) for k, v in out.items()}
         return buffers.to_numpy(out)
 
+    def __call__(self, x, outputs=None, profile=None):
+        """model(x) is model.forward(x)."""
+        return self.forward(x, outputs, profile)
+
+    def close(self):
+        """Release the model's weights, file mapping and threads now (rather
+        than when it is garbage-collected); it cannot run afterwards."""
+        with self._pool_lock:
+            ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=True)
+        self._closed = True
+        self._ops = []
+        self._local = threading.local()
+        self._qf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def _forward_checked(self, x, want=None, profile=None):
+        if getattr(self, "_closed", False):
+            raise InputError(f"{self.path}: the model is closed")
         try:
             return self._forward(x, want, profile)
         except MemoryError:

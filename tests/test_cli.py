@@ -213,3 +213,35 @@ def test_qconvert_finetune_and_agreement_errors(tmp_path, monkeypatch, capsys):
         assert not out.exists()
     r = run("qconvert", lenet, "-o", str(out), "--min-agreement", "0.9", "--conv-k", "16")
     assert r.returncode == 1 and "--min-agreement" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("tool", ["qconvert", "qrun", "qbench"])
+def test_every_tool_has_version(tool):
+    import qengine
+    r = run(tool, "--version")
+    assert r.returncode == 0 and f"{tool} (qengine) {qengine.__version__}" in r.stdout
+    assert "kernels:" in r.stdout and r.stderr == ""
+
+
+def test_a_missing_output_directory_is_named(tmp_path):
+    out = tmp_path / "no" / "such" / "dir" / "m.qcnn"
+    r = run("qconvert", shared_path("caffe", "lenet"), "-o", str(out), "--scale", "0.00390625",
+            "--keep-dense", "all")
+    assert r.returncode == 1
+    assert f"the output directory {out.parent} does not exist" in r.stderr
+    assert "Traceback" not in r.stderr and ".tmp" not in r.stderr
+
+
+def test_accuracy_against_a_model_of_another_task_is_refused(tmp_path):
+    """qbench --accuracy SET --against OTHER: a reference with another input
+    shape or class count is an error, not 0.00% agreement."""
+    tiny = tmp_path / "tiny.qcnn"
+    build(tiny)
+    lenet = tmp_path / "lenet.qcnn"
+    r = run("qconvert", shared_path("caffe", "lenet"), "-o", str(lenet), "--scale", "0.00390625",
+            "--keep-dense", "all", "-q")
+    assert r.returncode == 0, r.stderr
+    r = run("qbench", str(lenet), "--accuracy", shared_path("mnist-t10k"), "--against", str(tiny),
+            "--limit", "20")
+    assert r.returncode == 1 and "--against needs a model of the same task" in r.stderr
+    assert "Traceback" not in r.stderr

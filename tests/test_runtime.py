@@ -175,3 +175,21 @@ def test_concatenation_written_in_place(tmp_path, isa):
         if mode == "exact":   # (fast mode's 8-bit FC tables are checked elsewhere)
             want = reference.forward(graph, dense_weights(graph, params), x)
             assert np.abs(planned - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_model_call_close_and_context_manager(tmp_path):
+    """model(x) is forward(x); close() releases the model (a clear error
+    after); a with-block closes it."""
+    import numpy as np
+    import qengine
+    from modelkit import build
+    path = tmp_path / "m.qcnn"
+    build(path)
+    x = np.random.default_rng(0).standard_normal((2,) + qengine.load(str(path)).input_shape)
+    x = x.astype(np.float32)
+    with qengine.load(str(path), threads=2) as m:
+        assert np.array_equal(m(x), m.forward(x))
+    with pytest.raises(qengine.InputError, match="closed"):
+        m.forward(x)
+    with pytest.raises(qengine.InputError, match="closed"):
+        m.classify(x)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from . import fail
+from . import _version, fail
 
 
 WARMUP_SECONDS = 0.5
@@ -137,7 +137,9 @@ def print_table(r):
 
 
 def accuracy(args):
+    import math
     from ..datasets import evaluate, open_set
+    from ..errors import QEngineError
     from ..runtime import load
     items, labels = open_set(args.accuracy, limit=args.limit)
     rows = []
@@ -146,8 +148,18 @@ def accuracy(args):
         models.append(("dense", args.against, "exact"))
     models += [("model", args.model, "exact"), ("model", args.model, "fast")]
     ref_pred = None
+    first = None
     for role, path, mode in models:
         m = load(path, mode=mode, threads=args.threads)
+        # the reference must be the same task: input shape and class count
+        outs = m.blob_shapes[m.graph["layers"][-1]["top"][0]]
+        task = (tuple(m.input_shape), int(math.prod(outs)))
+        if first is None:
+            first = (path, task)
+        elif task != first[1]:
+            raise QEngineError(f"{path}: input {list(task[0])} and {task[1]} classes, but "
+                               f"{first[0]} has input {list(first[1][0])} and {first[1][1]} "
+                               f"classes: --against needs a model of the same task")
         r = evaluate(m, items, labels, batch=max(args.batch, 32))
         row = {"model": path, "role": role, "mode": mode, "top1": r["top1"], "top5": r["top5"]}
         if role == "dense":
@@ -190,6 +202,7 @@ def print_accuracy(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qbench", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", nargs="?", help="the .qcnn model")
+    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("--synthetic", metavar="ARCH",
                     help="benchmark a built-in random model of this architecture (alexnet, "
                          "caffenet, vgg_cnn_s, vgg16) instead of a file")

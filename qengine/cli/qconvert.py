@@ -33,7 +33,7 @@ The output is written atomically; an existing file is kept unless --force.
 import argparse
 import sys
 
-from . import fail
+from . import _version, fail
 
 
 def _layer_opts(specs):
@@ -68,6 +68,7 @@ def main(argv=None):
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", nargs="?", help="directory of the model files, an .onnx, or a .qcnn")
+    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("-o", "--output", help="the .qcnn file to write")
     ap.add_argument("--export-onnx", metavar="OUT.onnx",
                     help="instead: write the dequantized network of a .qcnn as ONNX (to open in "

@@ -7,12 +7,13 @@ import json
 import sys
 import time
 
-from . import fail
+from . import _version, fail
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qrun", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="the .qcnn model")
+    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("images", nargs="+", help="images: BMP, JPEG, PNG, ...")
     ap.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
     ap.add_argument("--json", action="store_true", help="one JSON object per image per line")
