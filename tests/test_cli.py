@@ -245,3 +245,43 @@ def test_accuracy_against_a_model_of_another_task_is_refused(tmp_path):
             "--limit", "20")
     assert r.returncode == 1 and "--against needs a model of the same task" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _popen(tool, *args, **kw):
+    import qengine
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
+    env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+    code = f"import sys; from qengine.cli.{tool} import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+                            stderr=subprocess.PIPE, **kw)
+
+
+def test_qrun_closed_pipe_ctrl_c_and_intermixed_options(tmp_path):
+    """`qrun ... --json | head -1` ends quietly; options may sit between
+    images; Ctrl-C in qbench is one line, no traceback."""
+    import signal
+    import time
+    from PIL import Image
+    import numpy as np
+    model = tmp_path / "tiny.qcnn"
+    build(model)
+    img = tmp_path / "g.png"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(img)
+    p = _popen("qrun", str(model), *[str(img)] * 3000, "--json", stdout=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()                                  # the reader goes away, as head does
+    err = p.stderr.read()
+    p.wait(timeout=120)
+    assert json.loads(first)["image"] == str(img)
+    assert err == "" and p.returncode == 141, err
+    r = run("qrun", str(model), str(img), "--top", "1", str(img), "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 2 and all(len(x["top"]) == 1 for x in lines)
+    p = _popen("qbench", str(model), "--runs", "100000000", stdout=subprocess.DEVNULL)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    assert p.returncode == 130 and err.strip() == "qbench: interrupted", err

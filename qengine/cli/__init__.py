@@ -15,3 +15,30 @@ def _version():
     from ..format import VERSIONS
     return (f"%(prog)s (qengine) {__version__}, kernels: {_kernels.get_isa()}, "
             f".qcnn format versions {', '.join(map(str, VERSIONS))}")
+
+
+def entry(prog):
+    """Decorate a tool's main(): a closed output pipe (`qrun ... | head -1`)
+    ends it quietly, Ctrl-C with one line, both without a traceback."""
+    import functools
+
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None):
+            try:
+                return main(argv)
+            except BrokenPipeError:
+                import os
+                # the reader is gone: nothing more can be printed, and Python's
+                # own flush at exit must not fail on the closed pipe either
+                try:
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                except (OSError, ValueError):
+                    pass
+                return 141                     # 128 + SIGPIPE, as the shell reports it
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+        return run
+    return wrap

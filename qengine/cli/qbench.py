@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from . import _version, fail
+from . import _version, entry, fail
 
 
 WARMUP_SECONDS = 0.5
@@ -199,6 +199,7 @@ def print_accuracy(r):
           f"{r['stored_weight_bytes']:,} bytes)")
 
 
+@entry("qbench")
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qbench", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", nargs="?", help="the .qcnn model")

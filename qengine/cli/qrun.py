@@ -7,9 +7,10 @@ import json
 import sys
 import time
 
-from . import _version, fail
+from . import _version, entry, fail
 
 
+@entry("qrun")
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qrun", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="the .qcnn model")
@@ -23,7 +24,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="threads (default 1); with several images, that many go through the "
                          "network together")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)    # options may come between images
     if args.top < 1:
         fail("qrun", "--top must be at least 1", 2)
     if args.threads < 1:
