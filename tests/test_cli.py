@@ -253,8 +253,10 @@ def _popen(tool, *args, **kw):
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
     env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
     code = f"import sys; from qengine.cli.{tool} import main; sys.exit(main())"
+    # from outside the source tree (as run() does): with a non-editable install
+    # the tree's qengine has no compiled kernels
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
-                            stderr=subprocess.PIPE, **kw)
+                            stderr=subprocess.PIPE, cwd=os.path.dirname(ROOT), **kw)
 
 
 def test_qrun_closed_pipe_ctrl_c_and_intermixed_options(tmp_path):
@@ -273,6 +275,7 @@ def test_qrun_closed_pipe_ctrl_c_and_intermixed_options(tmp_path):
     p.stdout.close()                                  # the reader goes away, as head does
     err = p.stderr.read()
     p.wait(timeout=120)
+    assert first, err
     assert json.loads(first)["image"] == str(img)
     assert err == "" and p.returncode == 141, err
     r = run("qrun", str(model), str(img), "--top", "1", str(img), "--json")
