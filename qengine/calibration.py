@@ -62,12 +62,17 @@ def apply_layer(L, xs, wb=None):
 ACTIVATION_BYTES = 256 << 20     # activations alive at once while streaming
 
 
-def stream_batch(graph, n):
-    """Images per batch so that one batch's activations (every blob of the
-    network at once, an upper bound) stay within ACTIVATION_BYTES."""
+def activation_bytes(graph):
+    """Bytes of every blob of the network for one image (float32): an upper
+    bound of what one image's activations hold at once."""
     from .graph import infer_shapes
-    per = 4 * sum(int(np.prod(s)) for s in infer_shapes(graph).values())
-    return int(max(1, min(n, 64, ACTIVATION_BYTES // max(per, 1))))
+    return 4 * sum(int(np.prod(s)) for s in infer_shapes(graph).values())
+
+
+def stream_batch(graph, n):
+    """Images per batch so that one batch's activations stay within
+    ACTIVATION_BYTES."""
+    return int(max(1, min(n, 64, ACTIVATION_BYTES // max(activation_bytes(graph), 1))))
 
 
 def stream(graph, inputs, batch=None):
@@ -93,6 +98,20 @@ class Subset:
     def __getitem__(self, s):
         """Images by a slice (or an index array) of the subset."""
         return np.asarray(self.inputs[self.index[s]])
+
+
+def dequantized_params(graph, weights, quantized):
+    """weights {layer: (w, b)} with every layer of quantized {layer:
+    (codebook, indices[, bias])} replaced by its dequantized weights (and its
+    refitted bias, when it has one): the network as a quantized file runs it."""
+    from .quantize import reconstruct
+    by_name = {L["name"]: L for L in graph["layers"]}
+    params = dict(weights)
+    for n, q in quantized.items():
+        kind = "conv" if by_name[n]["type"] == "Convolution" else "fc"
+        w, b = weights[n]
+        params[n] = (reconstruct(q[0], q[1], kind, w.shape), q[2] if len(q) > 2 else b)
+    return params
 
 
 def outputs(graph, params, inputs, threads=2):

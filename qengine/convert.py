@@ -366,7 +366,8 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
                 n = len(fit)
                 check = fit if n <= AGREEMENT_IMAGES else Subset(
                     fit, np.linspace(0, n - 1, AGREEMENT_IMAGES).astype(np.int64))
-            agreement = _agreement(graph, weights, quantized, check)
+            agreement = _agreement(graph, weights, quantized, check,
+                                   search.dense_top1 if search is not None else None)
             where = (f"{len(held)} held-out calibration images" if held is not None else
                      f"{len(check)} of its calibration images (fitted by error correction)")
             log(f"top-1 agreement with the dense network: {agreement:.2%} on {where}")
@@ -477,18 +478,14 @@ def _kmeans_layers(graph, weights, settings, layer_opts, keep_dense, iters, seed
     return quantized, qinfo
 
 
-def _agreement(graph, weights, quantized, inputs):
+def _agreement(graph, weights, quantized, inputs, dense_top1=None):
     """Top-1 agreement of the quantized network (dequantized weights) with
-    the dense one on inputs."""
-    from .calibration import top1
-    from .quantize import reconstruct
-    params = dict(weights)
-    for n, q in quantized.items():
-        L = next(L for L in graph["layers"] if L["name"] == n)
-        kind = "conv" if L["type"] == "Convolution" else "fc"
-        w, b = weights[n]
-        params[n] = (reconstruct(q[0], q[1], kind, w.shape), q[2] if len(q) > 2 else b)
-    return float(np.mean(top1(graph, params, inputs) == top1(graph, weights, inputs)))
+    the dense one on inputs (whose dense top-1 classes may be given)."""
+    from .calibration import dequantized_params, top1
+    if dense_top1 is None:
+        dense_top1 = top1(graph, weights, inputs)
+    return float(np.mean(top1(graph, dequantized_params(graph, weights, quantized), inputs)
+                         == dense_top1))
 
 
 def _prediction(graph, weights, quantized, costs, log):

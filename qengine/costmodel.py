@@ -34,7 +34,26 @@ MIN_SECONDS = 0.02      # ... and at least this long in total
 MAX_RUNS = 50
 
 
-class CostModel:
+def operations(L, in_shape, out_shape, d=None, K=None):
+    """A layer's theoretical operations per image: dense multiply-adds, or with
+    (d, K) table multiply-adds plus lookups."""
+    if d is None:
+        return layer_cost(L, in_shape, out_shape)[0]
+    _, table, lookups = layer_cost(L, in_shape, out_shape, K, subspaces(L, in_shape, d))
+    return table + lookups
+
+
+class Prices:
+    """What a price list offers: forms(L, in_shape, forms) -> {form: cost}
+    (the dense form None always among them) and network(graph, weights)."""
+
+    def layer(self, L, in_shape, d=None, K=None):
+        """The cost of one form of layer L: dense (d None) or (d, K)."""
+        form = None if d is None else (int(d), int(K))
+        return self.forms(L, in_shape, [form])[form]
+
+
+class CostModel(Prices):
     """Measured seconds per image of layer forms on this machine, in `mode`
     ("fast" is what the CLIs run)."""
 
@@ -47,12 +66,6 @@ class CostModel:
 
     def _key(self, L, in_shape, form):
         return json.dumps([L["type"], L["params"], list(in_shape), form], sort_keys=True)
-
-    def layer(self, L, in_shape, d=None, K=None):
-        """Seconds per image of layer L (Convolution / InnerProduct) on input
-        in_shape: dense weights (d None), or product-quantized with (d, K)."""
-        form = None if d is None else (int(d), int(K))
-        return self.forms(L, in_shape, [form])[form]
 
     def forms(self, L, in_shape, forms):
         """{form: seconds per image} of layer L on input in_shape, for forms
@@ -188,7 +201,7 @@ def predict(graph, weights, choice, costs):
     return sum(per.values()) + overhead, per, sum(prof.values()) + overhead
 
 
-class OperationCounts:
+class OperationCounts(Prices):
     """The theoretical prices of the same forms: multiply-adds plus table
     lookups per image (layers.layer_cost), no timing.  What `qconvert
     --plan-on operations` plans with; deterministic, so the tests use it."""
@@ -197,27 +210,12 @@ class OperationCounts:
     isa = "any"
     measured = 0
 
-    def layer(self, L, in_shape, d=None, K=None):
-        return self.forms(L, in_shape, [None if d is None else (d, K)])[
-            None if d is None else (d, K)]
-
     def forms(self, L, in_shape, forms):
-        from .layers.base import conv_output
-        cout = L["params"]["num_output"]
-        if L["type"] == "Convolution":
-            p = L["params"]
-            out = (cout, conv_output(in_shape[1], p["kernel"][0], p["stride"], p["pad"]),
-                   conv_output(in_shape[2], p["kernel"][1], p["stride"], p["pad"]))
-        else:
-            out = (cout,)
-        res = {}
-        for f in [None] + [f for f in forms if f is not None]:
-            if f is None:
-                res[None] = float(layer_cost(L, in_shape, out)[0])
-            else:
-                _, table, lookups = layer_cost(L, in_shape, out, f[1], subspaces(L, in_shape, f[0]))
-                res[tuple(f)] = float(table + lookups)
-        return res
+        from .layers import record
+        in_shape = tuple(in_shape)
+        out = record(L["type"]).shape(L["params"], [in_shape], f"layer {L['name']!r}")
+        return {f: float(operations(L, in_shape, out, *(f or (None, None))))
+                for f in [None] + [tuple(f) for f in forms if f is not None]}
 
     def network(self, graph, weights):
         shapes = infer_shapes(graph)

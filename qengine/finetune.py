@@ -178,9 +178,8 @@ def train_batch(graph):
     """Images per training step: 16, fewer where a batch's activations (kept
     for the backward pass, about three times the forward blobs) would pass
     TRAIN_BYTES (SqueezeNet at 227x227: 8)."""
-    from .graph import infer_shapes
-    per = 4 * sum(int(np.prod(s)) for s in infer_shapes(graph).values())
-    return int(max(4, min(16, TRAIN_BYTES // max(1, 3 * per))))
+    from .calibration import activation_bytes
+    return int(max(4, min(16, TRAIN_BYTES // max(1, 3 * activation_bytes(graph)))))
 
 
 def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=None, features=(),
@@ -262,16 +261,10 @@ def finetune(graph, weights, quantized, calib, epochs=2, lr=1e-4, batch=None, fe
 
 def _reassign(torch, by_name, weights, codebooks, idx):
     """Each weight sub-vector to the codeword now nearest its dense value."""
-    from .quantize import assign, subspace_vectors
+    from .quantize import assign, assignments_to_indices, subspace_vectors
     for n, cb in codebooks.items():
-        L = by_name[n]
-        kind = "conv" if L["type"] == "Convolution" else "fc"
+        kind = "conv" if by_name[n]["type"] == "Convolution" else "fc"
         C = cb.detach().numpy()
-        d = C.shape[2]
-        A = assign(subspace_vectors(np.asarray(weights[n][0], np.float32), kind, d), C)
-        if kind == "conv":
-            cout, _, kh, kw = weights[n][0].shape
-            a = A.reshape(C.shape[0], cout, kh, kw).transpose(1, 2, 3, 0)
-        else:
-            a = A.T
-        idx[n] = torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))
+        w = np.asarray(weights[n][0], np.float32)
+        A = assign(subspace_vectors(w, kind, C.shape[2]), C)
+        idx[n] = torch.from_numpy(assignments_to_indices(A, w, kind, C.shape[2]).astype(np.int64))

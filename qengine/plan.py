@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import QEngineError
 from .graph import infer_shapes
-from .layers import QUANTIZABLE, layer_cost, subspace_inputs, subspaces
+from .costmodel import operations
+from .layers import QUANTIZABLE, subspace_inputs
 
 MIN_GAIN = 0.03          # a measured form must be this much faster than dense to be tried
 # --min-agreement's default: top-1 agreement with the dense network on held-out
@@ -41,16 +42,6 @@ SUBDIMS = (2, 3, 4, 6, 8)
 KS = (16, 32, 64, 128)
 PLAN_ITERS = 10          # k-means iterations per candidate (the final run uses the full count)
 MAX_PLAN_INPUTS = 8      # calibration inputs the errors are measured on
-
-
-def operations(L, in_shape, out_shape, d=None, K=None):
-    """A layer's theoretical operations per image: dense multiply-adds, or with
-    (d, K) table multiply-adds plus lookups."""
-    if d is None:
-        return layer_cost(L, in_shape, out_shape)[0]
-    _, table, lookups = layer_cost(L, in_shape, out_shape, K,
-                                   subspaces(L, in_shape, d))
-    return table + lookups
 
 
 def candidates(L, in_shape, out_shape, subdims=SUBDIMS, ks=KS):
@@ -361,20 +352,15 @@ class AgreementSearch:
 
     def agreement(self, i):
         """Held-out top-1 agreement of plan i after a probe's error correction."""
-        from .calibration import top1
+        from .calibration import dequantized_params, top1
         from .errcorr import error_correct
-        from .quantize import reconstruct
         if i not in self.agreements:
             quantized = {n: self.planner.kmeans[n][f] for n, f in self.plans[i].items()
                          if f is not None}
             quantized = error_correct(self.graph, self.weights, quantized, self.probe_fit,
                                       iters=2, seed=self.seed,
                                       max_positions=PROBE_POSITIONS)
-            params = dict(self.weights)
-            for n, q in quantized.items():
-                L = self.planner.by_name[n]
-                kind = "conv" if L["type"] == "Convolution" else "fc"
-                params[n] = (reconstruct(q[0], q[1], kind, self.weights[n][0].shape), q[2])
+            params = dequantized_params(self.graph, self.weights, quantized)
             self.agreements[i] = float(np.mean(top1(self.graph, params, self.held)
                                                == self.dense_top1))
             self.log(f"  plan {self.speedup(i):5.2f}x faster: held-out agreement "

@@ -121,13 +121,19 @@ def quantize_weights(w, kind, d, K, iters=25, seed=0, progress=None):
     C, A = kmeans(X, K, iters, seed, progress)
     if C.shape[1] > 256:
         raise ModelError(f"K={C.shape[1]} codewords do not fit 8-bit indices")
+    return C, assignments_to_indices(A, w, kind, d)
+
+
+def assignments_to_indices(A, w, kind, d):
+    """Codeword assignments [M, N] of subspace_vectors(w, kind, d) as the
+    layer's uint8 indices: conv [Cout, KH, KW, M], fc [Cout, M]."""
     shp = indices_shape(w, kind, d)
     if kind == "conv":
         cout, kh, kw, M = shp
         idx = A.reshape(M, cout, kh, kw).transpose(1, 2, 3, 0)
     else:
         idx = A.T
-    return C, np.ascontiguousarray(idx, np.uint8)
+    return np.ascontiguousarray(idx, np.uint8)
 
 
 def reconstruct(codebook, indices, kind, shape):

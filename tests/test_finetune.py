@@ -66,14 +66,8 @@ def test_codeword_gather_is_dequantize():
 
 
 def _kl(graph, weights, quantized, x):
-    from qengine.calibration import outputs
-    from qengine.quantize import reconstruct
-    params = dict(weights)
-    for n, q in quantized.items():
-        L = next(L for L in graph["layers"] if L["name"] == n)
-        kind = "conv" if L["type"] == "Convolution" else "fc"
-        params[n] = (reconstruct(q[0], q[1], kind, weights[n][0].shape),
-                     q[2] if len(q) > 2 else weights[n][1])
+    from qengine.calibration import dequantized_params, outputs
+    params = dequantized_params(graph, weights, quantized)
     t, s = outputs(graph, weights, x).astype(np.float64), outputs(graph, params, x)
     t = np.exp(t - t.max(1, keepdims=True))
     t /= t.sum(1, keepdims=True)

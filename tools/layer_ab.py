@@ -29,6 +29,22 @@ def load(path, mode, env):
                 os.environ[k] = v
 
 
+def alternate(models, x, rounds):
+    """Run the models in turn on x, one forward pass each per round; returns,
+    per model, ({layer: [seconds per run]}, [seconds per run in total])."""
+    prof = [{} for _ in models]
+    tot = [[] for _ in models]
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            p = {}
+            t = time.perf_counter()
+            m.forward(x, profile=p)
+            tot[i].append(time.perf_counter() - t)
+            for k, v in p.items():
+                prof[i].setdefault(k, []).append(v)
+    return prof, tot
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
@@ -43,16 +59,7 @@ def main(argv=None):
     models = [load(args.model, m, e) for m, e in zip((args.a, args.b), envs)]
     x = (np.random.default_rng(0).standard_normal((1,) + models[0].input_shape) * 50
          ).astype(np.float32)
-    prof = [{}, {}]
-    tot = [[], []]
-    for _ in range(args.rounds):
-        for i, m in enumerate(models):
-            p = {}
-            t = time.perf_counter()
-            m.forward(x, profile=p)
-            tot[i].append(time.perf_counter() - t)
-            for k, v in p.items():
-                prof[i].setdefault(k, []).append(v)
+    prof, tot = alternate(models, x, args.rounds)
     strat = [m.layer_strategies() for m in models]
     print(f"{'layer':<10} {'A ms':>8} {'A strategy':<12} {'B ms':>8} {'B strategy':<12} {'B/A':>6}")
     for k in prof[0]:

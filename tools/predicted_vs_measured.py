@@ -14,9 +14,10 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 
 import numpy as np
+
+from layer_ab import alternate       # this script's folder is on sys.path
 
 
 def main(argv=None):
@@ -33,19 +34,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         dense = _dense_twin(m, args.model, tmp)
         x = np.random.default_rng(0).standard_normal((1,) + m.input_shape).astype(np.float32)
-        prof = {"model": {}, "dense": {}}
-        total = {"model": [], "dense": []}
-        for _ in range(3):
-            m.forward(x)
-            dense.forward(x)
-        for _ in range(args.runs):
-            for key, net in (("model", m), ("dense", dense)):
-                p = {}
-                t0 = time.perf_counter()
-                net.forward(x, profile=p)
-                total[key].append(time.perf_counter() - t0)
-                for k, v in p.items():
-                    prof[key].setdefault(k, []).append(v)
+        alternate([m, dense], x, 3)                       # warm-up
+        (pm, pd), (tm, td) = alternate([m, dense], x, args.runs)
+        prof, total = {"model": pm, "dense": pd}, {"model": tm, "dense": td}
     med = {k: {n: float(np.median(v)) * 1e3 for n, v in prof[k].items()} for k in prof}
     tot = {k: float(np.median(v)) * 1e3 for k, v in total.items()}
     strategies = m.layer_strategies()
