@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from . import __version__, format as qformat
-from .errors import FormatError, ModelError, QEngineError
+from .errors import FormatError, InputError, ModelError, QEngineError
 from .files import check_regular, open_regular
 from .frontends import Source, load
 from .layers import QUANTIZABLE
@@ -200,6 +200,20 @@ def make_preprocess(input_shape, mean=None, mean_pixel=None, scale=None, channel
     return pre
 
 
+def check_fits(pre, input_shape, tensors):
+    """The preprocessing must turn an image into this network's input: checked
+    at convert time (a 1-channel network with --channel-order rgb, or a crop
+    larger than the resize, would otherwise fail only later, in qrun)."""
+    from .preprocess import Preprocessor
+    m = tensors.get("preprocess.mean")
+    try:
+        Preprocessor(pre, input_shape, None if m is None else m.array)
+    except ModelError as e:
+        c, h, w = input_shape
+        raise InputError(f"the preprocessing options do not fit the model's input "
+                         f"({c} x {h} x {w}): {str(e).removeprefix('preprocessing: ')}") from None
+
+
 def convert_caffe(prototxt, caffemodel, out, **kw):
     """Quantise a dense Caffe model into `out` (.qcnn); options as quantize_model()."""
     return convert(Source("caffe", None, prototxt, caffemodel), out, **kw)
@@ -304,6 +318,8 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
     else:
         pre = make_preprocess(tuple(graph["input"]["shape"]), tensors=tensors,
                               **(preprocess or {}))
+        if any(v is not None for v in (preprocess or {}).values()):
+            check_fits(pre, tuple(graph["input"]["shape"]), tensors)
     if finetune is not None:
         if calib is None:
             raise QEngineError("--finetune needs calibration images (--calib)")
@@ -403,7 +419,6 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
             tensors[f"{n}.bias"] = qformat.Tensor(np.ascontiguousarray(b, np.float32))
             if n in errors:
                 qinfo[n]["response_error"] = round(errors[n], 5)
-    _summary(qinfo, agreement, held is not None, log)
     quant = {"layers": qinfo, "kmeans_iters": iters, "seed": seed,
              "error_correction": fit is not None,
              "finetune": finetune if finetune is None else dict(finetune),
@@ -427,22 +442,39 @@ def quantize_model(graph, weights, out, source, conv_subdim=None, conv_k=None, f
     }
     size = qformat.write(out, meta, tensors, force=force)
     steps.done("write")
+    _summary(out, qinfo, agreement, held is not None, log)
     total = sum(steps.times.values())
     log(f"wrote {out}: {size} bytes ({size / 1e6:.2f} MB) in {total:.1f} s ("
         + ", ".join(f"{k} {v:.1f} s" for k, v in steps.times.items()) + ")")
     return size
 
 
-def _summary(qinfo, agreement, held_out, log):
-    """The run's closing table: each weighted layer's form and response error."""
+def _summary(out, qinfo, agreement, held_out, log):
+    """The run's closing table: each weighted layer's form, the kernel the
+    runtime runs it with on this machine (fast mode, as qrun), the bytes the
+    file stores for it and its response error after error correction."""
     if not qinfo:
         return
-    log("summary:")
+    from .runtime import Model
+    kernels, nbytes = {}, {}
+    try:
+        with Model(out, mode="fast") as m:
+            kernels = m.layer_strategies()
+            entries = m._qf.header["tensors"]
+            for op in m.layers:
+                w = op.L.get("weights") or {}
+                nbytes[op.name] = sum(entries[v]["nbytes"] for k, v in w.items()
+                                      if k != "mode" and v in entries)
+    except QEngineError as e:        # the file is written; the summary is a courtesy
+        log(f"(summary without kernels: {e})")
+    log("summary (kernel: how qrun runs the layer on this machine):")
     w = max(len(n) for n in qinfo)
     for n, info in qinfo.items():
         form = "dense" if info["mode"] == "dense" else f"d={info['subdim']} K={info['k']}"
         err = info.get("response_error")
-        log(f"  {n:<{w}}  {form:<12} " + ("" if err is None else f"response error {err:.4f}"))
+        log(f"  {n:<{w}}  {form:<10} kernel {kernels.get(n, '?'):<12} "
+            f"{nbytes.get(n, 0):>10,} bytes  "
+            + ("" if err is None else f"response error {err:.4f}"))
     if agreement is not None:
         log(f"  top-1 agreement with the dense network {agreement:.2%}"
             + (" (held-out images)" if held_out else " (calibration images)"))

@@ -345,6 +345,7 @@ class AgreementSearch:
             self.plans.append(dense)
         self.agreements = {}
         self.at = None
+        self.progress = progress
 
     def speedup(self, i):
         total, _ = self.planner.predict(self.plans[i])
@@ -371,12 +372,18 @@ class AgreementSearch:
         """The fastest plan that agrees enough (the dense one if none does)."""
         lo, hi = 0, len(self.plans) - 1            # plans[hi] is dense: agreement 1
         self.agreements[hi] = 1.0
+        steps = max(1, (hi - lo).bit_length())
+        bar = (self.progress or (lambda label, total: None))("agreement search", steps)
         while lo < hi:
             mid = (lo + hi) // 2
             if self.agreement(mid) >= self.min_agreement:
                 hi = mid
             else:
                 lo = mid + 1
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
         self.at = lo
         self.log(f"chosen: the plan {self.speedup(lo):.2f}x faster than the dense network "
                  f"(probe agreement {self.agreements[lo]:.2%})")

@@ -97,6 +97,9 @@ def read_pixels(src, min_size=None):
         raise ImageError(f"{name}: refused, too many pixels ({e})") from None
     except Image.DecompressionBombWarning as e:
         raise ImageError(f"{name}: refused, too many pixels ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read (unknown or corrupt "
+                         f"format)") from None
     except Exception as e:  # PIL raises many types for bad files
         raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
     finally:
@@ -211,7 +214,7 @@ def check_preprocess(spec, input_shape, qf=None, limits=None):
     std = spec.get("std")
     if std is not None and not (isinstance(std, list) and len(std) in (1, c) and all(
             _finite(v, MAX_SCALE) and abs(v) >= 1 / MAX_SCALE for v in std)):
-        fail(f"std must be 1 or {c} numbers with 1e-6 <= |std| <= 1e6, got {std!r:.80}")
+        fail(f"std must be {'1' if c == 1 else f'1 or {c}'} numbers with 1e-6 <= |std| <= 1e6, got {std!r:.80}")
     rng = spec.get("pixel_range", 255)
     if type(rng) not in (int, float) or rng not in (1, 255):
         fail(f"pixel_range must be 255 or 1, got {rng!r:.50}")
@@ -232,7 +235,8 @@ def check_preprocess(spec, input_shape, qf=None, limits=None):
         vals = m.get("values")
         if not isinstance(vals, list) or len(vals) not in (1, c) or \
                 not all(_finite(v, MAX_MEAN) for v in vals):
-            fail(f"mean values must be 1 or {c} finite numbers, got {vals!r:.80}")
+            fail(f"mean values must be {'1' if c == 1 else f'1 or {c}'} finite numbers, "
+                 f"got {vals!r:.80}")
         return 0
     name = m.get("tensor")
     if not isinstance(name, str):

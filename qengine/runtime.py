@@ -7,6 +7,7 @@ Model may serve many threads at once.
 """
 import math
 import os
+import sys
 import threading
 import time
 
@@ -509,21 +510,85 @@ class Model:
         return buffers.to_numpy(self._preprocess(images))
 
     def _preprocess(self, images):
-        if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
+        if self._single(images):
             images = [images]
-        return self.stack([self.preprocessor(im) for im in images])
+        return self.stack([self._input(im) for im in images])
 
     def stack(self, inputs):
         """Preprocessed inputs [C, H, W] (buffers from Model.preprocessor) -> a batch buffer."""
         return buffers.concat([buffers.reshape(a, (1,) + tuple(a.shape)) for a in inputs], 0)
 
-    def predict(self, images, top=5):
+    @staticmethod
+    def _array(x):
+        np = sys.modules.get("numpy")     # an array can only exist if numpy was imported
+        return np is not None and isinstance(x, np.ndarray)
+
+    def _single(self, x):
+        """One image: a path, a PIL image, a uint8 H x W or H x W x 3 array, or
+        a float [C, H, W] array already preprocessed."""
+        if isinstance(x, (str, bytes, os.PathLike)):
+            return True
+        pil = sys.modules.get("PIL.Image")
+        if pil is not None and isinstance(x, pil.Image):
+            return True
+        if self._array(x):
+            return x.ndim == 2 or (x.ndim == 3 and (x.dtype.kind == "u" or
+                                                     tuple(x.shape) == self.input_shape))
+        return False
+
+    def _input(self, x):
+        """One image -> the network's input [C, H, W] (a float buffer)."""
+        if self._array(x) and x.dtype.kind == "f":
+            import numpy as np
+            if tuple(x.shape) != self.input_shape:
+                raise InputError(f"a float array is taken as a preprocessed input and must be "
+                                 f"{list(self.input_shape)}, got {list(x.shape)}")
+            return memoryview(np.ascontiguousarray(x, np.float32))
+        return self.preprocessor(x)
+
+    def predict(self, images, top=5, batch=16):
         """Classify images; returns, per image, the top classes as dicts
-        {"index", "label", "prob"}, most probable first."""
+        {"index", "label", "prob"}, most probable first.
+
+        images: one image (a path, a PIL image, a uint8 H x W or H x W x 3
+        array, or a float [C, H, W] array already preprocessed) -> a list of
+        one result; a float batch [N, C, H, W] or uint8 [N, H, W, 3], a list
+        or tuple of images -> a list of results; any other iterable (a
+        generator, a folder walk) -> a generator of results, read and run
+        `batch` images at a time (lazily: a million paths never sit in memory)."""
         _check_top(top)
-        if isinstance(images, (list, tuple)) and not images:
-            raise InputError("predict() needs at least one image, got an empty list")
-        return self.classify(self._preprocess(images), top)
+        if batch < 1:
+            raise InputError(f"batch must be at least 1, got {batch}")
+        if self._single(images):
+            return self.classify(self.stack([self._input(images)]), top)
+        if self._array(images):
+            if images.ndim == 4 and images.dtype.kind == "f":
+                return self.classify(images, top)
+            if images.ndim == 4 and images.dtype.kind == "u":
+                return list(self._predict_lazily(iter(images), top, batch))
+            raise InputError(f"cannot read an array of {images.dtype} {list(images.shape)} as "
+                             f"images: give uint8 H x W (x 3) images or float [N,] C x H x W "
+                             f"inputs")
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise InputError("predict() needs at least one image, got an empty list")
+            return list(self._predict_lazily(iter(images), top, batch))
+        try:
+            it = iter(images)
+        except TypeError:
+            raise InputError(f"predict() takes images or an iterable of images, got "
+                             f"{type(images).__name__}") from None
+        return self._predict_lazily(it, top, batch)
+
+    def _predict_lazily(self, it, top, batch):
+        chunk = []
+        for im in it:
+            chunk.append(self._input(im))
+            if len(chunk) == batch:
+                yield from self.classify(self.stack(chunk), top)
+                chunk = []
+        if chunk:
+            yield from self.classify(self.stack(chunk), top)
 
     def classify(self, batch, top=5):
         """The top classes of a preprocessed batch [N, C, H, W] (see predict): a numpy
@@ -592,15 +657,16 @@ class Model:
                 f"layers={len(self._ops)} mode={self.mode}>")
 
 
-def load(path, mode="exact", threads=1, strategy="auto", limits=None):
+def load(path, mode="fast", threads=1, strategy="auto", limits=None):
     """Load a .qcnn model once; call forward()/predict() on it many times.
 
-    mode      "exact": float lookup tables everywhere.
-              "fast": fully-connected layers with K <= 32 codewords use 8-bit tables
-              looked up inside SIMD registers (one scale per layer and image, one
-              offset per table row); convolutions use 16-bit tables looked up inside
-              registers where the instruction set makes them pay (AVX-512: K <= 128;
-              QENGINE_CONV16=1 also on AVX2 for K <= 32), else float tables (README).
+    mode      "fast" (the default, as in the command-line tools): fully-connected
+              layers with K <= 32 codewords use 8-bit tables looked up inside SIMD
+              registers (one scale per layer and image, one offset per table row);
+              convolutions use 16-bit tables looked up inside registers where the
+              instruction set makes them pay (AVX-512: K <= 128; QENGINE_CONV16=1
+              also on AVX2 for K <= 32), else float tables (README).
+              "exact": float lookup tables everywhere.
     threads   threads each call may use (the kernels split output positions)
     strategy  "auto" runs a first convolution whose input has fewer channels than
               the subspace dimension densely on its dequantized weights (faster,

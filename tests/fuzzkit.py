@@ -85,7 +85,7 @@ def seeds(tmp):
     p = os.path.join(tmp, "seed.qcnn")
     build(p)
     def run_model(path):
-        m = qengine.load(path)
+        m = qengine.load(path, mode="exact")
         m.forward(np.zeros((1,) + m.input_shape, np.float32))
     out["qcnn"] = (open(p, "rb").read(), run_model)
     out["qcnn-header"] = (open(p, "rb").read(), run_model)
@@ -310,7 +310,7 @@ def more_seeds(tmp):
     np.save(buf, np.zeros((2, 3, 21, 19), np.float32))
     out["calib-npy"] = (buf.getvalue(),
                         lambda path: calibration_inputs(path, (3, 21, 19), None, 2))
-    model = qengine.load(p)
+    model = qengine.load(p, mode="exact")
     from qengine.preprocess import Preprocessor
     bilinear = Preprocessor({"channel_order": "rgb", "resize_method": "bilinear",
                              "resize": [9, 8], "crop": [7, 7]}, (3, 7, 7))
@@ -380,7 +380,7 @@ def convert_and_run_onnx(path):
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "m.qcnn")
         convert_onnx(path, out, keep_dense=("all",))
-        m = qengine.load(out)
+        m = qengine.load(out, mode="exact")
         m.forward(np.ones((2,) + m.input_shape, np.float32))
 
 

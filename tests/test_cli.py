@@ -187,9 +187,13 @@ def test_qrun_batches_with_threads_and_skips_bad_images(tmp_path):
     r = run("qrun", str(model), str(good), str(bad), str(good), "--threads", "2", "--json")
     assert r.returncode == 1
     lines = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [x["image"] for x in lines] == [str(good), str(good)]
-    assert lines[0]["top"] == lines[1]["top"]
-    assert len(r.stderr.strip().splitlines()) == 1 and "bad.jpg" in r.stderr
+    # one record per image, in order; the bad one is an error record and the run goes on
+    assert [x["image"] for x in lines] == [str(good), str(bad), str(good)]
+    assert lines[0]["top"] == lines[2]["top"]
+    assert "bad.jpg" in lines[1]["error"] and "top" not in lines[1]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 2 and "bad.jpg" in err[0]
+    assert err[1].startswith("qrun: 3 images (1 failed) in ")
 
 
 def test_qconvert_finetune_and_agreement_errors(tmp_path, monkeypatch, capsys):

@@ -65,7 +65,7 @@ def test_fc_q8_relu_and_zero_input():
 def test_fast_model_close_to_exact(tmp_path, isa):
     path = tmp_path / "m.qcnn"
     build(path, dense=("c2b",), k_fc=32)
-    ex = qengine.load(str(path), strategy="lut")
+    ex = qengine.load(str(path), strategy="lut", mode="exact")
     fa = qengine.load(str(path), mode="fast", strategy="lut")
     assert fa.layer_strategies()["f1"] == "lut8" and fa.layer_strategies()["f2"] == "lut8"
     assert ex.layer_strategies()["f1"] == "lut"
@@ -83,7 +83,7 @@ def test_fast_model_close_to_exact(tmp_path, isa):
 def test_fast_alexnet_pool5_and_fc(alexnet_qcnn):
     import os
     from conftest import shared_path
-    ex = qengine.load(alexnet_qcnn)
+    ex = qengine.load(alexnet_qcnn, mode="exact")
     fa = qengine.load(alexnet_qcnn, mode="fast")
     for i in (1, 2):
         x = np.load(os.path.join(shared_path("qcnn-alexnet-reference", f"ILSVRC2012_val_{i:08d}"),
@@ -99,7 +99,7 @@ def test_dense_baselines_agree_with_qengine(tmp_path):
     from qengine import baselines
     path = tmp_path / "m.qcnn"
     build(path)
-    m = qengine.load(str(path))
+    m = qengine.load(str(path), mode="exact")
     x = np.random.default_rng(4).standard_normal((2,) + m.input_shape).astype(np.float32)
     rows = baselines.compare(m, x, runs=1, warmup=0)
     names = [r[0] for r in rows]

@@ -23,7 +23,7 @@ def _t(wb):
 def test_every_layer_type_in_torch_matches_the_reference(tmp_path):
     path = str(tmp_path / "all.qcnn")
     graph, _ = modelkit.build_graph_model(path)
-    m = qengine.load(path)
+    m = qengine.load(path, mode="exact")
     weights = reference.model_weights(m)
     x = np.random.default_rng(0).standard_normal((3, 3, 12, 12)).astype(np.float32)
     want = reference.forward(m.graph, weights, x)

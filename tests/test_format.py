@@ -208,25 +208,25 @@ def test_model_level_validation(tmp_path):
     q = tmp_path / "bad_index.qcnn"
     qformat.write(str(q), meta, t2)
     with pytest.raises(qengine.ModelError, match="index 31"):
-        qengine.load(str(q))
+        qengine.load(str(q), mode="exact")
     # a bias of the wrong length
     t3 = dict(tensors)
     t3["c2a.bias"] = np.zeros(5, np.float32)
     qformat.write(str(q), meta, t3)
     with pytest.raises(qengine.ModelError, match="c2a.bias"):
-        qengine.load(str(q))
+        qengine.load(str(q), mode="exact")
     # a graph whose layer reads a blob nobody made
     m2 = json.loads(json.dumps(meta))
     m2["graph"]["layers"][4]["bottom"] = ["nowhere"]
     qformat.write(str(q), m2, tensors)
     with pytest.raises(qengine.ModelError, match="nowhere"):
-        qengine.load(str(q))
+        qengine.load(str(q), mode="exact")
     # missing tensor
     t4 = dict(tensors)
     del t4["f1.codebook"]
     qformat.write(str(q), meta, t4)
     with pytest.raises(FormatError, match="f1.codebook"):
-        qengine.load(str(q))
+        qengine.load(str(q), mode="exact")
 
 
 def test_released_tensors_read_back_unchanged(tmp_path):

@@ -52,7 +52,7 @@ def test_huge_stride_scratch_is_refused_at_load(tmp_path):
     assert os.path.getsize(p) < 2000
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="workspace"):
-        qengine.load(p)
+        qengine.load(p, mode="exact")
     assert time.perf_counter() - t0 < 2
 
 
@@ -88,10 +88,10 @@ def test_many_live_activations_are_refused(tmp_path):
     p = live_activations_model(tmp_path / "m.qcnn")
     assert os.path.getsize(p) < 64 << 10
     with pytest.raises(ModelError, match=r"activations.*over the limit"):
-        qengine.load(p)
+        qengine.load(p, mode="exact")
     # a caller who trusts the model raises the limit; the peak is all 20 outputs
     # and the input, as the last convolution runs
-    m = qengine.load(p, limits={"activations": 2 << 30})
+    m = qengine.load(p, limits={"activations": 2 << 30}, mode="exact")
     assert m.resources["activations"] == 4 * (20 * 64 * 512 * 512 + 512 * 512)
 
 
@@ -102,14 +102,14 @@ def test_input_shape_beyond_the_budget_is_refused_at_load(tmp_path):
                           pad=[0, 0], **{"global": True})]}
     p = write_model(tmp_path / "m.qcnn", g, {})
     with pytest.raises(ModelError, match="input"):
-        qengine.load(p)
+        qengine.load(p, mode="exact")
 
 
 def test_huge_kernel_and_pad_cost_is_refused(tmp_path):
     p = huge_kernel_model(tmp_path / "m.qcnn")
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="work"):
-        qengine.load(p)
+        qengine.load(p, mode="exact")
     assert time.perf_counter() - t0 < 2
 
 
@@ -117,7 +117,7 @@ def test_huge_kernel_and_pad_cost_is_refused(tmp_path):
 def test_pad_or_stride_out_of_proportion_is_refused(tmp_path, k, p, s):
     path = one_conv_model(tmp_path / "m.qcnn", (3, 32, 32), 4, k, s=s, p=p)
     with pytest.raises(ModelError, match="pad .* or stride"):
-        qengine.load(path)
+        qengine.load(path, mode="exact")
 
 
 def test_shared_codebook_is_decoded_once(tmp_path):
@@ -135,7 +135,7 @@ def test_shared_codebook_is_decoded_once(tmp_path):
         bottom = f"c{i}"
     g = {"input": {"name": "data", "shape": [C, 12, 12]}, "layers": layers}
     p = write_model(tmp_path / "m.qcnn", g, tensors)
-    m = qengine.load(p, strategy="lut")
+    m = qengine.load(p, strategy="lut", mode="exact")
     cbs = {id(op.codebook) for op in m._ops}
     assert len(cbs) == 1
     assert m.resources["tensors"] == cb.nbytes
@@ -146,10 +146,10 @@ def test_shared_codebook_is_decoded_once(tmp_path):
 def test_batch_runs_in_slices_within_the_activation_budget(tmp_path):
     p = tmp_path / "m.qcnn"
     build(p)
-    m = qengine.load(str(p))
+    m = qengine.load(str(p), mode="exact")
     x = np.random.default_rng(0).standard_normal((7,) + m.input_shape).astype(np.float32)
     want = np.concatenate([m.forward(x[i:i + 1]) for i in range(7)])
-    small = qengine.load(str(p), limits={"activations": m.resources["activations"] * 2})
+    small = qengine.load(str(p), limits={"activations": m.resources["activations"] * 2}, mode="exact")
     assert np.array_equal(small.forward(x), want)
 
 
@@ -180,7 +180,7 @@ def test_fc_workspace_sizes_do_not_overflow():
 
 def _child_forward(path, x, q):
     import qengine as qe
-    q.put(qe.load(path).forward(x))
+    q.put(qe.load(path, mode="exact").forward(x))
 
 
 def _child_reuse(q):
@@ -195,7 +195,7 @@ def test_child_process_after_threaded_work(tmp_path, method):
     global _SHARED_MODEL, _SHARED_X
     p = str(tmp_path / "m.qcnn")
     build(p)
-    m = qengine.load(p, threads=2)
+    m = qengine.load(p, threads=2, mode="exact")
     x = np.random.default_rng(1).standard_normal((3,) + m.input_shape).astype(np.float32)
     ref = m.forward(x)
     m.forward(x[:1])                       # OpenMP threads of the kernels
@@ -222,7 +222,7 @@ def test_threads_validated(tmp_path, bad):
     p = str(tmp_path / "m.qcnn")
     build(p)
     with pytest.raises(InputError, match="threads"):
-        qengine.load(p, threads=bad)
+        qengine.load(p, threads=bad, mode="exact")
 
 
 # -- 4. qconvert outputs --------------------------------------------------------
@@ -325,7 +325,7 @@ def test_bad_preprocessing_metadata_is_refused_at_load(tmp_path, pp):
     p = tmp_path / "m.qcnn"
     build(p, meta_extra={"preprocess": pp})
     with pytest.raises(QEngineError):
-        qengine.load(str(p))
+        qengine.load(str(p), mode="exact")
 
 
 def test_nan_in_bias_or_dense_weights_is_refused(tmp_path):
@@ -339,7 +339,7 @@ def test_nan_in_bias_or_dense_weights_is_refused(tmp_path):
         qf.close()
         qformat.write(str(p), meta, tensors)
         with pytest.raises(ModelError, match="NaN or infinity"):
-            qengine.load(str(p))
+            qengine.load(str(p), mode="exact")
 
 
 @pytest.mark.parametrize("field,value", [("alpha", 1e39), ("k", -1e40), ("beta", 3.5e38)])
@@ -350,7 +350,7 @@ def test_float_parameters_beyond_float32_are_refused(tmp_path, field, value):
     p = tmp_path / "m.qcnn"
     build(p, graph=g)
     with pytest.raises(ModelError, match="alpha, beta or k"):
-        qengine.load(str(p))
+        qengine.load(str(p), mode="exact")
 
 
 def test_labels_split_on_newline_only_and_bom_stripped(tmp_path):
@@ -367,11 +367,11 @@ def test_fifo_as_model_image_or_labels_fails_at_once(tmp_path):
     os.mkfifo(fifo)
     p = tmp_path / "m.qcnn"
     build(p)
-    m = qengine.load(str(p))
+    m = qengine.load(str(p), mode="exact")
     errors = []
 
     def attempt():
-        for call in (lambda: qengine.load(fifo), lambda: m.predict(fifo),
+        for call in (lambda: qengine.load(fifo, mode="exact"), lambda: m.predict(fifo),
                      lambda: read_labels(fifo)):
             try:
                 call()
@@ -482,7 +482,7 @@ def test_16bit_image_converted_without_float64_copies(tmp_path):
 def tiny(tmp_path_factory):
     p = tmp_path_factory.mktemp("tiny") / "m.qcnn"
     build(p)
-    return qengine.load(str(p))
+    return qengine.load(str(p), mode="exact")
 
 
 @pytest.mark.parametrize("call", [
@@ -572,7 +572,7 @@ def test_non_finite_network_output_is_an_error_not_nan_probabilities(tmp_path):
                         "params": {"num_output": 5, "bias_term": False},
                         "weights": {"mode": "dense", "weight": "f.w"}}]}
     t["f.w"] = np.ones((5, 4 * 6 * 6), np.float32)
-    m = qengine.load(write_model(tmp_path / "m.qcnn", g, t))
+    m = qengine.load(write_model(tmp_path / "m.qcnn", g, t), mode="exact")
     with pytest.raises(ModelError, match="not finite"):
         m.predict([np.full((8, 8, 3), 200, np.uint8)])
 
@@ -607,4 +607,4 @@ def test_a_blob_produced_twice_is_refused(tmp_path):
     layers.insert(5, dup)
     p.write_bytes(_write_qcnn(header, tensors))
     with pytest.raises(ModelError, match="already produced"):
-        qengine.load(str(p))
+        qengine.load(str(p), mode="exact")

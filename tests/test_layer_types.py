@@ -36,7 +36,7 @@ def test_every_record_is_complete():
 def _model(tmp_path, graph, **kw):
     path = str(tmp_path / "m.qcnn")
     modelkit.build(path, graph, dense=kw.pop("dense", ()), meta_extra={"class_names": []}, **kw)
-    return qengine.load(path)
+    return qengine.load(path, mode="exact")
 
 
 def _close(a, b, tol=1e-5):
@@ -216,7 +216,7 @@ layer { name: "fc" type: "InnerProduct" bottom: "sum" top: "fc"
     from qengine.cli import qconvert
     out = str(tmp_path / "r.qcnn")
     assert qconvert.main([str(d), "-o", out, "--keep-dense", "all", "-q"]) == 0
-    m = qengine.load(out)
+    m = qengine.load(out, mode="exact")
     types = [L.type for L in m.layers]
     # bn1 + sc1 folded into c1; bn2 (after a ReLU) kept as a Scale layer
     assert types == ["Convolution", "ReLU", "Scale", "Eltwise", "ReLU", "InnerProduct"]
@@ -245,6 +245,6 @@ def test_depthwise_convolution(tmp_path, stride, pad, mult, k):
     assert m.layer_strategies() == {"dw": "depthwise", "dq": "depthwise"}
     x = RNG.standard_normal((2, 6, 11, 9)).astype(np.float32)
     _close(m.forward(x), reference.forward(g, reference.model_weights(m), x))
-    lut = qengine.load(m.path, strategy="lut")      # forced tables: the same sums
+    lut = qengine.load(m.path, strategy="lut", mode="exact")      # forced tables: the same sums
     assert lut.layer_strategies()["dq"] == "lut"
     _close(lut.forward(x), m.forward(x))

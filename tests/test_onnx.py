@@ -58,7 +58,7 @@ def _convert(tmp_path, onnx_path, **kw):
     from qengine.convert import convert_onnx
     out = str(tmp_path / (os.path.basename(onnx_path) + ".qcnn"))
     convert_onnx(onnx_path, out, keep_dense=("all",), force=True, **kw)
-    return qengine.load(out)
+    return qengine.load(out, mode="exact")
 
 
 def _check(tmp_path, path, x_shape, rel=1e-4, nhwc=False, **kw):
@@ -222,7 +222,7 @@ def test_export_round_trip_every_layer_type(tmp_path):
     from modelkit import build_graph_model
     path = str(tmp_path / "all.qcnn")
     build_graph_model(path)
-    m = qengine.load(path)
+    m = qengine.load(path, mode="exact")
     from qengine.cli import qconvert
     out = str(tmp_path / "all.onnx")
     assert qconvert.main([path, "--export-onnx", out, "-q"]) == 0

@@ -89,11 +89,11 @@ def test_plan_reaches_the_speedup_it_promises(tmp_path):
             for d, K, cost in candidates(L, ins, outs):
                 assert cost == operations(L, ins, outs, d, K) < operations(L, ins, outs)
     dense_ops = sum(sum(c[2:]) if c[3] else c[2] for c in
-                    qengine.load(str(tmp_path / "dense.qcnn")).layer_costs())
+                    qengine.load(str(tmp_path / "dense.qcnn"), mode="exact").layer_costs())
     out = tmp_path / "p.qcnn"
     quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, speedup=2.0, force=True,
                    plan_on="operations")
-    m = qengine.load(str(out), strategy="lut")
+    m = qengine.load(str(out), strategy="lut", mode="exact")
     ops = sum(c[3] + c[4] if c[3] else c[2] for c in m.layer_costs())
     assert dense_ops / ops >= 2.0
     assert set(m.layer_strategies().values()) >= {"lut"}
@@ -112,7 +112,7 @@ def test_plan_keeps_the_users_settings_and_counts_them_in_the_budget(tmp_path):
     out = tmp_path / "p.qcnn"
     quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, speedup=1.5,
                    layer_opts=user, force=True, plan_on="operations")
-    m = qengine.load(str(out), strategy="lut")
+    m = qengine.load(str(out), strategy="lut", mode="exact")
     ops = sum(c[3] + c[4] if c[3] else c[2] for c in m.layer_costs())
     assert sum(c[2] for c in m.layer_costs()) / ops >= 1.5
     assert m.metadata["provenance"]["quantization"]["layers"]["c2"]["subdim"] == 8
@@ -198,7 +198,7 @@ def test_a_quantized_model_records_its_predicted_time(tmp_path):
     logs = []
     quantize_model(graph, weights, str(out), {"source": "test"}, conv_subdim=4, conv_k=16,
                    fc_subdim=4, fc_k=16, iters=3, force=True, log=logs.append)
-    pred = qengine.load(str(out)).metadata["provenance"]["quantization"]["predicted"]
+    pred = qengine.load(str(out), mode="exact").metadata["provenance"]["quantization"]["predicted"]
     assert pred["mode"] == "fast" and pred["ms"] > 0 and pred["dense_ms"] > 0
     # every layer that runs (a ReLU fused into its convolution runs inside it)
     assert set(pred["layers"]) == {"c1", "c2", "c3", "f1", "prob"}
@@ -215,7 +215,7 @@ def _auto(tmp_path, name, x, **kw):
     out = tmp_path / name
     quantize_model(graph, weights, str(out), {"source": "test"}, calib=x, force=True,
                    plan_on="operations", iters=5, log=logs.append, **kw)
-    return qengine.load(str(out)), logs
+    return qengine.load(str(out), mode="exact"), logs
 
 
 def test_calibration_alone_chooses_the_fastest_plan_that_agrees(tmp_path):

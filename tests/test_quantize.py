@@ -165,7 +165,7 @@ def test_lenet_quantized_accuracy(tmp_path):
                   str(tmp_path / "d.qcnn"), keep_dense=["all"], **kw)
     convert_caffe(f"{src}/deploy.prototxt", f"{src}/lenet_iter_10000.caffemodel",
                   str(tmp_path / "q.qcnn"), **kw)
-    dense = evaluate(qengine.load(str(tmp_path / "d.qcnn"), threads=2), items, labels, 500)
+    dense = evaluate(qengine.load(str(tmp_path / "d.qcnn"), threads=2, mode="exact"), items, labels, 500)
     assert abs(dense["top1"] - 0.9914) < 0.0005      # the model's published dense accuracy
     for mode in ("exact", "fast"):
         q = evaluate(qengine.load(str(tmp_path / "q.qcnn"), mode=mode, threads=2), items, labels, 500)
@@ -182,12 +182,12 @@ def test_cifar10_error_correction_halves_the_loss(tmp_path):
     kw = dict(preprocess={"mean": f"{src}/mean_rgb_3x32x32.npy", "channel_order": "rgb"})
     args = (f"{src}/deploy.prototxt", f"{src}/cifar10_quick_iter_5000.caffemodel")
     convert_caffe(*args, str(tmp_path / "d.qcnn"), keep_dense=["all"], **kw)
-    dense_m = qengine.load(str(tmp_path / "d.qcnn"), threads=2)
+    dense_m = qengine.load(str(tmp_path / "d.qcnn"), threads=2, mode="exact")
     calib = dense_m.preprocess(calib_items)
     convert_caffe(*args, str(tmp_path / "km.qcnn"), **kw)
     # the default settings, given (with calibration alone the converter would choose them)
     convert_caffe(*args, str(tmp_path / "ec.qcnn"), calib=calib, **DEFAULT_SETTINGS, **kw)
-    acc = {n: evaluate(qengine.load(str(tmp_path / f"{n}.qcnn"), threads=2), test_items,
+    acc = {n: evaluate(qengine.load(str(tmp_path / f"{n}.qcnn"), threads=2, mode="exact"), test_items,
                        test_labels, 500)["top1"] for n in ("d", "km", "ec")}
     loss_km, loss_ec = acc["d"] - acc["km"], acc["d"] - acc["ec"]
     assert loss_km > 0.005                 # plain k-means loses more than 0.5 pt here...
@@ -219,7 +219,7 @@ def test_original_dense_layout_is_quantised(tmp_path):
     out = tmp_path / "m.qcnn"
     convert_original_dense(str(src), str(out), prototxt=str(proto), conv_subdim=2, conv_k=64,
                            fc_subdim=4, fc_k=8)
-    m = qengine.load(str(out), strategy="lut")
+    m = qengine.load(str(out), strategy="lut", mode="exact")
     conv, fc = (op for op in m._ops if op.weighted)
     assert np.allclose(dequantize_conv(conv.codebook, conv.stored_indices(), 2), wc, atol=1e-6)
     assert np.allclose(dequantize_fc(fc.codebook, fc.stored_indices(), 48), wf, atol=1e-6)
@@ -245,7 +245,7 @@ def test_original_dense_layout_takes_calibration_from_the_command_line(tmp_path)
     out = tmp_path / "m.qcnn"
     main([str(src), "-o", str(out), "--prototxt", str(proto), "--conv-subdim", "2",
           "--conv-k", "4", "--calib", str(tmp_path / "calib.npy"), "-q"])
-    q = qengine.load(str(out)).metadata["provenance"]["quantization"]
+    q = qengine.load(str(out), mode="exact").metadata["provenance"]["quantization"]
     assert q["error_correction"] and q["calibration_inputs"] == 6
 
 

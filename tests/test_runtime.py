@@ -42,7 +42,7 @@ def dense_weights(graph, params):
 @pytest.mark.parametrize("strategy", ["lut", "auto"])
 def test_every_layer_matches_numpy(tiny, isa, strategy):
     path, graph, params = tiny
-    m = qengine.load(path, strategy=strategy)
+    m = qengine.load(path, strategy=strategy, mode="exact")
     if strategy == "lut":
         assert all(v in ("lut", "dense") for v in m.layer_strategies().values())
     x = np.random.default_rng(5).standard_normal((3,) + m.input_shape).astype(np.float32) * 3
@@ -62,7 +62,7 @@ def test_every_layer_matches_numpy(tiny, isa, strategy):
 
 def test_strategies_agree(tiny):
     path, _, _ = tiny
-    a, b = qengine.load(path), qengine.load(path, strategy="lut")
+    a, b = qengine.load(path, mode="exact"), qengine.load(path, strategy="lut", mode="exact")
     assert a.layer_strategies()["c1"] == "dequantized"   # 3 input channels < d = 4
     # c2a: tables (16 x 6 x 15 x 11) and lookups (6 x 121 x 9 x 1) cost 3x its 5400 multiply-adds
     assert a.layer_strategies()["c2a"] == "dequantized" and b.layer_strategies()["c2a"] == "lut"
@@ -76,7 +76,7 @@ def test_strategies_agree(tiny):
 
 def test_model_attributes_and_predict(tiny):
     path, graph, _ = tiny
-    m = qengine.load(path)
+    m = qengine.load(path, mode="exact")
     assert m.input_shape == (3, 21, 19)
     assert m.layer_names == [L["name"] for L in graph["layers"]]
     assert m.class_names == [f"class{i}" for i in range(5)]
@@ -91,7 +91,7 @@ def test_model_attributes_and_predict(tiny):
 
 def test_bad_inputs_raise_qengine_errors(tiny):
     path, _, _ = tiny
-    m = qengine.load(path)
+    m = qengine.load(path, mode="exact")
     with pytest.raises(qengine.InputError):
         m.forward(np.zeros((3, 21, 19), np.float32))
     with pytest.raises(qengine.InputError):
@@ -105,7 +105,7 @@ def test_bad_inputs_raise_qengine_errors(tiny):
     with pytest.raises(qengine.QEngineError):
         qengine.load(path, mode="turbo")
     with pytest.raises(qengine.FormatError):
-        qengine.load(path + ".missing")
+        qengine.load(path + ".missing", mode="exact")
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
@@ -139,8 +139,8 @@ def test_threads_give_identical_results_in_parallel(tiny, mode):
 def test_multithreaded_kernels_match_single(tiny):
     path, _, _ = tiny
     x = np.random.default_rng(3).standard_normal((2, 3, 21, 19)).astype(np.float32)
-    y1 = qengine.load(path, threads=1).forward(x)
-    y2 = qengine.load(path, threads=2).forward(x)
+    y1 = qengine.load(path, threads=1, mode="exact").forward(x)
+    y2 = qengine.load(path, threads=2, mode="exact").forward(x)
     assert np.abs(y1 - y2).max() <= 1e-6
 
 
@@ -185,9 +185,9 @@ def test_model_call_close_and_context_manager(tmp_path):
     from modelkit import build
     path = tmp_path / "m.qcnn"
     build(path)
-    x = np.random.default_rng(0).standard_normal((2,) + qengine.load(str(path)).input_shape)
+    x = np.random.default_rng(0).standard_normal((2,) + qengine.load(str(path), mode="exact").input_shape)
     x = x.astype(np.float32)
-    with qengine.load(str(path), threads=2) as m:
+    with qengine.load(str(path), threads=2, mode="exact") as m:
         assert np.array_equal(m(x), m.forward(x))
     with pytest.raises(qengine.InputError, match="closed"):
         m.forward(x)

@@ -1,6 +1,9 @@
 """qbench: time a .qcnn model layer by layer.
 
-    qbench model.qcnn [--runs 20] [--warmup 3] [--threads 1] [--batch 1] [--json]
+    qbench [model.qcnn] [--runs 20] [--warmup 3] [--threads 1,2] [--batch 1,16]
+           [--json | --csv | --markdown]
+        without a model: the built-in SqueezeNet; lists of threads and batch
+        sizes are swept in one run (a summary row per combination)
     qbench --synthetic alexnet      (a built-in random model; nothing to download)
     qbench model.qcnn --accuracy LABELLED_SET [--against dense.qcnn] [--limit N]
         top-1/top-5 of the model (exact and fast paths) and of a dense reference,
@@ -77,7 +80,10 @@ def report(model, totals, per_layer, args, size):
         "qengine": __version__, "model": args.model_name, "mode": model.mode,
         "isa": _kernels.get_isa(), "threads": model.threads, "batch": batch, "runs": len(totals),
         "ms_per_image": {"median": float(np.median(ms_img)), "mean": float(ms_img.mean()),
-                         "min": float(ms_img.min()), "max": float(ms_img.max())},
+                         "min": float(ms_img.min()), "max": float(ms_img.max()),
+                         "p90": float(np.percentile(ms_img, 90)),
+                         "p99": float(np.percentile(ms_img, 99)),
+                         "std": float(ms_img.std(ddof=1)) if len(ms_img) > 1 else 0.0},
         "images_per_s": float(1e3 / np.median(ms_img)),
         "size_bytes": size, "peak_rss_bytes": rss,
         "dense_macs": dense, "quantized_ops": qcost,
@@ -112,8 +118,8 @@ def print_table(r):
               f"{_fmt_int(L['table_macs']):>11} {_fmt_int(L['lookups']):>10}")
     print("-" * len(hdr))
     m = r["ms_per_image"]
-    print(f"ms per image   median {m['median']:.2f}   mean {m['mean']:.2f}   min {m['min']:.2f}   "
-          f"max {m['max']:.2f}")
+    print(f"ms per image   median {m['median']:.2f}   p90 {m['p90']:.2f}   p99 {m['p99']:.2f}   "
+          f"std {m['std']:.2f}   mean {m['mean']:.2f}   min {m['min']:.2f}   max {m['max']:.2f}")
     print(f"images/s       {r['images_per_s']:.1f}")
     print(f"theoretical    {r['theoretical_speedup']:.2f}x fewer operations than the dense network "
           f"({r['dense_macs'] / 1e6:.0f}M multiply-adds vs {r['quantized_ops'] / 1e6:.0f}M "
@@ -202,7 +208,7 @@ def print_accuracy(r):
 @entry("qbench")
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="qbench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", nargs="?", help="the .qcnn model")
+    ap.add_argument("model", nargs="?", help="the .qcnn model (default: the built-in SqueezeNet)")
     ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("--synthetic", metavar="ARCH",
                     help="benchmark a built-in random model of this architecture (alexnet, "
@@ -210,11 +216,19 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
     ap.add_argument("--warmup", type=int, default=3,
                     help="untimed runs first (default 3; at least half a second unless 0)")
-    ap.add_argument("--threads", type=int, default=1, help="threads (default 1)")
-    ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    ap.add_argument("--threads", type=_int_list, default=[1],
+                    help="threads (default 1); a list such as 1,2 times each")
+    ap.add_argument("--batch", type=_int_list, default=[1],
+                    help="images per run (default 1); a list such as 1,16 times each")
     ap.add_argument("--exact", action="store_true",
                     help="float lookup tables everywhere (default: the fast path)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    out = ap.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the results as JSON")
+    out.add_argument("--csv", action="store_true",
+                     help="print the results as CSV: a row per layer and a total row per "
+                          "threads/batch combination")
+    out.add_argument("--markdown", action="store_true",
+                     help="print the tables as Markdown (for a README or an issue)")
     ap.add_argument("--accuracy", metavar="SET",
                     help="measure top-1/top-5 on a labelled set (labels.txt, class folders or "
                          "MNIST idx) instead of timing")
@@ -230,11 +244,21 @@ def main(argv=None):
     ap.add_argument("--calib-count", type=int, default=64,
                     help="calibration images to use (default 64)")
     args = ap.parse_args(argv)
-    if (args.model is None) == (args.synthetic is None):
-        fail("qbench", "give a model file or --synthetic ARCH (not both)", 2)
-    for name in ("runs", "threads", "batch"):
-        if getattr(args, name) < 1:
+    if args.model is not None and args.synthetic is not None:
+        fail("qbench", "give a model file or --synthetic ARCH, not both", 2)
+    if args.model is None and args.synthetic is None:
+        from ..models import default_model
+        args.model = default_model()
+    if args.runs < 1:
+        fail("qbench", "--runs must be at least 1", 2)
+    for name in ("threads", "batch"):
+        if min(getattr(args, name)) < 1:
             fail("qbench", f"--{name} must be at least 1", 2)
+    sweep = [(t, b) for t in args.threads for b in args.batch]
+    if args.accuracy or args.compare:
+        if len(sweep) > 1:
+            fail("qbench", "--accuracy and --compare take one --threads and one --batch", 2)
+    args.threads, args.batch = sweep[0]
     if args.warmup < 0:
         fail("qbench", "--warmup must be 0 or more", 2)
 
@@ -275,8 +299,15 @@ def main(argv=None):
         args.model_name = f"synthetic:{args.synthetic}" if args.synthetic else path
         model = load(path, mode="exact" if args.exact else "fast", threads=args.threads)
         size = os.path.getsize(path)
-        totals, per_layer = bench(model, args.runs, args.warmup, args.batch)
-        r = report(model, totals, per_layer, args, size)
+        results = []
+        for threads, batch in sweep:
+            model.threads = threads
+            args.threads, args.batch = threads, batch
+            totals, per_layer = bench(model, args.runs, args.warmup, batch)
+            results.append(report(model, totals, per_layer, args, size))
+        args.threads, args.batch = sweep[0]
+        model.threads = args.threads
+        r = results[0]
         if args.compare:
             import numpy as np
             from ..baselines import compare
@@ -304,10 +335,85 @@ def main(argv=None):
         if tmpdir is not None:
             tmpdir.cleanup()
     if args.json:
-        print(json.dumps(r, indent=1))
+        print(json.dumps(r if len(results) == 1 else {"sweep": results}, indent=1))
+    elif args.csv:
+        print_csv(results)
+    elif args.markdown:
+        print_markdown(results)
     else:
         print_table(r)
+        if len(results) > 1:
+            print()
+            print_sweep(results)
     return 0
+
+
+def _int_list(s):
+    """--threads 1,2 -> [1, 2]"""
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a list such as 1,2, got {s!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("expected a number or a list such as 1,2")
+    return vals
+
+
+SWEEP_COLUMNS = ("threads", "batch", "median", "p90", "p99", "std", "images/s", "speed-up")
+
+
+def _sweep_rows(results):
+    base = results[0]["images_per_s"]
+    return [(r["threads"], r["batch"], r["ms_per_image"]["median"], r["ms_per_image"]["p90"],
+             r["ms_per_image"]["p99"], r["ms_per_image"]["std"], r["images_per_s"],
+             r["images_per_s"] / base) for r in results]
+
+
+def print_sweep(results):
+    """A row per threads/batch combination; speed-up in images/s against the first."""
+    print(f"{'threads':>7} {'batch':>5} {'median ms':>10} {'p90':>8} {'p99':>8} {'std':>7} "
+          f"{'images/s':>9} {'speed-up':>9}")
+    for t, b, med, p90, p99, std, ips, up in _sweep_rows(results):
+        print(f"{t:>7} {b:>5} {med:>10.2f} {p90:>8.2f} {p99:>8.2f} {std:>7.2f} {ips:>9.1f} "
+              f"{up:>8.2f}x")
+    print("(ms per image; speed-up in images/s against the first row, same run)")
+
+
+def print_csv(results):
+    import csv
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(["threads", "batch", "layer", "type", "strategy", "ms", "share", "dense_macs",
+                "table_macs", "lookups", "p90_ms", "p99_ms", "std_ms", "images_per_s"])
+    for r in results:
+        for L in r["layers"]:
+            w.writerow([r["threads"], r["batch"], L["name"], L["type"], L["strategy"],
+                        f"{L['ms']:.4f}", f"{L['share']:.4f}", L["dense_macs"], L["table_macs"],
+                        L["lookups"], "", "", "", ""])
+        m = r["ms_per_image"]
+        w.writerow([r["threads"], r["batch"], "(total)", "", "", f"{m['median']:.4f}", "1",
+                    r["dense_macs"], "", "", f"{m['p90']:.4f}", f"{m['p99']:.4f}",
+                    f"{m['std']:.4f}", f"{r['images_per_s']:.2f}"])
+
+
+def print_markdown(results):
+    r = results[0]
+    print(f"qengine {r['qengine']}, `{r['model']}`, mode {r['mode']}, {r['isa']}, "
+          f"{r['threads']} thread(s), batch {r['batch']}, {r['runs']} runs")
+    print()
+    print("| layer | type | strategy | ms | share | dense MMAC | table MMAC | lookups M |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for L in r["layers"]:
+        if L["ms"] < 0.005 and not L["dense_macs"]:
+            continue
+        print(f"| {L['name']} | {L['type']} | {L['strategy']} | {L['ms']:.3f} | "
+              f"{L['share'] * 100:.1f}% | {_fmt_int(L['dense_macs'])} | "
+              f"{_fmt_int(L['table_macs'])} | {_fmt_int(L['lookups'])} |")
+    print()
+    print("| threads | batch | median ms | p90 | p99 | std | images/s | speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t, b, med, p90, p99, std, ips, up in _sweep_rows(results):
+        print(f"| {t} | {b} | {med:.2f} | {p90:.2f} | {p99:.2f} | {std:.2f} | {ips:.1f} | "
+              f"{up:.2f}x |")
 
 
 def _dense_twin(model, path, directory):

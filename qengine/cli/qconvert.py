@@ -189,7 +189,6 @@ def _quantize_options(args, source, log):
     preprocessing stored in the model, calibration inputs (preprocessed as the
     model will be: by these options, or by a .qcnn source's own) and the
     quantisation settings."""
-    from ..progress import Progress
     preprocess = {"mean": args.mean, "scale": args.scale, "channel_order": args.channel_order,
                   "resize": args.resize, "crop": args.crop, "pixel_range": args.pixel_range}
     if args.mean_pixel:
@@ -210,7 +209,7 @@ def _quantize_options(args, source, log):
                 min_agreement=args.min_agreement, plan_on=args.plan_on,
                 finetune=None if args.finetune is None else
                 {"epochs": args.finetune, "lr": args.finetune_lr},
-                progress=None if args.quiet else (lambda label, total: Progress(label, total)))
+                progress=_bar(log))
 
 
 def _calibration_from_qcnn(src, qcnn, count, log):
@@ -241,7 +240,9 @@ def load_calibration(src, shape, preprocess, count, log):
 def _bar(log):
     """A progress-bar factory (shown on a terminal), none when quiet."""
     from ..progress import Progress
-    return None if getattr(log, "quiet", False) else (lambda label, total: Progress(label, total))
+    # on a terminal a bar; in a log (not a terminal) a line every 15 s of a long step
+    return None if getattr(log, "quiet", False) else (
+        lambda label, total: Progress(label, total, log_every=15.0))
 
 
 if __name__ == "__main__":
