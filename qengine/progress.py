@@ -30,7 +30,7 @@ class Progress:
     def _counts(self, elapsed):
         if not self.unit:
             return ""
-        if self.log_every:
+        if self.log_every is not None:
             return f", {self.n / elapsed if elapsed > 0 else 0.0:.1f} {self.unit}/s"
         rate = self.n / elapsed if elapsed > 0 else 0.0
         return f"  {self.n}/{self.total}  {rate:.1f} {self.unit}/s"
@@ -38,7 +38,7 @@ class Progress:
     def update(self, k=1):
         self.n += k
         now = time.time()
-        if self.log_every and now - self.logged >= self.log_every and self.n < self.total:
+        if self.log_every is not None and now - self.logged >= self.log_every and self.n < self.total:
             self.logged = now
             frac = min(1.0, self.n / self.total)
             elapsed = now - self.t0
@@ -57,6 +57,9 @@ class Progress:
             self.stream.flush()
 
     def close(self):
+        if self.log_every is not None and time.time() - self.t0 >= self.log_every:
+            self.stream.write(f"  {self.label}: done in {_duration(time.time() - self.t0)}\n")
+            self.stream.flush()
         if self.enabled:
             elapsed = time.time() - self.t0
             self.stream.write(f"\r  {self.label:<22} [{'#' * 30}] 100.0%"

@@ -532,8 +532,7 @@ class Model:
         if pil is not None and isinstance(x, pil.Image):
             return True
         if self._array(x):
-            return x.ndim == 2 or (x.ndim == 3 and (x.dtype.kind == "u" or
-                                                     tuple(x.shape) == self.input_shape))
+            return x.ndim in (2, 3)
         return False
 
     def _input(self, x):
