@@ -219,7 +219,7 @@ def test_qconvert_finetune_and_agreement_errors(tmp_path, monkeypatch, capsys):
     assert r.returncode == 1 and "--min-agreement" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("tool", ["qconvert", "qrun", "qbench"])
+@pytest.mark.parametrize("tool", ["qconvert", "qrun", "qbench", "qinfo"])
 def test_every_tool_has_version(tool):
     import qengine
     r = run(tool, "--version")
