@@ -146,7 +146,7 @@ def main(argv=None):
 def _report(n, failed, skipped, seconds, forward_seconds, where=""):
     rate = n / seconds if seconds > 0 else 0.0
     extra = f", {skipped} already in the output" if skipped else ""
-    fw = (f"; the network alone {n / forward_seconds:.1f} images/s"
+    fw = (f" ({n / forward_seconds:.1f} images/s counting only the time in the network)"
           if forward_seconds and n else "")
     print(f"qrun: {n} images ({failed} failed{extra}) in {seconds:.1f} s{where}: "
           f"{rate:.1f} images/s{fw}", file=sys.stderr)
