@@ -459,12 +459,7 @@ def _summary(out, qinfo, agreement, held_out, log):
     kernels, nbytes = {}, {}
     try:
         with Model(out, mode="fast") as m:
-            kernels = m.layer_strategies()
-            entries = m._qf.header["tensors"]
-            for op in m.layers:
-                w = op.L.get("weights") or {}
-                nbytes[op.name] = sum(entries[v]["nbytes"] for k, v in w.items()
-                                      if k != "mode" and v in entries)
+            kernels, nbytes = m.layer_strategies(), m.layer_bytes()
     except QEngineError as e:        # the file is written; the summary is a courtesy
         log(f"(summary without kernels: {e})")
     log("summary (kernel: how qrun runs the layer on this machine):")

@@ -30,41 +30,38 @@ class Progress:
     def _counts(self, elapsed):
         if not self.unit:
             return ""
-        if self.log_every is not None:
-            return f", {self.n / elapsed if elapsed > 0 else 0.0:.1f} {self.unit}/s"
-        rate = self.n / elapsed if elapsed > 0 else 0.0
-        return f"  {self.n}/{self.total}  {rate:.1f} {self.unit}/s"
+        rate = f"{self.n / elapsed if elapsed > 0 else 0.0:.1f} {self.unit}/s"
+        return f", {rate}" if self.log_every is not None else f"  {self.n}/{self.total}  {rate}"
 
     def update(self, k=1):
         self.n += k
         now = time.time()
-        if self.log_every is not None and now - self.logged >= self.log_every and self.n < self.total:
+        line = self.log_every is not None and now - self.logged >= self.log_every \
+            and self.n < self.total
+        bar = self.enabled and (now - self.last > 0.1 or self.n >= self.total)
+        if not (line or bar):
+            return
+        frac = min(1.0, self.n / self.total)
+        elapsed = now - self.t0
+        eta = _duration(elapsed / frac * (1 - frac) if frac > 0 else 0)
+        if line:
             self.logged = now
-            frac = min(1.0, self.n / self.total)
-            elapsed = now - self.t0
-            eta = elapsed / frac * (1 - frac) if frac > 0 else 0
             self.stream.write(f"  {self.label}: {self.n}/{self.total} ({frac * 100:.0f}%)"
-                              f"{self._counts(elapsed)}, eta {_duration(eta)}\n")
-            self.stream.flush()
-        if self.enabled and (now - self.last > 0.1 or self.n >= self.total):
+                              f"{self._counts(elapsed)}, eta {eta}\n")
+        else:
             self.last = now
-            frac = min(1.0, self.n / self.total)
-            bar = "#" * int(frac * 30)
-            elapsed = now - self.t0
-            eta = elapsed / frac * (1 - frac) if frac > 0 else 0
-            self.stream.write(f"\r  {self.label:<22} [{bar:<30}] {frac * 100:5.1f}%"
-                              f"{self._counts(elapsed)}  eta {_duration(eta)} ")
-            self.stream.flush()
+            self.stream.write(f"\r  {self.label:<22} [{'#' * int(frac * 30):<30}] "
+                              f"{frac * 100:5.1f}%{self._counts(elapsed)}  eta {eta} ")
+        self.stream.flush()
 
     def close(self):
-        if self.log_every is not None and time.time() - self.t0 >= self.log_every:
-            self.stream.write(f"  {self.label}: done in {_duration(time.time() - self.t0)}\n")
-            self.stream.flush()
-        if self.enabled:
-            elapsed = time.time() - self.t0
+        elapsed = time.time() - self.t0
+        if self.log_every is not None and elapsed >= self.log_every:
+            self.stream.write(f"  {self.label}: done in {_duration(elapsed)}\n")
+        elif self.enabled:
             self.stream.write(f"\r  {self.label:<22} [{'#' * 30}] 100.0%"
                               f"{self._counts(elapsed)}  {_duration(elapsed)}      \n")
-            self.stream.flush()
+        self.stream.flush()
 
     def __enter__(self):
         return self

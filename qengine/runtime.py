@@ -16,7 +16,7 @@ from .errors import FormatError, InputError, ModelError, QEngineError
 from .format import QcnnFile
 from .graph import infer_shapes, validate
 from .layers import record
-from .preprocess import Preprocessor, check_preprocess
+from .preprocess import Preprocessor, _is_array, check_preprocess
 
 MODES = ("exact", "fast")
 
@@ -518,11 +518,6 @@ class Model:
         """Preprocessed inputs [C, H, W] (buffers from Model.preprocessor) -> a batch buffer."""
         return buffers.concat([buffers.reshape(a, (1,) + tuple(a.shape)) for a in inputs], 0)
 
-    @staticmethod
-    def _array(x):
-        np = sys.modules.get("numpy")     # an array can only exist if numpy was imported
-        return np is not None and isinstance(x, np.ndarray)
-
     def _single(self, x):
         """One image: a path, a PIL image, a uint8 H x W or H x W x 3 array, or
         a float [C, H, W] array already preprocessed."""
@@ -531,13 +526,13 @@ class Model:
         pil = sys.modules.get("PIL.Image")
         if pil is not None and isinstance(x, pil.Image):
             return True
-        if self._array(x):
+        if _is_array(x):
             return x.ndim in (2, 3)
         return False
 
     def _input(self, x):
         """One image -> the network's input [C, H, W] (a float buffer)."""
-        if self._array(x) and x.dtype.kind == "f":
+        if _is_array(x) and x.dtype.kind == "f":
             import numpy as np
             if tuple(x.shape) != self.input_shape:
                 raise InputError(f"a float array is taken as a preprocessed input and must be "
@@ -560,7 +555,7 @@ class Model:
             raise InputError(f"batch must be at least 1, got {batch}")
         if self._single(images):
             return self.classify(self.stack([self._input(images)]), top)
-        if self._array(images):
+        if _is_array(images):
             if images.ndim == 4 and images.dtype.kind == "f":
                 return self.classify(images, top)
             if images.ndim == 4 and images.dtype.kind == "u":
@@ -626,6 +621,14 @@ class Model:
         return [(op.name, op.type) + (op.model_cost() if as_quantized else op.cost())
                 for op in self._ops]
 
+    def theoretical_ops(self):
+        """(dense multiply-adds, operations of the model as quantized: table
+        multiply-adds + lookups for quantized layers, multiply-adds for the
+        rest) per image; their ratio is the theoretical speed-up."""
+        costs = [c[2:] for c in self.layer_costs(as_quantized=True)]
+        return (sum(c[0] for c in costs),
+                sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in costs))
+
     @property
     def layers(self):
         """The model's layers in run order (read-only): each has name, type,
@@ -637,15 +640,19 @@ class Model:
         """(bytes of the weights as dense float32, bytes the file stores for them):
         every layer's weight tensors (codebooks, indices, dense weights, biases,
         per-channel scales)."""
-        entries = self._qf.header["tensors"]
-        dense = stored = 0
+        dense = 0
         for op in self.layers:
             shapes = record(op.type).weight_shapes(op.params, op.in_shapes)
             dense += 4 * sum(buffers.count(s) for s in shapes.values())
-            w = op.L.get("weights") or {}
-            stored += sum(entries[v]["nbytes"] for k, v in w.items()
-                          if k != "mode" and v in entries)
-        return dense, stored
+        return dense, sum(self.layer_bytes().values())
+
+    def layer_bytes(self):
+        """{layer: bytes the file stores for its weight tensors} (0 for a layer
+        without weights)."""
+        entries = self._qf.header["tensors"]
+        return {op.name: sum(entries[v]["nbytes"] for k, v in (op.L.get("weights") or {}).items()
+                             if k != "mode" and v in entries)
+                for op in self.layers}
 
     def layer_strategies(self):
         """{layer: "lut" | "dequantized" | "dense"} for the weighted layers."""

@@ -199,17 +199,23 @@ class Scorer:
                 k += 1
         return out
 
-    def records(self, paths):
-        """Records for `paths` (any iterable), in order, a batch at a time."""
+    def batches(self, paths):
+        """Lists of records for `paths` (any iterable), in order, one list per
+        forward pass (with the failed images among them)."""
         slots, n = [], 0
         for path, x, err in self._decoded(paths):
             slots.append((path, x, err))
             n += x is not None
             if n >= self.batch:
-                yield from self._run(slots)
+                yield self._run(slots)
                 slots, n = [], 0
         if slots:
-            yield from self._run(slots)
+            yield self._run(slots)
+
+    def records(self, paths):
+        """Records for `paths` (any iterable), in order."""
+        for recs in self.batches(paths):
+            yield from recs
 
 
 # -- result files ------------------------------------------------------------------

@@ -61,13 +61,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         s = scoring.Scorer(m, batch=a.batch, io_threads=io_threads, top=5)
         with scoring.ResultFile(out, "jsonl", 5, force=True) as f:
-            chunk = []
-            for rec in s.records(paths):
-                chunk.append(rec)
-                if len(chunk) == a.batch:
-                    f.write(chunk)
-                    chunk = []
-            f.write(chunk)
+            for recs in s.batches(paths):
+                f.write(recs)
         qr.append(a.count / (time.perf_counter() - t0))
         print(f"round {r + 1}: forward alone {fw[-1]:.1f} images/s, qrun {qr[-1]:.1f} images/s",
               file=sys.stderr)

@@ -17,6 +17,17 @@ def _version():
             f".qcnn format versions {', '.join(map(str, VERSIONS))}")
 
 
+def parser(prog, doc):
+    """A tool's argument parser: the first paragraph of its docstring as the
+    description, the rest (usage examples) as the epilog, and --version."""
+    import argparse
+    head, _, rest = doc.partition("\n\n")
+    ap = argparse.ArgumentParser(prog=prog, description=head, epilog=rest or None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=_version())
+    return ap
+
+
 def entry(prog):
     """Decorate a tool's main(): a closed output pipe (`qrun ... | head -1`)
     ends it quietly, Ctrl-C with one line, both without a traceback."""

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from . import _version, entry, fail
+from . import entry, fail, parser
 
 
 WARMUP_SECONDS = 0.5
@@ -59,9 +59,7 @@ def report(model, totals, per_layer, args, size):
                 for n in model.layer_names}
     total_layer_ms = sum(layer_ms.values()) or 1.0
     # the theoretical figure describes the quantization, not the strategies chosen here
-    mcosts = [c[2:] for c in model.layer_costs(as_quantized=True)]
-    dense = sum(c[0] for c in mcosts)
-    qcost = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in mcosts)
+    dense, qcost = model.theoretical_ops()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # what qconvert predicted for this model (timed on the machine that converted it)
     pred = ((model.metadata.get("provenance") or {}).get("quantization") or {}).get("predicted")
@@ -178,9 +176,7 @@ def accuracy(args):
             row["fast_vs_exact_agreement"] = float((r["pred"] == exact_pred).mean())
         rows.append(row)
         if role == "model" and mode == "exact":
-            costs = m.layer_costs(as_quantized=True)
-            dmacs = sum(c[2] for c in costs)
-            q = sum((c[3] + c[4]) if (c[3] or c[4]) else c[2] for c in costs)
+            dmacs, q = m.theoretical_ops()
             dense_b, stored_b = m.weight_bytes()
     return {"set": args.accuracy, "images": len(labels), "rows": rows,
             "theoretical_speedup": dmacs / q if q else 1.0,
@@ -207,9 +203,8 @@ def print_accuracy(r):
 
 @entry("qbench")
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="qbench", description=__doc__.split("\n\n")[0])
+    ap = parser("qbench", __doc__)
     ap.add_argument("model", nargs="?", help="the .qcnn model (default: the built-in SqueezeNet)")
-    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("--synthetic", metavar="ARCH",
                     help="benchmark a built-in random model of this architecture (alexnet, "
                          "caffenet, vgg_cnn_s, vgg16) instead of a file")
@@ -357,9 +352,6 @@ def _int_list(s):
     if not vals:
         raise argparse.ArgumentTypeError("expected a number or a list such as 1,2")
     return vals
-
-
-SWEEP_COLUMNS = ("threads", "batch", "median", "p90", "p99", "std", "images/s", "speed-up")
 
 
 def _sweep_rows(results):

@@ -30,10 +30,9 @@
 
 The output is written atomically; an existing file is kept unless --force.
 """
-import argparse
 import sys
 
-from . import _version, fail
+from . import fail, parser
 
 
 def _layer_opts(specs):
@@ -64,11 +63,8 @@ def _floats(s, n=None, what="value"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="qconvert", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser("qconvert", __doc__)
     ap.add_argument("src", nargs="?", help="directory of the model files, an .onnx, or a .qcnn")
-    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("-o", "--output", help="the .qcnn file to write")
     ap.add_argument("--export-onnx", metavar="OUT.onnx",
                     help="instead: write the dequantized network of a .qcnn as ONNX (to open in "

@@ -8,11 +8,10 @@ preprocessing, the classes, the theoretical speed-up and the provenance (how
 it was converted).  Without a model: the built-in one.  The file is fully
 checked (checksums, shapes, limits) as the runtime loads it.
 """
-import argparse
 import json
 import sys
 
-from . import _version, entry, fail
+from . import entry, fail, parser
 
 
 def _preprocess_text(pp, shape):
@@ -42,14 +41,11 @@ def describe(model):
     """Everything qinfo prints, as a dict (the --json output)."""
     from .. import __version__, _kernels
     qf = model._qf
-    entries = qf.header["tensors"]
     costs = {c[0]: c[2:] for c in model.layer_costs(as_quantized=True)}
-    layers, stored_total = [], 0
+    nbytes = model.layer_bytes()
+    layers = []
     for op in model.layers:
         w = op.L.get("weights") or {}
-        tensors = [v for k, v in w.items() if k != "mode" and v in entries]
-        nbytes = sum(entries[v]["nbytes"] for v in tensors)
-        stored_total += nbytes
         row = {"name": op.name, "type": op.type, "output": list(op.out_shape)}
         if op.weighted:
             quant = w.get("mode") == "lut"
@@ -57,19 +53,18 @@ def describe(model):
                         "d": getattr(op, "d", None) if quant else None,
                         "K": getattr(op, "K", None) if quant else None,
                         "M": getattr(op, "M", None) if quant else None,
-                        "kernel": op.strategy, "bytes": nbytes,
+                        "kernel": op.strategy, "bytes": nbytes[op.name],
                         "tensors": {k: v for k, v in w.items() if k != "mode"}})
             dmac, tmac, lk = costs[op.name]
             row.update({"dense_macs": dmac, "table_macs": tmac, "lookups": lk})
         layers.append(row)
-    dense_ops = sum(c[0] for c in costs.values())
-    q_ops = sum((c[1] + c[2]) if c[1] or c[2] else c[0] for c in costs.values())
+    dense_ops, q_ops = model.theoretical_ops()
     dense_bytes, stored = model.weight_bytes()
     meta = model.metadata
     names = model.class_names
     return {
         "qinfo": __version__, "file": model.path, "size_bytes": model.file_size,
-        "format_version": qf.version, "tensors": len(entries),
+        "format_version": qf.version, "tensors": len(qf.header["tensors"]),
         "input": list(model.input_shape),
         "preprocess": meta.get("preprocess") or {},
         "preprocess_text": _preprocess_text(meta.get("preprocess") or {}, model.input_shape),
@@ -138,11 +133,8 @@ def print_info(r, out=sys.stdout):
 
 @entry("qinfo")
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="qinfo", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser("qinfo", __doc__)
     ap.add_argument("model", nargs="?", help="the .qcnn model (default: the built-in one)")
-    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("--json", action="store_true", help="everything as one JSON object")
     ap.add_argument("--exact", action="store_true",
                     help="show the kernels of exact mode (default: fast, as qrun)")

@@ -7,11 +7,12 @@ classes), quantized by qconvert.  Images are BMP, JPEG, PNG, GIF, TIFF, WebP,
 PPM files; a FOLDER gives every image under it (recursively, by extension),
 @LIST the paths listed in a file (one per line), - the paths listed on stdin.
 """
-import argparse
+import os
+import stat
 import sys
 import time
 
-from . import _version, entry, fail
+from . import entry, fail, parser
 
 
 def _is_model(path):
@@ -20,8 +21,6 @@ def _is_model(path):
         return True
     from ..format import MAGIC
     try:
-        import os
-        import stat
         if not stat.S_ISREG(os.stat(path).st_mode):
             return False
         with open(path, "rb") as f:
@@ -41,13 +40,10 @@ def _print_human(rec, out):
 
 @entry("qrun")
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="qrun", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser("qrun", __doc__)
     ap.add_argument("inputs", nargs="+", metavar="[MODEL.qcnn] IMAGE",
                     help="the model (optional: the built-in SqueezeNet), then images, folders, "
                          "@lists, or - for a list on stdin")
-    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("-m", "--model", help="the .qcnn model (instead of the first argument)")
     ap.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     ap.add_argument("--jsonl", "--json", dest="jsonl", action="store_true",
@@ -162,34 +158,25 @@ def _score_here(args, model, paths, fmt, out, io_threads, skipped):
     failed = 0
     t0 = time.perf_counter()
     stdout = sys.stdout
+    sink = out if out is not None or fmt == "human" else scoring.StreamSink(stdout, fmt, args.top)
     try:
-        if fmt == "csv" and out is None:
-            stdout.write(scoring.format_header("csv", args.top))
-        pending = []
-        for rec in scorer.records(paths):
-            failed += "error" in rec
-            if out is not None:
-                pending.append(rec)
-                if len(pending) >= args.batch:
-                    out.write(pending)
-                    pending = []
-            elif fmt == "human":
-                if bar.enabled:
-                    stdout.write("\r\033[K")
-                _print_human(rec, stdout)
-            else:
-                if fmt == "jsonl" and "error" in rec:
+        for recs in scorer.batches(paths):
+            for rec in recs:
+                failed += "error" in rec
+                if fmt == "human":
+                    if bar.enabled:
+                        stdout.write("\r\033[K")
+                    _print_human(rec, stdout)
+                elif out is None and fmt == "jsonl" and "error" in rec:
                     print(f"qrun: error: {rec['error']}", file=sys.stderr)
-                stdout.write(scoring.format_record(rec, fmt, args.top))
-            bar.update(1)
-            if out is None and (bar.n % args.batch == 0):
+            if sink is not None:
+                sink.write(recs)
+            else:
                 stdout.flush()
-        if out is not None and pending:
-            out.write(pending)
-        stdout.flush()
+            bar.update(len(recs))
     finally:
-        if out is not None:
-            out.close()
+        if sink is not None:
+            sink.close()
     bar.close()
     if many and not args.quiet:
         _report(len(paths), failed, skipped, time.perf_counter() - t0, scorer.forward_seconds)
