@@ -7,7 +7,7 @@ workspace per thread and reuse it across calls.
 """
 from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT,
                               PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer)
-from libc.stdint cimport uint8_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, int16_t, int32_t, int64_t, uintptr_t
 from libc.stdlib cimport free
 
 cdef extern from "kernels/qe_kernels.h" nogil:
@@ -29,6 +29,10 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
                       const float *bias, float *acc, float *y, int relu, int nthreads)
     int qe_fc_block(int K)
+    int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16_t *w16,
+                    const float *scale, int A, int Cout, const float *bias, float *y, int relu,
+                    int nthreads)
+    int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale)
     int qe_fc_q8_pad_cout(int Cout)
     int qe_fc_q8_pad_m(int M)
     int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
@@ -142,11 +146,12 @@ cdef class _Buffer:
 
 
 def empty_buffer(tuple shape, str fmt):
-    """A new uninitialised C-contiguous buffer ("f" float32, "i" int32, "B" uint8)."""
+    """A new uninitialised C-contiguous buffer ("f" float32, "i" int32, "h" int16,
+    "B" uint8)."""
     cdef _Buffer b = _Buffer.__new__(_Buffer)
-    cdef Py_ssize_t item = 1 if fmt == "B" else 4
+    cdef Py_ssize_t item = 1 if fmt == "B" else 2 if fmt == "h" else 4
     cdef int k, nd = len(shape)
-    if nd < 1 or nd > 8 or fmt not in ("f", "i", "B"):
+    if nd < 1 or nd > 8 or fmt not in ("f", "i", "h", "B"):
         raise ValueError(f"cannot make a buffer of shape {shape} and format {fmt!r}")
     cdef int64_t n = item
     for k in range(nd):
@@ -526,6 +531,79 @@ def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
                 qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
                 rc = qe_dense_conv(&g, &ws[0], &wblk[gi, 0, 0, 0], Og, &bias[gi * Og], &ws[nxp],
                                    &out[n, c0 + gi * Og, 0, 0], relu, nthreads)
+                if rc != 0:
+                    break
+            if rc != 0:
+                break
+    if rc != 0:
+        raise MemoryError("out of memory in the convolution kernel")
+
+
+def i16_weights_shape(int cout, int groups, int64_t J):
+    """Shape of i16_conv_weights()'s int16 output for [cout, J] weights in `groups` groups."""
+    return (groups, ((cout // groups) + QE_DENSE_CO - 1) // QE_DENSE_CO,
+            (J + 1) // 2 * 2 * QE_DENSE_CO)
+
+
+def i16_conv_weights(const float[:, ::1] w, int groups, int16_t[:, :, ::1] out,
+                     float[::1] scale):
+    """Dense weights w [Cout, C/groups*KH*KW] -> the int16 kernel's layout (out, of
+    i16_weights_shape()) and one scale per output channel; returns the layer's input
+    bound A (inputs are quantised to |xq| <= A; see qe_i16_weights)."""
+    cdef int cout = w.shape[0]
+    cdef int64_t J = w.shape[1]
+    cdef int A
+    if groups < 1 or cout % groups or J < 1 or scale.shape[0] != cout or \
+            (out.shape[0], out.shape[1], out.shape[2]) != i16_weights_shape(cout, groups, J):
+        raise ValueError("int16 weight layout does not match the weights")
+    with nogil:
+        A = qe_i16_weights(&w[0, 0], groups, cout // groups, J, &out[0, 0, 0], &scale[0])
+    if A < 1:
+        raise ValueError(f"weights of {J} taps per output cannot be summed in int32")
+    return A
+
+
+def i16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P):
+    """Scratch floats the int16 convolution of one group needs: the float phase
+    planes and their int16 copy."""
+    cdef qe_conv_geom g
+    _geom(&g, C, H, W, KH, KW, S, P)
+    cdef int64_t n = qe_phase_floats(&g)
+    return n + (n + 1) // 2 + 16
+
+
+def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const float[::1] scale,
+             int A, const float[::1] bias, int kh, int kw, int stride, int pad, bint relu,
+             float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0):
+    """Fast mode's dense convolution in 16-bit integers (qe_i16.h). x [N,C,H,W], w16 and
+    scale from i16_conv_weights() (its first axis is the group count), out [N,Cout,OH,OW]
+    (or channels c0 .. c0+Cout of a wider out)."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int groups = w16.shape[0], Cout = bias.shape[0]
+    cdef qe_conv_geom g
+    if groups <= 0 or C % groups or Cout % groups:
+        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    cdef int Cg = C // groups, Og = Cout // groups
+    if (w16.shape[0], w16.shape[1], w16.shape[2]) != i16_weights_shape(Cout, groups,
+                                                                       Cg * kh * kw) \
+            or scale.shape[0] != Cout or A < 1 or A > 32767:
+        raise ValueError("int16 weights do not match the convolution")
+    _geom(&g, Cg, H, W, kh, kw, stride, pad)
+    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
+            or out.shape[3] != g.OW:
+        raise ValueError("bias or output shape does not match the convolution")
+    cdef int64_t nxp = qe_phase_floats(&g)
+    if ws.shape[0] < nxp + (nxp + 1) // 2 + 16:
+        raise ValueError("workspace too small")
+    # the int16 planes start 64-byte aligned after the float ones
+    cdef int16_t *xq = <int16_t *>(<uintptr_t>(&ws[nxp + 15]) & ~(<uintptr_t>63))
+    cdef int n, gi, rc = 0
+    with nogil:
+        for n in range(N):
+            for gi in range(groups):
+                qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
+                rc = qe_i16_conv(&g, &ws[0], xq, &w16[gi, 0, 0], &scale[gi * Og], A, Og,
+                                 &bias[gi * Og], &out[n, c0 + gi * Og, 0, 0], relu, nthreads)
                 if rc != 0:
                     break
             if rc != 0:

@@ -7,8 +7,8 @@ AlexNet forward pass; qrun therefore never imports it, and the public API
 converts to numpy arrays only where it hands results to the caller.
 """
 
-ITEMSIZE = {"f": 4, "B": 1, "i": 4}
-DTYPE_NAMES = {"f": "float32", "B": "uint8", "i": "int32"}
+ITEMSIZE = {"f": 4, "B": 1, "i": 4, "h": 2}
+DTYPE_NAMES = {"f": "float32", "B": "uint8", "i": "int32", "h": "int16"}
 
 
 def count(shape):

@@ -123,10 +123,11 @@ class CostModel(Prices):
                 self._one_layer(L, in_shape, f, path)
                 models[f] = Model(path, mode=self.mode, threads=1)
         x = self._rng.standard_normal((1,) + models[forms[0]].input_shape).astype(np.float32)
-        # a quantized form the runtime runs on its dequantized weights costs
-        # what the dense form costs: one figure for both (less noise)
+        # a quantized form the runtime runs on its dequantized weights (in
+        # float, or in fast mode's int16) costs what the dense form costs: one
+        # figure for both (less noise)
         same = {f for f, m in models.items()
-                if f is not None and m.layer_strategies().get("layer") == "dequantized"}
+                if f is not None and m.layer_strategies().get("layer") in ("dequantized", "int16")}
         timed = [f for f in forms if f not in same]
         best = {f: float("inf") for f in timed}
         spent = {f: 0.0 for f in timed}

@@ -270,7 +270,10 @@ def test_resnet_dense_matches_onnxruntime(tmp_path, net):
     for mode in ("exact", "fast"):
         m = qengine.load(out, mode=mode)
         got = m.forward(x)
-        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+        # fast mode runs the wider convolutions in 16-bit integers (README, "Fast
+        # mode: int16"): about 5e-4 of the largest logit after 20 layers
+        tol = 1e-4 if mode == "exact" else 2e-3
+        assert np.abs(got - want).max() <= tol * np.abs(want).max(), mode
     # real images: PyTorch's ToTensor + Normalize, written out, against the stored preprocessing
     from PIL import Image
     items = _cifar_items(20)

@@ -85,3 +85,68 @@ int qe_all_finite(const float *p, int64_t n)
     for (int64_t i = 0; i < n; i++) ok &= isfinite(p[i]) ? 1 : 0;
     return ok;
 }
+
+/* Dense convolution weights for the int16 kernel (qe_i16.h): w [Cout][J] of
+ * `groups` groups (Cout/groups outputs each) -> out [groups][ceil(Cg/B)][J2/2][B][2]
+ * int16 (B = QE_DENSE_CO, J2 = J rounded up to even, zeros past the real
+ * channels and taps) and scale [Cout] (one per output channel).
+ *
+ * The input bound A (|xq| <= A) is one per layer.  Output channel co gets
+ * levels W = max|w| / scale chosen so that A * sum_j |wq[j]| <= 2^31 - 1:
+ * since sum |round(w/s)| <= sum|w|/s + J/2, W = (B/A - J/2) * max|w| / sum|w|
+ * keeps it; the sum is checked again after rounding.  A balances the two
+ * quantisation errors for the widest channel (the largest sum|w|/max|w|):
+ * A = sqrt(2 * B / (sum|w|/max|w|)), capped at 32767, so the input gets about
+ * twice the weights' levels (measured on SqueezeNet: activations, max-scaled
+ * per image, need more levels than per-channel weights).  Returns A, or -1
+ * when a channel cannot be laid out within the bound. */
+int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale)
+{
+    const double B = 2147483647.0;
+    const int Cout = groups * Cg;
+    const int64_t J2 = (J + 1) / 2 * 2;
+    const int nblk = (Cg + QE_DENSE_CO - 1) / QE_DENSE_CO;
+    double widest = 1.0;   /* largest sum|w| / max|w| of a channel (>= 1 unless all zero) */
+    for (int co = 0; co < Cout; co++) {
+        double mx = 0.0, sum = 0.0;
+        for (int64_t j = 0; j < J; j++) {
+            const double a = fabs((double)w[(int64_t)co * J + j]);
+            mx = a > mx ? a : mx;
+            sum += a;
+        }
+        if (mx > 0.0 && sum / mx > widest) widest = sum / mx;
+    }
+    double Ad = floor(sqrt(2.0 * B / widest));
+    const int A = Ad > 32767.0 ? 32767 : Ad < 1.0 ? 1 : (int)Ad;
+    memset(out, 0, sizeof(int16_t) * (size_t)groups * nblk * J2 * QE_DENSE_CO);
+    for (int co = 0; co < Cout; co++) {
+        const float *wc = w + (int64_t)co * J;
+        double mx = 0.0, sum = 0.0;
+        for (int64_t j = 0; j < J; j++) {
+            const double a = fabs((double)wc[j]);
+            mx = a > mx ? a : mx;
+            sum += a;
+        }
+        const int gi = co / Cg, cl = co % Cg;
+        int16_t *ob = out + ((int64_t)gi * nblk + cl / QE_DENSE_CO) * J2 * QE_DENSE_CO;
+        const int c = cl % QE_DENSE_CO;
+        if (mx == 0.0) {
+            scale[co] = 0.f;
+            continue;
+        }
+        double levels = floor((B / A - (double)J2 / 2.0) * mx / sum);
+        levels = levels > 32767.0 ? 32767.0 : levels;
+        if (levels < 1.0) return -1;
+        const float s = (float)(mx / levels);
+        int64_t total = 0;
+        for (int64_t j = 0; j < J; j++) {
+            double q = nearbyint((double)wc[j] / (double)s);
+            q = q > 32767.0 ? 32767.0 : q < -32767.0 ? -32767.0 : q;
+            ob[(j / 2) * 2 * QE_DENSE_CO + 2 * c + (j & 1)] = (int16_t)q;
+            total += (int64_t)fabs(q);
+        }
+        if ((double)A * (double)total > B) return -1;
+        scale[co] = s;
+    }
+    return A;
+}

@@ -271,6 +271,38 @@ int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Co
     return 0;
 }
 
+int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16_t *w16,
+                const float *scale, int A, int Cout, const float *bias, float *y, int relu,
+                int nthreads)
+{
+    if (nthreads < 1) nthreads = 1;
+    const int64_t n = qe_phase_floats(g), NR = (int64_t)g->OH * g->OW;
+    const float mx = K_()->i16_maxabs(xp, n);
+    if (!(mx <= 3.4e38f)) {   /* NaN or infinity in the input: no integer stands for it */
+        for (int64_t i = 0; i < (int64_t)Cout * NR; i++) y[i] = NAN;
+        return 0;
+    }
+    /* xq = round(x * A / max|x|); a zero input quantises to zeros (outputs = bias) */
+    const float inv = mx > 0.f ? (float)A / mx : 0.f, sa = mx > 0.f ? mx / (float)A : 0.f;
+    K_()->i16_quantize(xp, n, inv, A, xq);
+    const int J = g->C * g->KH * g->KW, J2 = (J + 1) / 2 * 2;
+    int64_t *jb = dense_tap_offsets(g);
+    float *sc = (float *)malloc(sizeof(float) * (size_t)(Cout > 0 ? Cout : 1));
+    int64_t *jb2 = (int64_t *)malloc(sizeof(int64_t) * (size_t)J2);
+    int rc = -1;
+    if (jb && sc && jb2) {
+        memcpy(jb2, jb, sizeof(int64_t) * (size_t)J);
+        if (J2 > J) jb2[J] = jb[0];   /* the padding tap: weight 0 */
+        for (int co = 0; co < Cout; co++) sc[co] = sa * scale[co];
+        const int coutb = (Cout + QE_DENSE_CO - 1) / QE_DENSE_CO * QE_DENSE_CO;
+        rc = K_()->i16_conv(g, xq, jb2, J2, w16, coutb, sc, bias, y, Cout, relu, nthreads) ? -1 : 0;
+    }
+    free(jb);
+    free(jb2);
+    free(sc);
+    return rc;
+}
+
 void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,
                        int KW, int S, int P, const float *bias, int relu, float *y, int OH,
                        int OW, int nthreads)

@@ -68,6 +68,22 @@ int qe_lut_conv(const qe_conv_geom *g, const float *xp, const float *cb, int M, 
 int qe_dense_conv(const qe_conv_geom *g, const float *xp, const float *w, int Cout,
                   const float *bias, float *acc, float *y, int relu, int nthreads);
 
+/* Fast mode: dense convolution of one group in 16-bit integers (qe_i16.h).
+ *   w16, scale, A  from qe_i16_weights() (this group's block of w16 and scale)
+ *   xp    phase planes from qe_phase_split; xq scratch of qe_phase_floats()
+ *         int16 values (the planes quantised)
+ *   y     output [Cout][OH][OW], bias added, ReLU applied when relu != 0
+ * A non-finite input gives NaN outputs.  Returns 0, or -1 when a small
+ * internal allocation fails. */
+int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16_t *w16,
+                const float *scale, int A, int Cout, const float *bias, float *y, int relu,
+                int nthreads);
+/* Lays dense weights w [groups*Cg][J] out for qe_i16_conv: out has
+ * groups*ceil(Cg/QE_DENSE_CO)*J2*QE_DENSE_CO int16 (J2 = J rounded up to
+ * even), scale groups*Cg floats.  Returns the layer's input bound A (>= 1),
+ * or -1 if a channel cannot be laid out within the overflow bound. */
+int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale);
+
 /* Subspaces per block in the fully-connected lookup (table rows of one block
  * fit in L1).  The kernel takes its indices blocked: for each block of
  * subspaces [m0, m1), the [Cout][m1 - m0] indices, blocks one after another. */

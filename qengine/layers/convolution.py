@@ -6,8 +6,8 @@ import os
 from .. import _kernels, buffers
 from ..errors import ModelError
 from .base import MAX_DIM, conv_output, is_int, need_chw, np, register
-from .weighted import (LOOKUP_COST_FLOAT_ROWS, LOOKUP_COST_FLOAT_ROWS_SMALL_K,
-                       LOOKUP_COST_REGISTER, WeightedOp, WeightedType, blocked_conv_weights,
+from .weighted import (INT16_COST, LOOKUP_COST_FLOAT_ROWS, LOOKUP_COST_FLOAT_ROWS_SMALL_K,
+                       LOOKUP_COST_REGISTER, int16_pays, WeightedOp, WeightedType, blocked_conv_weights,
                        conv16_k_limit, dequantize, dequantize_conv, layer_cost)
 
 
@@ -27,6 +27,9 @@ class ConvOp(WeightedOp):
             self.strategy = "depthwise" if depthwise else "dense"
             self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
             self.derived_bytes = 0 if depthwise else blocked
+            if not depthwise and self._int16_pays(cg * J):
+                self.strategy = "int16"
+                self.derived_bytes = self._int16_bytes(cout, cg * J)
             return
         self._plan_lut(qf, w, where, cg, (cout, self.kh, self.kw))
         self._use_unpacked_indices()
@@ -55,9 +58,13 @@ class ConvOp(WeightedOp):
         # form measured 0.83x of the dense kernel with register tables on
         # AVX2 (AlexNet K=16 conv1, README), untimed on AVX-512
         if self.dense_small and ((self.M == 1 and cg < self.d)
-                                 or table_cost + per_lookup * lookups > dense_cost):
+                                 or table_cost + per_lookup * lookups
+                                 > dense_cost * self._dense_cost_ratio(cg * J)):
             self.strategy = "dequantized"
             self.derived_bytes = 4 * cout * cg * J + blocked   # dense, then blocked
+            if self._int16_pays(cg * J):
+                self.strategy = "int16"
+                self.derived_bytes = 4 * cout * cg * J + self._int16_bytes(cout, cg * J)
         elif register:
             # fast: 16-bit tables looked up inside SIMD registers, where this
             # instruction set can hold K entries (see README, "Fast mode")
@@ -70,12 +77,27 @@ class ConvOp(WeightedOp):
                                                          self.quad)
             self.derived_bytes = buffers.count(self.layout16)
 
+    def _int16_pays(self, J):
+        """Fast mode runs this dense (or dequantized) convolution in 16-bit
+        integers (qe_i16.h) where that measured faster than float: see
+        int16_pays() in weighted.py."""
+        return self.fast and int16_pays(self.in_shapes[0], self.out_shape, J)
+
+    def _dense_cost_ratio(self, J):
+        """What a dense multiply-add costs in this mode, in float ones."""
+        return INT16_COST if self._int16_pays(J) else 1.0
+
+    def _int16_bytes(self, cout, J):
+        return 2 * buffers.count(_kernels.i16_weights_shape(cout, self.group, J)) + 4 * cout
+
     def _load(self, qf, w, cout):
         cg = self.in_shapes[0][0] // self.group
-        if self.strategy in ("dense", "depthwise") and self.mode != "lut":
+        if self.strategy in ("dense", "depthwise", "int16") and self.mode != "lut":
             self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
             if self.strategy == "dense":
                 self.weight_blocked = blocked_conv_weights(self.weight, self.group)
+            elif self.strategy == "int16":
+                self._lay_out_int16(self.weight)
             return
         self.indices = self._unpacked_indices()
         taps = self.kh * self.kw
@@ -88,17 +110,32 @@ class ConvOp(WeightedOp):
             self.weight_blocked = blocked_conv_weights(
                 dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)),
                             cg), self.group)
+        elif self.strategy == "int16":
+            self._lay_out_int16(dequantize(self.codebook,
+                                           buffers.reshape(self.indices, (cout, taps, self.M)),
+                                           cg))
         elif self.strategy == "lut16":
             self.indices16 = buffers.empty(self.layout16, "B")
             _kernels.conv16_layout(buffers.reshape(self.indices, (cout, taps * self.M)),
                                    self.group, self.indices16, self.quad)
             self.indices = None
 
+    def _lay_out_int16(self, w):
+        cout = w.shape[0]
+        w2 = buffers.reshape(w, (cout, -1))
+        self.weight16 = buffers.empty(_kernels.i16_weights_shape(cout, self.group, w2.shape[1]),
+                                      "h")
+        self.scale16 = buffers.empty((cout,))
+        self.bound16 = _kernels.i16_conv_weights(w2, self.group, self.weight16, self.scale16)
+
     def workspace(self):
         c, h, w = self.in_shapes[0]
         g = self.group
         if self.strategy == "depthwise":
             return 0
+        if self.strategy == "int16":
+            return _kernels.i16_workspace_floats(c // g, h, w, self.kh, self.kw,
+                                                 self.params["stride"], self.params["pad"])
         if self.strategy == "lut16":
             return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                     self.params["stride"], self.params["pad"],
@@ -129,6 +166,9 @@ class ConvOp(WeightedOp):
         elif self.strategy == "lut16":
             _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
                             p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
+        elif self.strategy == "int16":
+            _kernels.conv_i16(x, self.weight16, self.scale16, self.bound16, self.bias, self.kh,
+                              self.kw, p["stride"], p["pad"], relu, out, ws, nthreads, c0)
         elif self.strategy == "lut":
             _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
                               self.group, relu, out, ws, nthreads, c0)

@@ -18,6 +18,25 @@ DEQUANTIZE_RATIO = 1.25
 LOOKUP_COST_FLOAT_ROWS_SMALL_K = 2.5   # K <= 32
 LOOKUP_COST_FLOAT_ROWS = 4.0
 LOOKUP_COST_REGISTER = 1.5
+# Fast mode's int16 dense convolution (qe_i16.h): what one of its multiply-adds
+# costs in float ones, where it is chosen (measured on Zen 3, AVX2 pmaddwd:
+# 0.55-0.75 on layers with 100+ multiply-adds per input value).
+INT16_COST = 0.7
+# ... and where it is chosen: the quantisation of the input (one pass for the
+# largest |x|, one to round) and each tile's paired panel cost per input value,
+# repaid only by enough multiply-adds per input value.
+INT16_MIN_MACS_PER_INPUT = 100
+
+
+def int16_pays(in_shape, out_shape, J):
+    """Whether fast mode runs a dense convolution (J taps per output) in 16-bit
+    integers: where it has enough multiply-adds per input value, or always /
+    never with QENGINE_INT16=1 / 0."""
+    force = os.environ.get("QENGINE_INT16", "")
+    if force in ("0", "1"):
+        return force == "1"
+    macs = buffers.count(out_shape) * J
+    return macs >= INT16_MIN_MACS_PER_INPUT * buffers.count(in_shape)
 
 def subspace_inputs(L, in_shape):
     """The inputs a subspace splits: a convolution's channels per group, or a

@@ -1,0 +1,140 @@
+"""Fast mode's dense convolution in 16-bit integers (qe_i16.h): the same bits
+on every instruction set, the numpy reference within its quantisation error,
+the int32 overflow bound, and where the runtime chooses it."""
+import numpy as np
+import pytest
+
+from qengine import _kernels
+from qengine.layers.convolution import conv2d
+
+from conftest import ISAS, on_every_isa
+
+RNG = np.random.default_rng(1616)
+B = 2**31 - 1
+
+# (N, C, H, W, Cout, K, stride, pad, groups): odd tap counts (a padding tap),
+# Cout not a multiple of the 6-channel block, strides with phase planes, maps
+# narrower than a tile (rows of 3: more than four runs per tile), tail tiles,
+# groups, AlexNet's and SqueezeNet's first layers
+CASES = [(1, 3, 31, 29, 13, 5, 2, 1, 1), (2, 16, 13, 13, 20, 3, 1, 1, 2),
+         (1, 64, 20, 20, 16, 1, 1, 0, 1), (1, 7, 9, 40, 64, 3, 1, 1, 1),
+         (1, 5, 3, 3, 7, 3, 1, 1, 1), (1, 96, 13, 13, 17, 5, 1, 2, 1),
+         (1, 3, 67, 67, 96, 11, 4, 0, 1), (1, 3, 45, 45, 96, 7, 2, 0, 1),
+         (1, 8, 1, 1, 5, 1, 1, 0, 1)]
+
+
+def layout(w, groups):
+    cout = w.shape[0]
+    w2 = np.ascontiguousarray(w.reshape(cout, -1), np.float32)
+    w16 = np.empty(_kernels.i16_weights_shape(cout, groups, w2.shape[1]), np.int16)
+    sc = np.empty(cout, np.float32)
+    return w16, sc, _kernels.i16_conv_weights(w2, groups, w16, sc)
+
+
+def run_i16(x, w, b, S, P, G, relu=False, nthreads=1):
+    w16, sc, A = layout(w, G)
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    oh, ow = _kernels.conv_output_size(h, wd, kh, kw, S, P)
+    out = np.full((n, w.shape[0], oh, ow), -7, np.float32)
+    ws = np.empty(_kernels.i16_workspace_floats(c // G, h, wd, kh, kw, S, P), np.float32)
+    _kernels.conv_i16(x, w16, sc, A, b, kh, kw, S, P, relu, out, ws, nthreads)
+    return out
+
+
+def make(case, seed=0):
+    n, c, h, wd, cout, k, s, p, g = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+    w = (rng.standard_normal((cout, c // g, k, k)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    return x, w, b, s, p, g
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_same_bits_on_every_isa(case):
+    x, w, b, s, p, g = make(case)
+    outs = on_every_isa(lambda: (run_i16(x, w, b, s, p, g, True, 1),
+                                 run_i16(x, w, b, s, p, g, False, 2)))
+    for isa, (o1, o2) in zip(ISAS, outs):
+        assert np.array_equal(o1, outs[0][0]), f"{isa}: outputs differ from the portable body"
+        assert np.array_equal(o2, outs[0][1]), f"{isa}, 2 threads: outputs differ"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_numpy_within_quantisation_error(isa, case):
+    x, w, b, s, p, g = make(case, 1)
+    ref = conv2d(x, w, b, s, p, g)
+    got = run_i16(x, w, b, s, p, g)
+    # inputs with about 12-15 bits, weights per channel 11-15 bits (see qe_i16_weights)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 2e-3, err
+    relu = run_i16(x, w, b, s, p, g, relu=True)
+    assert np.array_equal(relu, np.maximum(got, 0))
+
+
+@pytest.mark.parametrize("J", [1, 9, 147, 576, 4608, 20000])
+def test_weight_layout_keeps_every_sum_inside_int32(J):
+    # random weights, and a channel with one large weight among tiny ones
+    # (sum|w| / max|w| near 1: the most levels), and one all equal (near J)
+    cout = 7
+    w = RNG.standard_normal((cout, J)).astype(np.float32)
+    w[1] = 1e-6
+    w[1, 0] = 3.0
+    w[2] = -0.25
+    w[3] = 0.0
+    w16, sc, A = layout(w, 1)
+    assert 1 <= A <= 32767
+    J2 = (J + 1) // 2 * 2
+    q = w16.reshape(-1, J2 // 2, 6, 2).transpose(0, 2, 1, 3).reshape(-1, J2)[:cout]
+    assert np.all(A * np.abs(q.astype(np.int64)).sum(1) <= B)
+    # the levels come back to the weights within half a step per channel
+    assert np.all(np.abs(q[:, :J] * sc[:, None].astype(np.float64) - w) <= 0.5001 * sc[:, None])
+    assert sc[3] == 0 and not q[3].any()
+    assert np.abs(q).max() <= 32767
+
+
+def test_worst_case_sums_do_not_wrap():
+    # every input at its largest value, every weight of one sign: each output's
+    # integer sum is A * sum|wq|, as close to 2^31 as the layout allows
+    C, K, cout = 512, 3, 12
+    x = np.ones((1, C, 6, 6), np.float32)
+    w = np.full((cout, C, K, K), 0.5, np.float32)
+    w[1::2] *= -1
+    b = np.zeros(cout, np.float32)
+    ref = conv2d(x, w, b, 1, 0, 1)
+    for isa, got in zip(ISAS, on_every_isa(lambda: run_i16(x, w, b, 1, 0, 1))):
+        assert np.allclose(got, ref, rtol=1e-3), isa
+        assert np.all(np.sign(got) == np.sign(ref)), f"{isa}: a sum wrapped around"
+
+
+def test_zero_and_non_finite_inputs():
+    x, w, b, s, p, g = make(CASES[1])
+    zero = run_i16(np.zeros_like(x), w, b, s, p, g)
+    assert np.array_equal(zero, np.broadcast_to(b[None, :, None, None], zero.shape))
+    bad = x.copy()
+    bad[0, 3, 2, 2] = np.inf
+    out = run_i16(bad, w, b, s, p, g)
+    # no integer stands for it: that image's outputs of that group are NaN
+    assert np.isnan(out[0, :10]).all()
+    assert np.isfinite(out[0, 10:]).all() and np.isfinite(out[1]).all()   # the rest is not
+
+
+def test_fast_model_runs_wide_dense_convolutions_in_int16(tmp_path, monkeypatch):
+    import qengine
+    from modelkit import build, conv
+    g = {"input": {"name": "data", "shape": [16, 14, 14]},
+         "layers": [conv("wide", "data", 64, 3, p=1), conv("narrow", "wide", 8, 1)]}
+    path = str(tmp_path / "d.qcnn")
+    build(path, g, dense=("wide", "narrow"), meta_extra={"class_names": []})
+    fast, exact = qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
+    # 576 multiply-adds per input value in "wide", 8 in "narrow" (README)
+    assert fast.layer_strategies() == {"wide": "int16", "narrow": "dense"}
+    assert set(exact.layer_strategies().values()) == {"dense"}
+    x = RNG.standard_normal((2, 16, 14, 14)).astype(np.float32)
+    a, b = fast.forward(x), exact.forward(x)
+    assert 0 < np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
+    monkeypatch.setenv("QENGINE_INT16", "0")
+    assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"dense"}
+    monkeypatch.setenv("QENGINE_INT16", "1")
+    assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"int16"}
