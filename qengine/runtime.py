@@ -655,7 +655,9 @@ class Model:
                 for op in self.layers}
 
     def layer_strategies(self):
-        """{layer: "lut" | "dequantized" | "dense"} for the weighted layers."""
+        """{layer: kernel} for the weighted layers: "lut" (float table rows),
+        "lut16" / "lut8" (fast mode's register tables), "dequantized" / "dense"
+        (float), "int16" (fast mode's integer dense convolution), "depthwise"."""
         return {op.name: op.strategy for op in self._ops if op.weighted}
 
     def __repr__(self):
