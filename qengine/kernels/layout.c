@@ -2,6 +2,7 @@
  * weight and index layouts, the checks a loaded tensor must pass, and the
  * allocation of the buffers they fill. */
 #define _GNU_SOURCE
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,9 @@ int qe_all_finite(const float *p, int64_t n)
  * The input bound A (|xq| <= A) is one per layer.  Output channel co gets
  * levels W = max|w| / scale chosen so that A * sum_j |wq[j]| <= 2^31 - 1:
  * since sum |round(w/s)| <= sum|w|/s + J/2, W = (B/A - J/2) * max|w| / sum|w|
- * keeps it; the sum is checked again after rounding.  A balances the two
+ * (less a 1e-6 margin for the scale rounded to float) keeps it; the sum is
+ * checked again after rounding, and a channel whose scale would fall below
+ * the normal floats counts as zero.  A balances the two
  * quantisation errors for the widest channel (the largest sum|w|/max|w|):
  * A = sqrt(2 * B / (sum|w|/max|w|)), capped at 32767, so the input gets about
  * twice the weights' levels (measured on SqueezeNet: activations, max-scaled
@@ -134,10 +137,15 @@ int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, 
             scale[co] = 0.f;
             continue;
         }
-        double levels = floor((B / A - (double)J2 / 2.0) * mx / sum);
+        /* (1 - 1e-6): room for s rounded to float below mx / levels */
+        double levels = floor((B / A - (double)J2 / 2.0) * mx / sum * (1.0 - 1e-6));
         levels = levels > 32767.0 ? 32767.0 : levels;
         if (levels < 1.0) return -1;
         const float s = (float)(mx / levels);
+        if (!(s >= FLT_MIN)) {   /* weights scaled below normal floats: they add nothing */
+            scale[co] = 0.f;
+            continue;
+        }
         int64_t total = 0;
         for (int64_t j = 0; j < J; j++) {
             double q = nearbyint((double)wc[j] / (double)s);
