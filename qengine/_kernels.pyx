@@ -274,6 +274,31 @@ cdef int _geom(qe_conv_geom *g, int C, int H, int W, int KH, int KW, int S, int 
     return 0
 
 
+cdef int _group_geom(qe_conv_geom *g, int C, int Cout, int groups, int H, int W, int KH, int KW,
+                     int S, int P) except -1:
+    """The geometry of one group of a grouped convolution, once `groups` divides
+    both channel counts."""
+    if groups <= 0 or C % groups or Cout % groups:
+        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    _geom(g, C // groups, H, W, KH, KW, S, P)
+    return 0
+
+
+cdef int _check_out(const qe_conv_geom *g, int N, int Cout, int c0,
+                    float[:, :, :, ::1] out) except -1:
+    """out holds N images' channels c0 .. c0+Cout of the convolution's output."""
+    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
+            or out.shape[3] != g.OW:
+        raise ValueError("bias or output shape does not match the convolution")
+    return 0
+
+
+cdef int64_t _i16_ws(int64_t nxp):
+    """Scratch floats of the int16 convolution: the float phase planes, their int16
+    copy, and room to align it to 64 bytes."""
+    return nxp + (nxp + 1) // 2 + 16
+
+
 def conv_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int M, int K,
                           int Cout):
     """Scratch floats a convolution of one group (C inputs, Cout outputs) needs;
@@ -303,10 +328,8 @@ def conv_lut(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
     cdef int Cout = asmt.shape[0], KH = asmt.shape[1], KW = asmt.shape[2]
     cdef qe_conv_geom g
-    if groups <= 0 or C % groups or Cout % groups:
-        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    _group_geom(&g, C, Cout, groups, H, W, KH, KW, stride, pad)
     cdef int Cg = C // groups, Og = Cout // groups
-    _geom(&g, Cg, H, W, KH, KW, stride, pad)
     if asmt.shape[3] != M or M != (Cg + d - 1) // d:
         raise ValueError(f"codebook has {M} subspaces of d={d}, assignments {asmt.shape[3]}, "
                          f"input channels per group {Cg}")
@@ -399,19 +422,15 @@ def conv16(const float[:, :, :, ::1] x, const float[:, :, ::1] cb,
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
     cdef int groups = aT.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
-    if groups <= 0 or C % groups or Cout % groups:
-        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    _group_geom(&g, C, Cout, groups, H, W, KH, KW, stride, pad)
     cdef int Cg = C // groups, Og = Cout // groups
-    _geom(&g, Cg, H, W, KH, KW, stride, pad)
     if quad and K > 16:
         raise ValueError(f"the four-taps layout needs K <= 16, not {K}")
     if M != (Cg + d - 1) // d or aT.shape[2] != qe_conv16_cop(Og) or \
             aT.shape[1] != ((KH * KW * M + 3) // 4 * 4 if quad else KH * KW * M):
         raise ValueError(f"codebook has {M} subspaces of d={d}, index layout "
                          f"{list(aT.shape)}, input channels per group {Cg}")
-    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
-            or out.shape[3] != g.OW:
-        raise ValueError("bias or output shape does not match the convolution")
+    _check_out(&g, N, Cout, c0, out)
     cdef int64_t nxp = qe_phase_floats(&g), nb = qe_conv16_bytes(&g, M, K, d, Og)
     if nb < 0 or ws.shape[0] < nxp + (nb + 3) // 4 + 16:
         raise ValueError(f"workspace too small for the fast convolution")
@@ -511,16 +530,12 @@ def conv_dense(const float[:, :, :, ::1] x, const float[:, :, :, ::1] wblk,
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int groups = wblk.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
-    if groups <= 0 or C % groups or Cout % groups:
-        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    _group_geom(&g, C, Cout, groups, H, W, kh, kw, stride, pad)
     cdef int Cg = C // groups, Og = Cout // groups
     if wblk.shape[1] != (Og + QE_DENSE_CO - 1) // QE_DENSE_CO or wblk.shape[2] != Cg * kh * kw \
             or wblk.shape[3] != QE_DENSE_CO:
         raise ValueError("blocked weights do not match the convolution")
-    _geom(&g, Cg, H, W, kh, kw, stride, pad)
-    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
-            or out.shape[3] != g.OW:
-        raise ValueError("bias or output shape does not match the convolution")
+    _check_out(&g, N, Cout, c0, out)
     cdef int64_t nxp = qe_phase_floats(&g)
     if ws.shape[0] < nxp + qe_acc_floats(&g, (Og + QE_DENSE_CO - 1) // QE_DENSE_CO * QE_DENSE_CO):
         raise ValueError("workspace too small")
@@ -568,8 +583,7 @@ def i16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P):
     planes and their int16 copy."""
     cdef qe_conv_geom g
     _geom(&g, C, H, W, KH, KW, S, P)
-    cdef int64_t n = qe_phase_floats(&g)
-    return n + (n + 1) // 2 + 16
+    return _i16_ws(qe_phase_floats(&g))
 
 
 def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const float[::1] scale,
@@ -581,19 +595,15 @@ def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const fl
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int groups = w16.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
-    if groups <= 0 or C % groups or Cout % groups:
-        raise ValueError(f"groups={groups} does not divide C={C} and Cout={Cout}")
+    _group_geom(&g, C, Cout, groups, H, W, kh, kw, stride, pad)
     cdef int Cg = C // groups, Og = Cout // groups
     if (w16.shape[0], w16.shape[1], w16.shape[2]) != i16_weights_shape(Cout, groups,
                                                                        Cg * kh * kw) \
             or scale.shape[0] != Cout or A < 1 or A > 32767:
         raise ValueError("int16 weights do not match the convolution")
-    _geom(&g, Cg, H, W, kh, kw, stride, pad)
-    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != g.OH \
-            or out.shape[3] != g.OW:
-        raise ValueError("bias or output shape does not match the convolution")
+    _check_out(&g, N, Cout, c0, out)
     cdef int64_t nxp = qe_phase_floats(&g)
-    if ws.shape[0] < nxp + (nxp + 1) // 2 + 16:
+    if ws.shape[0] < _i16_ws(nxp):
         raise ValueError("workspace too small")
     # the int16 planes start 64-byte aligned after the float ones
     cdef int16_t *xq = <int16_t *>(<uintptr_t>(&ws[nxp + 15]) & ~(<uintptr_t>63))

@@ -107,21 +107,11 @@ static void FN(i16_panel)(const qe_conv_geom *g, const int16_t *xq, const int64_
     for (int h = 0; h < QE_I16_TW / 16; h++) {
         const int64_t rb = r0 + 16 * h;
         int64_t q[16], base[4];
+        int start[4];
         V16S msk[4];
-        int nrun = 0;
-        for (int i = 0; i < 16; i++) {
-            const int64_t p = rb + i < NR ? rb + i : NR - 1;
-            q[i] = p / g->OW * g->Wq + p % g->OW;
-            if (i == 0 || q[i] != q[i - 1] + 1) {
-                if (nrun < 4) {
-                    /* run nrun from lane i on, read at base + lane: every read
-                     * lies between the tile's first and last position */
-                    base[nrun] = q[i] - i;
-                    for (int l = 0; l < 16; l++) msk[nrun][l] = l >= i ? -1 : 0;
-                }
-                nrun++;
-            }
-        }
+        const int nrun = FN(tile_runs)(g, NR, rb, q, base, start);
+        for (int k = 0; k < nrun && k < 4; k++)
+            for (int l = 0; l < 16; l++) msk[k][l] = l >= start[k] ? -1 : 0;
         int16_t *out = panel + 32 * h;
         if (nrun <= 4 && rb + 16 <= NR) {
             for (int p = 0; p < J2 / 2; p++) {

@@ -184,6 +184,29 @@ static inline void FN(dense_store_y)(float *y, int64_t R, int64_t r0, int co, co
     }
 }
 
+/* Where the 16 output positions from r0 (in OH x OW order; those past NR
+ * repeat the last) lie in the phase planes: q[i] = oh * Wq + ow.  Runs of
+ * consecutive ones: run k starts at lane start[k] and is read at base[k] +
+ * lane, so that every read lies between the tile's first and last position.
+ * Returns the number of runs; only the first four are recorded. */
+static inline int FN(tile_runs)(const qe_conv_geom *g, int64_t NR, int64_t r0, int64_t q[16],
+                                int64_t base[4], int start[4])
+{
+    int nrun = 0;
+    for (int i = 0; i < 16; i++) {
+        const int64_t p = r0 + i < NR ? r0 + i : NR - 1;
+        q[i] = p / g->OW * g->Wq + p % g->OW;
+        if (i == 0 || q[i] != q[i - 1] + 1) {
+            if (nrun < 4) {
+                base[nrun] = q[i] - i;
+                start[nrun] = i;
+            }
+            nrun++;
+        }
+    }
+    return nrun;
+}
+
 /* Lanes i >= i0 of a 16-lane pair taken from b, the others from a. */
 static inline V8 FN(vsel)(V8 a, V8 b, QE_CAT(v8m, QE_SUFFIX) m)
 {
@@ -220,27 +243,17 @@ static int FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t 
                 const float *xs = panel;
                 int64_t step = 16;
                 if (panel && gather) {
-                    /* the tile's plane positions; in a full tile, runs of
-                     * consecutive ones (run k from lane i0[k], read at base[k]
-                     * + lane: every read lies between the tile's first and last
-                     * position) merged by vector blends */
+                    /* the tile's plane positions; in a full tile, its runs
+                     * merged by vector blends */
                     int64_t q[16], base[4];
+                    int start[4];
                     QE_CAT(v8m, QE_SUFFIX) mlo[4], mhi[4];
-                    int nrun = 0;
-                    for (int i = 0; i < 16; i++) {
-                        const int64_t p = r0 + i < NR ? r0 + i : NR - 1;
-                        q[i] = p / g->OW * g->Wq + p % g->OW;
-                        if (i == 0 || q[i] != q[i - 1] + 1) {
-                            if (nrun < 4) {
-                                base[nrun] = q[i] - i;
-                                for (int l = 0; l < 8; l++) {
-                                    mlo[nrun][l] = l >= i ? -1 : 0;
-                                    mhi[nrun][l] = l + 8 >= i ? -1 : 0;
-                                }
-                            }
-                            nrun++;
+                    const int nrun = FN(tile_runs)(g, NR, r0, q, base, start);
+                    for (int k = 0; k < nrun && k < 4; k++)
+                        for (int l = 0; l < 8; l++) {
+                            mlo[k][l] = l >= start[k] ? -1 : 0;
+                            mhi[k][l] = l + 8 >= start[k] ? -1 : 0;
                         }
-                    }
                     if (nrun <= 4 && r0 + 16 <= NR) {
                         for (int j = 0; j < J; j++) {
                             const float *s = xp + jbase[j];
