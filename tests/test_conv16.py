@@ -164,14 +164,15 @@ def test_register_lookups_per_isa():
         assert q == ((True, False) if isa.startswith("avx512") else (False, False)), isa
 
 
-def _fast_and_exact(path, isa, monkeypatch, force=None):
+def _fast_and_exact(path, isa, monkeypatch, force=None, strategy="auto"):
     import qengine
     if force is not None:
         monkeypatch.setenv("QENGINE_CONV16", force)
     before = _kernels.get_isa()
     _kernels.set_isa(isa)
     try:
-        return qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
+        return (qengine.load(path, mode="fast", strategy=strategy),
+                qengine.load(path, mode="exact", strategy=strategy))
     finally:
         _kernels.set_isa(before)
 
@@ -200,9 +201,13 @@ def test_fast_model_uses_register_tables_where_chosen(tmp_path, isa, force, monk
         _kernels.set_isa(before)
 
 
-def test_alexnet_pool5_fast_within_half_a_percent(alexnet_qcnn, monkeypatch):
+@pytest.mark.parametrize("strategy,kernels", [
+    ("auto", {"int16"}),    # AVX-512 prices: conv2-5 dense in int16 on their dequantized weights
+    ("lut", {"lut16"}),     # every quantized layer on tables: 16-bit register tables
+])
+def test_alexnet_pool5_fast_within_half_a_percent(alexnet_qcnn, monkeypatch, strategy, kernels):
     # the original AlexNet (K=128) on the AVX-512 code (emulated where the CPU
-    # lacks it): 16-bit tables in conv2-conv5, pool5 against the float tables
+    # lacks it), pool5 against the float tables of exact mode
     import glob
     from conftest import shared_path
     isa = "avx512" if "avx512" in ISAS else "avx512-emulated"
@@ -210,8 +215,8 @@ def test_alexnet_pool5_fast_within_half_a_percent(alexnet_qcnn, monkeypatch):
         pytest.skip("no AVX-512 kernels here (install SIMDe, libsimde-dev)")
     ref = shared_path("qcnn-alexnet-reference")
     x = np.load(sorted(glob.glob(f"{ref}/*/input_nchw_bgr.npy"))[0])
-    fast, exact = _fast_and_exact(alexnet_qcnn, isa, monkeypatch)
-    assert {fast.layer_strategies()[n] for n in ("conv2", "conv3", "conv4", "conv5")} == {"lut16"}
+    fast, exact = _fast_and_exact(alexnet_qcnn, isa, monkeypatch, strategy=strategy)
+    assert {fast.layer_strategies()[n] for n in ("conv2", "conv3", "conv4", "conv5")} == kernels
     before = _kernels.get_isa()
     _kernels.set_isa(isa)
     try:

@@ -168,17 +168,19 @@ static inline void FN(i16_store)(const int32_t *acc, int n, float scale, float b
 }
 
 /* The convolution's outputs y [Cout][NR] (NR = OH*OW), given the quantised
- * planes; scale[co] = input scale * weight scale.  Returns nonzero when a
- * thread could not allocate its panel (then nothing is complete). */
+ * planes; scale[co] = input scale * weight scale.  The output-channel blocks
+ * whose weights fit in wbytes share each tile's panel (both stay in L2).
+ * Returns nonzero when a thread could not allocate its panel (then nothing
+ * is complete). */
 static int FN(i16_conv)(const qe_conv_geom *g, const int16_t *xq, const int64_t *jb, int J2,
                         const int16_t *w, int CoutB, const float *scale, const float *bias,
-                        float *y, int Cout, int relu, int nthreads)
+                        float *y, int Cout, int relu, int nthreads, int64_t wbytes)
 {
     const int64_t NR = (int64_t)g->OH * g->OW;
     const int64_t ntiles = (NR + QE_I16_TW - 1) / QE_I16_TW;
     const int nblk = CoutB / QE_DENSE_CO;
     const int JP = J2 / 2;
-    int per_group = (int)(QE_DENSE_W_BYTES / ((int64_t)J2 * QE_DENSE_CO * 2));
+    int per_group = (int)(wbytes / ((int64_t)J2 * QE_DENSE_CO * 2));
     per_group = per_group < 1 ? 1 : per_group;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(| : failed)

@@ -39,7 +39,7 @@ typedef struct {
     float (*i16_maxabs)(const float *, int64_t);
     void (*i16_quantize)(const float *, int64_t, float, int, int16_t *);
     int (*i16_conv)(const qe_conv_geom *, const int16_t *, const int64_t *, int, const int16_t *,
-                    int, const float *, const float *, float *, int, int, int);
+                    int, const float *, const float *, float *, int, int, int, int64_t);
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */
     int conv16_auto_k; /* largest K for which fast mode picks it over float rows by default */
     int conv16_quad;   /* 1: K <= 16 runs four taps per register (conv16_lookup4) */

@@ -6,8 +6,7 @@ import os
 from .. import _kernels, buffers
 from ..errors import ModelError
 from .base import MAX_DIM, conv_output, is_int, need_chw, np, register
-from .weighted import (INT16_COST, LOOKUP_COST_FLOAT_ROWS, LOOKUP_COST_FLOAT_ROWS_SMALL_K,
-                       LOOKUP_COST_REGISTER, int16_pays, WeightedOp, WeightedType, blocked_conv_weights,
+from .weighted import (int16_pays, kernel_costs, WeightedOp, WeightedType, blocked_conv_weights,
                        conv16_k_limit, dequantize, dequantize_conv, layer_cost)
 
 
@@ -49,9 +48,9 @@ class ConvOp(WeightedOp):
         dense_cost, table, lookups = self.cost()
         register = (self.fast and self.K <= conv16_k_limit()
                     and J * self.M <= _kernels.C16_MAX_TAPS)
-        per_lookup = (LOOKUP_COST_REGISTER if register else
-                      LOOKUP_COST_FLOAT_ROWS_SMALL_K if self.K <= 32 else
-                      LOOKUP_COST_FLOAT_ROWS)
+        costs = kernel_costs()
+        per_lookup = (costs.lookup_register if register else
+                      costs.lookup_rows_small_k if self.K <= 32 else costs.lookup_rows)
         # register tables are built in two passes (ranges, then entries)
         table_cost = 2 * table if register else table
         # a first layer with fewer channels than d stays dense: its lookup
@@ -85,7 +84,7 @@ class ConvOp(WeightedOp):
 
     def _dense_cost_ratio(self, J):
         """What a dense multiply-add costs in this mode, in float ones."""
-        return INT16_COST if self._int16_pays(J) else 1.0
+        return kernel_costs().int16 if self._int16_pays(J) else 1.0
 
     def _int16_bytes(self, cout, J):
         return 2 * buffers.count(_kernels.i16_weights_shape(cout, self.group, J)) + 4 * cout

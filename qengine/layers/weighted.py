@@ -2,6 +2,7 @@
 and indices) or dense ones, the one rule for weight shapes and subspaces, the
 theoretical cost of either form, and the layouts the kernels read."""
 import os
+from typing import NamedTuple
 
 from .. import _kernels, buffers
 from ..errors import ModelError
@@ -10,33 +11,49 @@ from .base import LayerType, Op, check_tensor
 # A quantized layer runs densely on its dequantized weights when its tables and
 # lookups would cost this many times its dense multiply-adds (same sums either way).
 DEQUANTIZE_RATIO = 1.25
-# What one table lookup of a convolution costs, in dense multiply-adds, by the
-# kernel that would do it (measured on Zen 3 against the dense kernel's ~30
-# multiply-adds/ns: float table rows 12 lookups/ns for K <= 32, 7-8 beyond, the
-# tables then outgrowing L1; 16-bit register tables estimated from llvm-mca and
-# the Zen 4 micro-kernel figures in README "Fast mode").
-LOOKUP_COST_FLOAT_ROWS_SMALL_K = 2.5   # K <= 32
-LOOKUP_COST_FLOAT_ROWS = 4.0
-LOOKUP_COST_REGISTER = 1.5
-# Fast mode's int16 dense convolution (qe_i16.h): what one of its multiply-adds
-# costs in float ones, where it is chosen (measured on Zen 3, AVX2 pmaddwd:
-# 0.55-0.75 on layers with 100+ multiply-adds per input value).
-INT16_COST = 0.7
-# ... and where it is chosen: the quantisation of the input (one pass for the
-# largest |x|, one to round) and each tile's paired panel cost per input value,
-# repaid only by enough multiply-adds per input value.
-INT16_MIN_MACS_PER_INPUT = 100
+
+
+class KernelCosts(NamedTuple):
+    """What fast mode's kernel choice prices a convolution's work at, in one
+    instruction set's float dense multiply-adds (the same sums either way)."""
+    lookup_rows_small_k: float  # a lookup from float table rows, K <= 32
+    lookup_rows: float          # ... K > 32 (the tables outgrow L1)
+    lookup_register: float      # a lookup from 16-bit tables held in registers
+    int16: float                # a multiply-add of the int16 dense kernel (qe_i16.h)
+    int16_min_macs: int         # ... chosen only with this many multiply-adds per input value
+
+
+# Measured per layer in interleaved A/B runs, 1 thread (README "Choosing a
+# kernel").  AVX2 on a Zen 3: float rows 12 lookups/ns for K <= 32, 7-8 beyond,
+# against ~30 dense multiply-adds/ns; int16 (pmaddwd) 0.55-0.75 of a float
+# multiply-add from 100 multiply-adds per input value (squeeze layers forced to
+# it: 0.87-0.92x).  AVX-512 on a Zen 5 (512-bit units, AlexNet conv1-5 and
+# dense SqueezeNet): int16 (vpdpwssd) 0.27-0.37, squeeze layers (16 per input
+# value) at parity and 1x1 expands (64) 1.4x; register lookups 2.1-2.9 and
+# float rows 1.9-2.6 (K = 128), the float dense kernel reaching ~45 of the
+# FMA units' ~110 multiply-adds/ns.  The portable build keeps the AVX2 prices.
+KERNEL_COSTS = {
+    "avx2": KernelCosts(2.5, 4.0, 1.5, 0.7, 100),
+    "avx512": KernelCosts(2.5, 2.3, 2.5, 0.3, 32),
+}
+KERNEL_COSTS["generic"] = KERNEL_COSTS["avx2"]
+KERNEL_COSTS["avx512-emulated"] = KERNEL_COSTS["avx512"]   # same plans as the real one
+
+
+def kernel_costs():
+    """The prices of the instruction set the kernels run on now."""
+    return KERNEL_COSTS[_kernels.get_isa()]
 
 
 def int16_pays(in_shape, out_shape, J):
     """Whether fast mode runs a dense convolution (J taps per output) in 16-bit
-    integers: where it has enough multiply-adds per input value, or always /
-    never with QENGINE_INT16=1 / 0."""
+    integers: where it has enough multiply-adds per input value for this
+    instruction set, or always / never with QENGINE_INT16=1 / 0."""
     force = os.environ.get("QENGINE_INT16", "")
     if force in ("0", "1"):
         return force == "1"
     macs = buffers.count(out_shape) * J
-    return macs >= INT16_MIN_MACS_PER_INPUT * buffers.count(in_shape)
+    return macs >= kernel_costs().int16_min_macs * buffers.count(in_shape)
 
 def subspace_inputs(L, in_shape):
     """The inputs a subspace splits: a convolution's channels per group, or a
