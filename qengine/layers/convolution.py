@@ -48,8 +48,13 @@ class ConvOp(WeightedOp):
         dense_cost, table, lookups = self.cost()
         register = (self.fast and self.K <= conv16_k_limit()
                     and J * self.M <= _kernels.C16_MAX_TAPS)
+        # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
+        # one tap per register (for A/B runs on a Zen 4, see README)
+        quad = (register and _kernels.conv16_quad(self.K)
+                and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
         costs = kernel_costs()
-        per_lookup = (costs.lookup_register if register else
+        per_lookup = (costs.lookup_register_quad if quad else
+                      costs.lookup_register if register else
                       costs.lookup_rows_small_k if self.K <= 32 else costs.lookup_rows)
         # register tables are built in two passes (ranges, then entries)
         table_cost = 2 * table if register else table
@@ -68,10 +73,7 @@ class ConvOp(WeightedOp):
             # fast: 16-bit tables looked up inside SIMD registers, where this
             # instruction set can hold K entries (see README, "Fast mode")
             self.strategy = "lut16"
-            # four taps per register (AVX-512, K <= 16); QENGINE_CONV16_QUAD=0 keeps
-            # one tap per register (for A/B runs on a Zen 4, see README)
-            self.quad = (_kernels.conv16_quad(self.K)
-                         and os.environ.get("QENGINE_CONV16_QUAD", "") != "0")
+            self.quad = quad
             self.layout16 = _kernels.conv16_layout_shape(cout, self.group, J * self.M,
                                                          self.quad)
             self.derived_bytes = buffers.count(self.layout16)

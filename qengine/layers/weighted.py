@@ -19,6 +19,7 @@ class KernelCosts(NamedTuple):
     lookup_rows_small_k: float  # a lookup from float table rows, K <= 32
     lookup_rows: float          # ... K > 32 (the tables outgrow L1)
     lookup_register: float      # a lookup from 16-bit tables held in registers
+    lookup_register_quad: float # ... four taps per register (AVX-512, K <= 16)
     int16: float                # a multiply-add of the int16 dense kernel (qe_i16.h)
     int16_min_macs: int         # ... chosen only with this many multiply-adds per input value
 
@@ -29,12 +30,14 @@ class KernelCosts(NamedTuple):
 # multiply-add from 100 multiply-adds per input value (squeeze layers forced to
 # it: 0.87-0.92x).  AVX-512 on a Zen 5 (512-bit units, AlexNet conv1-5 and
 # dense SqueezeNet): int16 (vpdpwssd) 0.27-0.37, squeeze layers (16 per input
-# value) at parity and 1x1 expands (64) 1.4x; register lookups 2.1-2.9 and
-# float rows 1.9-2.6 (K = 128), the float dense kernel reaching ~45 of the
-# FMA units' ~110 multiply-adds/ns.  The portable build keeps the AVX2 prices.
+# value) at parity and 1x1 expands (64) 1.4x; register lookups 2.1-2.9 (K = 128,
+# one tap per register), 0.7-1.05 (K = 16, four taps per register: AlexNet
+# re-quantized with d = 4) and float rows 1.9-2.6 (K = 128), the float dense
+# kernel reaching ~45 of the FMA units' ~110 multiply-adds/ns.  The portable
+# build keeps the AVX2 prices.
 KERNEL_COSTS = {
-    "avx2": KernelCosts(2.5, 4.0, 1.5, 0.7, 100),
-    "avx512": KernelCosts(2.5, 2.3, 2.5, 0.3, 32),
+    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100),
+    "avx512": KernelCosts(2.5, 2.3, 2.5, 0.9, 0.3, 32),
 }
 KERNEL_COSTS["generic"] = KERNEL_COSTS["avx2"]
 KERNEL_COSTS["avx512-emulated"] = KERNEL_COSTS["avx512"]   # same plans as the real one
