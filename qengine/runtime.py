@@ -671,9 +671,10 @@ def load(path, mode="fast", threads=1, strategy="auto", limits=None):
     mode      "fast" (the default, as in the command-line tools): fully-connected
               layers with K <= 32 codewords use 8-bit tables looked up inside SIMD
               registers (one scale per layer and image, one offset per table row);
-              convolutions use 16-bit tables looked up inside registers where the
-              instruction set makes them pay (AVX-512: K <= 128; QENGINE_CONV16=1
-              also on AVX2 for K <= 32), else float tables (README).
+              convolutions use 16-bit tables looked up inside registers, float
+              tables or, where cheaper, a dense kernel in 16-bit integers on
+              the dense or dequantized weights, as the instruction set's
+              measured prices say (README "Choosing a kernel").
               "exact": float lookup tables everywhere.
     threads   threads each call may use (the kernels split output positions)
     strategy  "auto" runs a first convolution whose input has fewer channels than
