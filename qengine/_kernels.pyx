@@ -38,13 +38,14 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
                         uint8_t *out)
     int qe_fc_k_pad(int K)
-    void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d,
+    void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
+    void qe_fc_f32(const float *x, int Cin, const float *cbt, int M, int K, int d,
                    const uint8_t *idxq, int Cout, const float *bias, float *T, float *acc,
                    float *y, int relu, int nthreads)
-    void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d,
+    void qe_fc_q8(const float *x, int Cin, const float *cbt, int M, int K, int d,
                   const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q,
                   int32_t *acc, float *y, int relu, int nthreads)
-    void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
+    void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
                    const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                    int relu, int nthreads)
     void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
@@ -627,14 +628,26 @@ def fc_block(int K):
     return qe_fc_block(K)
 
 
-def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::1] asmt,
-           const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
-    """Lookup-table fully-connected layer. x [N,Cin], cb [M,K,d], asmt [Cout,M] in the
-    blocked layout of runtime.block_fc_indices()."""
-    cdef int N = x.shape[0], Cin = x.shape[1]
+def fc_codebook_t(const float[:, :, ::1] cb, float[:, :, ::1] out):
+    """Codebook [M,K,d] -> the fully-connected kernels' layout [M,d,K]
+    (out[m, c, k] = cb[m, k, c]): a table row is then built in vectors."""
     cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    if out.shape[0] != M or out.shape[1] != d or out.shape[2] != K:
+        raise ValueError("transposed codebook shape does not match the codebook")
+    if M == 0 or K == 0 or d == 0:
+        return
+    with nogil:
+        qe_fc_codebook_t(&cb[0, 0, 0], M, K, d, &out[0, 0, 0])
+
+
+def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cbt, const uint8_t[:, ::1] asmt,
+           const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
+    """Lookup-table fully-connected layer. x [N,Cin], cbt [M,d,K] from fc_codebook_t(),
+    asmt [Cout,M] in the blocked layout of runtime.block_fc_indices()."""
+    cdef int N = x.shape[0], Cin = x.shape[1]
+    cdef int M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
     cdef int Cout = asmt.shape[0]
-    check_int_range("fully-connected layer", M_K=cb.shape[0] * cb.shape[1],
+    check_int_range("fully-connected layer", M_K=cbt.shape[0] * cbt.shape[2],
                     Cout_M=asmt.shape[0] * asmt.shape[1])
     if asmt.shape[1] != M or M != (Cin + d - 1) // d:
         raise ValueError(f"codebook has {M} subspaces of d={d}, assignments {asmt.shape[1]}, "
@@ -646,7 +659,7 @@ def fc_lut(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[:, ::
     cdef int n
     with nogil:
         for n in range(N):
-            qe_lut_fc(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &asmt[0, 0], Cout, &bias[0],
+            qe_lut_fc(&x[n, 0], Cin, &cbt[0, 0, 0], M, K, d, &asmt[0, 0], Cout, &bias[0],
                       &ws[0], &out[n, 0], relu, nthreads)
 
 
@@ -690,11 +703,11 @@ def fc_q8_workspace_floats(M, K, Cout):
     return M * K + ((M + 1) // 2 * 2 * 32 + 3) // 4 + (Cout + 31) // 32 * 32
 
 
-cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cb,
+cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cbt,
                           const uint8_t[::1] idxq, int Cout, const float[::1] bias,
                           float[:, ::1] out, float[::1] ws, int64_t ws_need) except -1:
     """Checks shared by the kernels taking fc_q8_layout() indices."""
-    cdef int Cin = x.shape[1], M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
+    cdef int Cin = x.shape[1], M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
     if K > 32 or M != (Cin + d - 1) // d:
         raise ValueError(f"{kernel} FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
     if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
@@ -709,19 +722,19 @@ cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, :
     return 0
 
 
-def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] idxq, int Cout,
+def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cbt, const uint8_t[::1] idxq, int Cout,
           const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
-    """Fast-path fully-connected layer (8-bit tables, K <= 32). x [N,Cin], cb [M,K,d],
-    idxq from fc_q8_layout(), out [N,Cout]."""
+    """Fast-path fully-connected layer (8-bit tables, K <= 32). x [N,Cin], cbt [M,d,K]
+    from fc_codebook_t(), idxq from fc_q8_layout(), out [N,Cout]."""
     cdef int N = x.shape[0], Cin = x.shape[1]
-    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
-    _check_fc_layout("8-bit", x, cb, idxq, Cout, bias, out, ws, fc_q8_workspace_floats(M, K, Cout))
+    cdef int M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
+    _check_fc_layout("8-bit", x, cbt, idxq, Cout, bias, out, ws, fc_q8_workspace_floats(M, K, Cout))
     cdef int64_t qoff = <int64_t>M * K
     cdef int64_t aoff = qoff + (qe_fc_q8_pad_m(M) * 32 + 3) // 4
     cdef int n
     with nogil:
         for n in range(N):
-            qe_fc_q8(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
+            qe_fc_q8(&x[n, 0], Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
                      <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[n, 0], relu, nthreads)
 
 
@@ -732,19 +745,19 @@ def fc_f32_workspace_floats(M, K, Cout):
     return (M + 1) // 2 * 2 * (8 if K <= 8 else 16 if K <= 16 else 32) + (Cout + 31) // 32 * 32
 
 
-def fc_f32(const float[:, ::1] x, const float[:, :, ::1] cb, const uint8_t[::1] idxq, int Cout,
+def fc_f32(const float[:, ::1] x, const float[:, :, ::1] cbt, const uint8_t[::1] idxq, int Cout,
            const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
     """Exact fully-connected layer with float tables looked up in registers (K <= 32);
-    indices from fc_q8_layout()."""
+    cbt [M,d,K] from fc_codebook_t(), indices from fc_q8_layout()."""
     cdef int N = x.shape[0], Cin = x.shape[1]
-    cdef int M = cb.shape[0], K = cb.shape[1], d = cb.shape[2]
-    _check_fc_layout("register", x, cb, idxq, Cout, bias, out, ws,
+    cdef int M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
+    _check_fc_layout("register", x, cbt, idxq, Cout, bias, out, ws,
                      fc_f32_workspace_floats(M, K, Cout))
     cdef int64_t aoff = <int64_t>qe_fc_q8_pad_m(M) * qe_fc_k_pad(K)
     cdef int n
     with nogil:
         for n in range(N):
-            qe_fc_f32(&x[n, 0], Cin, &cb[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
+            qe_fc_f32(&x[n, 0], Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
                       &ws[aoff], &out[n, 0], relu, nthreads)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import qengine
 from qengine import _kernels
-from qengine.layers.weighted import fc_register_layout
+from qengine.layers.weighted import fc_codebook_t, fc_register_layout
 
 from conftest import on_every_isa, random_fc
 from modelkit import build
@@ -29,11 +29,11 @@ def q8_bound(x, cb):
 def test_fc_q8_within_bound_and_identical_across_isas(cin, cout, d, K):
     x, cb, idx, b, ref = random_fc(RNG, 2, cin, cout, d, K)
     M = cb.shape[0]
-    lay = fc_register_layout(idx)[0]
+    lay, cbt = fc_register_layout(idx)[0], fc_codebook_t(cb)
     ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
     def run():
         out = np.full((2, cout), np.nan, np.float32)
-        _kernels.fc_q8(x, cb, lay, cout, b, False, out, ws)
+        _kernels.fc_q8(x, cbt, lay, cout, b, False, out, ws)
         return out
     outs = on_every_isa(run)
     for o in outs[1:]:
@@ -54,10 +54,10 @@ def test_fc_q8_relu_and_zero_input():
     ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
     out = np.empty((1, cout), np.float32)
     # a zero input: every table is zero, the output is exactly the bias
-    _kernels.fc_q8(np.zeros((1, M * d), np.float32), cb, fc_register_layout(idx)[0], cout, b,
+    _kernels.fc_q8(np.zeros((1, M * d), np.float32), fc_codebook_t(cb), fc_register_layout(idx)[0], cout, b,
                    False, out, ws)
     assert np.array_equal(out[0], b)
-    _kernels.fc_q8(np.zeros((1, M * d), np.float32), cb, fc_register_layout(idx)[0], cout, b,
+    _kernels.fc_q8(np.zeros((1, M * d), np.float32), fc_codebook_t(cb), fc_register_layout(idx)[0], cout, b,
                    True, out, ws)
     assert np.array_equal(out[0], np.maximum(b, 0))
 

@@ -4,7 +4,7 @@ import pytest
 
 from qengine import _kernels, reference
 from qengine.layers.weighted import (block_fc_indices, blocked_conv_weights, dequantize_conv,
-                             fc_register_layout)
+                                     fc_codebook_t, fc_register_layout)
 
 from conftest import on_every_isa, random_fc
 
@@ -79,7 +79,8 @@ def test_fc_lut_matches_numpy(isa, case, nthreads):
     ws = np.empty(M * K, np.float32)
     for relu in (False, True):
         out = np.full((3, cout), np.nan, np.float32)
-        _kernels.fc_lut(x, cb, block_fc_indices(idx, K), b, relu, out, ws, nthreads)
+        _kernels.fc_lut(x, fc_codebook_t(cb), block_fc_indices(idx, K), b, relu, out, ws,
+                        nthreads)
         close(out, np.maximum(ref, 0) if relu else ref)
 
 
@@ -90,11 +91,11 @@ def test_fc_register_lookup_matches_numpy_and_across_isas(case):
     cin, cout, d, K = case
     x, cb, idx, b, ref = random_fc(RNG, 2, cin, cout, d, K)
     M = cb.shape[0]
-    lay = fc_register_layout(idx)[0]
+    lay, cbt = fc_register_layout(idx)[0], fc_codebook_t(cb)
     ws = np.empty(_kernels.fc_f32_workspace_floats(M, K, cout), np.float32)
     def run():
         out = np.full((2, cout), np.nan, np.float32)
-        _kernels.fc_f32(x, cb, lay, cout, b, True, out, ws)
+        _kernels.fc_f32(x, cbt, lay, cout, b, True, out, ws)
         return out
     outs = on_every_isa(run)
     close(outs[0], np.maximum(ref, 0))
@@ -218,3 +219,10 @@ def test_pool_and_lrn_split_over_threads_give_the_same_bits():
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
     want = reference.lrn(x, 5, 1e-2, 0.75, 1.0)
     close(outs[1], want, 1e-5)
+
+
+def test_fc_codebook_t_is_the_transpose():
+    cb = RNG.standard_normal((7, 5, 3)).astype(np.float32)
+    assert np.array_equal(np.asarray(fc_codebook_t(cb)), cb.transpose(0, 2, 1))
+    with pytest.raises(ValueError, match="does not match"):
+        _kernels.fc_codebook_t(cb, np.empty((7, 5, 3), np.float32))

@@ -158,3 +158,13 @@ int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, 
     }
     return A;
 }
+
+void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
+{
+    for (int m = 0; m < M; m++) {
+        const float *src = cb + (int64_t)m * K * d;
+        float *dst = cbt + (int64_t)m * K * d;
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < d; c++) dst[(int64_t)c * K + k] = src[(int64_t)k * d + c];
+    }
+}

@@ -334,11 +334,11 @@ void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int 
                          nthreads < 1 ? 1 : nthreads);
 }
 
-void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
+void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
                const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                int relu, int nthreads)
 {
-    K_()->lut_fc(x, Cin, cb, M, K, d, asmt, Cout, bias, T, y, relu, nthreads);
+    K_()->lut_fc(x, Cin, cbt, M, K, d, asmt, Cout, bias, T, y, relu, nthreads);
 }
 
 void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
@@ -453,46 +453,13 @@ int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int 
     return mx;
 }
 
-/* Quantise the float table T [M][K] into q [Mp][32] (see qe_q8.h); returns the
- * scale and writes the sum of the row offsets. */
-static float fc_q8_quantize(const float *T, int M, int K, int Mp, uint8_t *q, double *offsum)
-{
-    float range = 0.f;
-    double osum = 0.0;
-    for (int m = 0; m < M; m++) {
-        const float *t = T + (int64_t)m * K;
-        float lo = t[0], hi = t[0];
-        for (int k = 1; k < K; k++) { lo = t[k] < lo ? t[k] : lo; hi = t[k] > hi ? t[k] : hi; }
-        if (hi - lo > range) range = hi - lo;
-        osum += lo;
-    }
-    const float s = range > 0.f ? range / 255.f : 1.f;
-    const float inv = 1.f / s;
-    memset(q, 0, (size_t)Mp * 32);
-    for (int m = 0; m < M; m++) {
-        const float *t = T + (int64_t)m * K;
-        float lo = t[0];
-        for (int k = 1; k < K; k++) lo = t[k] < lo ? t[k] : lo;
-        uint8_t *qr = q + (int64_t)m * 32;
-        for (int k = 0; k < K; k++) {
-            float v = (t[k] - lo) * inv + 0.5f;
-            qr[k] = (uint8_t)(v >= 255.f ? 255 : (int)v);
-        }
-    }
-    *offsum = osum;
-    return s;
-}
-
-void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+void qe_fc_q8(const float *x, int Cin, const float *cbt, int M, int K, int d, const uint8_t *idxq,
               int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
               int nthreads)
 {
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
-    /* the float table, always from the portable build: its bits then do not
-     * depend on the instruction set (FMA contraction), nor do the 8-bit sums */
-    qe_kernels_generic.fc_table(x, Cin, cb, M, K, d, T, K);
     double offsum;
-    const float s = fc_q8_quantize(T, M, K, Mp, q, &offsum);
+    const float s = K_()->fc_q8_tables(x, Cin, cbt, M, K, d, T, Mp, q, &offsum);
     K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);
     for (int co = 0; co < Cout; co++) {
         float v = s * (float)acc[co] + (float)offsum + (bias ? bias[co] : 0.f);
@@ -502,13 +469,13 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
 
 int qe_fc_k_pad(int K) { return K <= 8 ? 8 : K <= 16 ? 16 : 32; }
 
-void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+void qe_fc_f32(const float *x, int Cin, const float *cbt, int M, int K, int d, const uint8_t *idxq,
                int Cout, const float *bias, float *T, float *acc, float *y, int relu, int nthreads)
 {
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout), Kp = qe_fc_k_pad(K);
     /* table rows padded to Kp entries; padding rows and entries are zero */
     memset(T, 0, sizeof(float) * (size_t)Mp * (size_t)Kp);
-    qe_kernels_generic.fc_table(x, Cin, cb, M, K, d, T, Kp);
+    K_()->fc_table(x, Cin, cbt, M, K, d, T, Kp);
     K_()->fc_f32_lookup(T, Mp, Kp, idxq, Cp, acc, nthreads);
     for (int co = 0; co < Cout; co++) {
         float v = acc[co] + (bias ? bias[co] : 0.f);

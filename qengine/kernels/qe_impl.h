@@ -364,27 +364,52 @@ static void FN(depthwise_conv)(const float *x, int C, int H, int W, const float 
     }
 }
 
-/* The fully-connected lookup table: T[m][k] = x_m . cb[m][k], rows ldT floats apart. */
-static void FN(fc_table)(const float *x, int Cin, const float *cb, int M, int K, int d, float *T,
-                         int ldT)
+/* The fully-connected lookup table: T[m][k] = x_m . cb[m][k], rows ldT floats
+ * apart, from the codewords transposed at load, cbt[m][c][k] = cb[m][k][c]
+ * (qe_fc_codebook_t).  Each entry adds its d products in order, as a plain dot
+ * product would; the K entries of a row are independent sums and run in
+ * vectors (not one chain of d dependent adds per entry).  Products and sums
+ * are rounded apart (QE_NO_FMA), so every instruction set gets the same bits. */
+#ifndef QE_NO_FMA
+#if defined(__GNUC__) && !defined(__clang__)
+#define QE_NO_FMA __attribute__((optimize("fp-contract=off")))
+#else
+#define QE_NO_FMA /* clang contracts only within one expression (-ffp-contract=on) */
+#endif
+#endif
+QE_NO_FMA static void FN(fc_table)(const float *x, int Cin, const float *cbt, int M, int K, int d,
+                                   float *T, int ldT)
 {
     for (int m = 0; m < M; m++) {
-        int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
+        const int c0 = m * d, dm = Cin - c0 < d ? Cin - c0 : d;
         const float *xm = x + c0;
-        const float *cbm = cb + (int64_t)m * K * d;
-        for (int k = 0; k < K; k++) {
-            float s = 0.f;
-            for (int c = 0; c < dm; c++) s += cbm[k * d + c] * xm[c];
-            T[(int64_t)m * ldT + k] = s;
+        const float *cbm = cbt + (int64_t)m * d * K;
+        float *restrict t = T + (int64_t)m * ldT;
+        int k = 0;
+        for (; k + 8 <= K; k += 8) {
+            V8 a = FN(vsplat)(0.f);
+            for (int c = 0; c < dm; c++) {
+                V8 p = FN(vload)(cbm + (int64_t)c * K + k) * FN(vsplat)(xm[c]);
+                a = a + p;
+            }
+            FN(vstore)(t + k, a);
+        }
+        for (; k < K; k++) {
+            float a = 0.f;
+            for (int c = 0; c < dm; c++) {
+                float p = cbm[(int64_t)c * K + k] * xm[c];
+                a = a + p;
+            }
+            t[k] = a;
         }
     }
 }
 
-static void FN(lut_fc)(const float *x, int Cin, const float *cb, int M, int K, int d,
+static void FN(lut_fc)(const float *x, int Cin, const float *cbt, int M, int K, int d,
                        const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                        int relu, int nthreads)
 {
-    FN(fc_table)(x, Cin, cb, M, K, d, T, K);
+    FN(fc_table)(x, Cin, cbt, M, K, d, T, K);
     const int mblock = qe_fc_block(K);
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {

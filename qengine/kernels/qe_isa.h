@@ -26,6 +26,8 @@ typedef struct {
     void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
     void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *, int,
                 int);
+    float (*fc_q8_tables)(const float *, int, const float *, int, int, int, float *, int,
+                          uint8_t *, double *);
     void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
     void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
     /* the fast convolution's quantised tables and register lookups (qe_conv16.h) */

@@ -89,9 +89,13 @@ int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, 
  * subspaces [m0, m1), the [Cout][m1 - m0] indices, blocks one after another. */
 int qe_fc_block(int K);
 
+/* The fully-connected kernels take their codebook transposed, cbt [M][d][K]
+ * (cbt[m][c][k] = cb[m][k][c]), so that a table row is built in vectors. */
+void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt);
+
 /* Lookup-table fully-connected layer for one input vector x [Cin].
- *   cb [M][K][d], asmt blocked as above, T scratch of M*K floats, y [Cout]. */
-void qe_lut_fc(const float *x, int Cin, const float *cb, int M, int K, int d,
+ *   cbt [M][d][K], asmt blocked as above, T scratch of M*K floats, y [Cout]. */
+void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
                const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                int relu, int nthreads);
 
@@ -107,7 +111,7 @@ int qe_fc_q8_pad_m(int M);
  * Returns the largest index, or -1 if out of memory. */
 int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
                     uint8_t *out);
-void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+void qe_fc_q8(const float *x, int Cin, const float *cbt, int M, int K, int d, const uint8_t *idxq,
               int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
               int nthreads);
 
@@ -115,7 +119,7 @@ void qe_fc_q8(const float *x, int Cin, const float *cb, int M, int K, int d, con
  * layout, looked up in registers.  Scratch: T (Mp * qe_fc_k_pad(K) floats),
  * acc (Cout_pad floats). */
 int qe_fc_k_pad(int K);
-void qe_fc_f32(const float *x, int Cin, const float *cb, int M, int K, int d, const uint8_t *idxq,
+void qe_fc_f32(const float *x, int Cin, const float *cbt, int M, int K, int d, const uint8_t *idxq,
                int Cout, const float *bias, float *T, float *acc, float *y, int relu, int nthreads);
 
 /* Dense fully-connected layer: w [Cout][Cin]. */

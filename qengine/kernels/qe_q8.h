@@ -17,6 +17,88 @@
 #define QE_CAT(a, b) QE_CAT2(a, b)
 #define FN(name) QE_CAT(name, QE_SUFFIX)
 
+typedef int32_t QE_CAT(v8i, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
+typedef uint8_t QE_CAT(v8b, QE_SUFFIX) __attribute__((vector_size(8), aligned(1)));
+typedef float QE_CAT(v8fq, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
+
+/* The smallest and largest entry of a table row t[0..K): eight running minima
+ * and maxima in one vector (compare and select), folded at the end.  Exact, so
+ * the same on every instruction set. */
+static inline void FN(q8_row_range)(const float *t, int K, float *lo, float *hi)
+{
+    typedef QE_CAT(v8fq, QE_SUFFIX) vf;
+    typedef QE_CAT(v8i, QE_SUFFIX) vi;
+    float l = t[0], h = t[0];
+    int k = 0;
+    if (K >= 8) {
+        vf vl = *(const vf *)t, vh = vl;
+        for (k = 8; k + 8 <= K; k += 8) {
+            const vf v = *(const vf *)(t + k);
+            const vi a = v < vl, b = v > vh;
+            vl = (vf)(((vi)v & a) | ((vi)vl & ~a));
+            vh = (vf)(((vi)v & b) | ((vi)vh & ~b));
+        }
+        for (int j = 0; j < 8; j++) {
+            l = vl[j] < l ? vl[j] : l;
+            h = vh[j] > h ? vh[j] : h;
+        }
+    }
+    for (; k < K; k++) {
+        l = t[k] < l ? t[k] : l;
+        h = t[k] > h ? t[k] : h;
+    }
+    *lo = l;
+    *hi = h;
+}
+
+/* The 8-bit tables of one input (see the top of this file): the float table T
+ * [M][K] (fc_table), then q [Mp][32] (rows padded with zeros).  Returns the
+ * scale s and writes sum_m o[m].  Every step is one IEEE operation with the
+ * same operands on every instruction set (QE_NO_FMA: no fused multiply-add),
+ * so q is bit-identical across them. */
+QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cbt, int M, int K,
+                                        int d, float *T, int Mp, uint8_t *q, double *offsum)
+{
+    typedef QE_CAT(v8fq, QE_SUFFIX) vf;
+    typedef QE_CAT(v8i, QE_SUFFIX) vi;
+    typedef QE_CAT(v8b, QE_SUFFIX) vb;
+    FN(fc_table)(x, Cin, cbt, M, K, d, T, K);
+    float range = 0.f, lo, hi;
+    double osum = 0.0;
+    for (int m = 0; m < M; m++) {
+        FN(q8_row_range)(T + (int64_t)m * K, K, &lo, &hi);
+        if (hi - lo > range) range = hi - lo;
+        osum += lo;
+    }
+    const float s = range > 0.f ? range / 255.f : 1.f;
+    const float inv = 1.f / s;
+    memset(q, 0, (size_t)Mp * 32);
+    const vf vinv = {inv, inv, inv, inv, inv, inv, inv, inv};
+    const vf half = {.5f, .5f, .5f, .5f, .5f, .5f, .5f, .5f};
+    const vi top = {255, 255, 255, 255, 255, 255, 255, 255};
+    for (int m = 0; m < M; m++) {
+        const float *t = T + (int64_t)m * K;
+        FN(q8_row_range)(t, K, &lo, &hi);
+        uint8_t *qr = q + (int64_t)m * 32;
+        const vf vlo = {lo, lo, lo, lo, lo, lo, lo, lo};
+        int k = 0;
+        for (; k + 8 <= K; k += 8) {
+            vf v = (*(const vf *)(t + k) - vlo) * vinv;
+            v = v + half;                         /* >= 0.5: truncation rounds */
+            vi n = __builtin_convertvector(v, vi);
+            n = (vi)(((vi)(n > top) & top) | (n & ~(vi)(n > top)));
+            *(vb *)(qr + k) = __builtin_convertvector(n, vb);
+        }
+        for (; k < K; k++) {
+            float v = (t[k] - lo) * inv;
+            v = v + 0.5f;
+            qr[k] = (uint8_t)(v >= 255.f ? 255 : (int)v);
+        }
+    }
+    *offsum = osum;
+    return s;
+}
+
 /* Sum of looked-up bytes for every output: acc[co] = sum_m q[m][a[co][m]],
  * the indices in the layout of qe_fc_q8_layout(). */
 static void FN(fc_q8_lookup)(const uint8_t *q, int Mp, const uint8_t *idx, int Cout_pad,

@@ -3,7 +3,8 @@ it (dense, float lookup tables, or 8-bit tables in SIMD registers in fast mode).
 from .. import _kernels, buffers
 from .base import MAX_DIM, is_int, np, register
 from .weighted import (DEQUANTIZE_RATIO, WeightedOp, WeightedType, block_fc_indices, dequantize,
-                       dequantize_fc, fc_register_layout, layer_cost)
+                       dequantize_fc, fc_codebook_t, fc_register_layout,
+                       layer_cost)
 
 
 class FCOp(WeightedOp):
@@ -29,6 +30,8 @@ class FCOp(WeightedOp):
         else:
             self._use_unpacked_indices()
             self.derived_bytes = cout * self.M
+        if self.strategy != "dequantized":
+            self.derived_bytes += 4 * self.M * self.K * self.d    # the transposed codebook
 
     def _load(self, qf, w, cout):
         if self.mode != "lut":
@@ -44,6 +47,8 @@ class FCOp(WeightedOp):
             qf.release(self._idx_name)
         else:
             self.indices = block_fc_indices(self._unpacked_indices(), self.K)
+        if self.mode == "lut" and self.strategy != "dequantized":
+            self.codebook_t = fc_codebook_t(self.codebook)
 
     def workspace(self):
         if self.strategy == "lut8":
@@ -61,13 +66,13 @@ class FCOp(WeightedOp):
         x = buffers.reshape(xs[0], (xs[0].shape[0], -1))
         out = self.new_out(x.shape[0])
         if self.strategy == "lut8":
-            _kernels.fc_q8(x, self.codebook, self.indices, self.params["num_output"], self.bias,
+            _kernels.fc_q8(x, self.codebook_t, self.indices, self.params["num_output"], self.bias,
                            relu, out, ws, nthreads)
         elif self.strategy == "lut" and self.K <= 32:
-            _kernels.fc_f32(x, self.codebook, self.indices, self.params["num_output"], self.bias,
+            _kernels.fc_f32(x, self.codebook_t, self.indices, self.params["num_output"], self.bias,
                             relu, out, ws, nthreads)
         elif self.strategy == "lut":
-            _kernels.fc_lut(x, self.codebook, self.indices, self.bias, relu, out, ws, nthreads)
+            _kernels.fc_lut(x, self.codebook_t, self.indices, self.bias, relu, out, ws, nthreads)
         else:
             _kernels.fc_dense(x, self.weight, self.bias, relu, out, nthreads)
         return out

@@ -298,6 +298,15 @@ def block_fc_indices(asmt, K):
     return out
 
 
+def fc_codebook_t(codebook):
+    """Codebook [M, K, d] -> [M, d, K], the layout the fully-connected kernels
+    build their tables from."""
+    M, K, d = codebook.shape
+    out = buffers.empty((M, d, K))
+    _kernels.fc_codebook_t(codebook, out)
+    return out
+
+
 def fc_register_layout(asmt, shape=None, bits=8):
     """Indices [Cout, M] -> the layout of the register-lookup FC kernels (fc_q8,
     fc_f32); `asmt` may also be the packed stream of `bits`-bit values of `shape`.
