@@ -42,9 +42,10 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_fc_f32(const float *x, int Cin, const float *cbt, int M, int K, int d,
                    const uint8_t *idxq, int Cout, const float *bias, float *T, float *acc,
                    float *y, int relu, int nthreads)
-    void qe_fc_q8(const float *x, int Cin, const float *cbt, int M, int K, int d,
+    void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
                   const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q,
                   int32_t *acc, float *y, int relu, int nthreads)
+    enum: QE_Q8_NB
     void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
                    const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                    int relu, int nthreads)
@@ -700,7 +701,7 @@ def fc_q8_workspace_floats(M, K, Cout):
     """Scratch floats the 8-bit fully-connected kernel needs (Python integers:
     no overflow; sizes beyond the kernels' 32-bit range refused)."""
     check_int_range("fully-connected layer", M_K=M * K, Cout_M=Cout * M)
-    return M * K + ((M + 1) // 2 * 2 * 32 + 3) // 4 + (Cout + 31) // 32 * 32
+    return M * K + QE_Q8_NB * (((M + 1) // 2 * 2 * 32 + 3) // 4 + (Cout + 31) // 32 * 32)
 
 
 cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cbt,
@@ -730,12 +731,12 @@ def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cbt, const uint8_t[::1] 
     cdef int M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
     _check_fc_layout("8-bit", x, cbt, idxq, Cout, bias, out, ws, fc_q8_workspace_floats(M, K, Cout))
     cdef int64_t qoff = <int64_t>M * K
-    cdef int64_t aoff = qoff + (qe_fc_q8_pad_m(M) * 32 + 3) // 4
-    cdef int n
+    cdef int64_t aoff = qoff + QE_Q8_NB * ((<int64_t>qe_fc_q8_pad_m(M) * 32 + 3) // 4)
+    if N == 0:
+        return
     with nogil:
-        for n in range(N):
-            qe_fc_q8(&x[n, 0], Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
-                     <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[n, 0], relu, nthreads)
+        qe_fc_q8(&x[0, 0], N, Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
+                 <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[0, 0], relu, nthreads)
 
 
 def fc_f32_workspace_floats(M, K, Cout):

@@ -125,3 +125,27 @@ def test_qbench_compare_times_the_dense_twin(tmp_path, capsys):
     dense = rows["qengine dense (same network)"]
     assert dense["ms_per_image"] > 0 and dense["max_abs_diff"] <= 1e-5
     assert rows["onnxruntime fp32"]["max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("n", [3, 4, 9])
+def test_fc_q8_batch_same_as_one_input_at_a_time(n):
+    """Inputs go through the indices four at a time; each one's outputs must be
+    the bits it gets alone (every instruction set, a remainder group included)."""
+    cin, cout, d, K = 300, 70, 4, 32
+    x, cb, idx, b, ref = random_fc(RNG, n, cin, cout, d, K)
+    M = cb.shape[0]
+    lay, cbt = fc_register_layout(idx)[0], fc_codebook_t(cb)
+    ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
+    def run():
+        together = np.full((n, cout), np.nan, np.float32)
+        _kernels.fc_q8(x, cbt, lay, cout, b, True, together, ws)
+        alone = np.full((n, cout), np.nan, np.float32)
+        for i in range(n):
+            _kernels.fc_q8(x[i:i + 1], cbt, lay, cout, b, True, alone[i:i + 1], ws)
+        return together, alone
+    outs = on_every_isa(run)
+    for together, alone in outs:
+        assert np.array_equal(together, alone)
+        assert np.array_equal(together, outs[0][0])
+    for i in range(n):
+        assert np.abs(outs[0][0][i] - np.maximum(ref[i], 0)).max() <= q8_bound(x[i], cb)

@@ -453,17 +453,28 @@ int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int 
     return mx;
 }
 
-void qe_fc_q8(const float *x, int Cin, const float *cbt, int M, int K, int d, const uint8_t *idxq,
-              int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
-              int nthreads)
+void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
+              const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc,
+              float *y, int relu, int nthreads)
 {
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
-    double offsum;
-    const float s = K_()->fc_q8_tables(x, Cin, cbt, M, K, d, T, Mp, q, &offsum);
-    K_()->fc_q8_lookup(q, Mp, idxq, Cp, acc, nthreads);
-    for (int co = 0; co < Cout; co++) {
-        float v = s * (float)acc[co] + (float)offsum + (bias ? bias[co] : 0.f);
-        y[co] = (relu && v < 0.f) ? 0.f : v;
+    const int64_t qstride = (int64_t)Mp * 32;
+    for (int n0 = 0; n0 < N; n0 += QE_Q8_NB) {
+        const int nb = N - n0 < QE_Q8_NB ? N - n0 : QE_Q8_NB;
+        float s[QE_Q8_NB];
+        double offsum[QE_Q8_NB];
+        for (int n = 0; n < nb; n++)
+            s[n] = K_()->fc_q8_tables(x + (int64_t)(n0 + n) * Cin, Cin, cbt, M, K, d, T, Mp,
+                                      q + n * qstride, &offsum[n]);
+        K_()->fc_q8_lookup(q, qstride, nb, Mp, idxq, Cp, acc, nthreads);
+        for (int n = 0; n < nb; n++) {
+            const int32_t *a = acc + (int64_t)n * Cp;
+            float *yn = y + (int64_t)(n0 + n) * Cout;
+            for (int co = 0; co < Cout; co++) {
+                float v = s[n] * (float)a[co] + (float)offsum[n] + (bias ? bias[co] : 0.f);
+                yn[co] = (relu && v < 0.f) ? 0.f : v;
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ typedef struct {
                 int);
     float (*fc_q8_tables)(const float *, int, const float *, int, int, int, float *, int,
                           uint8_t *, double *);
-    void (*fc_q8_lookup)(const uint8_t *, int, const uint8_t *, int, int32_t *, int);
+    void (*fc_q8_lookup)(const uint8_t *, int64_t, int, int, const uint8_t *, int, int32_t *, int);
     void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
     /* the fast convolution's quantised tables and register lookups (qe_conv16.h) */
     float (*conv16_build)(const qe_conv_geom *, const float *, const float *, int, int, int,

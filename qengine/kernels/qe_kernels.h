@@ -99,11 +99,13 @@ void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
                const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                int relu, int nthreads);
 
-/* Fast path: fully-connected lookup with 8-bit tables (K <= 32), see qe_q8.h.
- * Indices are re-laid by qe_fc_q8_layout() into qe_fc_q8_pad_cout(Cout) *
- * qe_fc_q8_pad_m(M) bytes.  Scratch: T (M*K floats), q (Mp*32 bytes),
- * acc (Cout_pad int32). */
+/* Fast path: fully-connected lookup with 8-bit tables (K <= 32), see qe_q8.h,
+ * for N inputs x [N][Cin] -> y [N][Cout], QE_Q8_NB of them per pass over the
+ * indices.  Indices are re-laid by qe_fc_q8_layout() into
+ * qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M) bytes.  Scratch: T (M*K floats),
+ * q (QE_Q8_NB * Mp*32 bytes), acc (QE_Q8_NB * Cout_pad int32). */
 #define QE_Q8_MBLOCK 128
+#define QE_Q8_NB 4
 int qe_fc_q8_pad_cout(int Cout);
 int qe_fc_q8_pad_m(int M);
 /* Lays out indices [Cout][M], given as a stream of `bits`-bit values (LSB
@@ -111,9 +113,9 @@ int qe_fc_q8_pad_m(int M);
  * Returns the largest index, or -1 if out of memory. */
 int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
                     uint8_t *out);
-void qe_fc_q8(const float *x, int Cin, const float *cbt, int M, int K, int d, const uint8_t *idxq,
-              int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc, float *y, int relu,
-              int nthreads);
+void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
+              const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc,
+              float *y, int relu, int nthreads);
 
 /* Exact fully-connected lookup for K <= 32 in the qe_fc_q8_layout() index
  * layout, looked up in registers.  Scratch: T (Mp * qe_fc_k_pad(K) floats),

@@ -99,57 +99,86 @@ QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cb
     return s;
 }
 
-/* Sum of looked-up bytes for every output: acc[co] = sum_m q[m][a[co][m]],
- * the indices in the layout of qe_fc_q8_layout(). */
-static void FN(fc_q8_lookup)(const uint8_t *q, int Mp, const uint8_t *idx, int Cout_pad,
-                             int32_t *acc, int nthreads)
+/* Sum of looked-up bytes for every output of nb (<= QE_Q8_NB) inputs at once:
+ * acc[n][co] = sum_m q_n[m][a[co][m]], q_n = q + n * qstride, acc rows
+ * Cout_pad apart; the indices in the layout of qe_fc_q8_layout().  Each index
+ * block is read once for all nb inputs: the indices (a byte per weight
+ * sub-vector, 9.4 MB for AlexNet's fc6) stream from memory once per batch of
+ * nb inputs, not once per input.  The sums of each input are the same as with
+ * nb = 1.  NB is a constant at every call (always inlined), so the loops over
+ * inputs unroll and the sums stay in registers. */
+static inline __attribute__((always_inline)) void
+FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, const uint8_t *idx,
+                    int Cout_pad, int32_t *acc, int nthreads)
 {
     const int ncb = Cout_pad / 32;
-    for (int co = 0; co < Cout_pad; co++) acc[co] = 0;
+    for (int n = 0; n < NB; n++)
+        for (int co = 0; co < Cout_pad; co++) acc[(int64_t)n * Cout_pad + co] = 0;
     for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
         const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
         const uint8_t *qb = q + (int64_t)m0 * 32;
         #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int c = 0; c < ncb; c++) {
             const uint8_t *ib = idx + (int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb;
-            int32_t *ac = acc + c * 32;
 #ifdef QE_IMPL_AVX2
             const __m256i ones = _mm256_set1_epi8(1);
-            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+            __m256i s0[QE_Q8_NB], s1[QE_Q8_NB];
+            for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm256_setzero_si256();
             for (int mm = 0; mm < mb; mm += 2) {
-                const uint8_t *r0 = qb + mm * 32, *r1 = r0 + 32;
-                __m256i i0 = _mm256_loadu_si256((const __m256i *)(ib + mm * 32));
-                __m256i i1 = _mm256_loadu_si256((const __m256i *)(ib + mm * 32 + 32));
-                __m256i lo0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)r0));
-                __m256i hi0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(r0 + 16)));
-                __m256i lo1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)r1));
-                __m256i hi1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(r1 + 16)));
+                const __m256i i0 = _mm256_loadu_si256((const __m256i *)(ib + mm * 32));
+                const __m256i i1 = _mm256_loadu_si256((const __m256i *)(ib + mm * 32 + 32));
                 /* index bit 4 picks the upper 16 entries (blend on each byte's top bit) */
-                __m256i l0 = _mm256_blendv_epi8(_mm256_shuffle_epi8(lo0, i0),
-                                                _mm256_shuffle_epi8(hi0, i0), _mm256_slli_epi16(i0, 3));
-                __m256i l1 = _mm256_blendv_epi8(_mm256_shuffle_epi8(lo1, i1),
-                                                _mm256_shuffle_epi8(hi1, i1), _mm256_slli_epi16(i1, 3));
-                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(l0, l1), ones));
-                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(l0, l1), ones));
+                const __m256i b0 = _mm256_slli_epi16(i0, 3), b1 = _mm256_slli_epi16(i1, 3);
+                for (int n = 0; n < NB; n++) {
+                    const uint8_t *r0 = qb + n * qstride + mm * 32, *r1 = r0 + 32;
+                    __m256i lo0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)r0));
+                    __m256i hi0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(r0 + 16)));
+                    __m256i lo1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)r1));
+                    __m256i hi1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(r1 + 16)));
+                    __m256i l0 = _mm256_blendv_epi8(_mm256_shuffle_epi8(lo0, i0),
+                                                    _mm256_shuffle_epi8(hi0, i0), b0);
+                    __m256i l1 = _mm256_blendv_epi8(_mm256_shuffle_epi8(lo1, i1),
+                                                    _mm256_shuffle_epi8(hi1, i1), b1);
+                    s0[n] = _mm256_add_epi16(s0[n], _mm256_maddubs_epi16(_mm256_unpacklo_epi8(l0, l1), ones));
+                    s1[n] = _mm256_add_epi16(s1[n], _mm256_maddubs_epi16(_mm256_unpackhi_epi8(l0, l1), ones));
+                }
             }
-            /* s0 holds outputs 0-7 (low lane) and 16-23; s1 holds 8-15 and 24-31 */
-            __m256i a0 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s0));
-            __m256i a2 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s0, 1));
-            __m256i a1 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s1));
-            __m256i a3 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1, 1));
-            __m256i *out = (__m256i *)ac;
-            _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out), a0));
-            _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1), a1));
-            _mm256_storeu_si256(out + 2, _mm256_add_epi32(_mm256_loadu_si256(out + 2), a2));
-            _mm256_storeu_si256(out + 3, _mm256_add_epi32(_mm256_loadu_si256(out + 3), a3));
+            for (int n = 0; n < NB; n++) {
+                /* s0 holds outputs 0-7 (low lane) and 16-23; s1 holds 8-15 and 24-31 */
+                __m256i a0 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s0[n]));
+                __m256i a2 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s0[n], 1));
+                __m256i a1 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s1[n]));
+                __m256i a3 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1[n], 1));
+                __m256i *out = (__m256i *)(acc + (int64_t)n * Cout_pad + c * 32);
+                _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out), a0));
+                _mm256_storeu_si256(out + 1, _mm256_add_epi32(_mm256_loadu_si256(out + 1), a1));
+                _mm256_storeu_si256(out + 2, _mm256_add_epi32(_mm256_loadu_si256(out + 2), a2));
+                _mm256_storeu_si256(out + 3, _mm256_add_epi32(_mm256_loadu_si256(out + 3), a3));
+            }
 #else
-            for (int mm = 0; mm < mb; mm++) {
-                const uint8_t *row = qb + mm * 32, *ii = ib + mm * 32;
-                for (int l = 0; l < 32; l++) ac[l] += row[ii[l]];
+            for (int n = 0; n < NB; n++) {
+                int32_t *ac = acc + (int64_t)n * Cout_pad + c * 32;
+                for (int mm = 0; mm < mb; mm++) {
+                    const uint8_t *row = qb + n * qstride + mm * 32, *ii = ib + mm * 32;
+                    for (int l = 0; l < 32; l++) ac[l] += row[ii[l]];
+                }
             }
 #endif
         }
     }
+}
+
+static void FN(fc_q8_lookup)(const uint8_t *q, int64_t qstride, int nb, int Mp,
+                             const uint8_t *idx, int Cout_pad, int32_t *acc, int nthreads)
+{
+    if (nb >= 4)
+        FN(fc_q8_lookup_nb)(q, qstride, 4, Mp, idx, Cout_pad, acc, nthreads);
+    else if (nb == 3)
+        FN(fc_q8_lookup_nb)(q, qstride, 3, Mp, idx, Cout_pad, acc, nthreads);
+    else if (nb == 2)
+        FN(fc_q8_lookup_nb)(q, qstride, 2, Mp, idx, Cout_pad, acc, nthreads);
+    else
+        FN(fc_q8_lookup_nb)(q, qstride, 1, Mp, idx, Cout_pad, acc, nthreads);
 }
 
 #undef FN
