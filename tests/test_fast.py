@@ -127,7 +127,7 @@ def test_qbench_compare_times_the_dense_twin(tmp_path, capsys):
     assert rows["onnxruntime fp32"]["max_abs_diff"] <= 1e-5
 
 
-@pytest.mark.parametrize("n", [3, 4, 9])
+@pytest.mark.parametrize("n", [3, 4, 9, 14])
 def test_fc_q8_batch_same_as_one_input_at_a_time(n):
     """Inputs go through the indices four at a time; each one's outputs must be
     the bits it gets alone (every instruction set, a remainder group included)."""

@@ -120,7 +120,55 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
         #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int c = 0; c < ncb; c++) {
             const uint8_t *ib = idx + (int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb;
-#ifdef QE_IMPL_AVX2
+#if QE_SIMD == 3
+            /* 64 index bytes = rows mm, mm+1 of 32 outputs; the table rows
+             * mm, mm+1 are the 64 bytes q[mm..mm+1][32] (vpermb: 6-bit index,
+             * +32 on the upper half picks row mm+1).  Two such lookups (rows
+             * mm..mm+3) interleaved bytewise pair rows mm and mm+2 (mm+1 and
+             * mm+3) of one output; vpmaddubsw against ones adds each pair into
+             * a 16-bit lane.  128-bit lane L of s0 holds outputs 0-7 (L = 0, 2)
+             * or 16-23 (L = 1, 3) from the even (L < 2) or odd rows; s1 the
+             * same for outputs 8-15 and 24-31.  Bound: <= 510 per step and
+             * <= QE_Q8_MBLOCK/4 = 32 steps, 16320 < 32767. */
+            const __m512i ones = _mm512_set1_epi8(1);
+            const __m512i up = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi8(32), 1);
+            __m512i s0[QE_Q8_NB], s1[QE_Q8_NB];
+            for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm512_setzero_si512();
+            int mm = 0;
+            for (; mm + 4 <= mb; mm += 4) {
+                const __m512i ia = _mm512_or_si512(_mm512_loadu_si512(ib + mm * 32), up);
+                const __m512i ic = _mm512_or_si512(_mm512_loadu_si512(ib + mm * 32 + 64), up);
+                for (int n = 0; n < NB; n++) {
+                    const uint8_t *r = qb + n * qstride + mm * 32;
+                    const __m512i la = _mm512_permutexvar_epi8(ia, _mm512_loadu_si512(r));
+                    const __m512i lc = _mm512_permutexvar_epi8(ic, _mm512_loadu_si512(r + 64));
+                    s0[n] = _mm512_add_epi16(s0[n], _mm512_maddubs_epi16(_mm512_unpacklo_epi8(la, lc), ones));
+                    s1[n] = _mm512_add_epi16(s1[n], _mm512_maddubs_epi16(_mm512_unpackhi_epi8(la, lc), ones));
+                }
+            }
+            if (mm < mb) {   /* two rows left (Mp is even): pair them with zeros */
+                const __m512i ia = _mm512_or_si512(_mm512_loadu_si512(ib + mm * 32), up);
+                for (int n = 0; n < NB; n++) {
+                    const __m512i la = _mm512_permutexvar_epi8(
+                        ia, _mm512_loadu_si512(qb + n * qstride + mm * 32));
+                    const __m512i z = _mm512_setzero_si512();
+                    s0[n] = _mm512_add_epi16(s0[n], _mm512_maddubs_epi16(_mm512_unpacklo_epi8(la, z), ones));
+                    s1[n] = _mm512_add_epi16(s1[n], _mm512_maddubs_epi16(_mm512_unpackhi_epi8(la, z), ones));
+                }
+            }
+            for (int n = 0; n < NB; n++) {
+                int16_t a[32], b[32];
+                _mm512_storeu_si512(a, s0[n]);
+                _mm512_storeu_si512(b, s1[n]);
+                int32_t *ac = acc + (int64_t)n * Cout_pad + c * 32;
+                for (int o = 0; o < 8; o++) {
+                    ac[o] += (int32_t)a[o] + a[16 + o];
+                    ac[16 + o] += (int32_t)a[8 + o] + a[24 + o];
+                    ac[8 + o] += (int32_t)b[o] + b[16 + o];
+                    ac[24 + o] += (int32_t)b[8 + o] + b[24 + o];
+                }
+            }
+#elif defined(QE_IMPL_AVX2)
             const __m256i ones = _mm256_set1_epi8(1);
             __m256i s0[QE_Q8_NB], s1[QE_Q8_NB];
             for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm256_setzero_si256();
