@@ -80,6 +80,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_block_fc_indices(const uint8_t *a, int Cout, int M, int mb, uint8_t *out)
     int qe_max_u8(const uint8_t *p, int64_t n)
     void *qe_alloc(int64_t nbytes)
+    void qe_free(void *p, int64_t nbytes)
     int qe_all_finite(const float *p, int64_t n)
     void qe_pixels_to_planar(const uint8_t *px, int H, int W, int ch, int order, float *out)
     int qe_resize_pixels_ac(const uint8_t *px, int H, int W, int ch, int order, float *y, int C,
@@ -128,7 +129,7 @@ cdef class _Buffer:
     cdef bytes fmt
 
     def __dealloc__(self):
-        free(self.data)
+        qe_free(self.data, self.nbytes)
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         view.buf = self.data

@@ -131,6 +131,27 @@ def test_buffers_reshape_concat_and_rows():
         buffers.empty((3, 0))
 
 
+def test_large_buffers_are_reused_not_mapped_afresh():
+    """A freed block of 2 MB or more is kept for the next buffer of the same size
+    (a batch's activations come back every pass); other sizes get their own."""
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the block cache is Linux-only (huge pages)")
+    def addr(b):
+        return np.frombuffer(b, np.uint8).ctypes.data
+    a = buffers.empty((3 << 18,))        # 3 MB -> one 4 MB block
+    where = addr(a)
+    np.frombuffer(a, np.float32)[:] = 7
+    del a
+    b = buffers.empty((3 << 18,))
+    assert addr(b) == where
+    c = buffers.empty((5 << 18,))        # another size: not that block
+    assert addr(c) != where
+    np.frombuffer(c, np.float32)[:] = 1
+    np.frombuffer(b, np.float32)[:] = 2  # both usable at once
+    assert np.frombuffer(c, np.float32).min() == 1
+
+
 def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode(tmp_path):
     """A photo far larger than the network's input is decoded by the JPEG decoder at
     1/2..1/8 scale (both sides kept >= the resize target); the network input stays

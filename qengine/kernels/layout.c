@@ -5,23 +5,55 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 #include "qe_kernels.h"
 
+/* Large blocks freed by the runtime, kept for the next allocation of the same
+ * size: a batch's activations are megabytes each, and the same sizes come back
+ * every forward pass.  Without this every pass maps fresh memory and the kernel
+ * zeroes it page by page (at batch 16 on AlexNet some 80 MB per pass).  At
+ * most QE_KEEP_BLOCKS blocks and QE_KEEP_BYTES bytes are kept.  The lock is
+ * only ever tried, never waited for: a thread that does not get it allocates
+ * or frees as if there were no cache (so a child forked while another thread
+ * held it cannot deadlock). */
+#define QE_KEEP_BLOCKS 16
+#define QE_KEEP_BYTES ((size_t)256 << 20)
+static struct { void *p; size_t n; } kept[QE_KEEP_BLOCKS];
+static size_t kept_bytes;
+static atomic_flag kept_lock = ATOMIC_FLAG_INIT;
+
+static size_t huge_size(int64_t nbytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    return nbytes >= (int64_t)huge ? ((size_t)nbytes + huge - 1) / huge * huge : 0;
+}
+
 void *qe_alloc(int64_t nbytes)
 {
 #if defined(__linux__)
-    /* Large buffers (index layouts, scratch) on 2 MB pages where the kernel
-     * offers them: a fresh 4 KB page costs a fault of several microseconds in
-     * a VM, and loading AlexNet touches some 8,000 of them. */
-    const size_t huge = (size_t)2 << 20;
-    if (nbytes >= (int64_t)huge) {
-        const size_t n = ((size_t)nbytes + huge - 1) / huge * huge;
+    /* Large buffers (index layouts, scratch, a batch's activations) on 2 MB
+     * pages where the kernel offers them: a fresh 4 KB page costs a fault of
+     * several microseconds in a VM, and loading AlexNet touches some 8,000 of
+     * them. */
+    const size_t n = huge_size(nbytes);
+    if (n) {
         void *p = NULL;
-        if (posix_memalign(&p, huge, n) != 0) return NULL;
+        if (!atomic_flag_test_and_set_explicit(&kept_lock, memory_order_acquire)) {
+            for (int i = 0; i < QE_KEEP_BLOCKS; i++)
+                if (kept[i].p && kept[i].n == n) {
+                    p = kept[i].p;
+                    kept[i].p = NULL;
+                    kept_bytes -= n;
+                    break;
+                }
+            atomic_flag_clear_explicit(&kept_lock, memory_order_release);
+            if (p) return p;
+        }
+        if (posix_memalign(&p, (size_t)2 << 20, n) != 0) return NULL;
 #if defined(MADV_HUGEPAGE)
         madvise(p, n, MADV_HUGEPAGE);
 #endif
@@ -29,6 +61,29 @@ void *qe_alloc(int64_t nbytes)
     }
 #endif
     return malloc(nbytes > 0 ? (size_t)nbytes : 1);
+}
+
+void qe_free(void *p, int64_t nbytes)
+{
+#if defined(__linux__)
+    const size_t n = huge_size(nbytes);
+    if (p && n && !atomic_flag_test_and_set_explicit(&kept_lock, memory_order_acquire)) {
+        int slot = -1;
+        if (kept_bytes + n <= QE_KEEP_BYTES)
+            for (int i = 0; i < QE_KEEP_BLOCKS && slot < 0; i++)
+                if (!kept[i].p) slot = i;
+        if (slot >= 0) {
+            kept[slot].p = p;
+            kept[slot].n = n;
+            kept_bytes += n;
+            p = NULL;
+        }
+        atomic_flag_clear_explicit(&kept_lock, memory_order_release);
+    }
+#else
+    (void)nbytes;
+#endif
+    free(p);
 }
 
 int qe_dequantize(const float *cb, int M, int K, int d, const uint8_t *idx, int64_t R, int T,

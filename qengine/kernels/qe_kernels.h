@@ -213,9 +213,11 @@ void qe_block_conv_weights(const float *w, int G, int og, int64_t J, int B, floa
 void qe_block_fc_indices(const uint8_t *a, int Cout, int M, int mb, uint8_t *out);
 
 /* nbytes of memory for a buffer (64-byte aligned or better), released with
- * free(); large ones go on huge pages where the OS offers them.  NULL if out
- * of memory. */
+ * qe_free(); large ones go on huge pages where the OS offers them.  NULL if
+ * out of memory. */
 void *qe_alloc(int64_t nbytes);
+/* Frees a block of qe_alloc(nbytes); large ones may be kept for reuse. */
+void qe_free(void *p, int64_t nbytes);
 
 /* The largest of n bytes (0 when n = 0); 1 if all n floats are finite, else 0. */
 int qe_max_u8(const uint8_t *p, int64_t n);
