@@ -138,7 +138,7 @@ def test_fc_q8_batch_same_as_one_input_at_a_time(n):
     ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
     def run():
         together = np.full((n, cout), np.nan, np.float32)
-        _kernels.fc_q8(x, cbt, lay, cout, b, True, together, ws)
+        _kernels.fc_q8(x, cbt, lay, cout, b, True, together, ws, 2)     # and on 2 threads
         alone = np.full((n, cout), np.nan, np.float32)
         for i in range(n):
             _kernels.fc_q8(x[i:i + 1], cbt, lay, cout, b, True, alone[i:i + 1], ws)
