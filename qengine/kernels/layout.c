@@ -26,10 +26,13 @@ static struct { void *p; size_t n; } kept[QE_KEEP_BLOCKS];
 static size_t kept_bytes;
 static atomic_flag kept_lock = ATOMIC_FLAG_INIT;
 
+#define QE_HUGE_PAGE ((size_t)2 << 20)
+
+/* nbytes rounded up to whole 2 MB pages; 0 below one page (plain malloc). */
 static size_t huge_size(int64_t nbytes)
 {
-    const size_t huge = (size_t)2 << 20;
-    return nbytes >= (int64_t)huge ? ((size_t)nbytes + huge - 1) / huge * huge : 0;
+    return nbytes >= (int64_t)QE_HUGE_PAGE
+        ? ((size_t)nbytes + QE_HUGE_PAGE - 1) / QE_HUGE_PAGE * QE_HUGE_PAGE : 0;
 }
 
 void *qe_alloc(int64_t nbytes)
@@ -53,7 +56,7 @@ void *qe_alloc(int64_t nbytes)
             atomic_flag_clear_explicit(&kept_lock, memory_order_release);
             if (p) return p;
         }
-        if (posix_memalign(&p, (size_t)2 << 20, n) != 0) return NULL;
+        if (posix_memalign(&p, QE_HUGE_PAGE, n) != 0) return NULL;
 #if defined(MADV_HUGEPAGE)
         madvise(p, n, MADV_HUGEPAGE);
 #endif

@@ -43,10 +43,9 @@
  * arithmetic is cheap next to the lookups; no float table goes through
  * memory) and writes q = (T - min) * inv rounded half up, clamped to
  * 0..65535, as its low and high bytes at Q + (g*PS + r)*2*Kp. */
-typedef int32_t QE_CAT(v8i, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
 typedef uint8_t QE_CAT(v32b, QE_SUFFIX) __attribute__((vector_size(32), aligned(1)));
 #define V8F QE_CAT(v8f, QE_SUFFIX)
-#define V8I QE_CAT(v8i, QE_SUFFIX)
+#define V8I QE_CAT(v8m, QE_SUFFIX) /* qe_impl.h's 8 x int32 */
 
 static inline V8F FN(c16_vmin)(V8F a, V8F b)
 {

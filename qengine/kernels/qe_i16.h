@@ -30,10 +30,9 @@
 #endif
 
 typedef int16_t QE_CAT(v16s, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
-typedef int32_t QE_CAT(v8q, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
 typedef int16_t QE_CAT(v8h, QE_SUFFIX) __attribute__((vector_size(16), aligned(2)));
 #define V16S QE_CAT(v16s, QE_SUFFIX)
-#define V8Q QE_CAT(v8q, QE_SUFFIX)
+#define V8Q QE_CAT(v8m, QE_SUFFIX) /* qe_impl.h's 8 x int32 */
 #define V8F QE_CAT(v8f, QE_SUFFIX)
 
 /* largest |x| over n floats (NaN or infinity: returns a non-finite value) */

@@ -17,26 +17,23 @@
 #define QE_CAT(a, b) QE_CAT2(a, b)
 #define FN(name) QE_CAT(name, QE_SUFFIX)
 
-typedef int32_t QE_CAT(v8i, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
+/* qe_impl.h's 8-float and 8 x int32 vectors, and 8 bytes */
 typedef uint8_t QE_CAT(v8b, QE_SUFFIX) __attribute__((vector_size(8), aligned(1)));
-typedef float QE_CAT(v8fq, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
 
 /* The smallest and largest entry of a table row t[0..K): eight running minima
  * and maxima in one vector (compare and select), folded at the end.  Exact, so
  * the same on every instruction set. */
 static inline void FN(q8_row_range)(const float *t, int K, float *lo, float *hi)
 {
-    typedef QE_CAT(v8fq, QE_SUFFIX) vf;
-    typedef QE_CAT(v8i, QE_SUFFIX) vi;
+    typedef QE_CAT(v8f, QE_SUFFIX) vf;
     float l = t[0], h = t[0];
     int k = 0;
     if (K >= 8) {
         vf vl = *(const vf *)t, vh = vl;
         for (k = 8; k + 8 <= K; k += 8) {
             const vf v = *(const vf *)(t + k);
-            const vi a = v < vl, b = v > vh;
-            vl = (vf)(((vi)v & a) | ((vi)vl & ~a));
-            vh = (vf)(((vi)v & b) | ((vi)vh & ~b));
+            vl = FN(vsel)(vl, v, v < vl);
+            vh = FN(vsel)(vh, v, v > vh);
         }
         for (int j = 0; j < 8; j++) {
             l = vl[j] < l ? vl[j] : l;
@@ -59,8 +56,8 @@ static inline void FN(q8_row_range)(const float *t, int K, float *lo, float *hi)
 QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cbt, int M, int K,
                                         int d, float *T, int Mp, uint8_t *q, double *offsum)
 {
-    typedef QE_CAT(v8fq, QE_SUFFIX) vf;
-    typedef QE_CAT(v8i, QE_SUFFIX) vi;
+    typedef QE_CAT(v8f, QE_SUFFIX) vf;
+    typedef QE_CAT(v8m, QE_SUFFIX) vi;
     typedef QE_CAT(v8b, QE_SUFFIX) vb;
     FN(fc_table)(x, Cin, cbt, M, K, d, T, K);
     float range = 0.f, lo, hi;
