@@ -126,8 +126,9 @@ class CostModel(Prices):
         # a quantized form the runtime runs on its dequantized weights (in
         # float, or in fast mode's int16) costs what the dense form costs: one
         # figure for both (less noise)
+        dense_forms = ("dequantized", "int16", "winograd")
         same = {f for f, m in models.items()
-                if f is not None and m.layer_strategies().get("layer") in ("dequantized", "int16")}
+                if f is not None and m.layer_strategies().get("layer") in dense_forms}
         timed = [f for f in forms if f not in same]
         best = {f: float("inf") for f in timed}
         spent = {f: 0.0 for f in timed}

@@ -226,3 +226,85 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
             for (int c = 0; c < d; c++) dst[(int64_t)c * K + k] = src[(int64_t)k * d + c];
     }
 }
+
+/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C][3][3]
+ * (C input channels per group) -> U = G g G' per output and input channel,
+ * quantised with one scale per output channel and transformed position xi:
+ * out [groups][CoB][16][C2/2][32][2] int16 (CoB = ceil(Cg/32), C2 = C rounded
+ * up to even, zeros past Cg and C), scale [groups][CoB][16][32].  The input
+ * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
+ * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
+ * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
+ * be laid out within the bound. */
+int qe_wino_weights(const float *w, int groups, int Cg, int C, int16_t *out, float *scale)
+{
+    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    const double B = 2147483647.0;
+    const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
+    const int64_t per_row = (int64_t)C, nrows = (int64_t)groups * Cg * 16;
+    double *U = (double *)malloc(sizeof(double) * (size_t)(nrows * per_row > 0 ? nrows * per_row : 1));
+    if (!U) return -2;
+    /* U[(co*16 + xi)*C + c] */
+    for (int64_t co = 0; co < (int64_t)groups * Cg; co++)
+        for (int c = 0; c < C; c++) {
+            const float *g = w + (co * C + c) * 9;
+            double t[4][3];   /* G g */
+            for (int a = 0; a < 4; a++)
+                for (int l = 0; l < 3; l++)
+                    t[a][l] = G[a][0] * g[l] + G[a][1] * g[3 + l] + G[a][2] * g[6 + l];
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 4; b++)
+                    U[(co * 16 + a * 4 + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +
+                                                       t[a][2] * G[b][2];
+        }
+    double widest = 1.0;
+    for (int64_t r = 0; r < nrows; r++) {
+        double mx = 0.0, sum = 0.0;
+        for (int c = 0; c < C; c++) {
+            const double a = fabs(U[r * C + c]);
+            mx = a > mx ? a : mx;
+            sum += a;
+        }
+        if (mx > 0.0 && sum / mx > widest) widest = sum / mx;
+    }
+    double Ad = floor(sqrt(B / (2.0 * widest)));
+    const int A = Ad > 8191.0 ? 8191 : Ad < 1.0 ? 1 : (int)Ad;
+    memset(out, 0, sizeof(int16_t) * (size_t)groups * CoB * 16 * CP * 64);
+    memset(scale, 0, sizeof(float) * (size_t)groups * CoB * 16 * 32);
+    int rc = A;
+    for (int64_t r = 0; r < nrows && rc > 0; r++) {
+        const int64_t co = r / 16;
+        const int xi = (int)(r % 16), gi = (int)(co / Cg), cl = (int)(co % Cg);
+        const int64_t blk = (int64_t)gi * CoB + cl / 32;
+        int16_t *ob = out + (blk * 16 + xi) * CP * 64 + 2 * (cl % 32);
+        double mx = 0.0, sum = 0.0;
+        for (int c = 0; c < C; c++) {
+            const double a = fabs(U[r * C + c]);
+            mx = a > mx ? a : mx;
+            sum += a;
+        }
+        if (mx == 0.0) continue;
+        double levels = floor((B / (4.0 * A) - (double)CP) * mx / sum * (1.0 - 1e-6));
+        levels = levels > 32767.0 ? 32767.0 : levels;
+        if (levels < 1.0) {
+            rc = -1;
+            break;
+        }
+        const float s = (float)(mx / levels);
+        if (!(s >= FLT_MIN)) continue;   /* below normal floats: adds nothing */
+        int64_t total = 0;
+        for (int c = 0; c < C; c++) {
+            double q = nearbyint(U[r * C + c] / (double)s);
+            q = q > 32767.0 ? 32767.0 : q < -32767.0 ? -32767.0 : q;
+            ob[(int64_t)(c / 2) * 64 + (c & 1)] = (int16_t)q;
+            total += (int64_t)fabs(q);
+        }
+        if (4.0 * A * (double)total > B) {
+            rc = -1;
+            break;
+        }
+        scale[(blk * 16 + xi) * 32 + cl % 32] = s;
+    }
+    free(U);
+    return rc;
+}

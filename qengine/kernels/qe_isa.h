@@ -42,6 +42,10 @@ typedef struct {
     void (*i16_quantize)(const float *, int64_t, float, int, int16_t *);
     int (*i16_conv)(const qe_conv_geom *, const int16_t *, const int64_t *, int, const int16_t *,
                     int, const float *, const float *, float *, int, int, int, int64_t);
+    /* fast mode's Winograd F(2x2, 3x3) convolution in int16 (qe_wino.h) */
+    void (*wino_input)(const int16_t *, int, int, int, int, int16_t *);
+    void (*wino_conv)(const int16_t *, int, int, int, int, const int16_t *, int, const float *,
+                      const float *, float *, int, int, int, int, int);
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */
     int conv16_auto_k; /* largest K for which fast mode picks it over float rows by default */
     int conv16_quad;   /* 1: K <= 16 runs four taps per register (conv16_lookup4) */

@@ -7,7 +7,8 @@ from .. import _kernels, buffers
 from ..errors import ModelError
 from .base import MAX_DIM, conv_output, is_int, need_chw, np, register
 from .weighted import (int16_pays, kernel_costs, WeightedOp, WeightedType, blocked_conv_weights,
-                       conv16_k_limit, dequantize, dequantize_conv, layer_cost)
+                       conv16_k_limit, dequantize, dequantize_conv, layer_cost, winograd_pays,
+                       winograd_cost_ratio)
 
 
 class ConvOp(WeightedOp):
@@ -29,6 +30,7 @@ class ConvOp(WeightedOp):
             if not depthwise and self._int16_pays(cg * J):
                 self.strategy = "int16"
                 self.derived_bytes = self._int16_bytes(cout, cg * J)
+                self._maybe_winograd(cout, cg, 0)
             return
         self._plan_lut(qf, w, where, cg, (cout, self.kh, self.kw))
         self._use_unpacked_indices()
@@ -69,6 +71,7 @@ class ConvOp(WeightedOp):
             if self._int16_pays(cg * J):
                 self.strategy = "int16"
                 self.derived_bytes = 4 * cout * cg * J + self._int16_bytes(cout, cg * J)
+                self._maybe_winograd(cout, cg, 4 * cout * cg * J)
         elif register:
             # fast: 16-bit tables looked up inside SIMD registers, where this
             # instruction set can hold K entries (see README, "Fast mode")
@@ -86,19 +89,34 @@ class ConvOp(WeightedOp):
 
     def _dense_cost_ratio(self, J):
         """What a dense multiply-add costs in this mode, in float ones."""
-        return kernel_costs().int16 if self._int16_pays(J) else 1.0
+        if not self._int16_pays(J):
+            return 1.0
+        cg = self.in_shapes[0][0] // self.group
+        if winograd_pays(self.params, cg):
+            return kernel_costs().int16 * winograd_cost_ratio(cg, self.out_shape)
+        return kernel_costs().int16
 
     def _int16_bytes(self, cout, J):
         return 2 * buffers.count(_kernels.i16_weights_shape(cout, self.group, J)) + 4 * cout
 
+    def _maybe_winograd(self, cout, cg, dense_bytes):
+        """An int16 convolution with a 3x3 kernel and stride 1 runs by Winograd's
+        F(2x2, 3x3) where that pays (qe_wino.h, weighted.winograd_pays)."""
+        if winograd_pays(self.params, cg):
+            self.strategy = "winograd"
+            u, sc = _kernels.wino_weights_shape(cout, self.group, cg * self.group)
+            self.derived_bytes = dense_bytes + 2 * buffers.count(u) + 4 * buffers.count(sc)
+
     def _load(self, qf, w, cout):
         cg = self.in_shapes[0][0] // self.group
-        if self.strategy in ("dense", "depthwise", "int16") and self.mode != "lut":
+        if self.strategy in ("dense", "depthwise", "int16", "winograd") and self.mode != "lut":
             self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
             if self.strategy == "dense":
                 self.weight_blocked = blocked_conv_weights(self.weight, self.group)
             elif self.strategy == "int16":
                 self._lay_out_int16(self.weight)
+            elif self.strategy == "winograd":
+                self._lay_out_winograd(self.weight)
             return
         self.indices = self._unpacked_indices()
         taps = self.kh * self.kw
@@ -115,6 +133,10 @@ class ConvOp(WeightedOp):
             self._lay_out_int16(dequantize(self.codebook,
                                            buffers.reshape(self.indices, (cout, taps, self.M)),
                                            cg))
+        elif self.strategy == "winograd":
+            self._lay_out_winograd(dequantize(self.codebook,
+                                              buffers.reshape(self.indices, (cout, taps, self.M)),
+                                              cg))
         elif self.strategy == "lut16":
             self.indices16 = buffers.empty(self.layout16, "B")
             _kernels.conv16_layout(buffers.reshape(self.indices, (cout, taps * self.M)),
@@ -129,11 +151,23 @@ class ConvOp(WeightedOp):
         self.scale16 = buffers.empty((cout,))
         self.bound16 = _kernels.i16_conv_weights(w2, self.group, self.weight16, self.scale16)
 
+    def _lay_out_winograd(self, w):
+        cout = w.shape[0]
+        w4 = buffers.reshape(w, (cout, -1, 3, 3))
+        u, sc = _kernels.wino_weights_shape(cout, self.group, w4.shape[1] * self.group)
+        self.weight_wino = buffers.empty(u, "h")
+        self.scale_wino = buffers.empty(sc)
+        self.bound_wino = _kernels.wino_conv_weights(w4, self.group, self.weight_wino,
+                                                     self.scale_wino)
+
     def workspace(self):
         c, h, w = self.in_shapes[0]
         g = self.group
         if self.strategy == "depthwise":
             return 0
+        if self.strategy == "winograd":
+            return _kernels.wino_workspace_floats(c // g, h, w, self.params["pad"],
+                                                  self.params["num_output"] // g)
         if self.strategy == "int16":
             return _kernels.i16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                  self.params["stride"], self.params["pad"])
@@ -167,6 +201,9 @@ class ConvOp(WeightedOp):
         elif self.strategy == "lut16":
             _kernels.conv16(x, self.codebook, self.indices16, self.kh, self.kw, self.bias,
                             p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
+        elif self.strategy == "winograd":
+            _kernels.conv_wino(x, self.weight_wino, self.scale_wino, self.bound_wino, self.bias,
+                               p["pad"], relu, out, ws, nthreads, c0)
         elif self.strategy == "int16":
             _kernels.conv_i16(x, self.weight16, self.scale16, self.bound16, self.bias, self.kh,
                               self.kw, p["stride"], p["pad"], relu, out, ws, nthreads, c0)

@@ -58,6 +58,35 @@ def int16_pays(in_shape, out_shape, J):
     macs = buffers.count(out_shape) * J
     return macs >= kernel_costs().int16_min_macs * buffers.count(in_shape)
 
+# Winograd F(2x2, 3x3) in int16 (qe_wino.h) against the direct int16 kernel:
+# per 2x2 outputs and output channel 16 products per input channel instead of
+# 36, plus transforms worth about WINO_OVERHEAD multiply-adds (fitted to
+# interleaved runs on a Zen 5, AVX-512 and AVX2 code alike: 0.8x at 16 input
+# channels, 1.2x at 32, 1.6x at 64, 1.9x at 256-384; README).
+WINO_OVERHEAD = 450
+WINO_MIN_CHANNELS = 32
+
+
+def winograd_pays(params, cin_group):
+    """Whether fast mode runs an int16 convolution (3x3, stride 1) by Winograd
+    F(2x2, 3x3) instead: with at least WINO_MIN_CHANNELS input channels per
+    group, or always / never with QENGINE_WINOGRAD=1 / 0 (where it applies)."""
+    if tuple(params["kernel"]) != (3, 3) or params["stride"] != 1:
+        return False
+    force = os.environ.get("QENGINE_WINOGRAD", "")
+    if force in ("0", "1"):
+        return force == "1"
+    return cin_group >= WINO_MIN_CHANNELS
+
+
+def winograd_cost_ratio(cin_group, out_shape):
+    """Its time over the direct int16 kernel's on the same layer (model above;
+    odd output sizes compute a last row or column of tiles half used)."""
+    _, oh, ow = out_shape
+    waste = (-(-oh // 2) * 2) * (-(-ow // 2) * 2) / (oh * ow)
+    return (16 * cin_group + WINO_OVERHEAD) / (36 * cin_group) * waste
+
+
 def subspace_inputs(L, in_shape):
     """The inputs a subspace splits: a convolution's channels per group, or a
     fully-connected layer's flattened input."""

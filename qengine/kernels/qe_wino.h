@@ -1,0 +1,229 @@
+/* Fast mode, 3x3 stride-1 convolution by Winograd's F(2x2, 3x3) in 16-bit
+ * integers (strategy "winograd").  Included by qe_bodies.h once per
+ * instruction set (FN, QE_SUFFIX, QE_SIMD).
+ *
+ * Each 2x2 block of outputs ("tile" t) is Y = A' [sum_c U[c] . V[c]] A with
+ * V[c] = B' d[c] B the transform of the 4x4 input patch d of channel c and
+ * U[c] = G g[c] G' the transform of the 3x3 kernel g: 16 products per channel
+ * and tile instead of 36 multiply-adds, 2.25x fewer (Lavin & Gray 2016).
+ *
+ * Integers: the input is quantised per image to |xq| <= A (as qe_i16.h), and
+ * B' has entries 0, +-1 with two non-zeros per row, so V is exact in int16
+ * with |V| <= 4A <= 32764.  U is quantised at load (qe_wino_weights) with
+ * one scale per transformed position xi (16) and output channel:
+ * 4A * sum_c |Uq[xi][co][c]| <= 2^31 - 1, so each of the 16 products
+ * M[xi][co][t] = sum_c Uq V is an exact int32 in any order, the same on every
+ * instruction set.  The output transform then runs in float, one rounding
+ * per step in a fixed order (no fused multiply-adds): m = float(M) * scale,
+ * Y = A' m A, + bias, ReLU.
+ *
+ * Layouts (C2 = channels rounded up to even, CS to a multiple of 16, T =
+ * tiles, 32 output channels per block cb, pairs of input channels p):
+ *   V  [16][T][CS]            int16, per image (wino_input)
+ *   U  [CoB][16][C2/2][32][2] int16: for block cb, xi and pair p, the two
+ *                             channels' weights of the 32 output channels
+ *   sc [CoB][16][32]          float, input scale x weight scale
+ * M for a block of NT tiles goes through a small buffer [16][NT][32]. */
+
+#define FN(name) QE_CAT(name, QE_SUFFIX)
+#define V8W QE_CAT(v8f, QE_SUFFIX)
+
+#if QE_SIMD == 3
+#define QE_WINO_NT 12  /* tiles per register block: 12 x 2 zmm of 16 channels */
+#elif QE_SIMD == 2
+#define QE_WINO_NT 3   /* 3 x 4 ymm of 8 channels */
+#else
+#define QE_WINO_NT 4
+#endif
+
+/* V [16][T][CS] from the quantised input XP [HH][WW][CS] (channels last,
+ * zero padded; HH >= 2*TH + 2, WW >= 2*TW + 2; CS a multiple of 16), in
+ * vectors of 16 channels. */
+typedef int16_t QE_CAT(v16w, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
+#define V16W QE_CAT(v16w, QE_SUFFIX)
+static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int16_t *V)
+{
+    const int64_t T = (int64_t)TH * TW, plane = T * CS;
+    for (int ty = 0; ty < TH; ty++)
+        for (int tx = 0; tx < TW; tx++) {
+            const int64_t t = (int64_t)ty * TW + tx;
+            const int16_t *d0 = XP + ((int64_t)(2 * ty) * WW + 2 * tx) * CS;
+            const int64_t rs = (int64_t)WW * CS;   /* next row */
+            int16_t *v = V + t * CS;
+            for (int c = 0; c < CS; c += 16) {
+                V16W e[4][4];   /* d B, row by row */
+                for (int r = 0; r < 4; r++) {
+                    V16W a[4];
+                    for (int k = 0; k < 4; k++) memcpy(&a[k], d0 + r * rs + k * CS + c, 32);
+                    e[r][0] = a[0] - a[2];
+                    e[r][1] = a[1] + a[2];
+                    e[r][2] = a[2] - a[1];
+                    e[r][3] = a[1] - a[3];
+                }
+                for (int k = 0; k < 4; k++) {   /* B' (d B) */
+                    const V16W o0 = e[0][k] - e[2][k], o1 = e[1][k] + e[2][k],
+                               o2 = e[2][k] - e[1][k], o3 = e[1][k] - e[3][k];
+                    memcpy(v + (int64_t)(0 * 4 + k) * plane + c, &o0, 32);
+                    memcpy(v + (int64_t)(1 * 4 + k) * plane + c, &o1, 32);
+                    memcpy(v + (int64_t)(2 * 4 + k) * plane + c, &o2, 32);
+                    memcpy(v + (int64_t)(3 * 4 + k) * plane + c, &o3, 32);
+                }
+            }
+        }
+}
+
+/* mb[t][32] = sum over pairs p of U[p][co][0..1] . V[t][2p..2p+1], for the NT
+ * tiles at v (tile stride CS) and the 32 channels of one block at u. */
+static inline __attribute__((always_inline)) void
+FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, int32_t *mb)
+{
+#if QE_SIMD == 3
+    __m512i a[QE_WINO_NT][2];
+    for (int t = 0; t < NT; t++) a[t][0] = a[t][1] = _mm512_setzero_si512();
+    for (int p = 0; p < CP; p++) {
+        const __m512i w0 = _mm512_loadu_si512(u + 64 * (int64_t)p);
+        const __m512i w1 = _mm512_loadu_si512(u + 64 * (int64_t)p + 32);
+        for (int t = 0; t < NT; t++) {
+            int32_t xv;
+            memcpy(&xv, v + (int64_t)t * CS + 2 * p, 4);
+            const __m512i x = _mm512_set1_epi32(xv);
+            a[t][0] = _mm512_dpwssd_epi32(a[t][0], w0, x);
+            a[t][1] = _mm512_dpwssd_epi32(a[t][1], w1, x);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        _mm512_storeu_si512(mb + 32 * t, a[t][0]);
+        _mm512_storeu_si512(mb + 32 * t + 16, a[t][1]);
+    }
+#elif QE_SIMD == 2
+    __m256i a[QE_WINO_NT][4];
+    for (int t = 0; t < NT; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm256_setzero_si256();
+    for (int p = 0; p < CP; p++) {
+        const int16_t *up = u + 64 * (int64_t)p;
+        for (int t = 0; t < NT; t++) {
+            int32_t xv;
+            memcpy(&xv, v + (int64_t)t * CS + 2 * p, 4);
+            const __m256i x = _mm256_set1_epi32(xv);
+            for (int h = 0; h < 4; h++)
+                a[t][h] = _mm256_add_epi32(
+                    a[t][h], _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(up + 16 * h)), x));
+        }
+    }
+    for (int t = 0; t < NT; t++)
+        for (int h = 0; h < 4; h++) _mm256_storeu_si256((__m256i *)(mb + 32 * t + 8 * h), a[t][h]);
+#else
+    for (int t = 0; t < NT; t++)
+        for (int c = 0; c < 32; c++) mb[32 * t + c] = 0;
+    for (int p = 0; p < CP; p++) {
+        const int16_t *up = u + 64 * (int64_t)p;
+        for (int t = 0; t < NT; t++) {
+            const int32_t x0 = v[(int64_t)t * CS + 2 * p], x1 = v[(int64_t)t * CS + 2 * p + 1];
+            for (int c = 0; c < 32; c++) mb[32 * t + c] += up[2 * c] * x0 + up[2 * c + 1] * x1;
+        }
+    }
+#endif
+}
+
+/* The output transform of NT tiles from t0, 32 channels of block cb:
+ * y[co][2ty + i][2tx + j] for the real channels and positions (bias has
+ * the block's 32 entries, zeros past Cout). */
+__attribute__((optimize("fp-contract=off")))
+static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
+                            int co0, int Cout, int64_t t0, int TW, int OH, int OW, int relu,
+                            float *y)
+{
+    const int64_t NR = (int64_t)OH * OW;
+    for (int t = 0; t < NT; t++) {
+        const int64_t tt = t0 + t;
+        const int oy = (int)(tt / TW) * 2, ox = (int)(tt % TW) * 2;
+        for (int c8 = 0; c8 < 32; c8 += 8) {
+            V8W m[16];
+            for (int xi = 0; xi < 16; xi++) {
+                const int32_t *src = mb + ((int64_t)xi * NT + t) * 32 + c8;
+                QE_CAT(v8m, QE_SUFFIX) iv;
+                memcpy(&iv, src, sizeof iv);
+                m[xi] = __builtin_convertvector(iv, V8W) * FN(vload)(sc + xi * 32 + c8);
+            }
+            V8W r0[4], r1[4];   /* m A, row by row */
+            for (int a = 0; a < 4; a++) {
+                r0[a] = (m[4 * a] + m[4 * a + 1]) + m[4 * a + 2];
+                r1[a] = (m[4 * a + 1] - m[4 * a + 2]) - m[4 * a + 3];
+            }
+            V8W out[4];   /* A' (m A): y00, y01, y10, y11, plus bias, ReLU'd */
+            const V8W b = FN(vload)(bias + co0 + c8);
+            out[0] = ((r0[0] + r0[1]) + r0[2]) + b;
+            out[1] = ((r1[0] + r1[1]) + r1[2]) + b;
+            out[2] = ((r0[1] - r0[2]) - r0[3]) + b;
+            out[3] = ((r1[1] - r1[2]) - r1[3]) + b;
+            float o[4][8];
+            for (int q = 0; q < 4; q++) {
+                if (relu) {   /* NaN -> 0, as the scalar kernels' !(v > 0) */
+                    const QE_CAT(v8m, QE_SUFFIX) pos = out[q] > FN(vsplat)(0.f);
+                    out[q] = (V8W)((QE_CAT(v8m, QE_SUFFIX))out[q] & pos);
+                }
+                memcpy(o[q], &out[q], sizeof o[q]);
+            }
+            const int nl = Cout - (co0 + c8) < 8 ? Cout - (co0 + c8) : 8;
+            float *yc = y + (int64_t)(co0 + c8) * NR + (int64_t)oy * OW + ox;
+            if (oy + 1 < OH && ox + 1 < OW) {
+                for (int l = 0; l < nl; l++, yc += NR) {
+                    yc[0] = o[0][l];
+                    yc[1] = o[1][l];
+                    yc[OW] = o[2][l];
+                    yc[OW + 1] = o[3][l];
+                }
+            } else {
+                for (int l = 0; l < nl; l++, yc += NR) {
+                    yc[0] = o[0][l];
+                    if (ox + 1 < OW) yc[1] = o[1][l];
+                    if (oy + 1 < OH) yc[OW] = o[2][l];
+                }
+            }
+        }
+    }
+}
+
+/* y [Cout][OH][OW] from V (wino_input; CP pairs of channels) and U, sc as
+ * laid out above.
+ * Blocks of 32 channels x QE_WINO_NT tiles are shared among the threads. */
+static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, const int16_t *U, int CoB,
+                          const float *sc, const float *bias, float *y, int Cout, int OH, int OW,
+                          int relu, int nthreads)
+{
+    const int64_t T = (int64_t)TH * TW;
+    const int64_t ntb = (T + QE_WINO_NT - 1) / QE_WINO_NT;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int32_t mb[16 * QE_WINO_NT * 32] __attribute__((aligned(64)));
+        #pragma omp for schedule(static)
+        for (int64_t job = 0; job < (int64_t)CoB * ntb; job++) {
+            const int cb = (int)(job / ntb);
+            const int64_t t0 = job % ntb * QE_WINO_NT;
+            const int nt = T - t0 < QE_WINO_NT ? (int)(T - t0) : QE_WINO_NT;
+            for (int xi = 0; xi < 16; xi++) {
+                const int16_t *u = U + ((int64_t)cb * 16 + xi) * CP * 64;
+                const int16_t *v = V + ((int64_t)xi * T + t0) * CS;
+                int32_t *m = mb + (int64_t)xi * nt * 32;
+                switch (nt) {   /* a register block for each count, unrolled */
+#define QE_WINO_CASE(n) case n: FN(wino_gemm)(u, v, CP, CS, n, m); break;
+                QE_WINO_CASE(1) QE_WINO_CASE(2) QE_WINO_CASE(3)
+#if QE_WINO_NT > 3
+                QE_WINO_CASE(4)
+#endif
+#if QE_WINO_NT > 4
+                QE_WINO_CASE(5) QE_WINO_CASE(6) QE_WINO_CASE(7) QE_WINO_CASE(8)
+                QE_WINO_CASE(9) QE_WINO_CASE(10) QE_WINO_CASE(11) QE_WINO_CASE(12)
+#endif
+#undef QE_WINO_CASE
+                default: break;
+                }
+            }
+            FN(wino_output)(mb, nt, sc + (int64_t)cb * 16 * 32, bias, cb * 32, Cout, t0, TW, OH,
+                            OW, relu, y);
+        }
+    }
+}
+
+#undef V8W
+#undef V16W
+#undef FN

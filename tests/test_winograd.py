@@ -1,0 +1,212 @@
+"""Fast mode's 3x3 stride-1 convolution by Winograd F(2x2, 3x3) in 16-bit
+integers (qe_wino.h): the documented integer pipeline reproduced bit for bit
+in numpy, the same bits on every instruction set and thread count, the float
+convolution within its quantisation error, the int32 overflow bound, and
+where the runtime chooses it."""
+import numpy as np
+import pytest
+
+from qengine import _kernels
+from qengine.layers.convolution import conv2d
+
+from conftest import ISAS, on_every_isa
+
+B = 2**31 - 1
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
+G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+
+# (N, C, H, W, Cout, pad, groups): AlexNet conv3-like (13x13, tiles past the
+# edge), odd and even sizes, pad 0 and 2, channels not a multiple of 2 or 16,
+# Cout not a multiple of the 32-channel block, groups, a 1x1 input with pad 1,
+# more tiles than one register block, several images
+CASES = [(1, 64, 13, 13, 40, 1, 1), (2, 7, 9, 12, 5, 0, 1), (1, 33, 8, 5, 70, 2, 1),
+         (1, 48, 10, 10, 64, 1, 2), (1, 17, 1, 1, 3, 1, 1), (1, 32, 27, 27, 33, 1, 1),
+         (3, 20, 6, 7, 32, 1, 1)]
+
+
+def layout(w, groups):
+    cout = w.shape[0]
+    us, ss = _kernels.wino_weights_shape(cout, groups, w.shape[1] * groups)
+    u, s = np.empty(us, np.int16), np.empty(ss, np.float32)
+    return u, s, _kernels.wino_conv_weights(np.ascontiguousarray(w, np.float32), groups, u, s)
+
+
+def unpack(u, s, cout, cin_group, groups):
+    """The layout back to Uq [Cout][16][C] and scales [Cout][16]."""
+    cog = cout // groups
+    cob, cp = (cog + 31) // 32, (cin_group + 1) // 2
+    uq = u.reshape(groups, cob, 16, cp, 32, 2).transpose(0, 1, 4, 2, 3, 5)
+    uq = uq.reshape(groups, cob * 32, 16, 2 * cp)[:, :cog, :, :cin_group]
+    sc = s.reshape(groups, cob, 16, 32).transpose(0, 1, 3, 2).reshape(groups, cob * 32, 16)
+    return uq.reshape(cout, 16, cin_group).astype(np.int64), sc[:, :cog].reshape(cout, 16)
+
+
+def run_wino(x, w, b, P, G_, relu=False, nthreads=1):
+    u, s, A = layout(w, G_)
+    n, c, h, wd = x.shape
+    out = np.full((n, w.shape[0], h + 2 * P - 2, wd + 2 * P - 2), -7, np.float32)
+    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_), np.float32)
+    _kernels.conv_wino(x, u, s, A, b, P, relu, out, ws, nthreads)
+    return out
+
+
+def pipeline(x, uq, su, A, b, P, relu):
+    """qe_wino.h's arithmetic in numpy for one group of one image: the input
+    quantised as qe_i16.h does, V = B'dB and M = sum Uq V exactly, then float32
+    steps in the kernel's order (no fused multiply-adds)."""
+    f = np.float32
+    c, h, wd = x.shape
+    oh, ow = h + 2 * P - 2, wd + 2 * P - 2
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    mx = np.abs(x).max()
+    inv, sa = (f(A) / mx, mx / f(A)) if mx > 0 else (f(0), f(0))
+    t = x * inv
+    t = t + np.where(t < 0, f(-0.5), f(0.5))
+    xq = np.trunc(np.clip(t, -A, A)).astype(np.int64)
+    xp = np.zeros((c, 2 * th + 2, 2 * tw + 2), np.int64)
+    xp[:, P:P + h, P:P + wd] = xq
+    sc = (sa * su).astype(f)                          # [Cout][16]
+    y = np.zeros((uq.shape[0], 2 * th, 2 * tw), f)
+    for ty in range(th):
+        for tx in range(tw):
+            d = xp[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4]
+            V = np.einsum("ak,ckl,bl->abc", BT, d, BT).reshape(16, c)
+            assert np.abs(V).max() <= 4 * A
+            M = np.einsum("oxc,xc->ox", uq, V)
+            assert np.abs(M).max() <= B
+            m = (M.astype(f) * sc).reshape(-1, 4, 4)
+            r0 = (m[:, :, 0] + m[:, :, 1]) + m[:, :, 2]
+            r1 = (m[:, :, 1] - m[:, :, 2]) - m[:, :, 3]
+            yy = [((r0[:, 0] + r0[:, 1]) + r0[:, 2]) + b, ((r1[:, 0] + r1[:, 1]) + r1[:, 2]) + b,
+                  ((r0[:, 1] - r0[:, 2]) - r0[:, 3]) + b, ((r1[:, 1] - r1[:, 2]) - r1[:, 3]) + b]
+            for q, v in enumerate(yy):
+                y[:, 2 * ty + q // 2, 2 * tx + q % 2] = np.where(v > 0, v, 0) if relu else v
+    return y[:, :oh, :ow]
+
+
+def make(case, seed=0):
+    n, c, h, wd, cout, p, g = case
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.standard_normal((n, c, h, wd)), -0.3).astype(np.float32)
+    w = (rng.standard_normal((cout, c // g, 3, 3)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    return x, w, b, p, g
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_is_the_documented_integer_pipeline(case):
+    x, w, b, p, g = make(case)
+    u, s, A = layout(w, g)
+    n, c = x.shape[:2]
+    cg, og = c // g, w.shape[0] // g
+    uq, su = unpack(u, s, w.shape[0], cg, g)
+    want = np.stack([np.concatenate([
+        pipeline(x[i, gi * cg:(gi + 1) * cg], uq[gi * og:(gi + 1) * og], su[gi * og:(gi + 1) * og],
+                 A, b[gi * og:(gi + 1) * og], p, relu=True) for gi in range(g)])
+        for i in range(n)])
+    outs = on_every_isa(lambda: (run_wino(x, w, b, p, g, True, 1),
+                                 run_wino(x, w, b, p, g, True, 2)))
+    for isa, (o1, o2) in zip(ISAS, outs):
+        assert np.array_equal(o1, want), f"{isa}: not the documented pipeline's bits"
+        assert np.array_equal(o2, want), f"{isa}, 2 threads: outputs differ"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_the_float_convolution_within_quantisation_error(isa, case):
+    x, w, b, p, g = make(case, 1)
+    ref = conv2d(x, w, b, 1, p, g)
+    got = run_wino(x, w, b, p, g)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 2e-3, err
+    assert np.array_equal(run_wino(x, w, b, p, g, relu=True), np.maximum(got, 0))
+
+
+@pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
+def test_weight_layout_keeps_every_sum_inside_int32(C):
+    rng = np.random.default_rng(C)
+    cout = 37
+    w = rng.standard_normal((cout, C, 3, 3)).astype(np.float32)
+    w[1] = 0.0
+    w[1, 0, 1, 1] = 3.0            # one weight: U's rows have a single non-zero
+    w[2] = -0.25                   # all equal: the widest rows
+    w[3] = 0.0
+    w[4] = 0.0
+    w[4, :, 0, 0] = 1e-42          # subnormal: scales underflow, the channel counts as zero
+    u, s, A = layout(w, 1)
+    assert 1 <= A <= 8191          # |V| <= 4A fits int16
+    uq, su = unpack(u, s, cout, C, 1)
+    assert np.all(4 * A * np.abs(uq).sum(-1) <= B)
+    assert np.abs(uq).max() <= 32767
+    U = np.einsum("ak,ockl,bl->oabc", G, w.astype(np.float64), G).reshape(cout, 16, C)
+    # each level comes back to U within half a step of its row's scale
+    assert np.all(np.abs(uq * su[..., None].astype(np.float64) - U)
+                  <= 0.5001 * su[..., None] + 1e-40)
+    assert not su[3].any() and not uq[3].any()
+    assert not su[4].any() and not uq[4].any()
+
+
+def test_worst_case_sums_do_not_wrap():
+    # inputs of +-max in the pattern that makes V[0] = +-4A in every tile, and
+    # kernels whose transformed corner entry has one sign: M[0] = 4A sum|Uq|,
+    # as close to 2^31 as the layout allows
+    C, cout, H = 512, 4, 8
+    sign = np.where((np.arange(H) // 2) % 2 == 0, 1.0, -1.0)
+    x = np.zeros((1, C, H, H), np.float32)
+    x[0, :, ::2, ::2] = np.outer(sign, sign)[::2, ::2]
+    w = np.zeros((cout, C, 3, 3), np.float32)
+    w[:, :, 0, 0] = 1.0
+    w[1::2] *= -1
+    b = np.zeros(cout, np.float32)
+    ref = conv2d(x, w, b, 1, 0, 1)
+    u, s, A = layout(w, 1)
+    uq, _ = unpack(u, s, cout, C, 1)
+    assert 4 * A * np.abs(uq[:, 0]).sum(-1).max() > B // 2   # near the bound
+    for isa, got in zip(ISAS, on_every_isa(lambda: run_wino(x, w, b, 0, 1))):
+        assert np.allclose(got, ref, rtol=1e-3, atol=1e-3), isa
+        assert np.array_equal(np.sign(got), np.sign(ref)), f"{isa}: a sum wrapped around"
+
+
+def test_zero_and_non_finite_inputs():
+    x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2))
+    zero = run_wino(np.zeros_like(x), w, b, p, g)
+    assert np.array_equal(zero, np.broadcast_to(b[None, :, None, None], zero.shape))
+    bad = x.copy()
+    bad[0, 3, 2, 2] = np.nan
+    out = run_wino(bad, w, b, p, g)
+    assert np.isnan(out[0, :10]).all()     # that image's group: no integer stands for it
+    assert np.isfinite(out[0, 10:]).all() and np.isfinite(out[1]).all()
+
+
+def test_rejects_mismatched_layouts_and_small_workspace():
+    x, w, b, p, g = make((1, 8, 5, 5, 4, 1, 1))
+    u, s, A = layout(w, g)
+    out = np.zeros((1, 4, 5, 5), np.float32)
+    ws = np.empty(_kernels.wino_workspace_floats(8, 5, 5, 1, 4), np.float32)
+    with pytest.raises(ValueError, match="workspace"):
+        _kernels.conv_wino(x, u, s, A, b, p, False, out, ws[:-20])
+    with pytest.raises(ValueError, match="do not match"):
+        _kernels.conv_wino(x[:, :6], u, s, A, b, p, False, out, ws)
+    with pytest.raises(ValueError, match="do not match"):
+        _kernels.conv_wino(x, u, s, 9000, b, p, False, out, ws)
+    with pytest.raises(ValueError, match="3x3"):
+        layout(np.zeros((4, 8, 5, 5), np.float32), 1)
+
+
+def test_fast_models_run_wide_3x3_layers_by_winograd(tmp_path, monkeypatch):
+    import qengine
+    from modelkit import build, conv
+    g = {"input": {"name": "data", "shape": [48, 14, 14]},
+         "layers": [conv("wide", "data", 64, 3, p=1), conv("narrow", "wide", 16, 3, p=1),
+                    conv("strided", "narrow", 64, 3, s=2, p=1)]}
+    path = str(tmp_path / "w.qcnn")
+    build(path, g, dense=("wide", "narrow", "strided"), meta_extra={"class_names": []})
+    monkeypatch.setenv("QENGINE_INT16", "1")
+    fast, exact = qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
+    # 48 input channels: Winograd; 64 -> 16 too; 16 input channels or stride 2: direct int16
+    assert fast.layer_strategies() == {"wide": "winograd", "narrow": "winograd",
+                                       "strided": "int16"}
+    x = np.maximum(np.random.default_rng(5).standard_normal((2, 48, 14, 14)), 0).astype(np.float32)
+    a, b = fast.forward(x), exact.forward(x)
+    assert 0 < np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
+    monkeypatch.setenv("QENGINE_WINOGRAD", "0")
+    assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"int16"}
