@@ -33,11 +33,12 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                     const float *scale, int A, int Cout, const float *bias, float *y, int relu,
                     int nthreads)
     int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale)
-    int64_t qe_wino_ws_bytes(int C, int H, int W, int P, int Cout)
-    void qe_wino_conv(const float *x, int C, int H, int W, int P, const int16_t *u,
-                      const float *scale, int A, int Cout, const float *bias, float *y, int relu,
-                      int nthreads, void *ws)
-    int qe_wino_weights(const float *w, int groups, int Cg, int C, int16_t *out, float *scale)
+    int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int P, int Cout)
+    void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int P,
+                      const int16_t *u, const float *scale, int A, int Cout, const float *bias,
+                      float *y, int relu, int nthreads, void *ws)
+    int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int16_t *out,
+                        float *scale)
     int qe_fc_q8_pad_cout(int Cout)
     int qe_fc_q8_pad_m(int M)
     int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
@@ -630,28 +631,34 @@ def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const fl
         raise MemoryError("out of memory in the convolution kernel")
 
 
-def wino_weights_shape(int cout, int groups, int cin):
+def wino_pieces(int kh, int kw):
+    """How many 3x3 pieces the Winograd kernel splits a kh x kw kernel into."""
+    return ((kh + 2) // 3) * ((kw + 2) // 3)
+
+
+def wino_weights_shape(int cout, int groups, int cin, int kh=3, int kw=3):
     """Shapes (int16 weights, float scales) of wino_conv_weights()'s outputs for a
-    3x3 convolution of cin input and cout output channels in `groups` groups."""
+    kh x kw convolution of cin input and cout output channels in `groups` groups."""
     cdef int cg = cout // groups, cog = (cg + 31) // 32
-    return ((groups, cog * 16 * ((cin // groups + 1) // 2), 64), (groups, cog * 16 * 32))
+    cdef int64_t cv = wino_pieces(kh, kw) * (cin // groups)
+    return ((groups, cog * 16 * ((cv + 1) // 2), 64), (groups, cog * 16 * 32))
 
 
 def wino_conv_weights(const float[:, :, :, ::1] w, int groups, int16_t[:, :, ::1] out,
                       float[:, ::1] scale):
-    """Dense 3x3 weights w [Cout, C/groups, 3, 3] -> the Winograd kernel's layout
-    (out, scale of wino_weights_shape()); returns the input bound A (see
+    """Dense weights w [Cout, C/groups, KH, KW] (KH, KW >= 2) -> the Winograd kernel's
+    layout (out, scale of wino_weights_shape()); returns the input bound A (see
     qe_wino_weights)."""
-    cdef int cout = w.shape[0], cg = w.shape[1]
+    cdef int cout = w.shape[0], cg = w.shape[1], kh = w.shape[2], kw = w.shape[3]
     cdef int A
-    if groups < 1 or cout % groups or cg < 1 or w.shape[2] != 3 or w.shape[3] != 3:
-        raise ValueError("Winograd weights need a 3x3 kernel")
-    shapes = wino_weights_shape(cout, groups, cg * groups)
+    if groups < 1 or cout % groups or cg < 1 or not 2 <= kh <= 15 or not 2 <= kw <= 15:
+        raise ValueError("Winograd weights need a kernel of 2x2 to 15x15")
+    shapes = wino_weights_shape(cout, groups, cg * groups, kh, kw)
     if (out.shape[0], out.shape[1], out.shape[2]) != shapes[0] or \
             (scale.shape[0], scale.shape[1]) != shapes[1]:
         raise ValueError("Winograd weight layout does not match the weights")
     with nogil:
-        A = qe_wino_weights(&w[0, 0, 0, 0], groups, cout // groups, cg, &out[0, 0, 0],
+        A = qe_wino_weights(&w[0, 0, 0, 0], groups, cout // groups, cg, kh, kw, &out[0, 0, 0],
                             &scale[0, 0])
     if A == -2:
         raise MemoryError("out of memory laying out Winograd weights")
@@ -660,37 +667,40 @@ def wino_conv_weights(const float[:, :, :, ::1] w, int groups, int16_t[:, :, ::1
     return A
 
 
-def wino_workspace_floats(int C, int H, int W, int P, int cout):
+def wino_workspace_floats(int C, int H, int W, int P, int cout, int kh=3, int kw=3):
     """Scratch floats of the Winograd convolution of one group (C input and cout
     output channels), with room to align it to 64 bytes."""
-    return (qe_wino_ws_bytes(C, H, W, P, cout) + 3) // 4 + 16
+    return (qe_wino_ws_bytes(C, H, W, kh, kw, P, cout) + 3) // 4 + 16
 
 
 def conv_wino(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] u, const float[:, ::1] scale,
-              int A, const float[::1] bias, int pad, bint relu, float[:, :, :, ::1] out,
-              float[::1] ws, int nthreads=1, int c0=0):
-    """Fast mode's 3x3 stride-1 convolution by Winograd F(2x2, 3x3) in 16-bit integers
-    (qe_wino.h). x [N,C,H,W], u and scale from wino_conv_weights(), out [N,Cout,OH,OW]
-    (or channels c0 .. c0+Cout of a wider out)."""
+              int A, const float[::1] bias, int kh, int kw, int pad, bint relu,
+              float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0):
+    """Fast mode's stride-1 convolution by Winograd F(2x2, 3x3) in 16-bit integers
+    (qe_wino.h; kernels past 3x3 in 3x3 pieces). x [N,C,H,W], u and scale from
+    wino_conv_weights(), out [N,Cout,OH,OW] (or channels c0 .. c0+Cout of a wider out)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int groups = u.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
-    _group_geom(&g, C, Cout, groups, H, W, 3, 3, 1, pad)
+    if not 2 <= kh <= 15 or not 2 <= kw <= 15:
+        raise ValueError("Winograd weights do not match the convolution")
+    _group_geom(&g, C, Cout, groups, H, W, kh, kw, 1, pad)
     cdef int Cg = C // groups, Og = Cout // groups
-    if (u.shape[0], u.shape[1], u.shape[2]) != wino_weights_shape(Cout, groups, C)[0] \
-            or (scale.shape[0], scale.shape[1]) != wino_weights_shape(Cout, groups, C)[1] \
-            or A < 1 or A > 8191:
+    shapes = wino_weights_shape(Cout, groups, C, kh, kw)
+    if (u.shape[0], u.shape[1], u.shape[2]) != shapes[0] \
+            or (scale.shape[0], scale.shape[1]) != shapes[1] or A < 1 or A > 8191:
         raise ValueError("Winograd weights do not match the convolution")
     _check_out(&g, N, Cout, c0, out)
-    if ws.shape[0] < wino_workspace_floats(Cg, H, W, pad, Og):
+    if ws.shape[0] < wino_workspace_floats(Cg, H, W, pad, Og, kh, kw):
         raise ValueError("workspace too small")
     cdef void *w0 = <void *>((<uintptr_t>&ws[0] + 63) & ~(<uintptr_t>63))
     cdef int n, gi
     with nogil:
         for n in range(N):
             for gi in range(groups):
-                qe_wino_conv(&x[n, gi * Cg, 0, 0], Cg, H, W, pad, &u[gi, 0, 0], &scale[gi, 0], A,
-                             Og, &bias[gi * Og], &out[n, c0 + gi * Og, 0, 0], relu, nthreads, w0)
+                qe_wino_conv(&x[n, gi * Cg, 0, 0], Cg, H, W, kh, kw, pad, &u[gi, 0, 0],
+                             &scale[gi, 0], A, Og, &bias[gi * Og], &out[n, c0 + gi * Og, 0, 0],
+                             relu, nthreads, w0)
 
 
 def fc_block(int K):

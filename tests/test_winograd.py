@@ -1,6 +1,6 @@
-"""Fast mode's 3x3 stride-1 convolution by Winograd F(2x2, 3x3) in 16-bit
-integers (qe_wino.h): the documented integer pipeline reproduced bit for bit
-in numpy, the same bits on every instruction set and thread count, the float
+"""Fast mode's stride-1 convolution by Winograd F(2x2, 3x3) in 16-bit
+integers (qe_wino.h; kernels past 3x3 in 3x3 pieces): the documented integer
+pipeline reproduced bit for bit in numpy, the same bits on every instruction set and thread count, the float
 convolution within its quantisation error, the int32 overflow bound, and
 where the runtime chooses it."""
 import numpy as np
@@ -15,18 +15,23 @@ B = 2**31 - 1
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
 
-# (N, C, H, W, Cout, pad, groups): AlexNet conv3-like (13x13, tiles past the
-# edge), odd and even sizes, pad 0 and 2, channels not a multiple of 2 or 16,
-# Cout not a multiple of the 32-channel block, groups, a 1x1 input with pad 1,
-# more tiles than one register block, several images
-CASES = [(1, 64, 13, 13, 40, 1, 1), (2, 7, 9, 12, 5, 0, 1), (1, 33, 8, 5, 70, 2, 1),
-         (1, 48, 10, 10, 64, 1, 2), (1, 17, 1, 1, 3, 1, 1), (1, 32, 27, 27, 33, 1, 1),
-         (3, 20, 6, 7, 32, 1, 1)]
+# (N, C, H, W, Cout, pad, groups, KH, KW): AlexNet conv3-like (13x13, tiles
+# past the edge), odd and even sizes, pad 0 and 2, channels not a multiple of
+# 2 or 16, Cout not a multiple of the 32-channel block, groups, a 1x1 input
+# with pad 1, more tiles than one register block, several images; kernels
+# past 3x3 in pieces: AlexNet conv2-like 5x5, 4x4 and 7x2... (pieces past
+# the kernel's edge), 11x11 (16 pieces)
+CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3), (2, 7, 9, 12, 5, 0, 1, 3, 3),
+         (1, 33, 8, 5, 70, 2, 1, 3, 3), (1, 48, 10, 10, 64, 1, 2, 3, 3),
+         (1, 17, 1, 1, 3, 1, 1, 3, 3), (1, 32, 27, 27, 33, 1, 1, 3, 3),
+         (3, 20, 6, 7, 32, 1, 1, 3, 3), (1, 24, 15, 15, 40, 2, 2, 5, 5),
+         (2, 5, 9, 8, 7, 1, 1, 4, 4), (1, 9, 12, 10, 6, 3, 1, 7, 3),
+         (1, 3, 16, 14, 8, 0, 1, 11, 11)]
 
 
 def layout(w, groups):
-    cout = w.shape[0]
-    us, ss = _kernels.wino_weights_shape(cout, groups, w.shape[1] * groups)
+    cout, cg, kh, kw = w.shape
+    us, ss = _kernels.wino_weights_shape(cout, groups, cg * groups, kh, kw)
     u, s = np.empty(us, np.int16), np.empty(ss, np.float32)
     return u, s, _kernels.wino_conv_weights(np.ascontiguousarray(w, np.float32), groups, u, s)
 
@@ -44,27 +49,34 @@ def unpack(u, s, cout, cin_group, groups):
 def run_wino(x, w, b, P, G_, relu=False, nthreads=1):
     u, s, A = layout(w, G_)
     n, c, h, wd = x.shape
-    out = np.full((n, w.shape[0], h + 2 * P - 2, wd + 2 * P - 2), -7, np.float32)
-    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_), np.float32)
-    _kernels.conv_wino(x, u, s, A, b, P, relu, out, ws, nthreads)
+    kh, kw = w.shape[2:]
+    out = np.full((n, w.shape[0], h + 2 * P - kh + 1, wd + 2 * P - kw + 1), -7, np.float32)
+    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_, kh, kw),
+                  np.float32)
+    _kernels.conv_wino(x, u, s, A, b, kh, kw, P, relu, out, ws, nthreads)
     return out
 
 
-def pipeline(x, uq, su, A, b, P, relu):
+def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3):
     """qe_wino.h's arithmetic in numpy for one group of one image: the input
-    quantised as qe_i16.h does, V = B'dB and M = sum Uq V exactly, then float32
-    steps in the kernel's order (no fused multiply-adds)."""
+    quantised as qe_i16.h does, shifted by 3 per 3x3 piece of the kernel into
+    virtual channels, V = B'dB and M = sum Uq V exactly, then float32 steps in
+    the kernel's order (no fused multiply-adds)."""
     f = np.float32
     c, h, wd = x.shape
-    oh, ow = h + 2 * P - 2, wd + 2 * P - 2
+    oh, ow = h + 2 * P - kh + 1, wd + 2 * P - kw + 1
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     mx = np.abs(x).max()
     inv, sa = (f(A) / mx, mx / f(A)) if mx > 0 else (f(0), f(0))
     t = x * inv
     t = t + np.where(t < 0, f(-0.5), f(0.5))
     xq = np.trunc(np.clip(t, -A, A)).astype(np.int64)
-    xp = np.zeros((c, 2 * th + 2, 2 * tw + 2), np.int64)
-    xp[:, P:P + h, P:P + wd] = xq
+    sy, sx = -(-kh // 3), -(-kw // 3)
+    big = np.zeros((c, 2 * th + 2 + 3 * sy + h, 2 * tw + 2 + 3 * sx + wd), np.int64)
+    big[:, P:P + h, P:P + wd] = xq
+    xp = np.concatenate([big[:, 3 * a:3 * a + 2 * th + 2, 3 * e:3 * e + 2 * tw + 2]
+                         for a in range(sy) for e in range(sx)])
+    c = xp.shape[0]
     sc = (sa * su).astype(f)                          # [Cout][16]
     y = np.zeros((uq.shape[0], 2 * th, 2 * tw), f)
     for ty in range(th):
@@ -85,10 +97,10 @@ def pipeline(x, uq, su, A, b, P, relu):
 
 
 def make(case, seed=0):
-    n, c, h, wd, cout, p, g = case
+    n, c, h, wd, cout, p, g, kh, kw = case
     rng = np.random.default_rng(seed)
     x = np.maximum(rng.standard_normal((n, c, h, wd)), -0.3).astype(np.float32)
-    w = (rng.standard_normal((cout, c // g, 3, 3)) * 0.1).astype(np.float32)
+    w = (rng.standard_normal((cout, c // g, kh, kw)) * 0.1).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     return x, w, b, p, g
 
@@ -99,10 +111,11 @@ def test_kernel_is_the_documented_integer_pipeline(case):
     u, s, A = layout(w, g)
     n, c = x.shape[:2]
     cg, og = c // g, w.shape[0] // g
-    uq, su = unpack(u, s, w.shape[0], cg, g)
+    kh, kw = w.shape[2:]
+    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw), g)
     want = np.stack([np.concatenate([
         pipeline(x[i, gi * cg:(gi + 1) * cg], uq[gi * og:(gi + 1) * og], su[gi * og:(gi + 1) * og],
-                 A, b[gi * og:(gi + 1) * og], p, relu=True) for gi in range(g)])
+                 A, b[gi * og:(gi + 1) * og], p, True, kh, kw) for gi in range(g)])
         for i in range(n)])
     outs = on_every_isa(lambda: (run_wino(x, w, b, p, g, True, 1),
                                  run_wino(x, w, b, p, g, True, 2)))
@@ -167,7 +180,7 @@ def test_worst_case_sums_do_not_wrap():
 
 
 def test_zero_and_non_finite_inputs():
-    x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2))
+    x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2, 3, 3))
     zero = run_wino(np.zeros_like(x), w, b, p, g)
     assert np.array_equal(zero, np.broadcast_to(b[None, :, None, None], zero.shape))
     bad = x.copy()
@@ -178,33 +191,38 @@ def test_zero_and_non_finite_inputs():
 
 
 def test_rejects_mismatched_layouts_and_small_workspace():
-    x, w, b, p, g = make((1, 8, 5, 5, 4, 1, 1))
+    x, w, b, p, g = make((1, 8, 5, 5, 4, 1, 1, 3, 3))
     u, s, A = layout(w, g)
     out = np.zeros((1, 4, 5, 5), np.float32)
     ws = np.empty(_kernels.wino_workspace_floats(8, 5, 5, 1, 4), np.float32)
     with pytest.raises(ValueError, match="workspace"):
-        _kernels.conv_wino(x, u, s, A, b, p, False, out, ws[:-20])
+        _kernels.conv_wino(x, u, s, A, b, 3, 3, p, False, out, ws[:-20])
     with pytest.raises(ValueError, match="do not match"):
-        _kernels.conv_wino(x[:, :6], u, s, A, b, p, False, out, ws)
+        _kernels.conv_wino(x[:, :6], u, s, A, b, 3, 3, p, False, out, ws)
     with pytest.raises(ValueError, match="do not match"):
-        _kernels.conv_wino(x, u, s, 9000, b, p, False, out, ws)
-    with pytest.raises(ValueError, match="3x3"):
-        layout(np.zeros((4, 8, 5, 5), np.float32), 1)
+        _kernels.conv_wino(x, u, s, 9000, b, 3, 3, p, False, out, ws)
+    with pytest.raises(ValueError, match="do not match"):      # the layout of a 3x3 kernel
+        _kernels.conv_wino(x, u, s, A, b, 5, 5, 2, False, out, ws)
+    with pytest.raises(ValueError, match="kernel of 2x2 to 15x15"):
+        layout(np.zeros((4, 8, 1, 1), np.float32), 1)
 
 
-def test_fast_models_run_wide_3x3_layers_by_winograd(tmp_path, monkeypatch):
+def test_fast_models_run_wide_stride_1_layers_by_winograd(tmp_path, monkeypatch):
     import qengine
     from modelkit import build, conv
     g = {"input": {"name": "data", "shape": [48, 14, 14]},
-         "layers": [conv("wide", "data", 64, 3, p=1), conv("narrow", "wide", 16, 3, p=1),
-                    conv("strided", "narrow", 64, 3, s=2, p=1)]}
+         "layers": [conv("wide", "data", 64, 3, p=1), conv("five", "wide", 64, 5, p=2, g=2),
+                    conv("narrow", "five", 16, 3, p=1),
+                    conv("strided", "narrow", 64, 3, s=2, p=1), conv("one", "strided", 16, 1)]}
     path = str(tmp_path / "w.qcnn")
-    build(path, g, dense=("wide", "narrow", "strided"), meta_extra={"class_names": []})
+    build(path, g, dense=("wide", "narrow", "strided", "five", "one"),
+          meta_extra={"class_names": []})
     monkeypatch.setenv("QENGINE_INT16", "1")
     fast, exact = qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
-    # 48 input channels: Winograd; 64 -> 16 too; 16 input channels or stride 2: direct int16
+    # 48 input channels: Winograd; 64 -> 16 too, and 5x5 with 32 per group (4
+    # pieces); 16 input channels, stride 2 or 1x1: direct int16
     assert fast.layer_strategies() == {"wide": "winograd", "narrow": "winograd",
-                                       "strided": "int16"}
+                                       "strided": "int16", "five": "winograd", "one": "int16"}
     x = np.maximum(np.random.default_rng(5).standard_normal((2, 48, 14, 14)), 0).astype(np.float32)
     a, b = fast.forward(x), exact.forward(x)
     assert 0 < np.abs(a - b).max() <= 2e-3 * np.abs(b).max()

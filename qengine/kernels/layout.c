@@ -227,19 +227,25 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
     }
 }
 
-/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C][3][3]
- * (C input channels per group) -> U = G g G' per output and input channel,
- * quantised with one scale per output channel and transformed position xi:
- * out [groups][CoB][16][C2/2][32][2] int16 (CoB = ceil(Cg/32), C2 = C rounded
- * up to even, zeros past Cg and C), scale [groups][CoB][16][32].  The input
- * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
- * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
- * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
- * be laid out within the bound. */
-int qe_wino_weights(const float *w, int groups, int Cg, int C, int16_t *out, float *scale)
+/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C][KH][KW]
+ * (C input channels per group).  A kernel larger than 3x3 is split into
+ * SY x SX pieces of 3x3 (SY = ceil(KH/3), zeros past KH, KW), piece (sy, sx)
+ * applied to the input shifted by (3 sy, 3 sx): the layer is then a 3x3
+ * convolution of CV = SY*SX*C virtual channels (piece-major).  U = G g G' per
+ * output and virtual channel, quantised with one scale per output channel and
+ * transformed position xi: out [groups][CoB][16][CV2/2][32][2] int16 (CoB =
+ * ceil(Cg/32), CV2 = CV rounded up to even, zeros past Cg and CV), scale
+ * [groups][CoB][16][32].  The input bound A (|xq| <= A, so |V| <= 4A <= 32764
+ * in int16) balances the levels as qe_i16_weights does; each row keeps
+ * 4A * sum_c |Uq| <= 2^31 - 1, so the int32 sums cannot overflow in any
+ * order.  Returns A, or -1 if a row cannot be laid out within the bound, -2
+ * if out of memory. */
+int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int16_t *out,
+                    float *scale)
 {
     static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
     const double B = 2147483647.0;
+    const int SY = (KH + 2) / 3, SX = (KW + 2) / 3, C = SY * SX * C0;
     const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
     const int64_t per_row = (int64_t)C, nrows = (int64_t)groups * Cg * 16;
     double *U = (double *)malloc(sizeof(double) * (size_t)(nrows * per_row > 0 ? nrows * per_row : 1));
@@ -247,11 +253,18 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C, int16_t *out, flo
     /* U[(co*16 + xi)*C + c] */
     for (int64_t co = 0; co < (int64_t)groups * Cg; co++)
         for (int c = 0; c < C; c++) {
-            const float *g = w + (co * C + c) * 9;
+            const int piece = c / C0, sy = piece / SX, sx = piece % SX;
+            const float *wc = w + (co * C0 + c % C0) * KH * KW;
+            double g[3][3];   /* this piece of the kernel, zeros past its edge */
+            for (int k = 0; k < 3; k++)
+                for (int l = 0; l < 3; l++) {
+                    const int kh = 3 * sy + k, kw = 3 * sx + l;
+                    g[k][l] = kh < KH && kw < KW ? (double)wc[kh * KW + kw] : 0.0;
+                }
             double t[4][3];   /* G g */
             for (int a = 0; a < 4; a++)
                 for (int l = 0; l < 3; l++)
-                    t[a][l] = G[a][0] * g[l] + G[a][1] * g[3 + l] + G[a][2] * g[6 + l];
+                    t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 4; b++)
                     U[(co * 16 + a * 4 + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +

@@ -327,27 +327,29 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
 }
 
 /* Winograd scratch: xq [C][H][W], XP [HH][WW][CS], V [16][T][CS] (int16; CS =
- * C rounded up to a multiple of 16),
- * sc [CoB][16][32] (float), each 64-byte aligned. */
+ * the virtual channels rounded up to a multiple of 16), sc [CoB][16][32] and
+ * the bias padded to CoB*32 (float), each 64-byte aligned. */
 static int64_t wino_al(int64_t b) { return (b + 63) / 64 * 64; }
 
-int64_t qe_wino_ws_bytes(int C, int H, int W, int P, int Cout)
+int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int P, int Cout)
 {
-    const int OH = H + 2 * P - 2, OW = W + 2 * P - 2;
-    const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, CS = (C + 15) / 16 * 16;
+    const int OH = H + 2 * P - KH + 1, OW = W + 2 * P - KW + 1;
+    const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2;
+    const int64_t CS = ((int64_t)((KH + 2) / 3) * ((KW + 2) / 3) * C + 15) / 16 * 16;
     const int64_t CoB = (Cout + 31) / 32;
     return wino_al(2 * (int64_t)C * H * W) + wino_al(2 * (2 * TH + 2) * (2 * TW + 2) * CS) +
            wino_al(2 * 16 * TH * TW * CS) + wino_al(4 * CoB * 16 * 32) + wino_al(4 * CoB * 32);
 }
 
-void qe_wino_conv(const float *x, int C, int H, int W, int P, const int16_t *u,
+void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int P, const int16_t *u,
                   const float *scale, int A, int Cout, const float *bias, float *y, int relu,
                   int nthreads, void *ws)
 {
     if (nthreads < 1) nthreads = 1;
-    const int OH = H + 2 * P - 2, OW = W + 2 * P - 2;
+    const int OH = H + 2 * P - KH + 1, OW = W + 2 * P - KW + 1;
     const int TH = (OH + 1) / 2, TW = (OW + 1) / 2, HH = 2 * TH + 2, WW = 2 * TW + 2;
-    const int CS = (C + 15) / 16 * 16, CoB = (Cout + 31) / 32;
+    const int SX = (KW + 2) / 3, NP = (KH + 2) / 3 * SX, CV = NP * C;
+    const int CS = (CV + 15) / 16 * 16, CoB = (Cout + 31) / 32;
     const int64_t n = (int64_t)C * H * W, T = (int64_t)TH * TW;
     const float mx = K_()->i16_maxabs(x, n);
     if (!(mx <= 3.4e38f)) {   /* NaN or infinity in the input: no integer stands for it */
@@ -367,19 +369,26 @@ void qe_wino_conv(const float *x, int C, int H, int W, int P, const int16_t *u,
     float *bp = (float *)p;   /* bias padded to CoB*32 */
     K_()->i16_quantize(x, n, inv, A, xq);
     memset(XP, 0, sizeof(int16_t) * (size_t)HH * WW * CS);
-    for (int c0 = 0; c0 < C; c0 += 16) {   /* channels last, zero padded */
-        const int c1 = c0 + 16 < C ? c0 + 16 : C;
-        for (int h = 0; h < H; h++)
-            for (int w = 0; w < W; w++) {
-                int16_t *dst = XP + ((int64_t)(h + P) * WW + w + P) * CS;
-                const int16_t *src = xq + (int64_t)h * W + w;
-                for (int c = c0; c < c1; c++) dst[c] = src[(int64_t)c * H * W];
-            }
+    /* channels last, zero padded: virtual channel piece*C + c at (h, w) holds
+     * the input at (h + 3 sy - P, w + 3 sx - P) */
+    for (int piece = 0; piece < NP; piece++) {
+        const int dy = 3 * (piece / SX) - P, dx = 3 * (piece % SX) - P;
+        const int h0 = -dy > 0 ? -dy : 0, w0 = -dx > 0 ? -dx : 0;
+        const int h1 = H - dy < HH ? H - dy : HH, w1 = W - dx < WW ? W - dx : WW;
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            const int c1 = c0 + 16 < C ? c0 + 16 : C;
+            for (int h = h0; h < h1; h++)
+                for (int w = w0; w < w1; w++) {
+                    int16_t *dst = XP + ((int64_t)h * WW + w) * CS + (int64_t)piece * C;
+                    const int16_t *src = xq + (int64_t)(h + dy) * W + w + dx;
+                    for (int c = c0; c < c1; c++) dst[c] = src[(int64_t)c * H * W];
+                }
+        }
     }
     K_()->wino_input(XP, WW, CS, TH, TW, V);
     for (int64_t i = 0; i < (int64_t)CoB * 16 * 32; i++) sc[i] = sa * scale[i];
     for (int co = 0; co < CoB * 32; co++) bp[co] = bias && co < Cout ? bias[co] : 0.f;
-    K_()->wino_conv(V, TH, TW, CS, (C + 1) / 2, u, CoB, sc, bp, y, Cout, OH, OW, relu, nthreads);
+    K_()->wino_conv(V, TH, TW, CS, (CV + 1) / 2, u, CoB, sc, bp, y, Cout, OH, OW, relu, nthreads);
 }
 
 void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,

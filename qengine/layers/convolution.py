@@ -92,19 +92,20 @@ class ConvOp(WeightedOp):
         if not self._int16_pays(J):
             return 1.0
         cg = self.in_shapes[0][0] // self.group
-        if winograd_pays(self.params, cg):
-            return kernel_costs().int16 * winograd_cost_ratio(cg, self.out_shape)
+        if winograd_pays(self.params, cg, self.out_shape):
+            return kernel_costs().int16 * winograd_cost_ratio(self.params, cg, self.out_shape)
         return kernel_costs().int16
 
     def _int16_bytes(self, cout, J):
         return 2 * buffers.count(_kernels.i16_weights_shape(cout, self.group, J)) + 4 * cout
 
     def _maybe_winograd(self, cout, cg, dense_bytes):
-        """An int16 convolution with a 3x3 kernel and stride 1 runs by Winograd's
-        F(2x2, 3x3) where that pays (qe_wino.h, weighted.winograd_pays)."""
-        if winograd_pays(self.params, cg):
+        """An int16 convolution of stride 1 runs by Winograd's F(2x2, 3x3) where
+        that pays (qe_wino.h, weighted.winograd_pays)."""
+        if winograd_pays(self.params, cg, self.out_shape):
             self.strategy = "winograd"
-            u, sc = _kernels.wino_weights_shape(cout, self.group, cg * self.group)
+            u, sc = _kernels.wino_weights_shape(cout, self.group, cg * self.group, self.kh,
+                                                self.kw)
             self.derived_bytes = dense_bytes + 2 * buffers.count(u) + 4 * buffers.count(sc)
 
     def _load(self, qf, w, cout):
@@ -153,8 +154,9 @@ class ConvOp(WeightedOp):
 
     def _lay_out_winograd(self, w):
         cout = w.shape[0]
-        w4 = buffers.reshape(w, (cout, -1, 3, 3))
-        u, sc = _kernels.wino_weights_shape(cout, self.group, w4.shape[1] * self.group)
+        w4 = buffers.reshape(w, (cout, -1, self.kh, self.kw))
+        u, sc = _kernels.wino_weights_shape(cout, self.group, w4.shape[1] * self.group, self.kh,
+                                            self.kw)
         self.weight_wino = buffers.empty(u, "h")
         self.scale_wino = buffers.empty(sc)
         self.bound_wino = _kernels.wino_conv_weights(w4, self.group, self.weight_wino,
@@ -167,7 +169,8 @@ class ConvOp(WeightedOp):
             return 0
         if self.strategy == "winograd":
             return _kernels.wino_workspace_floats(c // g, h, w, self.params["pad"],
-                                                  self.params["num_output"] // g)
+                                                  self.params["num_output"] // g, self.kh,
+                                                  self.kw)
         if self.strategy == "int16":
             return _kernels.i16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                  self.params["stride"], self.params["pad"])
@@ -203,7 +206,7 @@ class ConvOp(WeightedOp):
                             p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
         elif self.strategy == "winograd":
             _kernels.conv_wino(x, self.weight_wino, self.scale_wino, self.bound_wino, self.bias,
-                               p["pad"], relu, out, ws, nthreads, c0)
+                               self.kh, self.kw, p["pad"], relu, out, ws, nthreads, c0)
         elif self.strategy == "int16":
             _kernels.conv_i16(x, self.weight16, self.scale16, self.bound16, self.bias, self.kh,
                               self.kw, p["stride"], p["pad"], relu, out, ws, nthreads, c0)

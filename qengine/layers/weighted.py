@@ -59,32 +59,38 @@ def int16_pays(in_shape, out_shape, J):
     return macs >= kernel_costs().int16_min_macs * buffers.count(in_shape)
 
 # Winograd F(2x2, 3x3) in int16 (qe_wino.h) against the direct int16 kernel:
-# per 2x2 outputs and output channel 16 products per input channel instead of
-# 36, plus transforms worth about WINO_OVERHEAD multiply-adds (fitted to
-# interleaved runs on a Zen 5, AVX-512 and AVX2 code alike: 0.8x at 16 input
-# channels, 1.2x at 32, 1.6x at 64, 1.9x at 256-384; README).
-WINO_OVERHEAD = 450
-WINO_MIN_CHANNELS = 32
+# per 2x2 outputs and output channel 16 products per input channel and 3x3
+# piece of the kernel instead of 4*KH*KW, plus transforms worth about
+# WINO_OVERHEAD multiply-adds, fitted to interleaved runs on a Zen 5 (AVX-512
+# and AVX2 code alike; README): 3x3 with 16 input channels 0.8x, 32 1.2x,
+# 64 1.6x, 256-384 1.9x.  Chosen where the model prices it at most
+# WINO_MAX_RATIO of the direct kernel.
+WINO_OVERHEAD = 300
+WINO_MAX_RATIO = 0.9
 
 
-def winograd_pays(params, cin_group):
-    """Whether fast mode runs an int16 convolution (3x3, stride 1) by Winograd
-    F(2x2, 3x3) instead: with at least WINO_MIN_CHANNELS input channels per
-    group, or always / never with QENGINE_WINOGRAD=1 / 0 (where it applies)."""
-    if tuple(params["kernel"]) != (3, 3) or params["stride"] != 1:
+def winograd_cost_ratio(params, cin_group, out_shape):
+    """Its time over the direct int16 kernel's on the same layer (model above;
+    odd output sizes compute a last row or column of tiles half used)."""
+    kh, kw = params["kernel"]
+    pieces = -(-kh // 3) * -(-kw // 3)
+    _, oh, ow = out_shape
+    waste = (-(-oh // 2) * 2) * (-(-ow // 2) * 2) / (oh * ow)
+    return (16 * pieces * cin_group + WINO_OVERHEAD) / (4 * kh * kw * cin_group) * waste
+
+
+def winograd_pays(params, cin_group, out_shape):
+    """Whether fast mode runs an int16 convolution of stride 1 and a kernel of
+    3x3 to 15x15 by Winograd F(2x2, 3x3) instead (larger kernels in 3x3
+    pieces): where winograd_cost_ratio() is at most WINO_MAX_RATIO, or always /
+    never with QENGINE_WINOGRAD=1 / 0 (where it applies)."""
+    kh, kw = params["kernel"]
+    if params["stride"] != 1 or not (3 <= kh <= 15 and 3 <= kw <= 15):
         return False
     force = os.environ.get("QENGINE_WINOGRAD", "")
     if force in ("0", "1"):
         return force == "1"
-    return cin_group >= WINO_MIN_CHANNELS
-
-
-def winograd_cost_ratio(cin_group, out_shape):
-    """Its time over the direct int16 kernel's on the same layer (model above;
-    odd output sizes compute a last row or column of tiles half used)."""
-    _, oh, ow = out_shape
-    waste = (-(-oh // 2) * 2) * (-(-ow // 2) * 2) / (oh * ow)
-    return (16 * cin_group + WINO_OVERHEAD) / (36 * cin_group) * waste
+    return winograd_cost_ratio(params, cin_group, out_shape) <= WINO_MAX_RATIO
 
 
 def subspace_inputs(L, in_shape):
