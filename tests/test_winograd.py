@@ -15,25 +15,30 @@ B = 2**31 - 1
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
 
-# (N, C, H, W, Cout, pad, groups, KH, KW): AlexNet conv3-like (13x13, tiles
-# past the edge), odd and even sizes, pad 0 and 2, channels not a multiple of
-# 2 or 16, Cout not a multiple of the 32-channel block, groups, a 1x1 input
-# with pad 1, more tiles than one register block, several images; kernels
-# past 3x3 in pieces: AlexNet conv2-like 5x5, 4x4 and 7x2... (pieces past
-# the kernel's edge), 11x11 (16 pieces)
-CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3), (2, 7, 9, 12, 5, 0, 1, 3, 3),
-         (1, 33, 8, 5, 70, 2, 1, 3, 3), (1, 48, 10, 10, 64, 1, 2, 3, 3),
-         (1, 17, 1, 1, 3, 1, 1, 3, 3), (1, 32, 27, 27, 33, 1, 1, 3, 3),
-         (3, 20, 6, 7, 32, 1, 1, 3, 3), (1, 24, 15, 15, 40, 2, 2, 5, 5),
-         (2, 5, 9, 8, 7, 1, 1, 4, 4), (1, 9, 12, 10, 6, 3, 1, 7, 3),
-         (1, 3, 16, 14, 8, 0, 1, 11, 11)]
+# (N, C, H, W, Cout, pad, groups, KH, KW, stride): AlexNet conv3-like (13x13,
+# tiles past the edge), odd and even sizes, pad 0 and 2, channels not a
+# multiple of 2 or 16, Cout not a multiple of the 32-channel block, groups, a
+# 1x1 input with pad 1, more tiles than one register block, several images;
+# kernels past 3x3 in pieces: AlexNet conv2-like 5x5, 4x4 and 7x3 (pieces
+# past the kernel's edge), 11x11 (16 pieces); strides by space to depth:
+# AlexNet conv1-like 11x11 stride 4, 7x7 stride 2 (SqueezeNet's conv1), 3x3
+# stride 2, 2x2 stride 2 (one tap per phase)
+CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3, 1), (2, 7, 9, 12, 5, 0, 1, 3, 3, 1),
+         (1, 33, 8, 5, 70, 2, 1, 3, 3, 1), (1, 48, 10, 10, 64, 1, 2, 3, 3, 1),
+         (1, 17, 1, 1, 3, 1, 1, 3, 3, 1), (1, 32, 27, 27, 33, 1, 1, 3, 3, 1),
+         (3, 20, 6, 7, 32, 1, 1, 3, 3, 1), (1, 24, 15, 15, 40, 2, 2, 5, 5, 1),
+         (2, 5, 9, 8, 7, 1, 1, 4, 4, 1), (1, 9, 12, 10, 6, 3, 1, 7, 3, 1),
+         (1, 3, 16, 14, 8, 0, 1, 11, 11, 1), (1, 3, 47, 43, 40, 0, 1, 11, 11, 4),
+         (2, 3, 23, 20, 9, 3, 1, 7, 7, 2), (1, 16, 9, 10, 33, 1, 1, 3, 3, 2),
+         (1, 6, 8, 8, 5, 0, 1, 2, 2, 2)]
 
 
-def layout(w, groups):
+def layout(w, groups, stride=1):
     cout, cg, kh, kw = w.shape
-    us, ss = _kernels.wino_weights_shape(cout, groups, cg * groups, kh, kw)
+    us, ss = _kernels.wino_weights_shape(cout, groups, cg * groups, kh, kw, stride)
     u, s = np.empty(us, np.int16), np.empty(ss, np.float32)
-    return u, s, _kernels.wino_conv_weights(np.ascontiguousarray(w, np.float32), groups, u, s)
+    return u, s, _kernels.wino_conv_weights(np.ascontiguousarray(w, np.float32), groups, u, s,
+                                            stride)
 
 
 def unpack(u, s, cout, cin_group, groups):
@@ -46,36 +51,42 @@ def unpack(u, s, cout, cin_group, groups):
     return uq.reshape(cout, 16, cin_group).astype(np.int64), sc[:, :cog].reshape(cout, 16)
 
 
-def run_wino(x, w, b, P, G_, relu=False, nthreads=1):
-    u, s, A = layout(w, G_)
+def run_wino(x, w, b, P, G_, relu=False, nthreads=1, S=1):
+    u, s, A = layout(w, G_, S)
     n, c, h, wd = x.shape
     kh, kw = w.shape[2:]
-    out = np.full((n, w.shape[0], h + 2 * P - kh + 1, wd + 2 * P - kw + 1), -7, np.float32)
-    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_, kh, kw),
+    oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
+    out = np.full((n, w.shape[0], oh, ow), -7, np.float32)
+    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_, kh, kw, S),
                   np.float32)
-    _kernels.conv_wino(x, u, s, A, b, kh, kw, P, relu, out, ws, nthreads)
+    _kernels.conv_wino(x, u, s, A, b, kh, kw, S, P, relu, out, ws, nthreads)
     return out
 
 
-def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3):
+def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
     """qe_wino.h's arithmetic in numpy for one group of one image: the input
-    quantised as qe_i16.h does, shifted by 3 per 3x3 piece of the kernel into
-    virtual channels, V = B'dB and M = sum Uq V exactly, then float32 steps in
-    the kernel's order (no fused multiply-adds)."""
+    quantised as qe_i16.h does, split into stride^2 phases and shifted by 3
+    per 3x3 piece of the kernel into virtual channels, V = B'dB and M = sum
+    Uq V exactly, then float32 steps in the kernel's order (no fused
+    multiply-adds)."""
     f = np.float32
     c, h, wd = x.shape
-    oh, ow = h + 2 * P - kh + 1, wd + 2 * P - kw + 1
+    oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     mx = np.abs(x).max()
     inv, sa = (f(A) / mx, mx / f(A)) if mx > 0 else (f(0), f(0))
     t = x * inv
     t = t + np.where(t < 0, f(-0.5), f(0.5))
     xq = np.trunc(np.clip(t, -A, A)).astype(np.int64)
-    sy, sx = -(-kh // 3), -(-kw // 3)
-    big = np.zeros((c, 2 * th + 2 + 3 * sy + h, 2 * tw + 2 + 3 * sx + wd), np.int64)
+    sy, sx = -(-(-(-kh // S)) // 3), -(-(-(-kw // S)) // 3)
+    hh, ww = 2 * th + 2, 2 * tw + 2
+    big = np.zeros((c, (hh + 3 * sy + 1) * S + h, (ww + 3 * sx + 1) * S + wd), np.int64)
     big[:, P:P + h, P:P + wd] = xq
-    xp = np.concatenate([big[:, 3 * a:3 * a + 2 * th + 2, 3 * e:3 * e + 2 * tw + 2]
-                         for a in range(sy) for e in range(sx)])
+    # virtual channel ((piece * C + c) * S + a) * S + e
+    xp = np.stack([big[:, 3 * py * S + a::S, 3 * px * S + e::S][:, :hh, :ww]
+                   for py in range(sy) for px in range(sx)
+                   for a in range(S) for e in range(S)])               # [piece, a, e][c]
+    xp = xp.reshape(sy * sx, S * S, c, hh, ww).transpose(0, 2, 1, 3, 4).reshape(-1, hh, ww)
     c = xp.shape[0]
     sc = (sa * su).astype(f)                          # [Cout][16]
     y = np.zeros((uq.shape[0], 2 * th, 2 * tw), f)
@@ -97,7 +108,7 @@ def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3):
 
 
 def make(case, seed=0):
-    n, c, h, wd, cout, p, g, kh, kw = case
+    n, c, h, wd, cout, p, g, kh, kw, _ = case
     rng = np.random.default_rng(seed)
     x = np.maximum(rng.standard_normal((n, c, h, wd)), -0.3).astype(np.float32)
     w = (rng.standard_normal((cout, c // g, kh, kw)) * 0.1).astype(np.float32)
@@ -108,17 +119,18 @@ def make(case, seed=0):
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_is_the_documented_integer_pipeline(case):
     x, w, b, p, g = make(case)
-    u, s, A = layout(w, g)
+    S = case[-1]
+    u, s, A = layout(w, g, S)
     n, c = x.shape[:2]
     cg, og = c // g, w.shape[0] // g
     kh, kw = w.shape[2:]
-    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw), g)
+    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw, S), g)
     want = np.stack([np.concatenate([
         pipeline(x[i, gi * cg:(gi + 1) * cg], uq[gi * og:(gi + 1) * og], su[gi * og:(gi + 1) * og],
-                 A, b[gi * og:(gi + 1) * og], p, True, kh, kw) for gi in range(g)])
+                 A, b[gi * og:(gi + 1) * og], p, True, kh, kw, S) for gi in range(g)])
         for i in range(n)])
-    outs = on_every_isa(lambda: (run_wino(x, w, b, p, g, True, 1),
-                                 run_wino(x, w, b, p, g, True, 2)))
+    outs = on_every_isa(lambda: (run_wino(x, w, b, p, g, True, 1, S),
+                                 run_wino(x, w, b, p, g, True, 2, S)))
     for isa, (o1, o2) in zip(ISAS, outs):
         assert np.array_equal(o1, want), f"{isa}: not the documented pipeline's bits"
         assert np.array_equal(o2, want), f"{isa}, 2 threads: outputs differ"
@@ -127,11 +139,12 @@ def test_kernel_is_the_documented_integer_pipeline(case):
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_float_convolution_within_quantisation_error(isa, case):
     x, w, b, p, g = make(case, 1)
-    ref = conv2d(x, w, b, 1, p, g)
-    got = run_wino(x, w, b, p, g)
+    S = case[-1]
+    ref = conv2d(x, w, b, S, p, g)
+    got = run_wino(x, w, b, p, g, S=S)
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < 2e-3, err
-    assert np.array_equal(run_wino(x, w, b, p, g, relu=True), np.maximum(got, 0))
+    assert np.array_equal(run_wino(x, w, b, p, g, relu=True, S=S), np.maximum(got, 0))
 
 
 @pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
@@ -180,7 +193,7 @@ def test_worst_case_sums_do_not_wrap():
 
 
 def test_zero_and_non_finite_inputs():
-    x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2, 3, 3))
+    x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2, 3, 3, 1))
     zero = run_wino(np.zeros_like(x), w, b, p, g)
     assert np.array_equal(zero, np.broadcast_to(b[None, :, None, None], zero.shape))
     bad = x.copy()
@@ -191,20 +204,23 @@ def test_zero_and_non_finite_inputs():
 
 
 def test_rejects_mismatched_layouts_and_small_workspace():
-    x, w, b, p, g = make((1, 8, 5, 5, 4, 1, 1, 3, 3))
+    x, w, b, p, g = make((1, 8, 5, 5, 4, 1, 1, 3, 3, 1))
     u, s, A = layout(w, g)
     out = np.zeros((1, 4, 5, 5), np.float32)
     ws = np.empty(_kernels.wino_workspace_floats(8, 5, 5, 1, 4), np.float32)
     with pytest.raises(ValueError, match="workspace"):
-        _kernels.conv_wino(x, u, s, A, b, 3, 3, p, False, out, ws[:-20])
+        _kernels.conv_wino(x, u, s, A, b, 3, 3, 1, p, False, out, ws[:-20])
     with pytest.raises(ValueError, match="do not match"):
-        _kernels.conv_wino(x[:, :6], u, s, A, b, 3, 3, p, False, out, ws)
+        _kernels.conv_wino(x[:, :6], u, s, A, b, 3, 3, 1, p, False, out, ws)
     with pytest.raises(ValueError, match="do not match"):
-        _kernels.conv_wino(x, u, s, 9000, b, 3, 3, p, False, out, ws)
+        _kernels.conv_wino(x, u, s, 9000, b, 3, 3, 1, p, False, out, ws)
     with pytest.raises(ValueError, match="do not match"):      # the layout of a 3x3 kernel
-        _kernels.conv_wino(x, u, s, A, b, 5, 5, 2, False, out, ws)
-    with pytest.raises(ValueError, match="kernel of 2x2 to 15x15"):
-        layout(np.zeros((4, 8, 1, 1), np.float32), 1)
+        _kernels.conv_wino(x, u, s, A, b, 5, 5, 1, 2, False, out, ws)
+    with pytest.raises(ValueError, match="do not match"):      # ... of stride 1
+        _kernels.conv_wino(x, u, s, A, b, 3, 3, 2, 1, False, np.zeros((1, 4, 3, 3), np.float32),
+                           ws)
+    with pytest.raises(ValueError, match="at most 15x15"):
+        layout(np.zeros((4, 8, 16, 16), np.float32), 1)
 
 
 def test_fast_models_run_wide_stride_1_layers_by_winograd(tmp_path, monkeypatch):

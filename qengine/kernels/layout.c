@@ -227,25 +227,29 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
     }
 }
 
-/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C][KH][KW]
- * (C input channels per group).  A kernel larger than 3x3 is split into
- * SY x SX pieces of 3x3 (SY = ceil(KH/3), zeros past KH, KW), piece (sy, sx)
- * applied to the input shifted by (3 sy, 3 sx): the layer is then a 3x3
- * convolution of CV = SY*SX*C virtual channels (piece-major).  U = G g G' per
- * output and virtual channel, quantised with one scale per output channel and
- * transformed position xi: out [groups][CoB][16][CV2/2][32][2] int16 (CoB =
- * ceil(Cg/32), CV2 = CV rounded up to even, zeros past Cg and CV), scale
- * [groups][CoB][16][32].  The input bound A (|xq| <= A, so |V| <= 4A <= 32764
- * in int16) balances the levels as qe_i16_weights does; each row keeps
- * 4A * sum_c |Uq| <= 2^31 - 1, so the int32 sums cannot overflow in any
- * order.  Returns A, or -1 if a row cannot be laid out within the bound, -2
- * if out of memory. */
-int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int16_t *out,
-                    float *scale)
+/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C0][KH][KW]
+ * (C0 input channels per group), stride S.  A strided convolution is first
+ * made a stride-1 one by space to depth: phase (a, b) of channel c is the
+ * input at rows = a mod S, columns = b mod S, and the kernel becomes
+ * ceil(KH/S) x ceil(KW/S) over S*S*C0 channels.  A kernel larger than 3x3 is
+ * then split into SY x SX pieces of 3x3 (zeros past its edge), piece (sy, sx)
+ * applied to the input shifted by (3 sy, 3 sx).  The layer is then a 3x3
+ * convolution of CV = SY*SX*S*S*C0 virtual channels, numbered ((piece*C0 +
+ * c)*S + a)*S + b (a phase's S values of one row are then S neighbours).  U = G g G' per output and virtual channel, quantised with
+ * one scale per output channel and transformed position xi: out
+ * [groups][CoB][16][CV2/2][32][2] int16 (CoB = ceil(Cg/32), CV2 = CV rounded
+ * up to even, zeros past Cg and CV), scale [groups][CoB][16][32].  The input
+ * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
+ * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
+ * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
+ * be laid out within the bound, -2 if out of memory. */
+int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int S,
+                    int16_t *out, float *scale)
 {
     static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
     const double B = 2147483647.0;
-    const int SY = (KH + 2) / 3, SX = (KW + 2) / 3, C = SY * SX * C0;
+    const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
+    const int SY = (KHs + 2) / 3, SX = (KWs + 2) / 3, C = SY * SX * S * S * C0;
     const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
     const int64_t per_row = (int64_t)C, nrows = (int64_t)groups * Cg * 16;
     double *U = (double *)malloc(sizeof(double) * (size_t)(nrows * per_row > 0 ? nrows * per_row : 1));
@@ -253,12 +257,13 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, 
     /* U[(co*16 + xi)*C + c] */
     for (int64_t co = 0; co < (int64_t)groups * Cg; co++)
         for (int c = 0; c < C; c++) {
-            const int piece = c / C0, sy = piece / SX, sx = piece % SX;
-            const float *wc = w + (co * C0 + c % C0) * KH * KW;
-            double g[3][3];   /* this piece of the kernel, zeros past its edge */
+            const int piece = c / (S * S * C0), pa = c / S % S, pb = c % S;
+            const int sy = piece / SX, sx = piece % SX;
+            const float *wc = w + (co * C0 + c / (S * S) % C0) * KH * KW;
+            double g[3][3];   /* this phase and piece of the kernel, zeros past its edge */
             for (int k = 0; k < 3; k++)
                 for (int l = 0; l < 3; l++) {
-                    const int kh = 3 * sy + k, kw = 3 * sx + l;
+                    const int kh = (3 * sy + k) * S + pa, kw = (3 * sx + l) * S + pb;
                     g[k][l] = kh < KH && kw < KW ? (double)wc[kh * KW + kw] : 0.0;
                 }
             double t[4][3];   /* G g */

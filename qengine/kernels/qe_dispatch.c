@@ -331,24 +331,32 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
  * the bias padded to CoB*32 (float), each 64-byte aligned. */
 static int64_t wino_al(int64_t b) { return (b + 63) / 64 * 64; }
 
-int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int P, int Cout)
+/* Virtual channels of the Winograd form: pieces x phases x channels. */
+static int wino_virtual(int C, int KH, int KW, int S)
 {
-    const int OH = H + 2 * P - KH + 1, OW = W + 2 * P - KW + 1;
+    const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
+    return (KHs + 2) / 3 * ((KWs + 2) / 3) * S * S * C;
+}
+
+int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout)
+{
+    const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
     const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2;
-    const int64_t CS = ((int64_t)((KH + 2) / 3) * ((KW + 2) / 3) * C + 15) / 16 * 16;
+    const int64_t CS = ((int64_t)wino_virtual(C, KH, KW, S) + 15) / 16 * 16;
     const int64_t CoB = (Cout + 31) / 32;
     return wino_al(2 * (int64_t)C * H * W) + wino_al(2 * (2 * TH + 2) * (2 * TW + 2) * CS) +
            wino_al(2 * 16 * TH * TW * CS) + wino_al(4 * CoB * 16 * 32) + wino_al(4 * CoB * 32);
 }
 
-void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int P, const int16_t *u,
-                  const float *scale, int A, int Cout, const float *bias, float *y, int relu,
-                  int nthreads, void *ws)
+void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
+                  const int16_t *u, const float *scale, int A, int Cout, const float *bias,
+                  float *y, int relu, int nthreads, void *ws)
 {
     if (nthreads < 1) nthreads = 1;
-    const int OH = H + 2 * P - KH + 1, OW = W + 2 * P - KW + 1;
+    const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
     const int TH = (OH + 1) / 2, TW = (OW + 1) / 2, HH = 2 * TH + 2, WW = 2 * TW + 2;
-    const int SX = (KW + 2) / 3, NP = (KH + 2) / 3 * SX, CV = NP * C;
+    const int KWs = (KW + S - 1) / S, SX = (KWs + 2) / 3, CV = wino_virtual(C, KH, KW, S);
+    const int NP = CV / (S * S * C);
     const int CS = (CV + 15) / 16 * 16, CoB = (Cout + 31) / 32;
     const int64_t n = (int64_t)C * H * W, T = (int64_t)TH * TW;
     const float mx = K_()->i16_maxabs(x, n);
@@ -369,21 +377,46 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int P, co
     float *bp = (float *)p;   /* bias padded to CoB*32 */
     K_()->i16_quantize(x, n, inv, A, xq);
     memset(XP, 0, sizeof(int16_t) * (size_t)HH * WW * CS);
-    /* channels last, zero padded: virtual channel piece*C + c at (h, w) holds
-     * the input at (h + 3 sy - P, w + 3 sx - P) */
+    /* channels last, zero padded: virtual channel ((piece*C + c)*S + a)*S + b
+     * at (h, w) holds the input at ((h + 3 sy) S + a - P, (w + 3 sx) S + b - P) */
     for (int piece = 0; piece < NP; piece++) {
-        const int dy = 3 * (piece / SX) - P, dx = 3 * (piece % SX) - P;
-        const int h0 = -dy > 0 ? -dy : 0, w0 = -dx > 0 ? -dx : 0;
-        const int h1 = H - dy < HH ? H - dy : HH, w1 = W - dx < WW ? W - dx : WW;
-        for (int c0 = 0; c0 < C; c0 += 16) {
-            const int c1 = c0 + 16 < C ? c0 + 16 : C;
-            for (int h = h0; h < h1; h++)
-                for (int w = w0; w < w1; w++) {
-                    int16_t *dst = XP + ((int64_t)h * WW + w) * CS + (int64_t)piece * C;
-                    const int16_t *src = xq + (int64_t)(h + dy) * W + w + dx;
-                    for (int c = c0; c < c1; c++) dst[c] = src[(int64_t)c * H * W];
-                }
+        const int dy = 3 * (piece / SX) * S - P, dx = 3 * (piece % SX) * S - P;
+        const int64_t v0 = (int64_t)piece * C * S * S;
+        if (S == 1) {   /* a transpose, 16 channels at a time */
+            const int h0 = -dy > 0 ? -dy : 0, w0 = -dx > 0 ? -dx : 0;
+            const int h1 = H - dy < HH ? H - dy : HH, w1 = W - dx < WW ? W - dx : WW;
+            for (int c0 = 0; c0 < C; c0 += 16) {
+                const int c1 = c0 + 16 < C ? c0 + 16 : C;
+                for (int h = h0; h < h1; h++)
+                    for (int w = w0; w < w1; w++) {
+                        int16_t *dst = XP + ((int64_t)h * WW + w) * CS + v0;
+                        const int16_t *src = xq + (int64_t)(h + dy) * W + w + dx;
+                        for (int c = c0; c < c1; c++) dst[c] = src[(int64_t)c * H * W];
+                    }
+            }
+            continue;
         }
+        for (int h = 0; h < HH; h++)   /* per position, S neighbours of a row at a time */
+            for (int w = 0; w < WW; w++) {
+                const int64_t Y0 = (int64_t)h * S + dy, X0 = (int64_t)w * S + dx;
+                if (Y0 >= H || X0 >= W || Y0 + S <= 0 || X0 + S <= 0) continue;
+                int16_t *dst = XP + ((int64_t)h * WW + w) * CS + v0;
+                const int inside = Y0 >= 0 && Y0 + S <= H && X0 >= 0 && X0 + S <= W;
+                for (int c = 0; c < C; c++)
+                    for (int a = 0; a < S; a++) {
+                        const int64_t Y = Y0 + a;
+                        int16_t *d = dst + ((int64_t)c * S + a) * S;
+                        const int16_t *src = xq + ((int64_t)c * H + Y) * W + X0;
+                        if (inside) {
+                            if (S == 4) memcpy(d, src, 8);   /* constant sizes: inlined */
+                            else if (S == 2) memcpy(d, src, 4);
+                            else memcpy(d, src, sizeof(int16_t) * (size_t)S);
+                        } else if (Y >= 0 && Y < H) {
+                            for (int b = 0; b < S; b++)
+                                if (X0 + b >= 0 && X0 + b < W) d[b] = src[b];
+                        }
+                    }
+            }
     }
     K_()->wino_input(XP, WW, CS, TH, TW, V);
     for (int64_t i = 0; i < (int64_t)CoB * 16 * 32; i++) sc[i] = sa * scale[i];

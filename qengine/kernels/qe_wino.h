@@ -26,7 +26,6 @@
  * M for a block of NT tiles goes through a small buffer [16][NT][32]. */
 
 #define FN(name) QE_CAT(name, QE_SUFFIX)
-#define V8W QE_CAT(v8f, QE_SUFFIX)
 
 #if QE_SIMD == 3
 #define QE_WINO_NT 12  /* tiles per register block: 12 x 2 zmm of 16 channels */
@@ -126,57 +125,70 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
 
 /* The output transform of NT tiles from t0, 32 channels of block cb:
  * y[co][2ty + i][2tx + j] for the real channels and positions (bias has
- * the block's 32 entries, zeros past Cout). */
+ * the block's 32 entries, zeros past Cout).  Vectors of 16 channels; each
+ * output row's two values go out as one 8-byte pair. */
+typedef float QE_CAT(v16f, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
+typedef int32_t QE_CAT(v16i, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
+#define V16F QE_CAT(v16f, QE_SUFFIX)
+#define V16I QE_CAT(v16i, QE_SUFFIX)
 __attribute__((optimize("fp-contract=off")))
 static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
                             int co0, int Cout, int64_t t0, int TW, int OH, int OW, int relu,
                             float *y)
 {
     const int64_t NR = (int64_t)OH * OW;
-    for (int t = 0; t < NT; t++) {
-        const int64_t tt = t0 + t;
-        const int oy = (int)(tt / TW) * 2, ox = (int)(tt % TW) * 2;
-        for (int c8 = 0; c8 < 32; c8 += 8) {
-            V8W m[16];
+    const V16I lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+    const V16I hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    for (int c16 = 0; c16 < 32; c16 += 16) {
+        const int nl = Cout - (co0 + c16) < 16 ? Cout - (co0 + c16) : 16;
+        if (nl <= 0) break;
+        V16F s[16], b;
+        for (int xi = 0; xi < 16; xi++) memcpy(&s[xi], sc + xi * 32 + c16, sizeof s[xi]);
+        memcpy(&b, bias + co0 + c16, sizeof b);
+        for (int t = 0; t < NT; t++) {
+            const int64_t tt = t0 + t;
+            const int oy = (int)(tt / TW) * 2, ox = (int)(tt % TW) * 2;
+            V16F m[16];
             for (int xi = 0; xi < 16; xi++) {
-                const int32_t *src = mb + ((int64_t)xi * NT + t) * 32 + c8;
-                QE_CAT(v8m, QE_SUFFIX) iv;
-                memcpy(&iv, src, sizeof iv);
-                m[xi] = __builtin_convertvector(iv, V8W) * FN(vload)(sc + xi * 32 + c8);
+                V16I iv;
+                memcpy(&iv, mb + ((int64_t)xi * NT + t) * 32 + c16, sizeof iv);
+                m[xi] = __builtin_convertvector(iv, V16F) * s[xi];
             }
-            V8W r0[4], r1[4];   /* m A, row by row */
+            V16F r0[4], r1[4];   /* m A, row by row */
             for (int a = 0; a < 4; a++) {
                 r0[a] = (m[4 * a] + m[4 * a + 1]) + m[4 * a + 2];
                 r1[a] = (m[4 * a + 1] - m[4 * a + 2]) - m[4 * a + 3];
             }
-            V8W out[4];   /* A' (m A): y00, y01, y10, y11, plus bias, ReLU'd */
-            const V8W b = FN(vload)(bias + co0 + c8);
+            V16F out[4];   /* A' (m A): y00, y01, y10, y11, plus bias, ReLU'd */
             out[0] = ((r0[0] + r0[1]) + r0[2]) + b;
             out[1] = ((r1[0] + r1[1]) + r1[2]) + b;
             out[2] = ((r0[1] - r0[2]) - r0[3]) + b;
             out[3] = ((r1[1] - r1[2]) - r1[3]) + b;
-            float o[4][8];
-            for (int q = 0; q < 4; q++) {
-                if (relu) {   /* NaN -> 0, as the scalar kernels' !(v > 0) */
-                    const QE_CAT(v8m, QE_SUFFIX) pos = out[q] > FN(vsplat)(0.f);
-                    out[q] = (V8W)((QE_CAT(v8m, QE_SUFFIX))out[q] & pos);
+            if (relu)   /* NaN -> 0, as the scalar kernels' !(v > 0) */
+                for (int q = 0; q < 4; q++) {
+                    const V16F z = {0};
+                    out[q] = (V16F)((V16I)out[q] & (V16I)(out[q] > z));
                 }
-                memcpy(o[q], &out[q], sizeof o[q]);
-            }
-            const int nl = Cout - (co0 + c8) < 8 ? Cout - (co0 + c8) : 8;
-            float *yc = y + (int64_t)(co0 + c8) * NR + (int64_t)oy * OW + ox;
+            float pr[2][2][16];   /* [row][channel half][channel pairs] */
+            const V16F p00 = __builtin_shuffle(out[0], out[1], lo),
+                       p01 = __builtin_shuffle(out[0], out[1], hi),
+                       p10 = __builtin_shuffle(out[2], out[3], lo),
+                       p11 = __builtin_shuffle(out[2], out[3], hi);
+            memcpy(pr[0][0], &p00, 64);
+            memcpy(pr[0][1], &p01, 64);
+            memcpy(pr[1][0], &p10, 64);
+            memcpy(pr[1][1], &p11, 64);
+            float *yc = y + (int64_t)(co0 + c16) * NR + (int64_t)oy * OW + ox;
             if (oy + 1 < OH && ox + 1 < OW) {
                 for (int l = 0; l < nl; l++, yc += NR) {
-                    yc[0] = o[0][l];
-                    yc[1] = o[1][l];
-                    yc[OW] = o[2][l];
-                    yc[OW + 1] = o[3][l];
+                    memcpy(yc, &pr[0][l >> 3][2 * (l & 7)], 8);
+                    memcpy(yc + OW, &pr[1][l >> 3][2 * (l & 7)], 8);
                 }
             } else {
                 for (int l = 0; l < nl; l++, yc += NR) {
-                    yc[0] = o[0][l];
-                    if (ox + 1 < OW) yc[1] = o[1][l];
-                    if (oy + 1 < OH) yc[OW] = o[2][l];
+                    yc[0] = pr[0][l >> 3][2 * (l & 7)];
+                    if (ox + 1 < OW) yc[1] = pr[0][l >> 3][2 * (l & 7) + 1];
+                    if (oy + 1 < OH) yc[OW] = pr[1][l >> 3][2 * (l & 7)];
                 }
             }
         }
@@ -224,6 +236,7 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
     }
 }
 
-#undef V8W
 #undef V16W
+#undef V16F
+#undef V16I
 #undef FN

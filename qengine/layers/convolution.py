@@ -105,7 +105,7 @@ class ConvOp(WeightedOp):
         if winograd_pays(self.params, cg, self.out_shape):
             self.strategy = "winograd"
             u, sc = _kernels.wino_weights_shape(cout, self.group, cg * self.group, self.kh,
-                                                self.kw)
+                                                self.kw, self.params["stride"])
             self.derived_bytes = dense_bytes + 2 * buffers.count(u) + 4 * buffers.count(sc)
 
     def _load(self, qf, w, cout):
@@ -155,12 +155,13 @@ class ConvOp(WeightedOp):
     def _lay_out_winograd(self, w):
         cout = w.shape[0]
         w4 = buffers.reshape(w, (cout, -1, self.kh, self.kw))
+        stride = self.params["stride"]
         u, sc = _kernels.wino_weights_shape(cout, self.group, w4.shape[1] * self.group, self.kh,
-                                            self.kw)
+                                            self.kw, stride)
         self.weight_wino = buffers.empty(u, "h")
         self.scale_wino = buffers.empty(sc)
         self.bound_wino = _kernels.wino_conv_weights(w4, self.group, self.weight_wino,
-                                                     self.scale_wino)
+                                                     self.scale_wino, stride)
 
     def workspace(self):
         c, h, w = self.in_shapes[0]
@@ -170,7 +171,7 @@ class ConvOp(WeightedOp):
         if self.strategy == "winograd":
             return _kernels.wino_workspace_floats(c // g, h, w, self.params["pad"],
                                                   self.params["num_output"] // g, self.kh,
-                                                  self.kw)
+                                                  self.kw, self.params["stride"])
         if self.strategy == "int16":
             return _kernels.i16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                  self.params["stride"], self.params["pad"])
@@ -206,7 +207,8 @@ class ConvOp(WeightedOp):
                             p["stride"], p["pad"], relu, out, ws, nthreads, self.quad, c0)
         elif self.strategy == "winograd":
             _kernels.conv_wino(x, self.weight_wino, self.scale_wino, self.bound_wino, self.bias,
-                               self.kh, self.kw, p["pad"], relu, out, ws, nthreads, c0)
+                               self.kh, self.kw, p["stride"], p["pad"], relu, out, ws, nthreads,
+                               c0)
         elif self.strategy == "int16":
             _kernels.conv_i16(x, self.weight16, self.scale16, self.bound16, self.bias, self.kh,
                               self.kw, p["stride"], p["pad"], relu, out, ws, nthreads, c0)

@@ -59,12 +59,12 @@ def int16_pays(in_shape, out_shape, J):
     return macs >= kernel_costs().int16_min_macs * buffers.count(in_shape)
 
 # Winograd F(2x2, 3x3) in int16 (qe_wino.h) against the direct int16 kernel:
-# per 2x2 outputs and output channel 16 products per input channel and 3x3
-# piece of the kernel instead of 4*KH*KW, plus transforms worth about
-# WINO_OVERHEAD multiply-adds, fitted to interleaved runs on a Zen 5 (AVX-512
-# and AVX2 code alike; README): 3x3 with 16 input channels 0.8x, 32 1.2x,
-# 64 1.6x, 256-384 1.9x.  Chosen where the model prices it at most
-# WINO_MAX_RATIO of the direct kernel.
+# per 2x2 outputs and output channel 16 products per virtual input channel
+# (stride^2 phases x 3x3 pieces of the kernel per real one) instead of
+# 4*KH*KW, plus transforms worth about WINO_OVERHEAD multiply-adds, fitted to
+# interleaved runs on a Zen 5 (AVX-512 and AVX2 code alike; README): 3x3 with
+# 16 input channels 0.8x, 32 1.2x, 64 1.6x, 256-384 1.9x.  Chosen where the
+# model prices it at most WINO_MAX_RATIO of the direct kernel.
 WINO_OVERHEAD = 300
 WINO_MAX_RATIO = 0.9
 
@@ -73,19 +73,18 @@ def winograd_cost_ratio(params, cin_group, out_shape):
     """Its time over the direct int16 kernel's on the same layer (model above;
     odd output sizes compute a last row or column of tiles half used)."""
     kh, kw = params["kernel"]
-    pieces = -(-kh // 3) * -(-kw // 3)
+    virtual = _kernels.wino_pieces(kh, kw, params["stride"])
     _, oh, ow = out_shape
     waste = (-(-oh // 2) * 2) * (-(-ow // 2) * 2) / (oh * ow)
-    return (16 * pieces * cin_group + WINO_OVERHEAD) / (4 * kh * kw * cin_group) * waste
+    return (16 * virtual * cin_group + WINO_OVERHEAD) / (4 * kh * kw * cin_group) * waste
 
 
 def winograd_pays(params, cin_group, out_shape):
-    """Whether fast mode runs an int16 convolution of stride 1 and a kernel of
-    3x3 to 15x15 by Winograd F(2x2, 3x3) instead (larger kernels in 3x3
-    pieces): where winograd_cost_ratio() is at most WINO_MAX_RATIO, or always /
-    never with QENGINE_WINOGRAD=1 / 0 (where it applies)."""
+    """Whether fast mode runs an int16 convolution (kernel up to 15x15, stride up
+    to 8) by Winograd F(2x2, 3x3) instead: where winograd_cost_ratio() is at most
+    WINO_MAX_RATIO, or always / never with QENGINE_WINOGRAD=1 / 0."""
     kh, kw = params["kernel"]
-    if params["stride"] != 1 or not (3 <= kh <= 15 and 3 <= kw <= 15):
+    if not (1 <= kh <= 15 and 1 <= kw <= 15 and 1 <= params["stride"] <= 8):
         return False
     force = os.environ.get("QENGINE_WINOGRAD", "")
     if force in ("0", "1"):
