@@ -48,10 +48,13 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     void qe_fc_f32(const float *x, int Cin, const float *cbt, int M, int K, int d,
                    const uint8_t *idxq, int Cout, const float *bias, float *T, float *acc,
                    float *y, int relu, int nthreads)
+    int qe_fc_q8_pack(const uint8_t *inp, int64_t n, int bits, uint8_t *out)
+    int qe_fc_q8_packs()
     void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
-                  const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q,
+                  const uint8_t *idxq, int bits, int Cout, const float *bias, float *T, uint8_t *q,
                   int32_t *acc, float *y, int relu, int nthreads)
     enum: QE_Q8_NB
+    enum: QE_Q8_PACK_PAD
     void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
                    const uint8_t *asmt, int Cout, const float *bias, float *T, float *y,
                    int relu, int nthreads)
@@ -771,6 +774,35 @@ def fc_q8_layout(const uint8_t[::1] src, int bits, int Cout, int M, uint8_t[::1]
     return mx
 
 
+def fc_q8_packs():
+    """Whether fast mode keeps fully-connected indices bit-packed on the chosen
+    instruction set (it unpacks them in registers; see fc_q8_pack)."""
+    return bool(qe_fc_q8_packs())
+
+
+def fc_q8_index_bits(int K):
+    """Bits per packed index of a K-entry codebook (K <= 32)."""
+    return max(1, (K - 1).bit_length())
+
+
+def fc_q8_packed_size(int64_t layout_bytes, int bits):
+    """Bytes of fc_q8_pack()'s output: `bits` per index, then 64 spare bytes."""
+    return layout_bytes // 8 * bits + QE_Q8_PACK_PAD
+
+
+def fc_q8_pack(const uint8_t[::1] layout, int bits, uint8_t[::1] out):
+    """fc_q8_layout()'s bytes -> `bits` bits per index (1..7; fc_q8_packed_size()
+    bytes), the form fc_q8(..., bits) reads: a third less memory to stream for K=32."""
+    if not 1 <= bits <= 7 or layout.shape[0] % 64 or \
+            out.shape[0] != fc_q8_packed_size(layout.shape[0], bits):
+        raise ValueError("packed index layout does not match")
+    cdef int rc
+    with nogil:
+        rc = qe_fc_q8_pack(&layout[0], layout.shape[0], bits, &out[0])
+    if rc:
+        raise ValueError(f"an index needs more than {bits} bits")
+
+
 def block_fc_indices(const uint8_t[:, ::1] asmt, int K, uint8_t[:, ::1] out):
     """Indices [Cout, M] -> the float FC kernel's blocked layout (same size; see fc_lut)."""
     cdef int Cout = asmt.shape[0], M = asmt.shape[1]
@@ -791,12 +823,17 @@ def fc_q8_workspace_floats(M, K, Cout):
 
 cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cbt,
                           const uint8_t[::1] idxq, int Cout, const float[::1] bias,
-                          float[:, ::1] out, float[::1] ws, int64_t ws_need) except -1:
-    """Checks shared by the kernels taking fc_q8_layout() indices."""
+                          float[:, ::1] out, float[::1] ws, int64_t ws_need,
+                          int bits=8) except -1:
+    """Checks shared by the kernels taking fc_q8_layout() indices (or, bits < 8,
+    their fc_q8_pack() form)."""
     cdef int Cin = x.shape[1], M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
     if K > 32 or M != (Cin + d - 1) // d:
         raise ValueError(f"{kernel} FC kernel needs K <= 32 and M = ceil(Cin/d) (K={K}, M={M})")
-    if idxq.shape[0] != <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M):
+    if bits != 8 and not fc_q8_index_bits(K) <= bits <= 7:
+        raise ValueError(f"{bits}-bit indices cannot hold a {K}-entry codebook")
+    cdef int64_t nidx = <int64_t>qe_fc_q8_pad_cout(Cout) * qe_fc_q8_pad_m(M)
+    if idxq.shape[0] != (nidx if bits == 8 else fc_q8_packed_size(nidx, bits)):
         raise ValueError("index layout does not match the layer")
     if bias.shape[0] != Cout or out.shape[0] != x.shape[0] or out.shape[1] != Cout:
         raise ValueError("bias or output shape does not match the layer")
@@ -809,18 +846,21 @@ cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, :
 
 
 def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cbt, const uint8_t[::1] idxq, int Cout,
-          const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1):
+          const float[::1] bias, bint relu, float[:, ::1] out, float[::1] ws, int nthreads=1,
+          int bits=8):
     """Fast-path fully-connected layer (8-bit tables, K <= 32). x [N,Cin], cbt [M,d,K]
-    from fc_codebook_t(), idxq from fc_q8_layout(), out [N,Cout]."""
+    from fc_codebook_t(), idxq from fc_q8_layout() (bits=8) or fc_q8_pack(),
+    out [N,Cout]."""
     cdef int N = x.shape[0], Cin = x.shape[1]
     cdef int M = cbt.shape[0], K = cbt.shape[2], d = cbt.shape[1]
-    _check_fc_layout("8-bit", x, cbt, idxq, Cout, bias, out, ws, fc_q8_workspace_floats(M, K, Cout))
+    _check_fc_layout("8-bit", x, cbt, idxq, Cout, bias, out, ws, fc_q8_workspace_floats(M, K, Cout),
+                     bits)
     cdef int64_t qoff = <int64_t>M * K
     cdef int64_t aoff = qoff + QE_Q8_NB * ((<int64_t>qe_fc_q8_pad_m(M) * 32 + 3) // 4)
     if N == 0:
         return
     with nogil:
-        qe_fc_q8(&x[0, 0], N, Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], Cout, &bias[0], &ws[0],
+        qe_fc_q8(&x[0, 0], N, Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], bits, Cout, &bias[0], &ws[0],
                  <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[0, 0], relu, nthreads)
 
 

@@ -149,3 +149,74 @@ def test_fc_q8_batch_same_as_one_input_at_a_time(n):
         assert np.array_equal(together, outs[0][0])
     for i in range(n):
         assert np.abs(outs[0][0][i] - np.maximum(ref[i], 0)).max() <= q8_bound(x[i], cb)
+
+
+def unpack_reference(packed, bits, n):
+    """fc_q8_pack's documented layout read back with numpy: index 8j + k of a
+    64-index unit in bits [k*bits, (k+1)*bits) of the unit's j-th group of
+    `bits` bytes, little-endian."""
+    groups = packed.reshape(-1, bits).astype(np.uint64)
+    words = (groups << (8 * np.arange(bits, dtype=np.uint64))).sum(axis=1, dtype=np.uint64)
+    k = np.arange(8, dtype=np.uint64) * np.uint64(bits)
+    out = (words[:, None] >> k[None, :]) & np.uint64((1 << bits) - 1)
+    return out.reshape(-1).astype(np.uint8)[:n]
+
+
+@pytest.mark.parametrize("cin,cout,d,K,n", [(37, 5, 4, 32, 1), (1000, 70, 1, 16, 6),
+                                            (301, 33, 3, 20, 3), (4096, 64, 4, 32, 5),
+                                            (2, 1, 4, 2, 2), (520, 40, 2, 32, 9)])
+def test_fc_q8_packed_indices_same_sums_on_every_isa(cin, cout, d, K, n):
+    """Bit-packed indices (5 bits for K=32, 4 for K=16, ...) give every
+    instruction set, and 2 threads, the bits of the byte layout."""
+    x, cb, idx, b, ref = random_fc(RNG, n, cin, cout, d, K)
+    M = cb.shape[0]
+    lay, cbt = fc_register_layout(idx)[0], fc_codebook_t(cb)
+    lay = np.asarray(lay)
+    bits = _kernels.fc_q8_index_bits(K)
+    assert bits == int(np.ceil(np.log2(K))) if K > 1 else bits == 1
+    packed = np.full(_kernels.fc_q8_packed_size(len(lay), bits), 7, np.uint8)
+    assert len(packed) == len(lay) * bits // 8 + 64
+    _kernels.fc_q8_pack(lay, bits, packed)
+    assert np.array_equal(unpack_reference(packed[:-64], bits, len(lay)), lay)
+    assert not packed[-64:].any()
+    ws = np.empty(_kernels.fc_q8_workspace_floats(M, K, cout), np.float32)
+    def run():
+        outs = []
+        for form, nbits, threads in ((lay, 8, 1), (packed, bits, 1), (packed, bits, 2)):
+            out = np.full((n, cout), np.nan, np.float32)
+            _kernels.fc_q8(x, cbt, form, cout, b, True, out, ws, threads, nbits)
+            outs.append(out)
+        return outs
+    for isa_outs in on_every_isa(run):
+        for o in isa_outs:
+            assert np.array_equal(o, isa_outs[0]), "packed indices changed the sums"
+    # one more bit than needed is a valid packing too; one fewer is refused
+    wide = np.empty(_kernels.fc_q8_packed_size(len(lay), min(bits + 1, 7)), np.uint8)
+    _kernels.fc_q8_pack(lay, min(bits + 1, 7), wide)
+    out = np.empty((n, cout), np.float32)
+    _kernels.fc_q8(x, cbt, wide, cout, b, True, out, ws, 1, min(bits + 1, 7))
+    assert np.array_equal(out, run()[0])
+    if bits > 1:
+        with pytest.raises(ValueError, match="more than"):
+            _kernels.fc_q8_pack(lay, bits - 1,
+                                np.empty(_kernels.fc_q8_packed_size(len(lay), bits - 1), np.uint8))
+        with pytest.raises(ValueError, match="cannot hold"):
+            _kernels.fc_q8(x, cbt, packed, cout, b, True, out, ws, 1, bits - 1)
+    with pytest.raises(ValueError, match="does not match"):
+        _kernels.fc_q8(x, cbt, packed[:-1], cout, b, True, out, ws, 1, bits)
+
+
+def test_fast_mode_packs_fc_indices_where_the_isa_unpacks_them(tmp_path, isa):
+    path = tmp_path / "m.qcnn"
+    build(path, dense=("c2b",), k_fc=32)
+    fa = qengine.load(str(path), mode="fast", strategy="lut")
+    ex = qengine.load(str(path), mode="exact", strategy="lut")
+    f1 = next(op for op in fa._ops if op.name == "f1")
+    assert f1.index_bits == (5 if _kernels.fc_q8_packs() else 8)
+    assert _kernels.fc_q8_packs() == isa.startswith("avx512")
+    lay = _kernels.fc_q8_layout_size(f1.params["num_output"], f1.M)
+    assert f1.derived_bytes - 4 * f1.M * f1.K * f1.d == \
+        (lay * 5 // 8 + 64 if _kernels.fc_q8_packs() else lay)
+    x = np.random.default_rng(3).standard_normal((5,) + fa.input_shape).astype(np.float32)
+    a, b = fa.forward(x, outputs=["f2"])["f2"], ex.forward(x, outputs=["f2"])["f2"]
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.05

@@ -551,9 +551,28 @@ int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int 
     return mx;
 }
 
+int qe_fc_q8_pack(const uint8_t *in, int64_t n, int bits, uint8_t *out)
+{
+    if (bits < 1 || bits > 7 || n % 64) return -1;
+    for (int64_t u = 0; u < n / 64; u++)
+        for (int j = 0; j < 8; j++) {
+            uint64_t v = 0;
+            for (int k = 0; k < 8; k++) {
+                const uint8_t a = in[64 * u + 8 * j + k];
+                if (a >> bits) return -1;
+                v |= (uint64_t)a << (k * bits);
+            }
+            memcpy(out + (u * 8 + j) * bits, &v, (size_t)bits);   /* little-endian */
+        }
+    memset(out + n / 8 * bits, 0, QE_Q8_PACK_PAD);
+    return 0;
+}
+
+int qe_fc_q8_packs(void) { return K_()->fc_q8_packs; }
+
 void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
-              const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc,
-              float *y, int relu, int nthreads)
+              const uint8_t *idxq, int bits, int Cout, const float *bias, float *T, uint8_t *q,
+              int32_t *acc, float *y, int relu, int nthreads)
 {
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
     const int64_t qstride = (int64_t)Mp * 32;
@@ -564,7 +583,7 @@ void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, in
         for (int n = 0; n < nb; n++)
             s[n] = K_()->fc_q8_tables(x + (int64_t)(n0 + n) * Cin, Cin, cbt, M, K, d, T, Mp,
                                       q + n * qstride, &offsum[n]);
-        K_()->fc_q8_lookup(q, qstride, nb, Mp, idxq, Cp, acc, nthreads);
+        K_()->fc_q8_lookup(q, qstride, nb, Mp, idxq, bits, Cp, acc, nthreads);
         for (int n = 0; n < nb; n++) {
             const int32_t *a = acc + (int64_t)n * Cp;
             float *yn = y + (int64_t)(n0 + n) * Cout;

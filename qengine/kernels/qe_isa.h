@@ -28,7 +28,8 @@ typedef struct {
                 int);
     float (*fc_q8_tables)(const float *, int, const float *, int, int, int, float *, int,
                           uint8_t *, double *);
-    void (*fc_q8_lookup)(const uint8_t *, int64_t, int, int, const uint8_t *, int, int32_t *, int);
+    void (*fc_q8_lookup)(const uint8_t *, int64_t, int, int, const uint8_t *, int, int, int32_t *,
+                         int);
     void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);
     /* the fast convolution's quantised tables and register lookups (qe_conv16.h) */
     float (*conv16_build)(const qe_conv_geom *, const float *, const float *, int, int, int,
@@ -49,6 +50,7 @@ typedef struct {
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */
     int conv16_auto_k; /* largest K for which fast mode picks it over float rows by default */
     int conv16_quad;   /* 1: K <= 16 runs four taps per register (conv16_lookup4) */
+    int fc_q8_packs;   /* 1: fast mode keeps FC indices bit-packed (unpacked in registers) */
 } qe_kernel_table;
 
 extern const qe_kernel_table qe_kernels_generic;

@@ -132,9 +132,20 @@ int qe_fc_q8_pad_m(int M);
  * Returns the largest index, or -1 if out of memory. */
 int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
                     uint8_t *out);
+/* The layout packed to `bits` (1..7) bits per index, for qe_fc_q8: each unit
+ * of 64 indices (n a multiple of 64) becomes 8*bits bytes, index 8j + k in
+ * bits [k*bits, (k+1)*bits) of its j-th group of `bits` bytes (little-endian),
+ * then QE_Q8_PACK_PAD zero bytes (the kernels load whole 64-byte vectors).
+ * Returns 0, or -1 if an index needs more bits. */
+#define QE_Q8_PACK_PAD 64
+int qe_fc_q8_pack(const uint8_t *in, int64_t n, int bits, uint8_t *out);
+/* 1 where the chosen instruction set unpacks such indices in registers (fast
+ * mode then keeps them packed), 0 where fast mode keeps bytes. */
+int qe_fc_q8_packs(void);
+/* idxq: the layout (bits = 8) or its packed form (bits < 8). */
 void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
-              const uint8_t *idxq, int Cout, const float *bias, float *T, uint8_t *q, int32_t *acc,
-              float *y, int relu, int nthreads);
+              const uint8_t *idxq, int bits, int Cout, const float *bias, float *T, uint8_t *q,
+              int32_t *acc, float *y, int relu, int nthreads);
 
 /* Exact fully-connected lookup for K <= 32 in the qe_fc_q8_layout() index
  * layout, looked up in registers.  Scratch: T (Mp * qe_fc_k_pad(K) floats),

@@ -104,9 +104,61 @@ QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cb
  * nb inputs, not once per input.  The sums of each input are the same as with
  * nb = 1.  NB is a constant at every call (always inlined), so the loops over
  * inputs unroll and the sums stay in registers. */
+/* Packed indices (bits < 8, see qe_fc_q8_pack): the 64 indices of two rows
+ * (a "unit", rows mm and mm+1 of 32 outputs) are 8*bits bytes, index 8j + k
+ * in bits [k*bits, (k+1)*bits) of the j-th group of `bits` bytes.  Unpacked
+ * back into the byte layout, one unit at a time. */
+static inline void FN(q8_unpack_unit)(const uint8_t *p, int bits, uint8_t *out)
+{
+    const uint64_t mask = (1u << bits) - 1;
+    for (int j = 0; j < 8; j++) {
+        uint64_t v = 0;
+        memcpy(&v, p + j * bits, (size_t)bits);   /* little-endian */
+        for (int k = 0; k < 8; k++) out[8 * j + k] = (uint8_t)((v >> (k * bits)) & mask);
+    }
+}
+
+#if QE_SIMD == 3
+/* The same in registers: the unit's 8*bits bytes (a whole 64-byte load: the
+ * packed layout ends in QE_Q8_PACK_PAD spare bytes), spread so that qword j
+ * holds bytes j*bits .. (vpermb), each
+ * index moved to the low bits of its byte (vpmultishiftqb: byte k of a qword
+ * takes its bits from k*bits), masked to `bits` bits and +32 on the upper
+ * half (the row mm+1 of vpermb's 64-byte table) in one vpternlogd. */
+typedef struct {
+    __m512i spread, shifts, low, up;
+} QE_CAT(q8_unpacker, QE_SUFFIX);
+
+static inline QE_CAT(q8_unpacker, QE_SUFFIX) FN(q8_unpacker_for)(int bits)
+{
+    QE_CAT(q8_unpacker, QE_SUFFIX) u;
+    uint8_t spread[64], shifts[64];
+    for (int j = 0; j < 8; j++)
+        for (int k = 0; k < 8; k++) {
+            spread[8 * j + k] = (uint8_t)(j * bits + k);
+            shifts[8 * j + k] = (uint8_t)(k * bits);
+        }
+    u.spread = _mm512_loadu_si512(spread);
+    u.shifts = _mm512_loadu_si512(shifts);
+    u.low = _mm512_set1_epi8((char)((1 << bits) - 1));
+    u.up = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi8(32), 1);
+    return u;
+}
+
+/* The 64 indices of unit `unit` of a block, +32 on the upper half. */
+static inline __m512i FN(q8_indices64)(const uint8_t *ib, int unit, int bits,
+                                       const QE_CAT(q8_unpacker, QE_SUFFIX) *u)
+{
+    if (bits >= 8) return _mm512_or_si512(_mm512_loadu_si512(ib + unit * 64), u->up);
+    __m512i v = _mm512_loadu_si512(ib + (int64_t)unit * 8 * bits);
+    v = _mm512_multishift_epi64_epi8(u->shifts, _mm512_permutexvar_epi8(u->spread, v));
+    return _mm512_ternarylogic_epi32(v, u->low, u->up, 0xEA);   /* (v & low) | up */
+}
+#endif
+
 static inline __attribute__((always_inline)) void
 FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, const uint8_t *idx,
-                    int Cout_pad, int32_t *acc, int nthreads)
+                    int bits, int Cout_pad, int32_t *acc, int nthreads)
 {
     const int ncb = Cout_pad / 32;
     for (int n = 0; n < NB; n++)
@@ -116,7 +168,8 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
         const uint8_t *qb = q + (int64_t)m0 * 32;
         #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int c = 0; c < ncb; c++) {
-            const uint8_t *ib = idx + (int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb;
+            /* the block's first index, in bytes of the (packed) layout */
+            const uint8_t *ib = idx + ((int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb) * bits / 8;
 #if QE_SIMD == 3
             /* 64 index bytes = rows mm, mm+1 of 32 outputs; the table rows
              * mm, mm+1 are the 64 bytes q[mm..mm+1][32] (vpermb: 6-bit index,
@@ -128,13 +181,13 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
              * same for outputs 8-15 and 24-31.  Bound: <= 510 per step and
              * <= QE_Q8_MBLOCK/4 = 32 steps, 16320 < 32767. */
             const __m512i ones = _mm512_set1_epi8(1);
-            const __m512i up = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi8(32), 1);
+            const QE_CAT(q8_unpacker, QE_SUFFIX) un = FN(q8_unpacker_for)(bits);
             __m512i s0[QE_Q8_NB], s1[QE_Q8_NB];
             for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm512_setzero_si512();
             int mm = 0;
             for (; mm + 4 <= mb; mm += 4) {
-                const __m512i ia = _mm512_or_si512(_mm512_loadu_si512(ib + mm * 32), up);
-                const __m512i ic = _mm512_or_si512(_mm512_loadu_si512(ib + mm * 32 + 64), up);
+                const __m512i ia = FN(q8_indices64)(ib, mm / 2, bits, &un);
+                const __m512i ic = FN(q8_indices64)(ib, mm / 2 + 1, bits, &un);
                 for (int n = 0; n < NB; n++) {
                     const uint8_t *r = qb + n * qstride + mm * 32;
                     const __m512i la = _mm512_permutexvar_epi8(ia, _mm512_loadu_si512(r));
@@ -144,7 +197,7 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
                 }
             }
             if (mm < mb) {   /* two rows left (Mp is even): pair them with zeros */
-                const __m512i ia = _mm512_or_si512(_mm512_loadu_si512(ib + mm * 32), up);
+                const __m512i ia = FN(q8_indices64)(ib, mm / 2, bits, &un);
                 for (int n = 0; n < NB; n++) {
                     const __m512i la = _mm512_permutexvar_epi8(
                         ia, _mm512_loadu_si512(qb + n * qstride + mm * 32));
@@ -165,6 +218,18 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
                     ac[24 + o] += (int32_t)b[8 + o] + b[24 + o];
                 }
             }
+#else
+            /* packed indices: unpacked into the byte layout first (these
+             * bodies read them for tests and portability; fast mode packs
+             * only where the instruction set unpacks in registers) */
+            uint8_t unpacked[QE_Q8_MBLOCK * 32] __attribute__((aligned(64)));
+            if (bits < 8) {
+                for (int u = 0; u < mb / 2; u++)
+                    FN(q8_unpack_unit)(ib + (int64_t)u * 8 * bits, bits, unpacked + 64 * u);
+                ib = unpacked;
+            }
+#endif
+#if QE_SIMD == 3
 #elif defined(QE_IMPL_AVX2)
             const __m256i ones = _mm256_set1_epi8(1);
             __m256i s0[QE_Q8_NB], s1[QE_Q8_NB];
@@ -214,16 +279,17 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
 }
 
 static void FN(fc_q8_lookup)(const uint8_t *q, int64_t qstride, int nb, int Mp,
-                             const uint8_t *idx, int Cout_pad, int32_t *acc, int nthreads)
+                             const uint8_t *idx, int bits, int Cout_pad, int32_t *acc,
+                             int nthreads)
 {
     if (nb >= 4)
-        FN(fc_q8_lookup_nb)(q, qstride, 4, Mp, idx, Cout_pad, acc, nthreads);
+        FN(fc_q8_lookup_nb)(q, qstride, 4, Mp, idx, bits, Cout_pad, acc, nthreads);
     else if (nb == 3)
-        FN(fc_q8_lookup_nb)(q, qstride, 3, Mp, idx, Cout_pad, acc, nthreads);
+        FN(fc_q8_lookup_nb)(q, qstride, 3, Mp, idx, bits, Cout_pad, acc, nthreads);
     else if (nb == 2)
-        FN(fc_q8_lookup_nb)(q, qstride, 2, Mp, idx, Cout_pad, acc, nthreads);
+        FN(fc_q8_lookup_nb)(q, qstride, 2, Mp, idx, bits, Cout_pad, acc, nthreads);
     else
-        FN(fc_q8_lookup_nb)(q, qstride, 1, Mp, idx, Cout_pad, acc, nthreads);
+        FN(fc_q8_lookup_nb)(q, qstride, 1, Mp, idx, bits, Cout_pad, acc, nthreads);
 }
 
 #undef FN

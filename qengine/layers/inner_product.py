@@ -24,9 +24,18 @@ class FCOp(WeightedOp):
         elif self.K <= 32:
             # fast: 8-bit tables; exact: float tables small enough to be looked up
             # inside registers.  Unpacked and laid out in one pass.
+            self.index_bits = 8
             if q8:
                 self.strategy = "lut8"
+                # where the instruction set unpacks them in registers (AVX-512),
+                # indices stay packed: 5 bits for K=32, 4 for K=16 (a third or
+                # half less to stream from memory per image)
+                if _kernels.fc_q8_packs():
+                    self.index_bits = _kernels.fc_q8_index_bits(self.K)
             self.derived_bytes = _kernels.fc_q8_layout_size(cout, self.M)
+            if self.index_bits < 8:
+                self.derived_bytes = _kernels.fc_q8_packed_size(self.derived_bytes,
+                                                                self.index_bits)
         else:
             self._use_unpacked_indices()
             self.derived_bytes = cout * self.M
@@ -45,6 +54,11 @@ class FCOp(WeightedOp):
             self.indices, top = fc_register_layout(stream, (cout, self.M), bits)
             self._check_top(top)
             qf.release(self._idx_name)
+            if self.index_bits < 8:
+                packed = buffers.empty((_kernels.fc_q8_packed_size(self.indices.shape[0],
+                                                                   self.index_bits),), "B")
+                _kernels.fc_q8_pack(self.indices, self.index_bits, packed)
+                self.indices = packed
         else:
             self.indices = block_fc_indices(self._unpacked_indices(), self.K)
         if self.mode == "lut" and self.strategy != "dequantized":
@@ -67,7 +81,7 @@ class FCOp(WeightedOp):
         out = self.new_out(x.shape[0])
         if self.strategy == "lut8":
             _kernels.fc_q8(x, self.codebook_t, self.indices, self.params["num_output"], self.bias,
-                           relu, out, ws, nthreads)
+                           relu, out, ws, nthreads, self.index_bits)
         elif self.strategy == "lut" and self.K <= 32:
             _kernels.fc_f32(x, self.codebook_t, self.indices, self.params["num_output"], self.bias,
                             relu, out, ws, nthreads)
