@@ -124,8 +124,11 @@ def test_lrn_matches_numpy(isa, size, alpha, beta, k):
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("h,w,k,s,p", [(55, 55, 3, 2, 0), (13, 13, 3, 2, 0), (7, 9, 2, 2, 0),
-                                       (8, 8, 3, 2, 1), (6, 5, 3, 3, 1), (1, 1, 1, 1, 0)])
-def test_pool_matches_numpy(method, h, w, k, s, p):
+                                       (8, 8, 3, 2, 1), (6, 5, 3, 3, 1), (1, 1, 1, 1, 0),
+                                       # rows of vectors and a tail, stride 1 and 2, padded
+                                       (9, 40, 3, 1, 1), (5, 37, 2, 1, 0), (6, 41, 3, 2, 1),
+                                       (4, 111, 3, 2, 0)])
+def test_pool_matches_numpy(isa, method, h, w, k, s, p):
     from qengine.layers import pool_output
     x = RNG.standard_normal((2, 3, h, w)).astype(np.float32)
     ref = reference.pool(x, (k, k), (s, s), (p, p), method)
@@ -133,6 +136,25 @@ def test_pool_matches_numpy(method, h, w, k, s, p):
     assert out.shape == ref.shape
     _kernels.pool(x, out, k, k, s, s, p, p, method == "AVE")
     close(out, ref, 1e-6)
+
+
+def test_max_pool_skips_nans_with_the_same_bits_on_every_isa():
+    x = RNG.standard_normal((1, 4, 9, 50)).astype(np.float32)
+    x[0, 0, 2, 5:30:3] = np.nan
+    x[0, 1] = np.nan                       # a channel of NaNs: every window empty
+    x[0, 2, :, 7] = -np.inf
+    def run(s):
+        oh, ow = -(-(9 - 3) // s) + 1, -(-(50 - 3) // s) + 1
+        out = np.full((1, 4, oh, ow), 7, np.float32)
+        _kernels.pool(x, out, 3, 3, s, s, 0, 0, False)
+        return out
+    for s in (1, 2):
+        outs = on_every_isa(lambda: run(s))
+        for o in outs[1:]:
+            assert np.array_equal(o, outs[0], equal_nan=True)
+        ref = reference.pool(np.where(np.isnan(x), -np.inf, x), (3, 3), (s, s), (0, 0), "MAX")
+        ref = np.where(np.isneginf(ref), -np.finfo(np.float32).max, ref)   # nothing but NaNs
+        assert np.array_equal(outs[0], np.maximum(ref, -np.finfo(np.float32).max))
 
 
 def test_caffe_ceil_pooling_sizes():

@@ -3,49 +3,21 @@
 #include <stdlib.h>
 #include "qe_kernels.h"
 
-/* Max pooling in two passes per output row: the largest of the window's input
- * rows, element by element (contiguous, vectorised), then the largest over
- * each window's columns, one column offset at a time.  Branch-free; NaNs are
- * skipped as in the one-pass form (v > m ? v : m), and max is exact, so the
- * two give the same bits. */
+/* Max pooling, channels shared among the threads; each channel by the
+ * chosen instruction set's qe_max_pool_channel (two separable passes). */
 static int max_pool_separable(const float *x, float *y, int C, int H, int W, int OH, int OW,
                               int KH, int KW, int SH, int SW, int PH, int PW, int nthreads)
 {
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(| : failed)
     {
-    float *v = (float *)malloc(sizeof(float) * (size_t)W);
+    float *v = (float *)calloc((size_t)W + 16, sizeof(float));   /* slack: see qe_impl.h */
     failed = v == NULL;
     #pragma omp for schedule(static)
     for (int c = 0; c < C; c++) {
         if (!v) continue;
-        const float *xc = x + (int64_t)c * H * W;
-        float *yc = y + (int64_t)c * OH * OW;
-        for (int oh = 0; oh < OH; oh++) {
-            int h0 = oh * SH - PH, h1 = h0 + KH;
-            h0 = h0 < 0 ? 0 : h0;
-            h1 = h1 > H ? H : h1;
-            for (int w = 0; w < W; w++) v[w] = -FLT_MAX;
-            for (int h = h0; h < h1; h++) {
-                const float *xr = xc + (int64_t)h * W;
-                for (int w = 0; w < W; w++) v[w] = xr[w] > v[w] ? xr[w] : v[w];
-            }
-            /* column kw of every window: outputs [lo, hi) read v[ow*SW - PW + kw]
-             * inside the row (a strided, vectorisable loop per kw) */
-            float *yr = yc + (int64_t)oh * OW;
-            for (int ow = 0; ow < OW; ow++) yr[ow] = -FLT_MAX;
-            for (int kw = 0; kw < KW; kw++) {
-                const int off = kw - PW;
-                int lo = off < 0 ? (-off + SW - 1) / SW : 0;
-                int hi = (W - 1 - off) >= 0 ? (W - 1 - off) / SW + 1 : 0;
-                hi = hi > OW ? OW : hi;
-                const float *vk = v + off;
-                for (int ow = lo; ow < hi; ow++) {
-                    const float a = vk[(int64_t)ow * SW];
-                    yr[ow] = a > yr[ow] ? a : yr[ow];
-                }
-            }
-        }
+        qe_max_pool_channel(x + (int64_t)c * H * W, y + (int64_t)c * OH * OW, v, H, W, OH, OW,
+                            KH, KW, SH, SW, PH, PW);
     }
     free(v);
     }

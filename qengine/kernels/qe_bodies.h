@@ -3,6 +3,7 @@
  * QE_SIMD: 0 portable C (GCC vector extensions lowered to the baseline),
  * 2 AVX2 + FMA intrinsics, 3 AVX-512 BW/VBMI intrinsics (natively, or
  * emulated by SIMDe for testing on CPUs without them). */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -31,7 +32,8 @@ const qe_kernel_table QE_TABLE_NAME = {
     QE_CAT(scatter_rows, QE_SUFFIX), QE_CAT(dense_conv, QE_SUFFIX),
     QE_CAT(depthwise_conv, QE_SUFFIX), QE_CAT(fc_table, QE_SUFFIX),
     QE_CAT(lut_fc, QE_SUFFIX), QE_CAT(dense_fc, QE_SUFFIX),
-    QE_CAT(lrn, QE_SUFFIX), QE_CAT(fc_q8_tables, QE_SUFFIX),
+    QE_CAT(max_pool_channel, QE_SUFFIX), QE_CAT(lrn, QE_SUFFIX),
+    QE_CAT(fc_q8_tables, QE_SUFFIX),
     QE_CAT(fc_q8_lookup, QE_SUFFIX), QE_CAT(fc_f32_lookup, QE_SUFFIX),
     QE_CAT(conv16_build, QE_SUFFIX), QE_CAT(conv16_lookup, QE_SUFFIX),
     QE_CAT(conv16_lookup4, QE_SUFFIX), QE_CAT(i16_maxabs, QE_SUFFIX),

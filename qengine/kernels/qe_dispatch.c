@@ -445,6 +445,12 @@ void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float 
     K_()->dense_fc(x, Cin, w, Cout, bias, y, relu, nthreads);
 }
 
+void qe_max_pool_channel(const float *xc, float *yc, float *v, int H, int W, int OH, int OW,
+                         int KH, int KW, int SH, int SW, int PH, int PW)
+{
+    K_()->max_pool_channel(xc, yc, v, H, W, OH, OW, KH, KW, SH, SW, PH, PW);
+}
+
 void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
             float k, float *sq, int nthreads)
 {

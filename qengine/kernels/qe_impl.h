@@ -497,5 +497,54 @@ static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float
     }
 }
 
+/* Max pooling of one channel, in two passes per output row: the largest of
+ * the window's input rows, element by element (contiguous, vectorised), into
+ * v [W + 16], then the largest over each window's columns, one column offset
+ * at a time, in vectors for strides 1 and 2 (the even lanes of two loads).  v > m ? v : m throughout: NaNs are skipped, and max is
+ * exact, so every instruction set and order gives the same bits. */
+static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, int W, int OH,
+                                 int OW, int KH, int KW, int SH, int SW, int PH, int PW)
+{
+    for (int oh = 0; oh < OH; oh++) {
+        int h0 = oh * SH - PH, h1 = h0 + KH;
+        h0 = h0 < 0 ? 0 : h0;
+        h1 = h1 > H ? H : h1;
+        for (int w = 0; w < W; w++) v[w] = -FLT_MAX;
+        for (int h = h0; h < h1; h++) {
+            const float *xr = xc + (int64_t)h * W;
+            for (int w = 0; w < W; w++) v[w] = xr[w] > v[w] ? xr[w] : v[w];
+        }
+        /* column kw of every window: outputs [lo, hi) read v[ow*SW - PW + kw] */
+        float *yr = yc + (int64_t)oh * OW;
+        for (int ow = 0; ow < OW; ow++) yr[ow] = -FLT_MAX;
+        for (int kw = 0; kw < KW; kw++) {
+            const int off = kw - PW;
+            int lo = off < 0 ? (-off + SW - 1) / SW : 0;
+            int hi = (W - 1 - off) >= 0 ? (W - 1 - off) / SW + 1 : 0;
+            hi = hi > OW ? OW : hi;
+            const float *vk = v + off;
+            int ow = lo;
+            if (SW == 1) {
+                for (; ow + 8 <= hi; ow += 8) {
+                    const V8 a = FN(vload)(vk + ow), m = FN(vload)(yr + ow);
+                    FN(vstore)(yr + ow, FN(vsel)(m, a, a > m));
+                }
+            } else if (SW == 2) {   /* the even lanes of 16 (v has 16 floats of slack) */
+                const QE_CAT(v8m, QE_SUFFIX) even = {0, 2, 4, 6, 8, 10, 12, 14};
+                for (; ow + 8 <= hi; ow += 8) {
+                    const V8 a = __builtin_shuffle(FN(vload)(vk + 2 * ow),
+                                                   FN(vload)(vk + 2 * ow + 8), even);
+                    const V8 m = FN(vload)(yr + ow);
+                    FN(vstore)(yr + ow, FN(vsel)(m, a, a > m));
+                }
+            }
+            for (; ow < hi; ow++) {
+                const float a = vk[(int64_t)ow * SW];
+                yr[ow] = a > yr[ow] ? a : yr[ow];
+            }
+        }
+    }
+}
+
 #undef V8
 #undef FN

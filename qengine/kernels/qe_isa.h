@@ -24,6 +24,8 @@ typedef struct {
     void (*lut_fc)(const float *, int, const float *, int, int, int, const uint8_t *, int,
                    const float *, float *, float *, int, int);
     void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
+    void (*max_pool_channel)(const float *, float *, float *, int, int, int, int, int, int, int,
+                             int, int, int);
     void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *, int,
                 int);
     float (*fc_q8_tables)(const float *, int, const float *, int, int, int, float *, int,
