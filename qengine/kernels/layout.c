@@ -235,8 +235,9 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
  * then split into SY x SX pieces of 3x3 (zeros past its edge), piece (sy, sx)
  * applied to the input shifted by (3 sy, 3 sx).  The layer is then a 3x3
  * convolution of CV = SY*SX*S*S*C0 virtual channels, numbered ((piece*C0 +
- * c)*S + a)*S + b (a phase's S values of one row are then S neighbours).  U = G g G' per output and virtual channel, quantised with
- * one scale per output channel and transformed position xi: out
+ * c)*S + a)*S + b (a phase's S values of one row are then S neighbours).
+ * U = G g G' per output and virtual channel, quantised with one scale per
+ * output channel and transformed position xi: out
  * [groups][CoB][16][CV2/2][32][2] int16 (CoB = ceil(Cg/32), CV2 = CV rounded
  * up to even, zeros past Cg and CV), scale [groups][CoB][16][32].  The input
  * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
@@ -252,7 +253,8 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, 
     const int SY = (KHs + 2) / 3, SX = (KWs + 2) / 3, C = SY * SX * S * S * C0;
     const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
     const int64_t per_row = (int64_t)C, nrows = (int64_t)groups * Cg * 16;
-    double *U = (double *)malloc(sizeof(double) * (size_t)(nrows * per_row > 0 ? nrows * per_row : 1));
+    const int64_t nU = nrows * per_row > 0 ? nrows * per_row : 1;
+    double *U = (double *)malloc(sizeof(double) * (size_t)nU);
     if (!U) return -2;
     /* U[(co*16 + xi)*C + c] */
     for (int64_t co = 0; co < (int64_t)groups * Cg; co++)

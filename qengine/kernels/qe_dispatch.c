@@ -568,7 +568,8 @@ int qe_fc_q8_pack(const uint8_t *in, int64_t n, int bits, uint8_t *out)
                 if (a >> bits) return -1;
                 v |= (uint64_t)a << (k * bits);
             }
-            memcpy(out + (u * 8 + j) * bits, &v, (size_t)bits);   /* little-endian */
+            for (int i = 0; i < bits; i++)   /* little-endian on any host */
+                out[(u * 8 + j) * bits + i] = (uint8_t)(v >> (8 * i));
         }
     memset(out + n / 8 * bits, 0, QE_Q8_PACK_PAD);
     return 0;

@@ -113,7 +113,7 @@ static inline void FN(q8_unpack_unit)(const uint8_t *p, int bits, uint8_t *out)
     const uint64_t mask = (1u << bits) - 1;
     for (int j = 0; j < 8; j++) {
         uint64_t v = 0;
-        memcpy(&v, p + j * bits, (size_t)bits);   /* little-endian */
+        for (int i = 0; i < bits; i++) v |= (uint64_t)p[j * bits + i] << (8 * i);
         for (int k = 0; k < 8; k++) out[8 * j + k] = (uint8_t)((v >> (k * bits)) & mask);
     }
 }
@@ -121,10 +121,10 @@ static inline void FN(q8_unpack_unit)(const uint8_t *p, int bits, uint8_t *out)
 #if QE_SIMD == 3
 /* The same in registers: the unit's 8*bits bytes (a whole 64-byte load: the
  * packed layout ends in QE_Q8_PACK_PAD spare bytes), spread so that qword j
- * holds bytes j*bits .. (vpermb), each
- * index moved to the low bits of its byte (vpmultishiftqb: byte k of a qword
- * takes its bits from k*bits), masked to `bits` bits and +32 on the upper
- * half (the row mm+1 of vpermb's 64-byte table) in one vpternlogd. */
+ * holds bytes j*bits .. from its second byte on (vpermb), each index moved to
+ * the low bits of its byte (vpmultishiftqb: byte k of a qword takes its bits
+ * from 8 + k*bits), masked to `bits` bits and +32 on the upper half (the row
+ * mm+1 of vpermb's 64-byte table) in one vpternlogd. */
 typedef struct {
     __m512i spread, shifts, low, up;
 } QE_CAT(q8_unpacker, QE_SUFFIX);
@@ -133,10 +133,13 @@ static inline QE_CAT(q8_unpacker, QE_SUFFIX) FN(q8_unpacker_for)(int bits)
 {
     QE_CAT(q8_unpacker, QE_SUFFIX) u;
     uint8_t spread[64], shifts[64];
+    /* qword j = one spare byte, then bytes j*bits ..: index k starts at bit
+     * 8 + k*bits (<= 57, and 8 + 8*bits <= 64 for bits <= 7).  No shift is 0:
+     * SIMDe's emulation of vpmultishiftqb shifts by 64 - shift. */
     for (int j = 0; j < 8; j++)
         for (int k = 0; k < 8; k++) {
-            spread[8 * j + k] = (uint8_t)(j * bits + k);
-            shifts[8 * j + k] = (uint8_t)(k * bits);
+            spread[8 * j + k] = (uint8_t)(k ? j * bits + k - 1 : 0);
+            shifts[8 * j + k] = (uint8_t)(8 + k * bits);
         }
     u.spread = _mm512_loadu_si512(spread);
     u.shifts = _mm512_loadu_si512(shifts);

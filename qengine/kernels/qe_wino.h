@@ -1,6 +1,8 @@
 /* Fast mode, 3x3 stride-1 convolution by Winograd's F(2x2, 3x3) in 16-bit
  * integers (strategy "winograd").  Included by qe_bodies.h once per
- * instruction set (FN, QE_SUFFIX, QE_SIMD).
+ * instruction set (FN, QE_SUFFIX, QE_SIMD).  Strided convolutions and larger
+ * kernels reach it as 3x3 stride-1 ones over more ("virtual") channels: see
+ * qe_wino_weights (layout.c) and qe_wino_conv (qe_dispatch.c).
  *
  * Each 2x2 block of outputs ("tile" t) is Y = A' [sum_c U[c] . V[c]] A with
  * V[c] = B' d[c] B the transform of the 4x4 input patch d of channel c and
@@ -103,9 +105,10 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
             int32_t xv;
             memcpy(&xv, v + (int64_t)t * CS + 2 * p, 4);
             const __m256i x = _mm256_set1_epi32(xv);
-            for (int h = 0; h < 4; h++)
-                a[t][h] = _mm256_add_epi32(
-                    a[t][h], _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(up + 16 * h)), x));
+            for (int h = 0; h < 4; h++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(up + 16 * h));
+                a[t][h] = _mm256_add_epi32(a[t][h], _mm256_madd_epi16(w, x));
+            }
         }
     }
     for (int t = 0; t < NT; t++)
@@ -198,9 +201,9 @@ static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const fl
 /* y [Cout][OH][OW] from V (wino_input; CP pairs of channels) and U, sc as
  * laid out above.
  * Blocks of 32 channels x QE_WINO_NT tiles are shared among the threads. */
-static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, const int16_t *U, int CoB,
-                          const float *sc, const float *bias, float *y, int Cout, int OH, int OW,
-                          int relu, int nthreads)
+static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, const int16_t *U,
+                          int CoB, const float *sc, const float *bias, float *y, int Cout, int OH,
+                          int OW, int relu, int nthreads)
 {
     const int64_t T = (int64_t)TH * TW;
     const int64_t ntb = (T + QE_WINO_NT - 1) / QE_WINO_NT;
