@@ -244,86 +244,97 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
  * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
  * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
  * be laid out within the bound, -2 if out of memory. */
+/* The 16 transformed rows U[xi][c] (C virtual channels) of output channel co;
+ * see qe_wino_weights for the numbering. */
+static void wino_rows(const float *w, int64_t co, int C0, int KH, int KW, int S, int SX, int C,
+                      double *U)
+{
+    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    for (int c = 0; c < C; c++) {
+        const int piece = c / (S * S * C0), pa = c / S % S, pb = c % S;
+        const int sy = piece / SX, sx = piece % SX;
+        const float *wc = w + (co * C0 + c / (S * S) % C0) * KH * KW;
+        double g[3][3];   /* this phase and piece of the kernel, zeros past its edge */
+        for (int k = 0; k < 3; k++)
+            for (int l = 0; l < 3; l++) {
+                const int kh = (3 * sy + k) * S + pa, kw = (3 * sx + l) * S + pb;
+                g[k][l] = kh < KH && kw < KW ? (double)wc[kh * KW + kw] : 0.0;
+            }
+        double t[4][3];   /* G g */
+        for (int a = 0; a < 4; a++)
+            for (int l = 0; l < 3; l++)
+                t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++)
+                U[(int64_t)(a * 4 + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +
+                                                  t[a][2] * G[b][2];
+    }
+}
+
 int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int S,
                     int16_t *out, float *scale)
 {
-    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
     const double B = 2147483647.0;
     const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
     const int SY = (KHs + 2) / 3, SX = (KWs + 2) / 3, C = SY * SX * S * S * C0;
     const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
-    const int64_t per_row = (int64_t)C, nrows = (int64_t)groups * Cg * 16;
-    const int64_t nU = nrows * per_row > 0 ? nrows * per_row : 1;
-    double *U = (double *)malloc(sizeof(double) * (size_t)nU);
+    const int64_t Cout = (int64_t)groups * Cg;
+    /* one output channel's 16 rows at a time, computed in both passes */
+    double *U = (double *)malloc(sizeof(double) * 16 * (size_t)(C > 0 ? C : 1));
     if (!U) return -2;
-    /* U[(co*16 + xi)*C + c] */
-    for (int64_t co = 0; co < (int64_t)groups * Cg; co++)
-        for (int c = 0; c < C; c++) {
-            const int piece = c / (S * S * C0), pa = c / S % S, pb = c % S;
-            const int sy = piece / SX, sx = piece % SX;
-            const float *wc = w + (co * C0 + c / (S * S) % C0) * KH * KW;
-            double g[3][3];   /* this phase and piece of the kernel, zeros past its edge */
-            for (int k = 0; k < 3; k++)
-                for (int l = 0; l < 3; l++) {
-                    const int kh = (3 * sy + k) * S + pa, kw = (3 * sx + l) * S + pb;
-                    g[k][l] = kh < KH && kw < KW ? (double)wc[kh * KW + kw] : 0.0;
-                }
-            double t[4][3];   /* G g */
-            for (int a = 0; a < 4; a++)
-                for (int l = 0; l < 3; l++)
-                    t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++)
-                    U[(co * 16 + a * 4 + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +
-                                                       t[a][2] * G[b][2];
-        }
     double widest = 1.0;
-    for (int64_t r = 0; r < nrows; r++) {
-        double mx = 0.0, sum = 0.0;
-        for (int c = 0; c < C; c++) {
-            const double a = fabs(U[r * C + c]);
-            mx = a > mx ? a : mx;
-            sum += a;
+    for (int64_t co = 0; co < Cout; co++) {
+        wino_rows(w, co, C0, KH, KW, S, SX, C, U);
+        for (int xi = 0; xi < 16; xi++) {
+            double mx = 0.0, sum = 0.0;
+            for (int c = 0; c < C; c++) {
+                const double a = fabs(U[(int64_t)xi * C + c]);
+                mx = a > mx ? a : mx;
+                sum += a;
+            }
+            if (mx > 0.0 && sum / mx > widest) widest = sum / mx;
         }
-        if (mx > 0.0 && sum / mx > widest) widest = sum / mx;
     }
     double Ad = floor(sqrt(B / (2.0 * widest)));
     const int A = Ad > 8191.0 ? 8191 : Ad < 1.0 ? 1 : (int)Ad;
     memset(out, 0, sizeof(int16_t) * (size_t)groups * CoB * 16 * CP * 64);
     memset(scale, 0, sizeof(float) * (size_t)groups * CoB * 16 * 32);
     int rc = A;
-    for (int64_t r = 0; r < nrows && rc > 0; r++) {
-        const int64_t co = r / 16;
-        const int xi = (int)(r % 16), gi = (int)(co / Cg), cl = (int)(co % Cg);
+    for (int64_t co = 0; co < Cout && rc > 0; co++) {
+        wino_rows(w, co, C0, KH, KW, S, SX, C, U);
+        const int gi = (int)(co / Cg), cl = (int)(co % Cg);
         const int64_t blk = (int64_t)gi * CoB + cl / 32;
-        int16_t *ob = out + (blk * 16 + xi) * CP * 64 + 2 * (cl % 32);
-        double mx = 0.0, sum = 0.0;
-        for (int c = 0; c < C; c++) {
-            const double a = fabs(U[r * C + c]);
-            mx = a > mx ? a : mx;
-            sum += a;
+        for (int xi = 0; xi < 16 && rc > 0; xi++) {
+            const double *u = U + (int64_t)xi * C;
+            int16_t *ob = out + (blk * 16 + xi) * CP * 64 + 2 * (cl % 32);
+            double mx = 0.0, sum = 0.0;
+            for (int c = 0; c < C; c++) {
+                const double a = fabs(u[c]);
+                mx = a > mx ? a : mx;
+                sum += a;
+            }
+            if (mx == 0.0) continue;
+            double levels = floor((B / (4.0 * A) - (double)CP) * mx / sum * (1.0 - 1e-6));
+            levels = levels > 32767.0 ? 32767.0 : levels;
+            if (levels < 1.0) {
+                rc = -1;
+                break;
+            }
+            const float s = (float)(mx / levels);
+            if (!(s >= FLT_MIN)) continue;   /* below normal floats: adds nothing */
+            int64_t total = 0;
+            for (int c = 0; c < C; c++) {
+                double q = nearbyint(u[c] / (double)s);
+                q = q > 32767.0 ? 32767.0 : q < -32767.0 ? -32767.0 : q;
+                ob[(int64_t)(c / 2) * 64 + (c & 1)] = (int16_t)q;
+                total += (int64_t)fabs(q);
+            }
+            if (4.0 * A * (double)total > B) {
+                rc = -1;
+                break;
+            }
+            scale[(blk * 16 + xi) * 32 + cl % 32] = s;
         }
-        if (mx == 0.0) continue;
-        double levels = floor((B / (4.0 * A) - (double)CP) * mx / sum * (1.0 - 1e-6));
-        levels = levels > 32767.0 ? 32767.0 : levels;
-        if (levels < 1.0) {
-            rc = -1;
-            break;
-        }
-        const float s = (float)(mx / levels);
-        if (!(s >= FLT_MIN)) continue;   /* below normal floats: adds nothing */
-        int64_t total = 0;
-        for (int c = 0; c < C; c++) {
-            double q = nearbyint(U[r * C + c] / (double)s);
-            q = q > 32767.0 ? 32767.0 : q < -32767.0 ? -32767.0 : q;
-            ob[(int64_t)(c / 2) * 64 + (c & 1)] = (int16_t)q;
-            total += (int64_t)fabs(q);
-        }
-        if (4.0 * A * (double)total > B) {
-            rc = -1;
-            break;
-        }
-        scale[(blk * 16 + xi) * 32 + cl % 32] = s;
     }
     free(U);
     return rc;
