@@ -22,7 +22,7 @@ G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
 # kernels past 3x3 in pieces: AlexNet conv2-like 5x5, 4x4 and 7x3 (pieces
 # past the kernel's edge), 11x11 (16 pieces); strides by space to depth:
 # AlexNet conv1-like 11x11 stride 4, 7x7 stride 2 (SqueezeNet's conv1), 3x3
-# stride 2, 2x2 stride 2 (one tap per phase)
+# stride 2, 2x2 stride 2 (one tap per phase); 1x1 (QENGINE_WINOGRAD=1 allows it)
 CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3, 1), (2, 7, 9, 12, 5, 0, 1, 3, 3, 1),
          (1, 33, 8, 5, 70, 2, 1, 3, 3, 1), (1, 48, 10, 10, 64, 1, 2, 3, 3, 1),
          (1, 17, 1, 1, 3, 1, 1, 3, 3, 1), (1, 32, 27, 27, 33, 1, 1, 3, 3, 1),
@@ -30,7 +30,7 @@ CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3, 1), (2, 7, 9, 12, 5, 0, 1, 3, 3, 1),
          (2, 5, 9, 8, 7, 1, 1, 4, 4, 1), (1, 9, 12, 10, 6, 3, 1, 7, 3, 1),
          (1, 3, 16, 14, 8, 0, 1, 11, 11, 1), (1, 3, 47, 43, 40, 0, 1, 11, 11, 4),
          (2, 3, 23, 20, 9, 3, 1, 7, 7, 2), (1, 16, 9, 10, 33, 1, 1, 3, 3, 2),
-         (1, 6, 8, 8, 5, 0, 1, 2, 2, 2)]
+         (1, 6, 8, 8, 5, 0, 1, 2, 2, 2), (1, 8, 6, 7, 5, 0, 1, 1, 1, 1)]
 
 
 def layout(w, groups, stride=1):
