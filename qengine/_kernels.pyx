@@ -620,12 +620,23 @@ def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const fl
     # the int16 planes start 64-byte aligned after the float ones
     cdef int16_t *xq = <int16_t *>(<uintptr_t>(&ws[nxp + 15]) & ~(<uintptr_t>63))
     cdef int n, gi, rc = 0
+    # a 1x1 convolution of stride 1 without padding reads its input in place:
+    # each channel is already its own plane, H*W apart (no split, no copy)
+    cdef bint direct = kh == 1 and kw == 1 and stride == 1 and pad == 0
+    cdef qe_conv_geom gd = g
+    gd.PS = <int64_t>H * W
     with nogil:
         for n in range(N):
             for gi in range(groups):
-                qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
-                rc = qe_i16_conv(&g, &ws[0], xq, &w16[gi, 0, 0], &scale[gi * Og], A, Og,
-                                 &bias[gi * Og], &out[n, c0 + gi * Og, 0, 0], relu, nthreads)
+                if direct:
+                    rc = qe_i16_conv(&gd, &x[n, gi * Cg, 0, 0], xq, &w16[gi, 0, 0],
+                                     &scale[gi * Og], A, Og, &bias[gi * Og],
+                                     &out[n, c0 + gi * Og, 0, 0], relu, nthreads)
+                else:
+                    qe_phase_split(&g, &x[n, gi * Cg, 0, 0], &ws[0])
+                    rc = qe_i16_conv(&g, &ws[0], xq, &w16[gi, 0, 0], &scale[gi * Og], A, Og,
+                                     &bias[gi * Og], &out[n, c0 + gi * Og, 0, 0], relu,
+                                     nthreads)
                 if rc != 0:
                     break
             if rc != 0:
