@@ -292,3 +292,19 @@ def test_qrun_closed_pipe_ctrl_c_and_intermixed_options(tmp_path):
     err = p.stderr.read()
     p.wait(timeout=60)
     assert p.returncode == 130 and err.strip() == "qbench: interrupted", err
+
+
+def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
+    script = os.path.join(ROOT, "tools", "peer_table.py")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    model = str(tmp_path / "m.qcnn")
+    build(model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, says in (([model, "--calib", str(tmp_path / "nowhere")], "not a directory"),
+                       ([str(tmp_path / "none.qcnn")], "no such file"),
+                       ([model, "--calib", str(empty), "--runs", "1"], "no images")):
+        p = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert p.returncode == 2, p.stderr
+        assert says in p.stderr and "Traceback" not in p.stderr

@@ -72,8 +72,21 @@ def main():
     ap.add_argument("--calib-count", type=int, default=64)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.runs < 1 or args.threads < 1 or args.batch < 1 or args.calib_count < 1:
+        ap.error("--runs, --threads, --batch and --calib-count must be at least 1")
+    if args.calib and not os.path.isdir(args.calib):
+        ap.error(f"--calib {args.calib}: not a directory of images")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
+    from qengine.errors import QEngineError
+    try:
+        return run(args)
+    except QEngineError as e:   # a bad model or calibration image: its message, no traceback
+        print(f"peer_table: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args):
     import numpy as np
     import qengine
     from qengine import baselines, reference
