@@ -295,8 +295,11 @@ def test_qrun_closed_pipe_ctrl_c_and_intermixed_options(tmp_path):
 
 
 def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
+    import qengine
     script = os.path.join(ROOT, "tools", "peer_table.py")
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # the qengine package the tests import (installed, or built in place)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
+    env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
     model = str(tmp_path / "m.qcnn")
     build(model)
     empty = tmp_path / "empty"
@@ -305,6 +308,6 @@ def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
                        ([str(tmp_path / "none.qcnn")], "no such file"),
                        ([model, "--calib", str(empty), "--runs", "1"], "no images")):
         p = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                           env=env, timeout=300)
+                           env=env, timeout=300, cwd=str(tmp_path))
         assert p.returncode == 2, p.stderr
         assert says in p.stderr and "Traceback" not in p.stderr
