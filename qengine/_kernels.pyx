@@ -39,6 +39,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                       float *y, int relu, int nthreads, void *ws)
     int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S,
                         int16_t *out, float *scale)
+    int qe_wino_virtual(int C, int KH, int KW, int S)
     int qe_fc_q8_pad_cout(int Cout)
     int qe_fc_q8_pad_m(int M)
     int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
@@ -645,11 +646,22 @@ def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const fl
         raise MemoryError("out of memory in the convolution kernel")
 
 
+# the kernels and strides the Winograd form takes (weights, scratch and virtual
+# channels stay small enough for int sizes)
+WINO_MAX_KERNEL = 15
+WINO_MAX_STRIDE = 8
+
+
+def wino_applies(int kh, int kw, int stride):
+    """Whether the Winograd kernel takes this kernel size and stride."""
+    return 1 <= kh <= WINO_MAX_KERNEL and 1 <= kw <= WINO_MAX_KERNEL and \
+        1 <= stride <= WINO_MAX_STRIDE
+
+
 def wino_pieces(int kh, int kw, int stride=1):
     """Virtual input channels per real one in the Winograd form of a kh x kw
     convolution: stride^2 phases (space to depth) times its 3x3 pieces."""
-    cdef int khs = (kh + stride - 1) // stride, kws = (kw + stride - 1) // stride
-    return ((khs + 2) // 3) * ((kws + 2) // 3) * stride * stride
+    return qe_wino_virtual(1, kh, kw, stride)
 
 
 def wino_weights_shape(int cout, int groups, int cin, int kh=3, int kw=3, int stride=1):
@@ -667,10 +679,9 @@ def wino_conv_weights(const float[:, :, :, ::1] w, int groups, int16_t[:, :, ::1
     (see qe_wino_weights)."""
     cdef int cout = w.shape[0], cg = w.shape[1], kh = w.shape[2], kw = w.shape[3]
     cdef int A
-    if groups < 1 or cout % groups or cg < 1 or not 1 <= kh <= 15 or not 1 <= kw <= 15 \
-            or not 1 <= stride <= 8:
-        raise ValueError("Winograd weights need a kernel of at most 15x15 and a stride of "
-                         "at most 8")
+    if groups < 1 or cout % groups or cg < 1 or not wino_applies(kh, kw, stride):
+        raise ValueError(f"Winograd weights need a kernel of at most {WINO_MAX_KERNEL}x"
+                         f"{WINO_MAX_KERNEL} and a stride of at most {WINO_MAX_STRIDE}")
     shapes = wino_weights_shape(cout, groups, cg * groups, kh, kw, stride)
     if (out.shape[0], out.shape[1], out.shape[2]) != shapes[0] or \
             (scale.shape[0], scale.shape[1]) != shapes[1]:
@@ -702,7 +713,7 @@ def conv_wino(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] u, const flo
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int groups = u.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
-    if not 1 <= kh <= 15 or not 1 <= kw <= 15 or not 1 <= stride <= 8:
+    if not wino_applies(kh, kw, stride):
         raise ValueError("Winograd weights do not match the convolution")
     _group_geom(&g, C, Cout, groups, H, W, kh, kw, stride, pad)
     cdef int Cg = C // groups, Og = Cout // groups

@@ -227,23 +227,12 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
     }
 }
 
-/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C0][KH][KW]
- * (C0 input channels per group), stride S.  A strided convolution is first
- * made a stride-1 one by space to depth: phase (a, b) of channel c is the
- * input at rows = a mod S, columns = b mod S, and the kernel becomes
- * ceil(KH/S) x ceil(KW/S) over S*S*C0 channels.  A kernel larger than 3x3 is
- * then split into SY x SX pieces of 3x3 (zeros past its edge), piece (sy, sx)
- * applied to the input shifted by (3 sy, 3 sx).  The layer is then a 3x3
- * convolution of CV = SY*SX*S*S*C0 virtual channels, numbered ((piece*C0 +
- * c)*S + a)*S + b (a phase's S values of one row are then S neighbours).
- * U = G g G' per output and virtual channel, quantised with one scale per
- * output channel and transformed position xi: out
- * [groups][CoB][16][CV2/2][32][2] int16 (CoB = ceil(Cg/32), CV2 = CV rounded
- * up to even, zeros past Cg and CV), scale [groups][CoB][16][32].  The input
- * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
- * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
- * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
- * be laid out within the bound, -2 if out of memory. */
+int qe_wino_virtual(int C, int KH, int KW, int S)
+{
+    const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
+    return (KHs + 2) / 3 * ((KWs + 2) / 3) * S * S * C;
+}
+
 /* The 16 transformed rows U[xi][c] (C virtual channels) of output channel co;
  * see qe_wino_weights for the numbering. */
 static void wino_rows(const float *w, int64_t co, int C0, int KH, int KW, int S, int SX, int C,
@@ -271,12 +260,28 @@ static void wino_rows(const float *w, int64_t co, int C0, int KH, int KW, int S,
     }
 }
 
+/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C0][KH][KW]
+ * (C0 input channels per group), stride S.  A strided convolution is first
+ * made a stride-1 one by space to depth: phase (a, b) of channel c is the
+ * input at rows = a mod S, columns = b mod S, and the kernel becomes
+ * ceil(KH/S) x ceil(KW/S) over S*S*C0 channels.  A kernel larger than 3x3 is
+ * then split into SY x SX pieces of 3x3 (zeros past its edge), piece (sy, sx)
+ * applied to the input shifted by (3 sy, 3 sx).  The layer is then a 3x3
+ * convolution of CV = SY*SX*S*S*C0 virtual channels, numbered ((piece*C0 +
+ * c)*S + a)*S + b (a phase's S values of one row are then S neighbours).
+ * U = G g G' per output and virtual channel, quantised with one scale per
+ * output channel and transformed position xi: out
+ * [groups][CoB][16][CV2/2][32][2] int16 (CoB = ceil(Cg/32), CV2 = CV rounded
+ * up to even, zeros past Cg and CV), scale [groups][CoB][16][32].  The input
+ * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
+ * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
+ * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
+ * be laid out within the bound, -2 if out of memory. */
 int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int S,
                     int16_t *out, float *scale)
 {
     const double B = 2147483647.0;
-    const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
-    const int SY = (KHs + 2) / 3, SX = (KWs + 2) / 3, C = SY * SX * S * S * C0;
+    const int SX = ((KW + S - 1) / S + 2) / 3, C = qe_wino_virtual(C0, KH, KW, S);
     const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
     const int64_t Cout = (int64_t)groups * Cg;
     /* one output channel's 16 rows at a time, computed in both passes */

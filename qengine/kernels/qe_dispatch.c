@@ -293,20 +293,30 @@ static int64_t i16_weight_budget(void)
     return budget;
 }
 
+/* The int16 kernels' input, one scale per image and group: xq = round(x * A /
+ * max|x|) for the n floats at x (a zero input quantises to zeros: outputs =
+ * bias); returns the input scale max|x| / A.  NaN or infinity in the input:
+ * no integer stands for it, so the ny outputs are NaN, and returns -1. */
+static float i16_quantize_input(const float *x, int64_t n, int A, int16_t *xq, float *y,
+                                int64_t ny)
+{
+    const float mx = K_()->i16_maxabs(x, n);
+    if (!(mx <= 3.4e38f)) {
+        for (int64_t i = 0; i < ny; i++) y[i] = NAN;
+        return -1.f;
+    }
+    K_()->i16_quantize(x, n, mx > 0.f ? (float)A / mx : 0.f, A, xq);
+    return mx > 0.f ? mx / (float)A : 0.f;
+}
+
 int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16_t *w16,
                 const float *scale, int A, int Cout, const float *bias, float *y, int relu,
                 int nthreads)
 {
     if (nthreads < 1) nthreads = 1;
     const int64_t n = qe_phase_floats(g), NR = (int64_t)g->OH * g->OW;
-    const float mx = K_()->i16_maxabs(xp, n);
-    if (!(mx <= 3.4e38f)) {   /* NaN or infinity in the input: no integer stands for it */
-        for (int64_t i = 0; i < (int64_t)Cout * NR; i++) y[i] = NAN;
-        return 0;
-    }
-    /* xq = round(x * A / max|x|); a zero input quantises to zeros (outputs = bias) */
-    const float inv = mx > 0.f ? (float)A / mx : 0.f, sa = mx > 0.f ? mx / (float)A : 0.f;
-    K_()->i16_quantize(xp, n, inv, A, xq);
+    const float sa = i16_quantize_input(xp, n, A, xq, y, (int64_t)Cout * NR);
+    if (sa < 0.f) return 0;
     const int J = g->C * g->KH * g->KW, J2 = (J + 1) / 2 * 2;
     int64_t *jb = dense_tap_offsets(g);
     float *sc = (float *)malloc(sizeof(float) * (size_t)(Cout > 0 ? Cout : 1));
@@ -331,18 +341,11 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
  * the bias padded to CoB*32 (float), each 64-byte aligned. */
 static int64_t wino_al(int64_t b) { return (b + 63) / 64 * 64; }
 
-/* Virtual channels of the Winograd form: pieces x phases x channels. */
-static int wino_virtual(int C, int KH, int KW, int S)
-{
-    const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
-    return (KHs + 2) / 3 * ((KWs + 2) / 3) * S * S * C;
-}
-
 int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout)
 {
     const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
     const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2;
-    const int64_t CS = ((int64_t)wino_virtual(C, KH, KW, S) + 15) / 16 * 16;
+    const int64_t CS = ((int64_t)qe_wino_virtual(C, KH, KW, S) + 15) / 16 * 16;
     const int64_t CoB = (Cout + 31) / 32;
     return wino_al(2 * (int64_t)C * H * W) + wino_al(2 * (2 * TH + 2) * (2 * TW + 2) * CS) +
            wino_al(2 * 16 * TH * TW * CS) + wino_al(4 * CoB * 16 * 32) + wino_al(4 * CoB * 32);
@@ -355,16 +358,10 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     if (nthreads < 1) nthreads = 1;
     const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
     const int TH = (OH + 1) / 2, TW = (OW + 1) / 2, HH = 2 * TH + 2, WW = 2 * TW + 2;
-    const int KWs = (KW + S - 1) / S, SX = (KWs + 2) / 3, CV = wino_virtual(C, KH, KW, S);
+    const int KWs = (KW + S - 1) / S, SX = (KWs + 2) / 3, CV = qe_wino_virtual(C, KH, KW, S);
     const int NP = CV / (S * S * C);
     const int CS = (CV + 15) / 16 * 16, CoB = (Cout + 31) / 32;
     const int64_t n = (int64_t)C * H * W, T = (int64_t)TH * TW;
-    const float mx = K_()->i16_maxabs(x, n);
-    if (!(mx <= 3.4e38f)) {   /* NaN or infinity in the input: no integer stands for it */
-        for (int64_t i = 0; i < (int64_t)Cout * OH * OW; i++) y[i] = NAN;
-        return;
-    }
-    const float inv = mx > 0.f ? (float)A / mx : 0.f, sa = mx > 0.f ? mx / (float)A : 0.f;
     char *p = (char *)ws;
     int16_t *xq = (int16_t *)p;
     p += wino_al(2 * n);
@@ -375,7 +372,8 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     float *sc = (float *)p;
     p += wino_al(4 * (int64_t)CoB * 16 * 32);
     float *bp = (float *)p;   /* bias padded to CoB*32 */
-    K_()->i16_quantize(x, n, inv, A, xq);
+    const float sa = i16_quantize_input(x, n, A, xq, y, (int64_t)Cout * OH * OW);
+    if (sa < 0.f) return;
     memset(XP, 0, sizeof(int16_t) * (size_t)HH * WW * CS);
     /* channels last, zero padded: virtual channel ((piece*C + c)*S + a)*S + b
      * at (h, w) holds the input at ((h + 3 sy) S + a - P, (w + 3 sx) S + b - P) */

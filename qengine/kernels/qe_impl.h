@@ -500,8 +500,9 @@ static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float
 /* Max pooling of one channel, in two passes per output row: the largest of
  * the window's input rows, element by element (contiguous, vectorised), into
  * v [W + 16], then the largest over each window's columns, one column offset
- * at a time, in vectors for strides 1 and 2 (the even lanes of two loads).  v > m ? v : m throughout: NaNs are skipped, and max is
- * exact, so every instruction set and order gives the same bits. */
+ * at a time, in vectors for strides 1 and 2 (the even lanes of two loads).
+ * v > m ? v : m throughout: NaNs are skipped, and max is exact, so every
+ * instruction set and order gives the same bits. */
 static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, int W, int OH,
                                  int OW, int KH, int KW, int SH, int SW, int PH, int PW)
 {

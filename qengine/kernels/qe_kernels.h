@@ -91,10 +91,6 @@ int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, 
  * with OH = (H + 2P - KH) / S + 1, bias added, ReLU'd when relu != 0; ws
  * scratch of qe_wino_ws_bytes() bytes, 64-byte aligned.  A non-finite input
  * gives NaN outputs. */
-/* Max pooling of one channel xc [H][W] -> yc [OH][OW] (v: W + 16 floats of scratch),
- * by the chosen instruction set. */
-void qe_max_pool_channel(const float *xc, float *yc, float *v, int H, int W, int OH, int OW,
-                         int KH, int KW, int SH, int SW, int PH, int PW);
 int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout);
 void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
                   const int16_t *u, const float *scale, int A, int Cout, const float *bias,
@@ -106,6 +102,13 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
  * overflow bound, -2 if out of memory. */
 int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S,
                     int16_t *out, float *scale);
+/* CV, the virtual channels of that form for C real ones. */
+int qe_wino_virtual(int C, int KH, int KW, int S);
+
+/* Max pooling of one channel xc [H][W] -> yc [OH][OW] (v: W + 16 floats of
+ * scratch), by the chosen instruction set. */
+void qe_max_pool_channel(const float *xc, float *yc, float *v, int H, int W, int OH, int OW,
+                         int KH, int KW, int SH, int SW, int PH, int PW);
 
 /* Subspaces per block in the fully-connected lookup (table rows of one block
  * fit in L1).  The kernel takes its indices blocked: for each block of

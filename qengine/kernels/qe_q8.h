@@ -17,7 +17,7 @@
 #define QE_CAT(a, b) QE_CAT2(a, b)
 #define FN(name) QE_CAT(name, QE_SUFFIX)
 
-/* qe_impl.h's 8-float and 8 x int32 vectors, and 8 bytes */
+/* 8 bytes (qe_impl.h has the 8-float and 8 x int32 vectors) */
 typedef uint8_t QE_CAT(v8b, QE_SUFFIX) __attribute__((vector_size(8), aligned(1)));
 
 /* The smallest and largest entry of a table row t[0..K): eight running minima
@@ -96,14 +96,6 @@ QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cb
     return s;
 }
 
-/* Sum of looked-up bytes for every output of nb (<= QE_Q8_NB) inputs at once:
- * acc[n][co] = sum_m q_n[m][a[co][m]], q_n = q + n * qstride, acc rows
- * Cout_pad apart; the indices in the layout of qe_fc_q8_layout().  Each index
- * block is read once for all nb inputs: the indices (a byte per weight
- * sub-vector, 9.4 MB for AlexNet's fc6) stream from memory once per batch of
- * nb inputs, not once per input.  The sums of each input are the same as with
- * nb = 1.  NB is a constant at every call (always inlined), so the loops over
- * inputs unroll and the sums stay in registers. */
 /* Packed indices (bits < 8, see qe_fc_q8_pack): the 64 indices of two rows
  * (a "unit", rows mm and mm+1 of 32 outputs) are 8*bits bytes, index 8j + k
  * in bits [k*bits, (k+1)*bits) of the j-th group of `bits` bytes.  Unpacked
@@ -159,6 +151,15 @@ static inline __m512i FN(q8_indices64)(const uint8_t *ib, int unit, int bits,
 }
 #endif
 
+/* Sum of looked-up bytes for every output of nb (<= QE_Q8_NB) inputs at once:
+ * acc[n][co] = sum_m q_n[m][a[co][m]], q_n = q + n * qstride, acc rows
+ * Cout_pad apart; the indices in the layout of qe_fc_q8_layout() (bits = 8)
+ * or packed to `bits` bits (qe_fc_q8_pack).  Each index
+ * block is read once for all nb inputs: the indices (a byte per weight
+ * sub-vector, 9.4 MB for AlexNet's fc6) stream from memory once per batch of
+ * nb inputs, not once per input.  The sums of each input are the same as with
+ * nb = 1.  NB is a constant at every call (always inlined), so the loops over
+ * inputs unroll and the sums stay in registers. */
 static inline __attribute__((always_inline)) void
 FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, const uint8_t *idx,
                     int bits, int Cout_pad, int32_t *acc, int nthreads)
@@ -231,9 +232,7 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
                     FN(q8_unpack_unit)(ib + (int64_t)u * 8 * bits, bits, unpacked + 64 * u);
                 ib = unpacked;
             }
-#endif
-#if QE_SIMD == 3
-#elif defined(QE_IMPL_AVX2)
+#if defined(QE_IMPL_AVX2)
             const __m256i ones = _mm256_set1_epi8(1);
             __m256i s0[QE_Q8_NB], s1[QE_Q8_NB];
             for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm256_setzero_si256();
@@ -276,6 +275,7 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
                     for (int l = 0; l < 32; l++) ac[l] += row[ii[l]];
                 }
             }
+#endif
 #endif
         }
     }

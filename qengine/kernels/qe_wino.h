@@ -134,8 +134,7 @@ typedef float QE_CAT(v16f, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)
 typedef int32_t QE_CAT(v16i, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
 #define V16F QE_CAT(v16f, QE_SUFFIX)
 #define V16I QE_CAT(v16i, QE_SUFFIX)
-__attribute__((optimize("fp-contract=off")))
-static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
+QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
                             int co0, int Cout, int64_t t0, int TW, int OH, int OW, int relu,
                             float *y)
 {

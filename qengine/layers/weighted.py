@@ -80,11 +80,12 @@ def winograd_cost_ratio(params, cin_group, out_shape):
 
 
 def winograd_pays(params, cin_group, out_shape):
-    """Whether fast mode runs an int16 convolution (kernel up to 15x15, stride up
-    to 8) by Winograd F(2x2, 3x3) instead: where winograd_cost_ratio() is at most
-    WINO_MAX_RATIO, or always / never with QENGINE_WINOGRAD=1 / 0."""
+    """Whether fast mode runs an int16 convolution (where _kernels.wino_applies:
+    kernel up to 15x15, stride up to 8) by Winograd F(2x2, 3x3) instead: where
+    winograd_cost_ratio() is at most WINO_MAX_RATIO, or always / never with
+    QENGINE_WINOGRAD=1 / 0."""
     kh, kw = params["kernel"]
-    if not (1 <= kh <= 15 and 1 <= kw <= 15 and 1 <= params["stride"] <= 8):
+    if not _kernels.wino_applies(kh, kw, params["stride"]):
         return False
     force = os.environ.get("QENGINE_WINOGRAD", "")
     if force in ("0", "1"):
