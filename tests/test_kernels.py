@@ -127,7 +127,11 @@ def test_lrn_matches_numpy(isa, size, alpha, beta, k):
                                        (8, 8, 3, 2, 1), (6, 5, 3, 3, 1), (1, 1, 1, 1, 0),
                                        # rows of vectors and a tail, stride 1 and 2, padded
                                        (9, 40, 3, 1, 1), (5, 37, 2, 1, 0), (6, 41, 3, 2, 1),
-                                       (4, 111, 3, 2, 0)])
+                                       (4, 111, 3, 2, 0),
+                                       # 8-lane column pass (8 <= outputs < 16), overlapping
+                                       # last vectors, ceil overhang past the padding
+                                       (5, 27, 3, 2, 0), (4, 13, 3, 1, 1), (3, 20, 2, 2, 0),
+                                       (3, 34, 3, 2, 1), (4, 17, 4, 1, 3), (3, 50, 3, 3, 1)])
 def test_pool_matches_numpy(isa, method, h, w, k, s, p):
     from qengine.layers import pool_output
     x = RNG.standard_normal((2, 3, h, w)).astype(np.float32)
@@ -138,13 +142,14 @@ def test_pool_matches_numpy(isa, method, h, w, k, s, p):
     close(out, ref, 1e-6)
 
 
-def test_max_pool_skips_nans_with_the_same_bits_on_every_isa():
-    x = RNG.standard_normal((1, 4, 9, 50)).astype(np.float32)
-    x[0, 0, 2, 5:30:3] = np.nan
+@pytest.mark.parametrize("width", [50, 27, 13])
+def test_max_pool_skips_nans_with_the_same_bits_on_every_isa(width):
+    x = RNG.standard_normal((1, 4, 9, width)).astype(np.float32)
+    x[0, 0, 2, 5:width - 3:3] = np.nan
     x[0, 1] = np.nan                       # a channel of NaNs: every window empty
     x[0, 2, :, 7] = -np.inf
     def run(s):
-        oh, ow = -(-(9 - 3) // s) + 1, -(-(50 - 3) // s) + 1
+        oh, ow = -(-(9 - 3) // s) + 1, -(-(width - 3) // s) + 1
         out = np.full((1, 4, oh, ow), 7, np.float32)
         _kernels.pool(x, out, 3, 3, s, s, 0, 0, False)
         return out

@@ -11,7 +11,7 @@ static int max_pool_separable(const float *x, float *y, int C, int H, int W, int
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(| : failed)
     {
-    float *v = (float *)calloc((size_t)W + 16, sizeof(float));   /* slack: see qe_impl.h */
+    float *v = (float *)malloc(sizeof(float) * (size_t)qe_max_pool_scratch(W, OW, KW, SW, PW));
     failed = v == NULL;
     #pragma omp for schedule(static)
     for (int c = 0; c < C; c++) {

@@ -15,6 +15,19 @@ static inline V8 FN(vload)(const float *p) { return *(const V8 *)p; }
 static inline void FN(vstore)(float *p, V8 v) { *(V8 *)p = v; }
 static inline V8 FN(vsplat)(float f) { V8 v = {f, f, f, f, f, f, f, f}; return v; }
 
+/* 16-lane float and int32 vectors (one zmm on AVX-512, two ymm on AVX2). */
+typedef float QE_CAT(v16f, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
+typedef int32_t QE_CAT(v16i, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
+#define V16F QE_CAT(v16f, QE_SUFFIX)
+#define V16I QE_CAT(v16i, QE_SUFFIX)
+#define V16SPLAT(f) ((V16F){f, f, f, f, f, f, f, f, f, f, f, f, f, f, f, f})
+/* a > m ? a : m, lane by lane (x86's maxps(a, m): m where either is NaN) */
+static inline V16F FN(vmax16)(V16F m, V16F a)
+{
+    const V16I k = a > m;
+    return (V16F)(((V16I)a & k) | ((V16I)m & ~k));
+}
+
 /* Move a flattened accumulator row acc [ntiles*QE_TILE] into y [OH][OW]. */
 static void FN(scatter_rows)(const qe_conv_geom *g, const float *accbuf, int Cout,
                              const float *bias, int relu, float *y, int nthreads)
@@ -497,52 +510,91 @@ static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float
     }
 }
 
-/* Max pooling of one channel, in two passes per output row: the largest of
- * the window's input rows, element by element (contiguous, vectorised), into
- * v [W + 16], then the largest over each window's columns, one column offset
- * at a time, in vectors for strides 1 and 2 (the even lanes of two loads).
- * v > m ? v : m throughout: NaNs are skipped, and max is exact, so every
- * instruction set and order gives the same bits. */
+/* Max pooling of one channel, in two passes per output row.  The rows of the
+ * window are reduced element by element (vectors of 16) into v, laid out as
+ * the padded row: PW slots of -FLT_MAX, the W maxima, then -FLT_MAX up to
+ * qe_max_pool_scratch() floats, so that every window, padding and ceil-rounded
+ * overhang included, reads KW slots of v without clipping.  Then each output
+ * is the largest of its KW slots, 16 outputs per vector for strides 1 and 2
+ * (stride 2: the even lanes of two loads).  Every reduction starts from
+ * -FLT_MAX and keeps v > m ? v : m in row order, then column order: NaNs are
+ * skipped, and max is exact, so every instruction set gives the same bits. */
+/* 16 (8) outputs of the column pass at stride SW (1 or 2) from v: the KW
+ * slots of output i start at v[i * SW]. */
+static inline void FN(pool_cols16)(const float *v, float *y, int KW, int SW)
+{
+    const V16I even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    V16F m = V16SPLAT(-FLT_MAX);
+    for (int kw = 0; kw < KW; kw++) {
+        const V16F *p = (const V16F *)(v + kw);
+        m = FN(vmax16)(m, SW == 1 ? p[0] : __builtin_shuffle(p[0], p[1], even));
+    }
+    *(V16F *)y = m;
+}
+
+static inline void FN(pool_cols8)(const float *v, float *y, int KW, int SW)
+{
+    const QE_CAT(v8m, QE_SUFFIX) even = {0, 2, 4, 6, 8, 10, 12, 14};
+    V8 m = FN(vsplat)(-FLT_MAX);
+    for (int kw = 0; kw < KW; kw++) {
+        const V8 a = SW == 1 ? FN(vload)(v + kw)
+                             : __builtin_shuffle(FN(vload)(v + kw), FN(vload)(v + kw + 8), even);
+        m = FN(vsel)(m, a, a > m);
+    }
+    FN(vstore)(y, m);
+}
+
 static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, int W, int OH,
                                  int OW, int KH, int KW, int SH, int SW, int PH, int PW)
 {
+    const int64_t vlen = qe_max_pool_scratch(W, OW, KW, SW, PW);
+    for (int64_t i = 0; i < PW; i++) v[i] = -FLT_MAX;
+    for (int64_t i = PW + W; i < vlen; i++) v[i] = -FLT_MAX;
+    float *vr = v + PW;
+    const V16F lo = V16SPLAT(-FLT_MAX);
     for (int oh = 0; oh < OH; oh++) {
         int h0 = oh * SH - PH, h1 = h0 + KH;
         h0 = h0 < 0 ? 0 : h0;
         h1 = h1 > H ? H : h1;
-        for (int w = 0; w < W; w++) v[w] = -FLT_MAX;
-        for (int h = h0; h < h1; h++) {
-            const float *xr = xc + (int64_t)h * W;
-            for (int w = 0; w < W; w++) v[w] = xr[w] > v[w] ? xr[w] : v[w];
+        const float *x0 = xc + (int64_t)h0 * W;
+        /* 16 at a time; a last partial vector is redone overlapping the one
+         * before (max is idempotent) */
+        int w = 0;
+        for (; w < W && W >= 16; w += 16) {
+            w = w + 16 > W ? W - 16 : w;
+            V16F m = lo;
+            for (int h = h0; h < h1; h++) {
+                const V16F a = *(const V16F *)(x0 + (int64_t)(h - h0) * W + w);
+                m = FN(vmax16)(m, a);
+            }
+            *(V16F *)(vr + w) = m;
         }
-        /* column kw of every window: outputs [lo, hi) read v[ow*SW - PW + kw] */
+        for (; w < W; w++) {
+            float m = -FLT_MAX;
+            for (int h = h0; h < h1; h++) {
+                const float a = x0[(int64_t)(h - h0) * W + w];
+                m = a > m ? a : m;
+            }
+            vr[w] = m;
+        }
         float *yr = yc + (int64_t)oh * OW;
-        for (int ow = 0; ow < OW; ow++) yr[ow] = -FLT_MAX;
-        for (int kw = 0; kw < KW; kw++) {
-            const int off = kw - PW;
-            int lo = off < 0 ? (-off + SW - 1) / SW : 0;
-            int hi = (W - 1 - off) >= 0 ? (W - 1 - off) / SW + 1 : 0;
-            hi = hi > OW ? OW : hi;
-            const float *vk = v + off;
-            int ow = lo;
-            if (SW == 1) {
-                for (; ow + 8 <= hi; ow += 8) {
-                    const V8 a = FN(vload)(vk + ow), m = FN(vload)(yr + ow);
-                    FN(vstore)(yr + ow, FN(vsel)(m, a, a > m));
-                }
-            } else if (SW == 2) {   /* the even lanes of 16 (v has 16 floats of slack) */
-                const QE_CAT(v8m, QE_SUFFIX) even = {0, 2, 4, 6, 8, 10, 12, 14};
-                for (; ow + 8 <= hi; ow += 8) {
-                    const V8 a = __builtin_shuffle(FN(vload)(vk + 2 * ow),
-                                                   FN(vload)(vk + 2 * ow + 8), even);
-                    const V8 m = FN(vload)(yr + ow);
-                    FN(vstore)(yr + ow, FN(vsel)(m, a, a > m));
-                }
+        int ow = 0;
+        if (SW <= 2 && OW >= 16) {
+            for (; ow < OW; ow += 16) {
+                ow = ow + 16 > OW ? OW - 16 : ow;
+                FN(pool_cols16)(v + (int64_t)ow * SW, yr + ow, KW, SW);
             }
-            for (; ow < hi; ow++) {
-                const float a = vk[(int64_t)ow * SW];
-                yr[ow] = a > yr[ow] ? a : yr[ow];
+        } else if (SW <= 2 && OW >= 8) {
+            for (; ow < OW; ow += 8) {
+                ow = ow + 8 > OW ? OW - 8 : ow;
+                FN(pool_cols8)(v + (int64_t)ow * SW, yr + ow, KW, SW);
             }
+        }
+        for (; ow < OW; ow++) {
+            const float *p = v + (int64_t)ow * SW;
+            float m = -FLT_MAX;
+            for (int kw = 0; kw < KW; kw++) m = p[kw] > m ? p[kw] : m;
+            yr[ow] = m;
         }
     }
 }

@@ -130,10 +130,6 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
  * y[co][2ty + i][2tx + j] for the real channels and positions (bias has
  * the block's 32 entries, zeros past Cout).  Vectors of 16 channels; each
  * output row's two values go out as one 8-byte pair. */
-typedef float QE_CAT(v16f, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
-typedef int32_t QE_CAT(v16i, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
-#define V16F QE_CAT(v16f, QE_SUFFIX)
-#define V16I QE_CAT(v16i, QE_SUFFIX)
 QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
                             int co0, int Cout, int64_t t0, int TW, int OH, int OW, int relu,
                             float *y)
@@ -241,4 +237,5 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
 #undef V16W
 #undef V16F
 #undef V16I
+#undef V16SPLAT
 #undef FN
