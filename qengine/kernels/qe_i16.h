@@ -30,26 +30,24 @@
 #endif
 
 typedef int16_t QE_CAT(v16s, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
-typedef int16_t QE_CAT(v8h, QE_SUFFIX) __attribute__((vector_size(16), aligned(2)));
 #define V16S QE_CAT(v16s, QE_SUFFIX)
-#define V8Q QE_CAT(v8m, QE_SUFFIX) /* qe_impl.h's 8 x int32 */
-#define V8F QE_CAT(v8f, QE_SUFFIX)
 
 /* largest |x| over n floats (NaN or infinity: returns a non-finite value) */
 static float FN(i16_maxabs)(const float *x, int64_t n)
 {
-    V8F m = FN(vsplat)(0.f), bad = m;
-    const V8Q absmask = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
-                         0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    V16F m = V16SPLAT(0.f), bad = m;
+    const V16I absmask = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                          0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                          0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                          0x7fffffff};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        V8F a = (V8F)((V8Q)FN(vload)(x + i) & absmask);
+    for (; i + 16 <= n; i += 16) {
+        const V16F a = (V16F)(*(const V16I *)(x + i) & absmask);
         bad += a - a;   /* NaN once any lane was NaN or infinite */
-        V8Q gt = a > m;
-        m = (V8F)(((V8Q)a & gt) | ((V8Q)m & ~gt));
+        m = FN(vmax16)(m, a);
     }
     float r = 0.f, b = 0.f;
-    for (int l = 0; l < 8; l++) {
+    for (int l = 0; l < 16; l++) {
         r = m[l] > r ? m[l] : r;
         b += bad[l];
     }
@@ -67,19 +65,18 @@ static float FN(i16_maxabs)(const float *x, int64_t n)
 __attribute__((optimize("fp-contract=off")))
 static void FN(i16_quantize)(const float *xp, int64_t n, float inv, int A, int16_t *xq)
 {
-    const V8F s = FN(vsplat)(inv), hi = FN(vsplat)((float)A), lo = FN(vsplat)(-(float)A);
-    const V8F half = FN(vsplat)(0.5f), mhalf = FN(vsplat)(-0.5f), z = FN(vsplat)(0.f);
+    const V16F s = V16SPLAT(inv), hi = V16SPLAT((float)A), lo = V16SPLAT(-(float)A);
+    const V16F half = V16SPLAT(0.5f), mhalf = V16SPLAT(-0.5f), z = V16SPLAT(0.f);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        V8F t = FN(vload)(xp + i) * s;
-        V8Q neg = t < z;
-        t += (V8F)(((V8Q)mhalf & neg) | ((V8Q)half & ~neg));
-        V8Q m = t > hi;
-        t = (V8F)(((V8Q)hi & m) | ((V8Q)t & ~m));
+    for (; i + 16 <= n; i += 16) {
+        V16F t = *(const V16F *)(xp + i) * s;
+        V16I neg = t < z;
+        t += (V16F)(((V16I)mhalf & neg) | ((V16I)half & ~neg));
+        V16I m = t > hi;
+        t = (V16F)(((V16I)hi & m) | ((V16I)t & ~m));
         m = t < lo;
-        t = (V8F)(((V8Q)lo & m) | ((V8Q)t & ~m));
-        const QE_CAT(v8h, QE_SUFFIX) q = __builtin_convertvector(__builtin_convertvector(t, V8Q),
-                                                                 QE_CAT(v8h, QE_SUFFIX));
+        t = (V16F)(((V16I)lo & m) | ((V16I)t & ~m));
+        const V16S q = __builtin_convertvector(__builtin_convertvector(t, V16I), V16S);
         memcpy(xq + i, &q, sizeof q);
     }
     for (; i < n; i++) {
@@ -258,6 +255,4 @@ static int FN(i16_conv)(const qe_conv_geom *g, const int16_t *xq, const int64_t 
 }
 
 #undef V16S
-#undef V8Q
-#undef V8F
 #undef FN
