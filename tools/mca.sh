@@ -8,22 +8,24 @@ cd "$(dirname "$0")/../qengine/kernels"
 CPU="${1:-znver4}"
 MCA="${MCA:-llvm-mca-16}"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-flags="-O3 -std=c11 -fno-math-errno -ffp-contract=fast -fopenmp -S"
+flags="-O3 -std=c11 -fno-math-errno -ffp-contract=fast -fopenmp -Wno-psabi -S"
 gcc $flags -o "$tmp/avx512.s" isa_avx512.c
 gcc $flags -o "$tmp/avx2.s" isa_avx2.c
 # each inner loop: the basic block from its label to the backward branch, found
 # by the lookup instruction it holds
-loop() {  # file, pattern the loop holds, pattern it must not hold, times it holds it (or more)
-    awk -v pat="$2" -v bad="${3:-^$}" -v least="${4:-1}" -v most="${5:-1000000}" '
-        /^\.L[0-9]+:/ { label = substr($1, 1, length($1) - 1); n = 0; has = 0; nope = 0 }
-        { body[n++] = $0; if ($0 ~ pat) has++; if ($0 ~ bad) nope = 1 }
+loop() {  # file, pattern the loop holds, pattern it must not hold, times it holds it (or
+          # more, at most), a second pattern and the exact times it holds that one
+    awk -v pat="$2" -v bad="${3:-^$}" -v least="${4:-1}" -v most="${5:-1000000}" \
+        -v pat2="${6:-^$}" -v times2="${7:-0}" '
+        /^\.L[0-9]+:/ { label = substr($1, 1, length($1) - 1); n = 0; has = 0; nope = 0; has2 = 0 }
+        { body[n++] = $0; if ($0 ~ pat) has++; if ($0 ~ bad) nope = 1; if ($0 ~ pat2) has2++ }
         /^\tj[a-z]+\t\.L[0-9]+/ && $2 == label && has >= least && has <= most && !nope \
-            && !done {
+            && has2 == times2 && !done {
             for (i = 1; i < n; i++) print body[i]; done = 1 }' "$1"
 }
 report() {  # name, file, pattern, lookups (16-bit) per iteration, excluded pattern,
-            # least and most times the loop holds the pattern
-    loop "$2" "$3" "${5:-}" "${6:-1}" "${7:-1000000}" > "$tmp/l.s"
+            # least and most times the loop holds the pattern, second pattern, its count
+    loop "$2" "$3" "${5:-}" "${6:-1}" "${7:-1000000}" "${8:-^$}" "${9:-0}" > "$tmp/l.s"
     if [ ! -s "$tmp/l.s" ]; then echo "$1: loop not found"; return; fi
     c=$( ("$MCA" -mcpu="$CPU" -iterations=500 "$tmp/l.s" 2>/dev/null || true) | awk '/Total Cycles/ {t=$3} /Iterations/ {i=$2} END {printf "%.2f", t/i}')
     echo "$1: $c cycles/iteration, $4 lookups (or multiply-adds)/iteration -> $(echo "$4 / $c" | bc -l | cut -c1-5) per cycle ($CPU)"
@@ -35,9 +37,11 @@ report "avx2   K<=16  (vpshufb, 2 positions x 32 channels)" "$tmp/avx2.s" "vbroa
 report "avx2   K<=32  (vpshufb x2 + blend, 2 positions x 32 channels)" "$tmp/avx2.s" "vpblendvb" 64
 # fast mode's int16 dense convolution (qe_i16.h): multiply-adds per cycle,
 # (llvm-mca 16 prices a zmm vpdpwssd at about 2.5 cycles; only a Zen 4 can tell)
-report "avx512 int16 dense (vpdpwssd, 6 channels x 32 positions x 2 taps)" "$tmp/avx512.s" "vpdpwssd" 384 "^$" 12 12
+# (told apart from the Winograd loop, which also holds 24 vpdpwssd, by its 6
+# weight broadcasts against Winograd's 12)
+report "avx512 int16 dense (vpdpwssd, 6 channels x 64 positions x 2 taps)" "$tmp/avx512.s" "vpdpwssd" 768 "^$" 24 24 "vpbroadcastd" 6
 report "avx2   int16 dense (vpmaddwd, 6 channels x 16 positions x 2 taps)" "$tmp/avx2.s" "vpmaddwd" 192 "^$" 12 12
 # Winograd F(2x2, 3x3) products (qe_wino.h): 12 tiles x 32 channels x 2 input
 # channels per iteration (24 vpdpwssd), 2.25 direct multiply-adds each
-report "avx512 Winograd (vpdpwssd, 12 tiles x 32 channels x 2)" "$tmp/avx512.s" "vpdpwssd" 768 "^$" 24
+report "avx512 Winograd (vpdpwssd, 12 tiles x 32 channels x 2)" "$tmp/avx512.s" "vpdpwssd" 768 "^$" 24 24 "vpbroadcastd" 12
 # (the AVX2 Winograd loop holds 12 vpmaddwd like the int16 one: not told apart here)

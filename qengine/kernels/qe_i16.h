@@ -24,7 +24,7 @@
 #define FN(name) QE_CAT(name, QE_SUFFIX)
 
 #if QE_SIMD == 3
-#define QE_I16_TW 32   /* two zmm of 16 positions x 2 taps */
+#define QE_I16_TW 64   /* four zmm of 16 positions x 2 taps */
 #else
 #define QE_I16_TW 16   /* two ymm of 8 positions x 2 taps */
 #endif
@@ -194,23 +194,25 @@ static int FN(i16_conv)(const qe_conv_geom *g, const int16_t *xq, const int64_t 
                     const int16_t *wb = w + (int64_t)cb * J2 * QE_DENSE_CO;
                     int32_t acc[QE_DENSE_CO][QE_I16_TW] __attribute__((aligned(64)));
 #if QE_SIMD == 3
-                    __m512i a[QE_DENSE_CO][2];
-                    for (int c = 0; c < QE_DENSE_CO; c++) a[c][0] = a[c][1] = _mm512_setzero_si512();
+                    __m512i a[QE_DENSE_CO][4];
+                    for (int c = 0; c < QE_DENSE_CO; c++)
+                        a[c][0] = a[c][1] = a[c][2] = a[c][3] = _mm512_setzero_si512();
                     for (int p = 0; p < JP; p++) {
-                        const __m512i x0 = _mm512_loadu_si512(panel + 64 * p);
-                        const __m512i x1 = _mm512_loadu_si512(panel + 64 * p + 32);
+                        const int16_t *xs = panel + 2 * QE_I16_TW * p;
+                        const __m512i x0 = _mm512_loadu_si512(xs), x1 = _mm512_loadu_si512(xs + 32);
+                        const __m512i x2 = _mm512_loadu_si512(xs + 64), x3 = _mm512_loadu_si512(xs + 96);
                         for (int c = 0; c < QE_DENSE_CO; c++) {
                             int32_t wv;
                             memcpy(&wv, wb + 12 * p + 2 * c, 4);
                             const __m512i ww = _mm512_set1_epi32(wv);
                             a[c][0] = _mm512_dpwssd_epi32(a[c][0], x0, ww);
                             a[c][1] = _mm512_dpwssd_epi32(a[c][1], x1, ww);
+                            a[c][2] = _mm512_dpwssd_epi32(a[c][2], x2, ww);
+                            a[c][3] = _mm512_dpwssd_epi32(a[c][3], x3, ww);
                         }
                     }
-                    for (int c = 0; c < QE_DENSE_CO; c++) {
-                        _mm512_storeu_si512(acc[c], a[c][0]);
-                        _mm512_storeu_si512(acc[c] + 16, a[c][1]);
-                    }
+                    for (int c = 0; c < QE_DENSE_CO; c++)
+                        for (int q = 0; q < 4; q++) _mm512_storeu_si512(acc[c] + 16 * q, a[c][q]);
 #elif QE_SIMD == 2
                     __m256i a[QE_DENSE_CO][2];
                     for (int c = 0; c < QE_DENSE_CO; c++) a[c][0] = a[c][1] = _mm256_setzero_si256();
