@@ -380,18 +380,8 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     for (int piece = 0; piece < NP; piece++) {
         const int dy = 3 * (piece / SX) * S - P, dx = 3 * (piece % SX) * S - P;
         const int64_t v0 = (int64_t)piece * C * S * S;
-        if (S == 1) {   /* a transpose, 16 channels at a time */
-            const int h0 = -dy > 0 ? -dy : 0, w0 = -dx > 0 ? -dx : 0;
-            const int h1 = H - dy < HH ? H - dy : HH, w1 = W - dx < WW ? W - dx : WW;
-            for (int c0 = 0; c0 < C; c0 += 16) {
-                const int c1 = c0 + 16 < C ? c0 + 16 : C;
-                for (int h = h0; h < h1; h++)
-                    for (int w = w0; w < w1; w++) {
-                        int16_t *dst = XP + ((int64_t)h * WW + w) * CS + v0;
-                        const int16_t *src = xq + (int64_t)(h + dy) * W + w + dx;
-                        for (int c = c0; c < c1; c++) dst[c] = src[(int64_t)c * H * W];
-                    }
-            }
+        if (S == 1) {   /* a transpose */
+            K_()->wino_pack(xq, C, H, W, dy, dx, XP, HH, WW, CS, v0);
             continue;
         }
         for (int h = 0; h < HH; h++)   /* per position, S neighbours of a row at a time */

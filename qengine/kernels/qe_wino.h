@@ -37,11 +37,64 @@
 #define QE_WINO_NT 4
 #endif
 
+/* One stride-1 piece of XP [HH][WW][CS] from the quantised planes xq
+ * [C][H][W]: XP[h][w][v0 + c] = xq[c][h + dy][w + dx] where that lies inside
+ * the input (the rest of XP stays as it was: zeros).  Blocks of 16 channels
+ * x 16 positions are transposed in registers (four rounds of two-vector
+ * shuffles, each swapping the off-diagonal b x b blocks of every 2b x 2b
+ * block); edges one value at a time. */
+typedef int16_t QE_CAT(v16w, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
+#define V16W QE_CAT(v16w, QE_SUFFIX)
+static void FN(wino_pack)(const int16_t *xq, int C, int H, int W, int dy, int dx, int16_t *XP,
+                          int HH, int WW, int CS, int64_t v0)
+{
+    const int h0 = -dy > 0 ? -dy : 0, w0 = -dx > 0 ? -dx : 0;
+    const int h1 = H - dy < HH ? H - dy : HH, w1 = W - dx < WW ? W - dx : WW;
+    const V16W lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+               hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+               lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+               hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+               lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+               hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+               lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+               hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    for (int h = h0; h < h1; h++) {
+        int16_t *dst = XP + (int64_t)h * WW * CS + v0;
+        const int16_t *src = xq + (int64_t)(h + dy) * W + dx;
+        int c0 = 0;
+        for (; c0 + 16 <= C; c0 += 16) {
+            int w = w0;
+            for (; w + 16 <= w1; w += 16) {
+                V16W r[16];
+                for (int i = 0; i < 16; i++)
+                    memcpy(&r[i], src + (int64_t)(c0 + i) * H * W + w, 32);
+#define QE_WINO_ROUND(b, lo, hi)                                                \
+                for (int i = 0; i < 16; i++)                                    \
+                    if (!(i & b)) {                                             \
+                        const V16W a = r[i], z = r[i | b];                      \
+                        r[i] = __builtin_shuffle(a, z, lo);                     \
+                        r[i | b] = __builtin_shuffle(a, z, hi);                 \
+                    }
+                QE_WINO_ROUND(8, lo8, hi8)
+                QE_WINO_ROUND(4, lo4, hi4)
+                QE_WINO_ROUND(2, lo2, hi2)
+                QE_WINO_ROUND(1, lo1, hi1)
+#undef QE_WINO_ROUND
+                for (int i = 0; i < 16; i++)
+                    memcpy(dst + (int64_t)(w + i) * CS + c0, &r[i], 32);
+            }
+            for (; w < w1; w++)
+                for (int c = c0; c < c0 + 16; c++)
+                    dst[(int64_t)w * CS + c] = src[(int64_t)c * H * W + w];
+        }
+        for (int w = w0; w < w1; w++)
+            for (int c = c0; c < C; c++) dst[(int64_t)w * CS + c] = src[(int64_t)c * H * W + w];
+    }
+}
+
 /* V [16][T][CS] from the quantised input XP [HH][WW][CS] (channels last,
  * zero padded; HH >= 2*TH + 2, WW >= 2*TW + 2; CS a multiple of 16), in
  * vectors of 16 channels. */
-typedef int16_t QE_CAT(v16w, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
-#define V16W QE_CAT(v16w, QE_SUFFIX)
 static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int16_t *V)
 {
     const int64_t T = (int64_t)TH * TW, plane = T * CS;
