@@ -35,19 +35,16 @@ typedef int16_t QE_CAT(v16s, QE_SUFFIX) __attribute__((vector_size(32), aligned(
 /* largest |x| over n floats (NaN or infinity: returns a non-finite value) */
 static float FN(i16_maxabs)(const float *x, int64_t n)
 {
-    V16F m = V16SPLAT(0.f), bad = m;
-    const V16I absmask = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
-                          0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
-                          0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
-                          0x7fffffff};
+    VN m = FN(vnsplat)(0.f), bad = m;
+    const VNI absmask = (VNI)FN(vnsplat)(0.f) | 0x7fffffff;
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const V16F a = (V16F)(*(const V16I *)(x + i) & absmask);
+    for (; i + QE_NL <= n; i += QE_NL) {
+        const VN a = (VN)((VNI)FN(vnload)(x + i) & absmask);
         bad += a - a;   /* NaN once any lane was NaN or infinite */
-        m = FN(vmax16)(m, a);
+        m = FN(vnmax)(m, a);
     }
     float r = 0.f, b = 0.f;
-    for (int l = 0; l < 16; l++) {
+    for (int l = 0; l < QE_NL; l++) {
         r = m[l] > r ? m[l] : r;
         b += bad[l];
     }
@@ -65,18 +62,18 @@ static float FN(i16_maxabs)(const float *x, int64_t n)
 __attribute__((optimize("fp-contract=off")))
 static void FN(i16_quantize)(const float *xp, int64_t n, float inv, int A, int16_t *xq)
 {
-    const V16F s = V16SPLAT(inv), hi = V16SPLAT((float)A), lo = V16SPLAT(-(float)A);
-    const V16F half = V16SPLAT(0.5f), mhalf = V16SPLAT(-0.5f), z = V16SPLAT(0.f);
+    const VN s = FN(vnsplat)(inv), hi = FN(vnsplat)((float)A), lo = FN(vnsplat)(-(float)A);
+    const VN half = FN(vnsplat)(0.5f), mhalf = FN(vnsplat)(-0.5f), z = FN(vnsplat)(0.f);
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        V16F t = *(const V16F *)(xp + i) * s;
-        V16I neg = t < z;
-        t += (V16F)(((V16I)mhalf & neg) | ((V16I)half & ~neg));
-        V16I m = t > hi;
-        t = (V16F)(((V16I)hi & m) | ((V16I)t & ~m));
+    for (; i + QE_NL <= n; i += QE_NL) {
+        VN t = FN(vnload)(xp + i) * s;
+        VNI neg = t < z;
+        t += (VN)(((VNI)mhalf & neg) | ((VNI)half & ~neg));
+        VNI m = t > hi;
+        t = (VN)(((VNI)hi & m) | ((VNI)t & ~m));
         m = t < lo;
-        t = (V16F)(((V16I)lo & m) | ((V16I)t & ~m));
-        const V16S q = __builtin_convertvector(__builtin_convertvector(t, V16I), V16S);
+        t = (VN)(((VNI)lo & m) | ((VNI)t & ~m));
+        const VNS q = __builtin_convertvector(__builtin_convertvector(t, VNI), VNS);
         memcpy(xq + i, &q, sizeof q);
     }
     for (; i < n; i++) {

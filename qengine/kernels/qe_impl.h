@@ -14,6 +14,7 @@ typedef float QE_CAT(v8f, QE_SUFFIX) __attribute__((vector_size(32), aligned(4))
 static inline V8 FN(vload)(const float *p) { return *(const V8 *)p; }
 static inline void FN(vstore)(float *p, V8 v) { *(V8 *)p = v; }
 static inline V8 FN(vsplat)(float f) { V8 v = {f, f, f, f, f, f, f, f}; return v; }
+typedef int32_t QE_CAT(v8m, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
 
 /* 16-lane float and int32 vectors (one zmm on AVX-512, two ymm on AVX2). */
 typedef float QE_CAT(v16f, QE_SUFFIX) __attribute__((vector_size(64), aligned(4)));
@@ -21,11 +22,50 @@ typedef int32_t QE_CAT(v16i, QE_SUFFIX) __attribute__((vector_size(64), aligned(
 #define V16F QE_CAT(v16f, QE_SUFFIX)
 #define V16I QE_CAT(v16i, QE_SUFFIX)
 #define V16SPLAT(f) ((V16F){f, f, f, f, f, f, f, f, f, f, f, f, f, f, f, f})
-/* a > m ? a : m, lane by lane (x86's maxps(a, m): m where either is NaN) */
-static inline V16F FN(vmax16)(V16F m, V16F a)
+
+/* The native width for lane-wise loops with comparisons: GCC splits a
+ * compare-and-select wider than the registers into scalar code, so AVX-512
+ * takes 16 lanes, AVX2 8 and the portable (SSE2) build 4.  VN floats, VNI
+ * int32 masks, VNS int16, QE_NL lanes. */
+typedef int16_t QE_CAT(v16s_n, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
+typedef int16_t QE_CAT(v8s_n, QE_SUFFIX) __attribute__((vector_size(16), aligned(2)));
+#if QE_SIMD == 3
+#define QE_NL 16
+#define VN QE_CAT(v16f, QE_SUFFIX)
+#define VNI QE_CAT(v16i, QE_SUFFIX)
+#define VNS QE_CAT(v16s_n, QE_SUFFIX)
+#define QE_EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#elif QE_SIMD == 2
+#define QE_NL 8
+#define VN QE_CAT(v8f, QE_SUFFIX)
+#define VNI QE_CAT(v8m, QE_SUFFIX)
+#define VNS QE_CAT(v8s_n, QE_SUFFIX)
+#define QE_EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
+#else   /* SSE2: one xmm */
+typedef float QE_CAT(v4f_n, QE_SUFFIX) __attribute__((vector_size(16), aligned(4)));
+typedef int32_t QE_CAT(v4i_n, QE_SUFFIX) __attribute__((vector_size(16), aligned(4)));
+typedef int16_t QE_CAT(v4s_n, QE_SUFFIX) __attribute__((vector_size(8), aligned(2)));
+#define QE_NL 4
+#define VN QE_CAT(v4f_n, QE_SUFFIX)
+#define VNI QE_CAT(v4i_n, QE_SUFFIX)
+#define VNS QE_CAT(v4s_n, QE_SUFFIX)
+#define QE_EVEN_LANES {0, 2, 4, 6}
+#endif
+static inline VN FN(vnsplat)(float f)
 {
-    const V16I k = a > m;
-    return (V16F)(((V16I)a & k) | ((V16I)m & ~k));
+    VN v;
+    for (int l = 0; l < QE_NL; l++) v[l] = f;
+    return v;
+}
+/* (through the types' 4-byte alignment, not memcpy: GCC's AVX2 tuning turns a
+ * memcpy'd 32-byte load into two halves through the stack) */
+static inline VN FN(vnload)(const float *p) { return *(const VN *)p; }
+static inline void FN(vnstore)(float *p, VN v) { *(VN *)p = v; }
+/* a > m ? a : m, lane by lane (x86's maxps(a, m): m where either is NaN) */
+static inline VN FN(vnmax)(VN m, VN a)
+{
+    const VNI k = a > m;
+    return (VN)(((VNI)a & k) | ((VNI)m & ~k));
 }
 
 /* Move a flattened accumulator row acc [ntiles*QE_TILE] into y [OH][OW]. */
@@ -170,7 +210,6 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
  * copies its J input rows into one contiguous [J][16] panel, which the
  * group's blocks then read in order (the rows themselves lie in J planes
  * far apart: the panel turns J scattered reads per block into one stream). */
-typedef int32_t QE_CAT(v8m, QE_SUFFIX) __attribute__((vector_size(32), aligned(4)));
 
 /* Output channel co's 16 positions from r0, plus bias, ReLU'd when asked,
  * straight into y [Cout][R] (only the positions below R). */
@@ -519,19 +558,20 @@ static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float
  * (stride 2: the even lanes of two loads).  Every reduction starts from
  * -FLT_MAX and keeps v > m ? v : m in row order, then column order: NaNs are
  * skipped, and max is exact, so every instruction set gives the same bits. */
-/* 16 (8) outputs of the column pass at stride SW (1 or 2) from v: the KW
+/* QE_NL (8) outputs of the column pass at stride SW (1 or 2) from v: the KW
  * slots of output i start at v[i * SW]. */
-static inline void FN(pool_cols16)(const float *v, float *y, int KW, int SW)
+static inline void FN(pool_cols)(const float *v, float *y, int KW, int SW)
 {
-    const V16I even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    V16F m = V16SPLAT(-FLT_MAX);
+    const VNI even = QE_EVEN_LANES;
+    VN m = FN(vnsplat)(-FLT_MAX);
     for (int kw = 0; kw < KW; kw++) {
-        const V16F *p = (const V16F *)(v + kw);
-        m = FN(vmax16)(m, SW == 1 ? p[0] : __builtin_shuffle(p[0], p[1], even));
+        const VN a = FN(vnload)(v + kw);
+        m = FN(vnmax)(m, SW == 1 ? a : __builtin_shuffle(a, FN(vnload)(v + kw + QE_NL), even));
     }
-    *(V16F *)y = m;
+    FN(vnstore)(y, m);
 }
 
+#if QE_NL > 8
 static inline void FN(pool_cols8)(const float *v, float *y, int KW, int SW)
 {
     const QE_CAT(v8m, QE_SUFFIX) even = {0, 2, 4, 6, 8, 10, 12, 14};
@@ -543,7 +583,19 @@ static inline void FN(pool_cols8)(const float *v, float *y, int KW, int SW)
     }
     FN(vstore)(y, m);
 }
+#endif
 
+/* Max pooling of one channel, in two passes per output row.  The rows of the
+ * window are reduced element by element (QE_NL lanes) into v, laid out as
+ * the padded row: PW slots of -FLT_MAX, the W maxima, then -FLT_MAX up to
+ * qe_max_pool_scratch() floats, so that every window, padding and ceil-rounded
+ * overhang included, reads KW slots of v without clipping.  Then each output
+ * is the largest of its KW slots, QE_NL (or 8) outputs per vector for strides
+ * 1 and 2 (stride 2: the even lanes of two loads); a last partial vector is
+ * redone overlapping the one before (max is idempotent).  Every reduction
+ * starts from -FLT_MAX and keeps v > m ? v : m in row order, then column
+ * order: NaNs are skipped, and max is exact, so every instruction set gives
+ * the same bits. */
 static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, int W, int OH,
                                  int OW, int KH, int KW, int SH, int SW, int PH, int PW)
 {
@@ -551,23 +603,18 @@ static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, in
     for (int64_t i = 0; i < PW; i++) v[i] = -FLT_MAX;
     for (int64_t i = PW + W; i < vlen; i++) v[i] = -FLT_MAX;
     float *vr = v + PW;
-    const V16F lo = V16SPLAT(-FLT_MAX);
+    const VN lo = FN(vnsplat)(-FLT_MAX);
     for (int oh = 0; oh < OH; oh++) {
         int h0 = oh * SH - PH, h1 = h0 + KH;
         h0 = h0 < 0 ? 0 : h0;
         h1 = h1 > H ? H : h1;
         const float *x0 = xc + (int64_t)h0 * W;
-        /* 16 at a time; a last partial vector is redone overlapping the one
-         * before (max is idempotent) */
         int w = 0;
-        for (; w < W && W >= 16; w += 16) {
-            w = w + 16 > W ? W - 16 : w;
-            V16F m = lo;
-            for (int h = h0; h < h1; h++) {
-                const V16F a = *(const V16F *)(x0 + (int64_t)(h - h0) * W + w);
-                m = FN(vmax16)(m, a);
-            }
-            *(V16F *)(vr + w) = m;
+        for (; w < W && W >= QE_NL; w += QE_NL) {
+            w = w + QE_NL > W ? W - QE_NL : w;
+            VN m = lo;
+            for (int h = h0; h < h1; h++) m = FN(vnmax)(m, FN(vnload)(x0 + (int64_t)(h - h0) * W + w));
+            FN(vnstore)(vr + w, m);
         }
         for (; w < W; w++) {
             float m = -FLT_MAX;
@@ -579,17 +626,20 @@ static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, in
         }
         float *yr = yc + (int64_t)oh * OW;
         int ow = 0;
-        if (SW <= 2 && OW >= 16) {
-            for (; ow < OW; ow += 16) {
-                ow = ow + 16 > OW ? OW - 16 : ow;
-                FN(pool_cols16)(v + (int64_t)ow * SW, yr + ow, KW, SW);
+        if (SW <= 2 && OW >= QE_NL) {
+            for (; ow < OW; ow += QE_NL) {
+                ow = ow + QE_NL > OW ? OW - QE_NL : ow;
+                FN(pool_cols)(v + (int64_t)ow * SW, yr + ow, KW, SW);
             }
-        } else if (SW <= 2 && OW >= 8) {
+        }
+#if QE_NL > 8
+        else if (SW <= 2 && OW >= 8) {
             for (; ow < OW; ow += 8) {
                 ow = ow + 8 > OW ? OW - 8 : ow;
                 FN(pool_cols8)(v + (int64_t)ow * SW, yr + ow, KW, SW);
             }
         }
+#endif
         for (; ow < OW; ow++) {
             const float *p = v + (int64_t)ow * SW;
             float m = -FLT_MAX;

@@ -181,70 +181,83 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
 
 /* The output transform of NT tiles from t0, 32 channels of block cb:
  * y[co][2ty + i][2tx + j] for the real channels and positions (bias has
- * the block's 32 entries, zeros past Cout).  Vectors of 16 channels; each
- * output row's two values go out as one 8-byte pair. */
+ * the block's 32 entries, zeros past Cout).  Vectors of QE_NL channels (the
+ * native width: wider ones would be split into scalar code); each output
+ * row's two values go out as one 8-byte pair. */
+#if QE_NL == 16
+#define QE_PAIR_LO {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#define QE_PAIR_HI {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#elif QE_NL == 8
+#define QE_PAIR_LO {0, 8, 1, 9, 2, 10, 3, 11}
+#define QE_PAIR_HI {4, 12, 5, 13, 6, 14, 7, 15}
+#else
+#define QE_PAIR_LO {0, 4, 1, 5}
+#define QE_PAIR_HI {2, 6, 3, 7}
+#endif
 QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
                             int co0, int Cout, int64_t t0, int TW, int OH, int OW, int relu,
                             float *y)
 {
     const int64_t NR = (int64_t)OH * OW;
-    const V16I lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-    const V16I hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    for (int c16 = 0; c16 < 32; c16 += 16) {
-        const int nl = Cout - (co0 + c16) < 16 ? Cout - (co0 + c16) : 16;
+    const VNI lo = QE_PAIR_LO, hi = QE_PAIR_HI;
+    const int half = QE_NL / 2;
+    for (int c16 = 0; c16 < 32; c16 += QE_NL) {
+        const int nl = Cout - (co0 + c16) < QE_NL ? Cout - (co0 + c16) : QE_NL;
         if (nl <= 0) break;
-        V16F s[16], b;
+        VN s[16], b;
         for (int xi = 0; xi < 16; xi++) memcpy(&s[xi], sc + xi * 32 + c16, sizeof s[xi]);
         memcpy(&b, bias + co0 + c16, sizeof b);
         for (int t = 0; t < NT; t++) {
             const int64_t tt = t0 + t;
             const int oy = (int)(tt / TW) * 2, ox = (int)(tt % TW) * 2;
-            V16F m[16];
+            VN m[16];
             for (int xi = 0; xi < 16; xi++) {
-                V16I iv;
+                VNI iv;
                 memcpy(&iv, mb + ((int64_t)xi * NT + t) * 32 + c16, sizeof iv);
-                m[xi] = __builtin_convertvector(iv, V16F) * s[xi];
+                m[xi] = __builtin_convertvector(iv, VN) * s[xi];
             }
-            V16F r0[4], r1[4];   /* m A, row by row */
+            VN r0[4], r1[4];   /* m A, row by row */
             for (int a = 0; a < 4; a++) {
                 r0[a] = (m[4 * a] + m[4 * a + 1]) + m[4 * a + 2];
                 r1[a] = (m[4 * a + 1] - m[4 * a + 2]) - m[4 * a + 3];
             }
-            V16F out[4];   /* A' (m A): y00, y01, y10, y11, plus bias, ReLU'd */
+            VN out[4];   /* A' (m A): y00, y01, y10, y11, plus bias, ReLU'd */
             out[0] = ((r0[0] + r0[1]) + r0[2]) + b;
             out[1] = ((r1[0] + r1[1]) + r1[2]) + b;
             out[2] = ((r0[1] - r0[2]) - r0[3]) + b;
             out[3] = ((r1[1] - r1[2]) - r1[3]) + b;
             if (relu)   /* NaN -> 0, as the scalar kernels' !(v > 0) */
                 for (int q = 0; q < 4; q++) {
-                    const V16F z = {0};
-                    out[q] = (V16F)((V16I)out[q] & (V16I)(out[q] > z));
+                    const VN z = FN(vnsplat)(0.f);
+                    out[q] = (VN)((VNI)out[q] & (VNI)(out[q] > z));
                 }
-            float pr[2][2][16];   /* [row][channel half][channel pairs] */
-            const V16F p00 = __builtin_shuffle(out[0], out[1], lo),
-                       p01 = __builtin_shuffle(out[0], out[1], hi),
-                       p10 = __builtin_shuffle(out[2], out[3], lo),
-                       p11 = __builtin_shuffle(out[2], out[3], hi);
-            memcpy(pr[0][0], &p00, 64);
-            memcpy(pr[0][1], &p01, 64);
-            memcpy(pr[1][0], &p10, 64);
-            memcpy(pr[1][1], &p11, 64);
+            float pr[2][2][QE_NL];   /* [row][channel half][channel pairs] */
+            const VN p00 = __builtin_shuffle(out[0], out[1], lo),
+                     p01 = __builtin_shuffle(out[0], out[1], hi),
+                     p10 = __builtin_shuffle(out[2], out[3], lo),
+                     p11 = __builtin_shuffle(out[2], out[3], hi);
+            memcpy(pr[0][0], &p00, sizeof p00);
+            memcpy(pr[0][1], &p01, sizeof p01);
+            memcpy(pr[1][0], &p10, sizeof p10);
+            memcpy(pr[1][1], &p11, sizeof p11);
             float *yc = y + (int64_t)(co0 + c16) * NR + (int64_t)oy * OW + ox;
             if (oy + 1 < OH && ox + 1 < OW) {
                 for (int l = 0; l < nl; l++, yc += NR) {
-                    memcpy(yc, &pr[0][l >> 3][2 * (l & 7)], 8);
-                    memcpy(yc + OW, &pr[1][l >> 3][2 * (l & 7)], 8);
+                    memcpy(yc, &pr[0][l / half][2 * (l % half)], 8);
+                    memcpy(yc + OW, &pr[1][l / half][2 * (l % half)], 8);
                 }
             } else {
                 for (int l = 0; l < nl; l++, yc += NR) {
-                    yc[0] = pr[0][l >> 3][2 * (l & 7)];
-                    if (ox + 1 < OW) yc[1] = pr[0][l >> 3][2 * (l & 7) + 1];
-                    if (oy + 1 < OH) yc[OW] = pr[1][l >> 3][2 * (l & 7)];
+                    yc[0] = pr[0][l / half][2 * (l % half)];
+                    if (ox + 1 < OW) yc[1] = pr[0][l / half][2 * (l % half) + 1];
+                    if (oy + 1 < OH) yc[OW] = pr[1][l / half][2 * (l % half)];
                 }
             }
         }
     }
 }
+#undef QE_PAIR_LO
+#undef QE_PAIR_HI
 
 /* y [Cout][OH][OW] from V (wino_input; CP pairs of channels) and U, sc as
  * laid out above.
