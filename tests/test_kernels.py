@@ -131,7 +131,9 @@ def test_lrn_matches_numpy(isa, size, alpha, beta, k):
                                        # 8-lane column pass (8 <= outputs < 16), overlapping
                                        # last vectors, ceil overhang past the padding
                                        (5, 27, 3, 2, 0), (4, 13, 3, 1, 1), (3, 20, 2, 2, 0),
-                                       (3, 34, 3, 2, 1), (4, 17, 4, 1, 3), (3, 50, 3, 3, 1)])
+                                       (3, 34, 3, 2, 1), (4, 17, 4, 1, 3), (3, 50, 3, 3, 1),
+                                       # one window over the whole input (global average)
+                                       (13, 13, 13, 1, 0), (21, 21, 21, 2, 0)])
 def test_pool_matches_numpy(isa, method, h, w, k, s, p):
     from qengine.layers import pool_output
     x = RNG.standard_normal((2, 3, h, w)).astype(np.float32)
