@@ -70,10 +70,11 @@ def _check(tmp_path, path, x_shape, rel=1e-4, nhwc=False, **kw):
     assert got.shape == want.shape
     err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
     assert err < rel, err
-    for mode in ("fast",):
-        m2 = qengine.load(m.path, mode=mode)
-        assert np.abs(m2.forward(x.transpose(0, 3, 1, 2) if nhwc else x) - want).max() \
-            / max(np.abs(want).max(), 1e-6) < rel
+    # fast mode may run convolutions in 16-bit integers (|x| quantised to about
+    # 13 bits per image): its bound is tests/test_int16.py's, 2e-3 of the range
+    m2 = qengine.load(m.path, mode="fast")
+    assert np.abs(m2.forward(x.transpose(0, 3, 1, 2) if nhwc else x) - want).max() \
+        / max(np.abs(want).max(), 1e-6) < max(rel, 2e-3)
     return m
 
 
