@@ -27,6 +27,8 @@ CONV_CASES = [
     (6, 31, 29, 11, 11, 4, 0, 1, 9, 8, 128),   # AlexNet conv1-like
     (4, 3, 3, 3, 3, 1, 1, 1, 3, 3, 4),         # output as large as a tiny input
     (300, 7, 6, 3, 3, 1, 1, 1, 7, 8, 16),      # dense: panel shared by < 4 blocks (plane mode)
+    (8, 40, 37, 3, 3, 1, 1, 1, 13, 4, 16),     # dense: full 32-position tiles, gathered
+    (16, 30, 30, 1, 1, 1, 0, 1, 20, 4, 16),    # 1x1: tiles read in place
 ]
 
 
@@ -64,6 +66,34 @@ def test_conv_dense_matches_numpy(isa, case):
     out = np.full(ref.shape, np.nan, np.float32)
     _kernels.conv_dense(x, blocked_conv_weights(w, G), b, KH, KW, S, P, False, out, ws)
     close(out, ref)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_dense_same_bits_on_every_fma_isa(case):
+    """The float dense kernel is 8 lanes wide on AVX2 and 16 on AVX-512, but
+    every output sums its taps in the same order with fused multiply-adds:
+    the same bits (the portable build has no FMA and rounds each product).
+    Relu on, and off; the gather, in-place and accumulator paths all occur."""
+    C, H, W, KH, KW, S, P, G, Cout, _, _ = case
+    cg = C // G
+    x = RNG.standard_normal((3, C, H, W)).astype(np.float32)
+    wb = blocked_conv_weights(RNG.standard_normal((Cout, cg, KH, KW)).astype(np.float32), G)
+    b = RNG.standard_normal(Cout).astype(np.float32)
+    oh, ow = _kernels.conv_output_size(H, W, KH, KW, S, P)
+    ws = np.empty(_kernels.conv_workspace_floats(cg, H, W, KH, KW, S, P, 0, 0, Cout // G),
+                  np.float32)
+
+    def run():
+        outs = []
+        for relu in (False, True):
+            out = np.full((3, Cout, oh, ow), np.nan, np.float32)
+            _kernels.conv_dense(x, wb, b, KH, KW, S, P, relu, out, ws)
+            outs.append(out)
+        return _kernels.get_isa(), outs
+    fma = [(isa, o) for isa, o in on_every_isa(run) if isa != "generic"]
+    for isa, outs in fma[1:]:
+        for a, ref in zip(outs, fma[0][1]):
+            assert np.array_equal(a, ref), isa
 
 
 # (Cin, Cout, d, K)

@@ -51,12 +51,13 @@ typedef int16_t QE_CAT(v4s_n, QE_SUFFIX) __attribute__((vector_size(8), aligned(
 #define VNS QE_CAT(v4s_n, QE_SUFFIX)
 #define QE_EVEN_LANES {0, 2, 4, 6}
 #endif
-static inline VN FN(vnsplat)(float f)
-{
-    VN v;
-    for (int l = 0; l < QE_NL; l++) v[l] = f;
-    return v;
-}
+#if QE_NL == 16
+static inline VN FN(vnsplat)(float f) { return V16SPLAT(f); }
+#elif QE_NL == 8
+static inline VN FN(vnsplat)(float f) { return (VN){f, f, f, f, f, f, f, f}; }
+#else
+static inline VN FN(vnsplat)(float f) { return (VN){f, f, f, f}; }
+#endif
 /* (through the types' 4-byte alignment, not memcpy: GCC's AVX2 tuning turns a
  * memcpy'd 32-byte load into two halves through the stack) */
 static inline VN FN(vnload)(const float *p) { return *(const VN *)p; }
@@ -202,36 +203,57 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
 }
 
 /* Dense convolution in the same phase-plane layout, register-blocked: six
- * output channels times 16 positions in twelve accumulators.  w is blocked as
+ * output channels times QE_DT positions in twelve accumulators.  w is blocked as
  * [Cout/6][J][6] (J = C*KH*KW taps in jbase order); acc [Cout][RP].
  *
  * Cache blocking: output-channel blocks are taken in groups whose weights fit
- * in L2 (QE_DENSE_W_BYTES); for each group, every tile of 16 positions first
- * copies its J input rows into one contiguous [J][16] panel, which the
+ * in L2 (QE_DENSE_W_BYTES); for each group, every tile of QE_DT positions
+ * first copies its J input rows into one contiguous [J][QE_DT] panel, which the
  * group's blocks then read in order (the rows themselves lie in J planes
  * far apart: the panel turns J scattered reads per block into one stream). */
 
-/* Output channel co's 16 positions from r0, plus bias, ReLU'd when asked,
+/* The dense kernel's tile: QE_DT output positions, two VD vectors per
+ * channel (16-lane on AVX-512, 8-lane elsewhere), so six channels make
+ * twelve accumulators on every instruction set.  Each output's sum runs over
+ * the taps in the same order whatever the width: the same bits. */
+#if QE_SIMD == 3
+#define QE_DT 32
+#define VD QE_CAT(v16f, QE_SUFFIX)
+#define VDI QE_CAT(v16i, QE_SUFFIX)
+#else
+#define QE_DT 16
+#define VD V8
+#define VDI QE_CAT(v8m, QE_SUFFIX)
+#endif
+static inline VD FN(vdload)(const float *p) { return *(const VD *)p; }
+static inline void FN(vdstore)(float *p, VD v) { *(VD *)p = v; }
+#if QE_SIMD == 3
+static inline VD FN(vdsplat)(float f) { return V16SPLAT(f); }
+#else
+static inline VD FN(vdsplat)(float f) { return FN(vsplat)(f); }
+#endif
+
+/* Output channel co's QE_DT positions from r0, plus bias, ReLU'd when asked,
  * straight into y [Cout][R] (only the positions below R). */
 static inline void FN(dense_store_y)(float *y, int64_t R, int64_t r0, int co, const float *bias,
-                                     int relu, V8 a, V8 b)
+                                     int relu, VD a, VD b)
 {
-    const V8 bb = FN(vsplat)(bias ? bias[co] : 0.f);
+    const VD bb = FN(vdsplat)(bias ? bias[co] : 0.f);
     a += bb;
     b += bb;
     if (relu) {
-        const V8 z = FN(vsplat)(0.f);
-        a = (V8)((QE_CAT(v8m, QE_SUFFIX))a & (a > z));
-        b = (V8)((QE_CAT(v8m, QE_SUFFIX))b & (b > z));
+        const VD z = FN(vdsplat)(0.f);
+        a = (VD)((VDI)a & (VDI)(a > z));
+        b = (VD)((VDI)b & (VDI)(b > z));
     }
     float *dst = y + (int64_t)co * R + r0;
-    if (r0 + 16 <= R) {
-        FN(vstore)(dst, a);
-        FN(vstore)(dst + 8, b);
+    if (r0 + QE_DT <= R) {
+        FN(vdstore)(dst, a);
+        FN(vdstore)(dst + QE_DT / 2, b);
     } else {
-        float t[16];
-        FN(vstore)(t, a);
-        FN(vstore)(t + 8, b);
+        float t[QE_DT];
+        FN(vdstore)(t, a);
+        FN(vdstore)(t + QE_DT / 2, b);
         for (int64_t k = 0; k < R - r0; k++) dst[k] = t[k];
     }
 }
@@ -266,9 +288,9 @@ static inline V8 FN(vsel)(V8 a, V8 b, QE_CAT(v8m, QE_SUFFIX) m)
 }
 
 /* y != NULL: bias, ReLU and the output written here, no accumulator pass.
- * gather != 0 (needs y): tiles of 16 *output* positions (OH x OW, no padding
+ * gather != 0 (needs y): tiles of QE_DT *output* positions (OH x OW, no padding
  * columns computed), each tile's panel gathered from the plane rows it spans
- * (at most four runs, merged with vector blends); else tiles of 16 plane
+ * (at most four runs, merged with vector blends); else tiles of QE_DT plane
  * positions (OH x Wq), written to y only when Wq == OW, to accbuf otherwise.
  * Returns nonzero when gather mode could not allocate its panel (nothing
  * was written: the caller runs the plain mode). */
@@ -278,75 +300,79 @@ static int FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t 
 {
     const int64_t RP = (g->R + QE_TILE - 1) / QE_TILE * QE_TILE;
     const int64_t NR = gather ? (int64_t)g->OH * g->OW : g->R;
-    const int64_t ntiles = (NR + 15) / 16;   /* only tiles holding real positions */
+    const int64_t ntiles = (NR + QE_DT - 1) / QE_DT;   /* only tiles holding real positions */
     const int nblk = CoutB / QE_DENSE_CO;
     int per_group = (int)(QE_DENSE_W_BYTES / ((int64_t)J * QE_DENSE_CO * (int64_t)sizeof(float)));
     per_group = per_group < 1 ? 1 : per_group;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(| : failed)
     {
-        float *panel = (float *)malloc(sizeof(float) * 16 * (size_t)J);
+        float *panel = (float *)malloc(sizeof(float) * QE_DT * (size_t)J);
         failed = gather && !panel;
         for (int b0 = 0; b0 < nblk && !(gather && !panel); b0 += per_group) {
             const int b1 = b0 + per_group < nblk ? b0 + per_group : nblk;
             #pragma omp for schedule(static)
             for (int64_t t = 0; t < ntiles; t++) {
-                const int64_t r0 = t * 16;
+                const int64_t r0 = t * QE_DT;
                 const float *xs = panel;
-                int64_t step = 16;
+                int64_t step = QE_DT;
                 if (panel && gather) {
-                    /* the tile's plane positions; in a full tile, its runs
-                     * merged by vector blends */
-                    int64_t q[16], base[4];
-                    int start[4];
-                    QE_CAT(v8m, QE_SUFFIX) mlo[4], mhi[4];
-                    const int nrun = FN(tile_runs)(g, NR, r0, q, base, start);
-                    for (int k = 0; k < nrun && k < 4; k++)
-                        for (int l = 0; l < 8; l++) {
-                            mlo[k][l] = l >= start[k] ? -1 : 0;
-                            mhi[k][l] = l + 8 >= start[k] ? -1 : 0;
-                        }
-                    if (nrun <= 4 && r0 + 16 <= NR) {
-                        for (int j = 0; j < J; j++) {
-                            const float *s = xp + jbase[j];
-                            V8 lo = FN(vload)(s + base[0]), hi = FN(vload)(s + base[0] + 8);
-                            for (int k = 1; k < nrun; k++) {
-                                lo = FN(vsel)(lo, FN(vload)(s + base[k]), mlo[k]);
-                                hi = FN(vsel)(hi, FN(vload)(s + base[k] + 8), mhi[k]);
+                    /* each 16 of the tile's plane positions; in a full one,
+                     * its runs merged by vector blends */
+                    for (int h = 0; h < QE_DT / 16; h++) {
+                        const int64_t rb = r0 + 16 * h;
+                        int64_t q[16], base[4];
+                        int start[4];
+                        QE_CAT(v8m, QE_SUFFIX) mlo[4], mhi[4];
+                        const int nrun = FN(tile_runs)(g, NR, rb, q, base, start);
+                        for (int k = 0; k < nrun && k < 4; k++)
+                            for (int l = 0; l < 8; l++) {
+                                mlo[k][l] = l >= start[k] ? -1 : 0;
+                                mhi[k][l] = l + 8 >= start[k] ? -1 : 0;
                             }
-                            FN(vstore)(panel + 16 * j, lo);
-                            FN(vstore)(panel + 16 * j + 8, hi);
-                        }
-                    } else {    /* narrow rows, or the last tile: one value at a time */
-                        for (int j = 0; j < J; j++) {
-                            const float *s = xp + jbase[j];
-                            for (int i = 0; i < 16; i++) panel[16 * j + i] = s[q[i]];
+                        float *out = panel + 16 * h;
+                        if (nrun <= 4 && rb + 16 <= NR) {
+                            for (int j = 0; j < J; j++) {
+                                const float *s = xp + jbase[j];
+                                V8 lo = FN(vload)(s + base[0]), hi = FN(vload)(s + base[0] + 8);
+                                for (int k = 1; k < nrun; k++) {
+                                    lo = FN(vsel)(lo, FN(vload)(s + base[k]), mlo[k]);
+                                    hi = FN(vsel)(hi, FN(vload)(s + base[k] + 8), mhi[k]);
+                                }
+                                FN(vstore)(out + QE_DT * j, lo);
+                                FN(vstore)(out + QE_DT * j + 8, hi);
+                            }
+                        } else {    /* narrow rows, or the last tile: one value at a time */
+                            for (int j = 0; j < J; j++) {
+                                const float *s = xp + jbase[j];
+                                for (int i = 0; i < 16; i++) out[QE_DT * j + i] = s[q[i]];
+                            }
                         }
                     }
                 } else if (panel) {
                     for (int j = 0; j < J; j++) {
                         const float *s = xp + jbase[j] + r0;
-                        FN(vstore)(panel + 16 * j, FN(vload)(s));
-                        FN(vstore)(panel + 16 * j + 8, FN(vload)(s + 8));
+                        FN(vdstore)(panel + QE_DT * j, FN(vdload)(s));
+                        FN(vdstore)(panel + QE_DT * j + QE_DT / 2, FN(vdload)(s + QE_DT / 2));
                     }
                 } else {
                     step = 0;   /* no panel memory: read the rows in place */
                 }
                 for (int cb = b0; cb < b1; cb++) {
                     const float *wb = w + (int64_t)cb * J * QE_DENSE_CO;
-                    V8 c00 = FN(vsplat)(0.f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-                    V8 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+                    VD c00 = FN(vdsplat)(0.f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+                    VD c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
                     for (int j = 0; j < J; j++) {
                         const float *s = panel ? xs + step * j : xp + jbase[j] + r0;
-                        V8 x0 = FN(vload)(s), x1 = FN(vload)(s + 8);
+                        VD x0 = FN(vdload)(s), x1 = FN(vdload)(s + QE_DT / 2);
                         const float *wj = wb + QE_DENSE_CO * j;
-                        V8 w0 = FN(vsplat)(wj[0]);
+                        VD w0 = FN(vdsplat)(wj[0]);
                         c00 += w0 * x0; c01 += w0 * x1;
-                        w0 = FN(vsplat)(wj[1]); c10 += w0 * x0; c11 += w0 * x1;
-                        w0 = FN(vsplat)(wj[2]); c20 += w0 * x0; c21 += w0 * x1;
-                        w0 = FN(vsplat)(wj[3]); c30 += w0 * x0; c31 += w0 * x1;
-                        w0 = FN(vsplat)(wj[4]); c40 += w0 * x0; c41 += w0 * x1;
-                        w0 = FN(vsplat)(wj[5]); c50 += w0 * x0; c51 += w0 * x1;
+                        w0 = FN(vdsplat)(wj[1]); c10 += w0 * x0; c11 += w0 * x1;
+                        w0 = FN(vdsplat)(wj[2]); c20 += w0 * x0; c21 += w0 * x1;
+                        w0 = FN(vdsplat)(wj[3]); c30 += w0 * x0; c31 += w0 * x1;
+                        w0 = FN(vdsplat)(wj[4]); c40 += w0 * x0; c41 += w0 * x1;
+                        w0 = FN(vdsplat)(wj[5]); c50 += w0 * x0; c51 += w0 * x1;
                     }
                     if (y) {
                         const int co = cb * QE_DENSE_CO;
@@ -359,12 +385,13 @@ static int FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t 
                         continue;
                     }
                     float *o = accbuf + (int64_t)cb * QE_DENSE_CO * RP + r0;
-                    FN(vstore)(o, c00); FN(vstore)(o + 8, c01);
-                    FN(vstore)(o + RP, c10); FN(vstore)(o + RP + 8, c11);
-                    FN(vstore)(o + 2 * RP, c20); FN(vstore)(o + 2 * RP + 8, c21);
-                    FN(vstore)(o + 3 * RP, c30); FN(vstore)(o + 3 * RP + 8, c31);
-                    FN(vstore)(o + 4 * RP, c40); FN(vstore)(o + 4 * RP + 8, c41);
-                    FN(vstore)(o + 5 * RP, c50); FN(vstore)(o + 5 * RP + 8, c51);
+                    const int hd = QE_DT / 2;
+                    FN(vdstore)(o, c00); FN(vdstore)(o + hd, c01);
+                    FN(vdstore)(o + RP, c10); FN(vdstore)(o + RP + hd, c11);
+                    FN(vdstore)(o + 2 * RP, c20); FN(vdstore)(o + 2 * RP + hd, c21);
+                    FN(vdstore)(o + 3 * RP, c30); FN(vdstore)(o + 3 * RP + hd, c31);
+                    FN(vdstore)(o + 4 * RP, c40); FN(vdstore)(o + 4 * RP + hd, c41);
+                    FN(vdstore)(o + 5 * RP, c50); FN(vdstore)(o + 5 * RP + hd, c51);
                 }
             }
         }
@@ -372,6 +399,8 @@ static int FN(dense_conv)(const qe_conv_geom *g, const float *xp, const int64_t 
     }
     return failed;
 }
+#undef VD
+#undef VDI
 
 /* Depthwise convolution (qe_depthwise_conv): output channel o reads input
  * channel o / mult through its own KH x KW filter.  Per output row, each tap
