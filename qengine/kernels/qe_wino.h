@@ -201,6 +201,11 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
     const int64_t NR = (int64_t)OH * OW;
     const VNI lo = QE_PAIR_LO, hi = QE_PAIR_HI;
     const int half = QE_NL / 2;
+    int oys[QE_WINO_NT], oxs[QE_WINO_NT];   /* the tiles' first output row and column */
+    for (int t = 0; t < NT; t++) {
+        oys[t] = (int)((t0 + t) / TW) * 2;
+        oxs[t] = (int)((t0 + t) % TW) * 2;
+    }
     for (int c16 = 0; c16 < 32; c16 += QE_NL) {
         const int nl = Cout - (co0 + c16) < QE_NL ? Cout - (co0 + c16) : QE_NL;
         if (nl <= 0) break;
@@ -208,8 +213,7 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
         for (int xi = 0; xi < 16; xi++) memcpy(&s[xi], sc + xi * 32 + c16, sizeof s[xi]);
         memcpy(&b, bias + co0 + c16, sizeof b);
         for (int t = 0; t < NT; t++) {
-            const int64_t tt = t0 + t;
-            const int oy = (int)(tt / TW) * 2, ox = (int)(tt % TW) * 2;
+            const int oy = oys[t], ox = oxs[t];
             VN m[16];
             for (int xi = 0; xi < 16; xi++) {
                 VNI iv;
