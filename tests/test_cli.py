@@ -311,3 +311,23 @@ def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
                            env=env, timeout=300, cwd=str(tmp_path))
         assert p.returncode == 2, p.stderr
         assert says in p.stderr and "Traceback" not in p.stderr
+
+
+def test_build_ab_compares_two_thread_counts_and_reports_bad_input(tmp_path):
+    import qengine
+    script = os.path.join(ROOT, "tools", "build_ab.py")
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
+    env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    model = str(tmp_path / "m.qcnn")
+    build(model)
+    run = lambda *a: subprocess.run([sys.executable, script, *a], capture_output=True,  # noqa
+                                    text=True, env=env, timeout=300, cwd=str(tmp_path))
+    # the same build on 1 and 2 threads: the same bits, a ratio printed
+    p = run(model, "--b-threads", "2", "--rounds", "2", "--batch", "3")
+    assert p.returncode == 0, p.stderr
+    assert "max|A - B| 0" in p.stdout and "B/A" in p.stdout, p.stdout
+    for args, says in (([str(tmp_path / "none.qcnn")], "no such file"),
+                       ([model, "--b-src", str(tmp_path)], "no qengine package there")):
+        p = run(*args)
+        assert p.returncode == 2, p.stderr
+        assert says in p.stderr and "Traceback" not in p.stderr
