@@ -294,40 +294,43 @@ def test_qrun_closed_pipe_ctrl_c_and_intermixed_options(tmp_path):
     assert p.returncode == 130 and err.strip() == "qbench: interrupted", err
 
 
-def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
+def _tool(tmp_path, name):
+    """(run(*args) -> CompletedProcess of tools/NAME with the qengine package the
+    tests import (installed, or built in place), a small model's path)."""
     import qengine
-    script = os.path.join(ROOT, "tools", "peer_table.py")
-    # the qengine package the tests import (installed, or built in place)
+    script = os.path.join(ROOT, "tools", name)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
     env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
     model = str(tmp_path / "m.qcnn")
     build(model)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    for args, says in (([model, "--calib", str(tmp_path / "nowhere")], "not a directory"),
-                       ([str(tmp_path / "none.qcnn")], "no such file"),
-                       ([model, "--calib", str(empty), "--runs", "1"], "no images")):
-        p = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                           env=env, timeout=300, cwd=str(tmp_path))
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                              env=env, timeout=300, cwd=str(tmp_path))
+    return run, model
+
+
+def _one_line_errors(run, cases):
+    for args, says in cases:
+        p = run(*args)
         assert p.returncode == 2, p.stderr
         assert says in p.stderr and "Traceback" not in p.stderr
 
 
+def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
+    run, model = _tool(tmp_path, "peer_table.py")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_errors(run, (([model, "--calib", str(tmp_path / "nowhere")], "not a directory"),
+                           ([str(tmp_path / "none.qcnn")], "no such file"),
+                           ([model, "--calib", str(empty), "--runs", "1"], "no images")))
+
+
 def test_build_ab_compares_two_thread_counts_and_reports_bad_input(tmp_path):
-    import qengine
-    script = os.path.join(ROOT, "tools", "build_ab.py")
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(qengine.__file__)))
-    env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    model = str(tmp_path / "m.qcnn")
-    build(model)
-    run = lambda *a: subprocess.run([sys.executable, script, *a], capture_output=True,  # noqa
-                                    text=True, env=env, timeout=300, cwd=str(tmp_path))
+    run, model = _tool(tmp_path, "build_ab.py")
     # the same build on 1 and 2 threads: the same bits, a ratio printed
     p = run(model, "--b-threads", "2", "--rounds", "2", "--batch", "3")
     assert p.returncode == 0, p.stderr
     assert "max|A - B| 0" in p.stdout and "B/A" in p.stdout, p.stdout
-    for args, says in (([str(tmp_path / "none.qcnn")], "no such file"),
-                       ([model, "--b-src", str(tmp_path)], "no qengine package there")):
-        p = run(*args)
-        assert p.returncode == 2, p.stderr
-        assert says in p.stderr and "Traceback" not in p.stderr
+    _one_line_errors(run, (([str(tmp_path / "none.qcnn")], "no such file"),
+                           ([model, "--b-src", str(tmp_path)], "no qengine package there")))
