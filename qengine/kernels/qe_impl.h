@@ -213,23 +213,22 @@ static void FN(lut_lookup)(const qe_conv_geom *g, const float *T, const int64_t 
  * far apart: the panel turns J scattered reads per block into one stream). */
 
 /* The dense kernel's tile: QE_DT output positions, two VD vectors per
- * channel (16-lane on AVX-512, 8-lane elsewhere), so six channels make
+ * channel (16-lane on AVX-512, 8-lane on AVX2 and SSE2), so six channels make
  * twelve accumulators on every instruction set.  Each output's sum runs over
  * the taps in the same order whatever the width: the same bits. */
-#if QE_SIMD == 3
-#define QE_DT 32
-#define VD QE_CAT(v16f, QE_SUFFIX)
-#define VDI QE_CAT(v16i, QE_SUFFIX)
-#else
+#if QE_NL >= 8   /* the native vectors */
+#define QE_DT (2 * QE_NL)
+#define VD VN
+#define VDI VNI
+static inline VD FN(vdload)(const float *p) { return FN(vnload)(p); }
+static inline void FN(vdstore)(float *p, VD v) { FN(vnstore)(p, v); }
+static inline VD FN(vdsplat)(float f) { return FN(vnsplat)(f); }
+#else            /* SSE2: the 8-lane pair GCC lowers to two xmm each */
 #define QE_DT 16
 #define VD V8
 #define VDI QE_CAT(v8m, QE_SUFFIX)
-#endif
-static inline VD FN(vdload)(const float *p) { return *(const VD *)p; }
-static inline void FN(vdstore)(float *p, VD v) { *(VD *)p = v; }
-#if QE_SIMD == 3
-static inline VD FN(vdsplat)(float f) { return V16SPLAT(f); }
-#else
+static inline VD FN(vdload)(const float *p) { return FN(vload)(p); }
+static inline void FN(vdstore)(float *p, VD v) { FN(vstore)(p, v); }
 static inline VD FN(vdsplat)(float f) { return FN(vsplat)(f); }
 #endif
 
