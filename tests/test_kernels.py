@@ -29,6 +29,8 @@ CONV_CASES = [
     (300, 7, 6, 3, 3, 1, 1, 1, 7, 8, 16),      # dense: panel shared by < 4 blocks (plane mode)
     (8, 40, 37, 3, 3, 1, 1, 1, 13, 4, 16),     # dense: full 32-position tiles, gathered
     (16, 30, 30, 1, 1, 1, 0, 1, 20, 4, 16),    # 1x1: tiles read in place
+    (2, 5, 1, 1, 1, 2, 0, 1, 3, 2, 4),         # a row narrower than the stride
+    (3, 7, 2, 3, 3, 3, 1, 1, 4, 3, 8),         # stride 3 over 2 columns, padded
 ]
 
 

@@ -46,10 +46,13 @@ void qe_phase_split(const qe_conv_geom *g, const float *x, float *xp)
                         memcpy(out + P, row, sizeof(float) * (size_t)g->W);
                         continue;
                     }
-                    for (int j = 0; j < g->Wq; j++) {
-                        int w = j * S + b - P;
-                        if (w >= 0 && w < g->W) out[j] = row[w];
-                    }
+                    /* the columns j with 0 <= j*S + b - P < W, without a test each */
+                    const int j0 = P - b > 0 ? (P - b + S - 1) / S : 0;
+                    const int span = g->W - 1 - b + P;   /* < 0: phase b lies past the row */
+                    int j1 = span < 0 ? 0 : span / S + 1;
+                    j1 = j1 > g->Wq ? g->Wq : j1;
+                    const float *src = row + (int64_t)j0 * S + b - P;
+                    for (int j = j0; j < j1; j++) out[j] = src[(int64_t)(j - j0) * S];
                 }
             }
         }
