@@ -329,8 +329,13 @@ def test_peer_table_bad_inputs_give_one_line_not_a_traceback(tmp_path):
 def test_build_ab_compares_two_thread_counts_and_reports_bad_input(tmp_path):
     run, model = _tool(tmp_path, "build_ab.py")
     # the same build on 1 and 2 threads: the same bits, a ratio printed
-    p = run(model, "--b-threads", "2", "--rounds", "2", "--batch", "3")
+    p = run(model, "--b-threads", "2", "--rounds", "2", "--batch", "3", "--layers")
     assert p.returncode == 0, p.stderr
     assert "max|A - B| 0" in p.stdout and "B/A" in p.stdout, p.stdout
+    import qengine
+    names = qengine.load(model).layer_names
+    # one row per layer run, in order (a ReLU fused into its layer has none)
+    rows = [ln.split()[0] for ln in p.stdout.splitlines()[5:]]
+    assert "c1" in rows and [n for n in names if n in rows] == rows, p.stdout
     _one_line_errors(run, (([str(tmp_path / "none.qcnn")], "no such file"),
                            ([model, "--b-src", str(tmp_path)], "no qengine package there")))

@@ -3,14 +3,15 @@ in one process.
 
     python tools/build_ab.py MODEL.qcnn --b-src ../before [--mode fast]
         [--batch 1] [--rounds 40] [--a-threads 1] [--b-threads 1] [--images DIR]
+        [--layers]
 
 Side A is the qengine this Python imports; side B is the package under
 --b-src (a checkout whose extension is built in place, for example a `git
 worktree` of the commit before a change), imported under another name, or the
 same package again.  Rounds alternate A and B on the same input; the medians
 in ms per image, their ratio (> 1: A faster) and the largest difference of
-the outputs are printed.  On shared machines that drift, only such same-run
-ratios mean anything."""
+the outputs are printed; --layers adds each layer's medians.  On shared
+machines that drift, only such same-run ratios mean anything."""
 import argparse
 import glob
 import importlib.util
@@ -49,6 +50,7 @@ def main(argv=None):
     ap.add_argument("--a-threads", type=int, default=1)
     ap.add_argument("--b-threads", type=int, default=1)
     ap.add_argument("--images", help="folder of images for the input (default: random)")
+    ap.add_argument("--layers", action="store_true", help="per-layer medians too")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.model):
         fail(f"{args.model}: no such file")
@@ -69,19 +71,26 @@ def main(argv=None):
         x = np.maximum(rng.standard_normal((args.batch,) + tuple(a.input_shape)), 0)
         x = (x * 50).astype(np.float32)
     ya, yb = np.asarray(a.forward(x)), np.asarray(b.forward(x))
-    ta, tb = [], []
+    ta, tb, la, lb = [], [], {}, {}
     for _ in range(args.rounds):
-        t = time.perf_counter()
-        a.forward(x)
-        ta.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b.forward(x)
-        tb.append(time.perf_counter() - t)
+        for m, times, layers in ((a, ta, la), (b, tb, lb)):
+            prof = {} if args.layers else None
+            t = time.perf_counter()
+            m.forward(x, profile=prof)
+            times.append(time.perf_counter() - t)
+            for k, v in (prof or {}).items():
+                layers.setdefault(k, []).append(v)
     ma, mb = st.median(ta) * 1e3 / args.batch, st.median(tb) * 1e3 / args.batch
     print(f"{args.model}  mode={args.mode}  batch={args.batch}  rounds={args.rounds}")
     print(f"A {qengine.__file__} ({args.a_threads} thread(s)): {ma:.3f} ms/image")
     print(f"B {other.__file__} ({args.b_threads} thread(s)): {mb:.3f} ms/image")
     print(f"B/A {mb / ma:.3f}x   max|A - B| {float(np.abs(ya - yb).max()):.3g}")
+    if args.layers:
+        print(f"{'layer':24s} {'A ms':>8s} {'B ms':>8s}   B/A")
+        for k in la:
+            ka, kb = (st.median(la[k]) * 1e3 / args.batch, st.median(lb.get(k, [0])) * 1e3
+                      / args.batch)
+            print(f"{k:24s} {ka:8.3f} {kb:8.3f}   {kb / ka if ka > 0 else float('nan'):.2f}")
 
 
 if __name__ == "__main__":

@@ -210,17 +210,21 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
                     s1[n] = _mm512_add_epi16(s1[n], _mm512_maddubs_epi16(_mm512_unpackhi_epi8(la, z), ones));
                 }
             }
+            /* even rows' lanes + odd rows' lanes: 16 sums of two 16-bit lanes
+             * (<= 2 x 16320 = 32640, still int16), outputs 0-7 and 16-23 from
+             * s0, 8-15 and 24-31 from s1; widened and added to acc */
             for (int n = 0; n < NB; n++) {
-                int16_t a[32], b[32];
-                _mm512_storeu_si512(a, s0[n]);
-                _mm512_storeu_si512(b, s1[n]);
-                int32_t *ac = acc + (int64_t)n * Cout_pad + c * 32;
-                for (int o = 0; o < 8; o++) {
-                    ac[o] += (int32_t)a[o] + a[16 + o];
-                    ac[16 + o] += (int32_t)a[8 + o] + a[24 + o];
-                    ac[8 + o] += (int32_t)b[o] + b[16 + o];
-                    ac[24 + o] += (int32_t)b[8 + o] + b[24 + o];
-                }
+                const __m256i t0 = _mm256_add_epi16(_mm512_castsi512_si256(s0[n]),
+                                                    _mm512_extracti64x4_epi64(s0[n], 1));
+                const __m256i t1 = _mm256_add_epi16(_mm512_castsi512_si256(s1[n]),
+                                                    _mm512_extracti64x4_epi64(s1[n], 1));
+                __m256i *out = (__m256i *)(acc + (int64_t)n * Cout_pad + c * 32);
+                const __m256i w[4] = {_mm256_cvtepi16_epi32(_mm256_castsi256_si128(t0)),
+                                      _mm256_cvtepi16_epi32(_mm256_castsi256_si128(t1)),
+                                      _mm256_cvtepi16_epi32(_mm256_extracti128_si256(t0, 1)),
+                                      _mm256_cvtepi16_epi32(_mm256_extracti128_si256(t1, 1))};
+                for (int k = 0; k < 4; k++)
+                    _mm256_storeu_si256(out + k, _mm256_add_epi32(_mm256_loadu_si256(out + k), w[k]));
             }
 #else
             /* packed indices: unpacked into the byte layout first (these
