@@ -62,6 +62,24 @@ static inline VN FN(vnsplat)(float f) { return (VN){f, f, f, f}; }
  * memcpy'd 32-byte load into two halves through the stack) */
 static inline VN FN(vnload)(const float *p) { return *(const VN *)p; }
 static inline void FN(vnstore)(float *p, VN v) { *(VN *)p = v; }
+/* Square roots, lane by lane (correctly rounded, as sqrtf). */
+static inline VN FN(vnsqrt)(VN v)
+{
+#if QE_SIMD == 3
+    __m512 m;
+    memcpy(&m, &v, sizeof m);
+    m = _mm512_sqrt_ps(m);
+    memcpy(&v, &m, sizeof v);
+#elif QE_SIMD == 2
+    __m256 m;
+    memcpy(&m, &v, sizeof m);
+    m = _mm256_sqrt_ps(m);
+    memcpy(&v, &m, sizeof v);
+#else
+    for (int l = 0; l < QE_NL; l++) v[l] = sqrtf(v[l]);
+#endif
+    return v;
+}
 /* a > m ? a : m, lane by lane (x86's maxps(a, m): m where either is NaN) */
 static inline VN FN(vnmax)(VN m, VN a)
 {
@@ -548,44 +566,53 @@ static void FN(dense_fc)(const float *x, int Cin, const float *w, int Cout, cons
     }
 }
 
-/* Output channels [c0, c1) of the LRN of x [C][HW] (sq: HW floats of scratch). */
+/* Output channels [c0, c1) of the LRN of x [C][HW] (sq: HW floats of scratch).
+ * Direct window sums (no running sum, so no drift across channels).  For
+ * beta = 0.75, QE_NL positions at a time: the window's squares summed in a
+ * register while the channels go by (each channel's rows are re-read from L1
+ * rather than summed into sq), then s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))).
+ * Each lane does the same operations in the same order as the scalar form. */
 static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float alpha,
                     float beta, float k, float *sq, int c0, int c1)
 {
-    /* Direct window sums (no running sum, so no drift across channels). */
     const int pre = (size - 1) / 2, post = size - 1 - pre;
     const float a = alpha / (float)size;
-    const int fast_beta = (beta == 0.75f);
-    for (int c = c0; c < c1; c++) {
+    int64_t p0 = 0;
+    if (beta == 0.75f) {
+        const VN va = FN(vnsplat)(a), vk = FN(vnsplat)(k);
+        for (; p0 + QE_NL <= HW; p0 += QE_NL)
+            for (int c = c0; c < c1; c++) {
+                const int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
+                VN s = FN(vnsplat)(0.f);
+                for (int cc = lo; cc <= hi; cc++) {
+                    const VN xa = FN(vnload)(x + cc * HW + p0);
+                    s += xa * xa;
+                }
+                const VN r = FN(vnsqrt)(vk + va * s);
+                FN(vnstore)(y + c * HW + p0, FN(vnload)(x + c * HW + p0) / (r * FN(vnsqrt)(r)));
+            }
+    }
+    if (p0 == HW) return;
+    for (int c = c0; c < c1; c++) {   /* the rest, and any other beta */
         int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
-        for (int64_t p = 0; p < HW; p++) sq[p] = 0.f;
+        for (int64_t p = p0; p < HW; p++) sq[p] = 0.f;
         for (int cc = lo; cc <= hi; cc++) {
             const float *xa = x + cc * HW;
-            for (int64_t p = 0; p < HW; p++) sq[p] += xa[p] * xa[p];
+            for (int64_t p = p0; p < HW; p++) sq[p] += xa[p] * xa[p];
         }
         const float *xc = x + c * HW;
         float *yc = y + c * HW;
-        if (fast_beta) {
-            /* s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))) */
-            for (int64_t p = 0; p < HW; p++) {
+        if (beta == 0.75f) {
+            for (int64_t p = p0; p < HW; p++) {
                 float r = sqrtf(k + a * sq[p]);
                 yc[p] = xc[p] / (r * sqrtf(r));
             }
         } else {
-            for (int64_t p = 0; p < HW; p++) yc[p] = xc[p] * powf(k + a * sq[p], -beta);
+            for (int64_t p = p0; p < HW; p++) yc[p] = xc[p] * powf(k + a * sq[p], -beta);
         }
     }
 }
 
-/* Max pooling of one channel, in two passes per output row.  The rows of the
- * window are reduced element by element (vectors of 16) into v, laid out as
- * the padded row: PW slots of -FLT_MAX, the W maxima, then -FLT_MAX up to
- * qe_max_pool_scratch() floats, so that every window, padding and ceil-rounded
- * overhang included, reads KW slots of v without clipping.  Then each output
- * is the largest of its KW slots, 16 outputs per vector for strides 1 and 2
- * (stride 2: the even lanes of two loads).  Every reduction starts from
- * -FLT_MAX and keeps v > m ? v : m in row order, then column order: NaNs are
- * skipped, and max is exact, so every instruction set gives the same bits. */
 /* QE_NL (8) outputs of the column pass at stride SW (1 or 2) from v: the KW
  * slots of output i start at v[i * SW]. */
 static inline void FN(pool_cols)(const float *v, float *y, int KW, int SW)
