@@ -206,18 +206,18 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
         oys[t] = (int)((t0 + t) / TW) * 2;
         oxs[t] = (int)((t0 + t) % TW) * 2;
     }
-    for (int c16 = 0; c16 < 32; c16 += QE_NL) {
-        const int nl = Cout - (co0 + c16) < QE_NL ? Cout - (co0 + c16) : QE_NL;
+    for (int cv = 0; cv < 32; cv += QE_NL) {
+        const int nl = Cout - (co0 + cv) < QE_NL ? Cout - (co0 + cv) : QE_NL;
         if (nl <= 0) break;
         VN s[16], b;
-        for (int xi = 0; xi < 16; xi++) memcpy(&s[xi], sc + xi * 32 + c16, sizeof s[xi]);
-        memcpy(&b, bias + co0 + c16, sizeof b);
+        for (int xi = 0; xi < 16; xi++) memcpy(&s[xi], sc + xi * 32 + cv, sizeof s[xi]);
+        memcpy(&b, bias + co0 + cv, sizeof b);
         for (int t = 0; t < NT; t++) {
             const int oy = oys[t], ox = oxs[t];
             VN m[16];
             for (int xi = 0; xi < 16; xi++) {
                 VNI iv;
-                memcpy(&iv, mb + ((int64_t)xi * NT + t) * 32 + c16, sizeof iv);
+                memcpy(&iv, mb + ((int64_t)xi * NT + t) * 32 + cv, sizeof iv);
                 m[xi] = __builtin_convertvector(iv, VN) * s[xi];
             }
             VN r0[4], r1[4];   /* m A, row by row */
@@ -244,7 +244,7 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
             memcpy(pr[0][1], &p01, sizeof p01);
             memcpy(pr[1][0], &p10, sizeof p10);
             memcpy(pr[1][1], &p11, sizeof p11);
-            float *yc = y + (int64_t)(co0 + c16) * NR + (int64_t)oy * OW + ox;
+            float *yc = y + (int64_t)(co0 + cv) * NR + (int64_t)oy * OW + ox;
             if (oy + 1 < OH && ox + 1 < OW) {
                 for (int l = 0; l < nl; l++, yc += NR) {
                     memcpy(yc, &pr[0][l / half][2 * (l % half)], 8);
