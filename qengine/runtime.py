@@ -73,6 +73,31 @@ def _threads_now(threads):
     return threads
 
 
+def _l2_bytes():
+    """This CPU's level-2 cache in bytes (Linux sysfs; 1 MiB where unknown)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in sorted(os.listdir(base)):
+            with open(os.path.join(base, d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(base, d, "type")) as f:
+                if f.read().strip() not in ("Unified", "Data"):
+                    continue
+            with open(os.path.join(base, d, "size")) as f:
+                size = f.read().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            n = int(size.rstrip("KM")) * mult
+            if n >= 64 << 10:
+                return n
+    except (OSError, ValueError):
+        pass
+    return 1 << 20
+
+
+L2_BYTES = _l2_bytes()
+
+
 def _check_top(top):
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"top must be a positive integer, got {top!r}")
@@ -151,6 +176,7 @@ class Model:
         self._reuse = self._plan_reuse()
         self._qf = qf
         self._check_budget()
+        self._cut, self._chunk = self._plan_chunks()
         qf.verify()
         # the budget holds: decode and lay out the weights (a tensor shared by
         # several layers decoded once)
@@ -324,6 +350,25 @@ class Model:
                 plan.update(cand)
         return plan
 
+    def _plan_chunks(self):
+        """(cut, chunk): a batch runs ops[:cut] (the trunk) chunk images at a
+        time, so that one chunk's activations stay in the level-2 cache, and
+        ops[cut:] (the head) on the whole batch, so that fully-connected layers
+        read their weights once per batch.  The head starts at the first
+        fully-connected layer whose input is the only blob alive there; without
+        one the whole network is trunk."""
+        ops = self._ops
+        cut = len(ops)
+        for i, op in enumerate(ops):
+            if op.type == "InnerProduct":
+                made = [self.input_name] + [b for j in range(i) for b in ops[j].top]
+                alive = {b for b in made if self._last_use.get(b, -1) >= i}
+                if i > 0 and alive == set(op.bottom):
+                    cut = i
+                break
+        chunk = max(1, L2_BYTES // max(1, self.resources["activations"]))
+        return cut, chunk
+
     # -- running ----------------------------------------------------------
     def _workspace(self):
         ws = getattr(self._local, "ws", None)
@@ -442,24 +487,53 @@ class Model:
             return self._executor
 
     def _run(self, x, want, profile, nthreads):
-        ws = self._workspace()
-        blobs = {self.input_name: x}
-        results = {}
+        """Run the network on a batch: the trunk chunk by chunk, then the head
+        on the whole batch (see _plan_chunks).  Every kernel treats the images
+        of a batch independently, so the result does not depend on the chunks."""
+        n, ops = x.shape[0], self._ops
         keep = set(want or [])
+        if n <= self._chunk:
+            blobs, results, out = self._run_ops({self.input_name: x}, 0, len(ops), keep,
+                                                profile, nthreads, want is None)
+        else:
+            cut, c = self._cut, self._chunk
+            parts = [self._run_ops({self.input_name: x[i:i + c]}, 0, cut, keep, profile,
+                                   nthreads, want is None) for i in range(0, n, c)]
+            results = {k: buffers.concat([p[1][k] for p in parts], 0) for k in parts[0][1]}
+            if cut == len(ops):
+                out = buffers.concat([p[2] for p in parts], 0)
+            else:
+                blobs = {b: buffers.concat([p[0][b] for p in parts], 0) for b in parts[0][0]
+                         if self._last_use.get(b, -1) >= cut}
+                del parts
+                blobs, more, out = self._run_ops(blobs, cut, len(ops), keep, profile,
+                                                 nthreads, want is None)
+                results.update(more)
+        if want is not None:
+            return {name: results[name] for name in want}
+        return out
+
+    def _run_ops(self, blobs, lo, hi, keep, profile, nthreads, into_ok):
+        """Run ops[lo:hi] on blobs {name: buffer}; returns (blobs alive after
+        them, {kept layer name: output}, the last op's output)."""
+        ws = self._workspace()
+        results = {}
         ops = self._ops
+        n = blobs[next(iter(blobs))].shape[0]
         # concatenations written in place by their inputs (not when a caller
         # asks for intermediate outputs: they must stay separate buffers)
-        into_plan = self._concat_into if want is None else {}
+        into_plan = self._concat_into if into_ok else {}
         cat_bufs = {}
-        i = 0
-        while i < len(ops):
+        out = None
+        i = lo
+        while i < hi:
             op = ops[i]
             fuse = i in self._fused and op.name not in keep
             t0 = time.perf_counter() if profile is not None else 0.0
             if i in into_plan:
                 ci, c0 = into_plan[i]
                 if ci not in cat_bufs:
-                    cat_bufs[ci] = ops[ci].new_out(x.shape[0])
+                    cat_bufs[ci] = ops[ci].new_out(n)
                 out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse,
                              into=(cat_bufs[ci], c0))
             elif i in cat_bufs:                   # a concatenation already written
@@ -485,9 +559,7 @@ class Model:
             for t in ops[i].top:
                 blobs[t] = out
             i += 1
-        if want is not None:
-            return {n: results[n] for n in want}
-        return out
+        return blobs, results, out
 
     @property
     def preprocessor(self):

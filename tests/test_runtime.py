@@ -144,6 +144,60 @@ def test_multithreaded_kernels_match_single(tiny):
     assert np.abs(y1 - y2).max() <= 1e-6
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_batch_runs_trunk_in_chunks_and_head_whole(tiny, mode):
+    """A batch runs the layers before the first fully-connected one a few
+    images at a time (so they stay in cache) and the rest on the whole batch:
+    bit-identical to one pass of the whole batch, with intermediate outputs,
+    per-layer profiles and two threads too."""
+    path, _, _ = tiny
+    m = qengine.load(path, mode=mode)
+    names = [op.name for op in m._ops]
+    assert m._cut == names.index("f1")           # the head: f1 relu dropout f2 softmax
+    assert m._chunk >= 1
+    x = np.random.default_rng(4).standard_normal((7, 3, 21, 19)).astype(np.float32)
+    want = ["c1", "cat", "p2", "f1", "prob"]
+    m._chunk = 100                               # the whole batch in one pass
+    whole, whole_out = m.forward(x), m.forward(x, outputs=want)
+    m._chunk = 2                                 # chunks of 2, 2, 2, 1 images
+    prof = {}
+    assert np.array_equal(m.forward(x, profile=prof), whole)
+    assert set(prof) == set(names) - {"r1", "r3"}          # (the ReLUs run fused)
+    got = m.forward(x, outputs=want)
+    for k in want:
+        assert got[k].shape == whole_out[k].shape and np.array_equal(got[k], whole_out[k]), k
+    m._cut = len(m._ops)                         # no head: the whole network in chunks
+    assert np.array_equal(m.forward(x), whole)
+    m2 = qengine.load(path, mode=mode, threads=2)
+    m2._chunk = 3                                # slices of 3 and 4 images, in chunks
+    assert np.array_equal(m2.forward(x), whole)
+
+
+def test_no_head_when_other_blobs_cross_the_cut(tmp_path):
+    """A fully-connected layer is the head's start only where its input is the
+    one blob alive: here the network input is read again after it."""
+    from modelkit import conv
+    L = [conv("c1", "data", 4, 3, p=1),
+         {"name": "f1", "type": "InnerProduct", "bottom": ["c1"], "top": ["f1"],
+          "params": {"num_output": 5, "bias_term": True}},
+         {"name": "f2", "type": "InnerProduct", "bottom": ["data"], "top": ["f2"],
+          "params": {"num_output": 5, "bias_term": True}},
+         {"name": "sum", "type": "Eltwise", "bottom": ["f1", "f2"], "top": ["sum"],
+          "params": {"operation": "SUM", "coeff": [1.0, 1.0]}}]
+    graph = {"input": {"name": "data", "shape": [2, 5, 5]}, "layers": L}
+    path = tmp_path / "twohead.qcnn"
+    graph, params = build(path, graph=graph, dense=("f2",))
+    m = qengine.load(str(path), mode="exact")
+    assert m._cut == len(m._ops)
+    x = np.random.default_rng(5).standard_normal((5, 2, 5, 5)).astype(np.float32)
+    m._chunk = 100
+    whole = m.forward(x)
+    m._chunk = 2
+    assert np.array_equal(m.forward(x), whole)
+    want = reference.forward(graph, dense_weights(graph, params), x)
+    assert np.abs(whole - want).max() <= 1e-5 * np.abs(want).max()
+
+
 def test_concatenation_written_in_place(tmp_path, isa):
     # a fire module: squeeze conv + ReLU, two expand convs (one with an in-place
     # ReLU, one lookup-table, one dense) concatenated; the concatenation is
