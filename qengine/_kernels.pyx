@@ -33,11 +33,12 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                     const float *scale, int A, int Cout, const float *bias, float *y, int relu,
                     int nthreads)
     int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale)
-    int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout)
+    int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout,
+                             int tile)
     void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
                       const int16_t *u, const float *scale, int A, int Cout, const float *bias,
-                      float *y, int relu, int nthreads, void *ws)
-    int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S,
+                      float *y, int relu, int nthreads, void *ws, int tile)
+    int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S, int tile,
                         int16_t *out, float *scale)
     int qe_wino_virtual(int C, int KH, int KW, int S)
     int qe_fc_q8_pad_cout(int Cout)
@@ -664,30 +665,41 @@ def wino_pieces(int kh, int kw, int stride=1):
     return qe_wino_virtual(1, kh, kw, stride)
 
 
-def wino_weights_shape(int cout, int groups, int cin, int kh=3, int kw=3, int stride=1):
+WINO_TILES = (2, 4)
+
+
+def _check_tile(int tile):
+    if tile not in WINO_TILES:
+        raise ValueError(f"Winograd tiles are {WINO_TILES} (F(2x2, 3x3), F(4x4, 3x3)), got {tile}")
+
+
+def wino_weights_shape(int cout, int groups, int cin, int kh=3, int kw=3, int stride=1,
+                       int tile=2):
     """Shapes (int16 weights, float scales) of wino_conv_weights()'s outputs for a
-    kh x kw convolution of cin input and cout output channels in `groups` groups."""
-    cdef int cg = cout // groups, cog = (cg + 31) // 32
+    kh x kw convolution of cin input and cout output channels in `groups` groups,
+    by F(tile x tile, 3x3)."""
+    _check_tile(tile)
+    cdef int cg = cout // groups, cog = (cg + 31) // 32, nxi = (tile + 2) * (tile + 2)
     cdef int64_t cv = <int64_t>wino_pieces(kh, kw, stride) * (cin // groups)
-    return ((groups, cog * 16 * ((cv + 1) // 2), 64), (groups, cog * 16 * 32))
+    return ((groups, cog * nxi * ((cv + 1) // 2), 64), (groups, cog * nxi * 32))
 
 
 def wino_conv_weights(const float[:, :, :, ::1] w, int groups, int16_t[:, :, ::1] out,
-                      float[:, ::1] scale, int stride=1):
+                      float[:, ::1] scale, int stride=1, int tile=2):
     """Dense weights w [Cout, C/groups, KH, KW] -> the Winograd kernel's layout for
-    this stride (out, scale of wino_weights_shape()); returns the input bound A
-    (see qe_wino_weights)."""
+    this stride and tile (out, scale of wino_weights_shape()); returns the input
+    bound A (see qe_wino_weights)."""
     cdef int cout = w.shape[0], cg = w.shape[1], kh = w.shape[2], kw = w.shape[3]
     cdef int A
     if groups < 1 or cout % groups or cg < 1 or not wino_applies(kh, kw, stride):
         raise ValueError(f"Winograd weights need a kernel of at most {WINO_MAX_KERNEL}x"
                          f"{WINO_MAX_KERNEL} and a stride of at most {WINO_MAX_STRIDE}")
-    shapes = wino_weights_shape(cout, groups, cg * groups, kh, kw, stride)
+    shapes = wino_weights_shape(cout, groups, cg * groups, kh, kw, stride, tile)
     if (out.shape[0], out.shape[1], out.shape[2]) != shapes[0] or \
             (scale.shape[0], scale.shape[1]) != shapes[1]:
         raise ValueError("Winograd weight layout does not match the weights")
     with nogil:
-        A = qe_wino_weights(&w[0, 0, 0, 0], groups, cout // groups, cg, kh, kw, stride,
+        A = qe_wino_weights(&w[0, 0, 0, 0], groups, cout // groups, cg, kh, kw, stride, tile,
                             &out[0, 0, 0], &scale[0, 0])
     if A == -2:
         raise MemoryError("out of memory laying out Winograd weights")
@@ -697,32 +709,35 @@ def wino_conv_weights(const float[:, :, :, ::1] w, int groups, int16_t[:, :, ::1
 
 
 def wino_workspace_floats(int C, int H, int W, int P, int cout, int kh=3, int kw=3,
-                          int stride=1):
+                          int stride=1, int tile=2):
     """Scratch floats of the Winograd convolution of one group (C input and cout
     output channels), with room to align it to 64 bytes."""
-    return (qe_wino_ws_bytes(C, H, W, kh, kw, stride, P, cout) + 3) // 4 + 16
+    _check_tile(tile)
+    return (qe_wino_ws_bytes(C, H, W, kh, kw, stride, P, cout, tile) + 3) // 4 + 16
 
 
 def conv_wino(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] u, const float[:, ::1] scale,
               int A, const float[::1] bias, int kh, int kw, int stride, int pad, bint relu,
-              float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0):
-    """Fast mode's convolution by Winograd F(2x2, 3x3) in 16-bit integers (qe_wino.h;
-    strides by space to depth, kernels past 3x3 in 3x3 pieces). x [N,C,H,W], u and
-    scale from wino_conv_weights(), out [N,Cout,OH,OW] (or channels c0 .. c0+Cout of a
-    wider out)."""
+              float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0, int tile=2):
+    """Fast mode's convolution by Winograd F(tile x tile, 3x3) in 16-bit integers
+    (qe_wino.h; strides by space to depth, kernels past 3x3 in 3x3 pieces). x
+    [N,C,H,W], u, scale and A from wino_conv_weights() of the same tile, out
+    [N,Cout,OH,OW] (or channels c0 .. c0+Cout of a wider out)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int groups = u.shape[0], Cout = bias.shape[0]
     cdef qe_conv_geom g
     if not wino_applies(kh, kw, stride):
         raise ValueError("Winograd weights do not match the convolution")
+    _check_tile(tile)
     _group_geom(&g, C, Cout, groups, H, W, kh, kw, stride, pad)
     cdef int Cg = C // groups, Og = Cout // groups
-    shapes = wino_weights_shape(Cout, groups, C, kh, kw, stride)
+    shapes = wino_weights_shape(Cout, groups, C, kh, kw, stride, tile)
     if (u.shape[0], u.shape[1], u.shape[2]) != shapes[0] \
-            or (scale.shape[0], scale.shape[1]) != shapes[1] or A < 1 or A > 8191:
+            or (scale.shape[0], scale.shape[1]) != shapes[1] or A < 1 \
+            or A > (8191 if tile == 2 else 32767):
         raise ValueError("Winograd weights do not match the convolution")
     _check_out(&g, N, Cout, c0, out)
-    if ws.shape[0] < wino_workspace_floats(Cg, H, W, pad, Og, kh, kw, stride):
+    if ws.shape[0] < wino_workspace_floats(Cg, H, W, pad, Og, kh, kw, stride, tile):
         raise ValueError("workspace too small")
     cdef void *w0 = <void *>((<uintptr_t>&ws[0] + 63) & ~(<uintptr_t>63))
     cdef int n, gi
@@ -731,7 +746,7 @@ def conv_wino(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] u, const flo
             for gi in range(groups):
                 qe_wino_conv(&x[n, gi * Cg, 0, 0], Cg, H, W, kh, kw, stride, pad, &u[gi, 0, 0],
                              &scale[gi, 0], A, Og, &bias[gi * Og], &out[n, c0 + gi * Og, 0, 0],
-                             relu, nthreads, w0)
+                             relu, nthreads, w0, tile)
 
 
 def fc_block(int K):

@@ -1,8 +1,9 @@
-"""Fast mode's stride-1 convolution by Winograd F(2x2, 3x3) in 16-bit
-integers (qe_wino.h; kernels past 3x3 in 3x3 pieces): the documented integer
-pipeline reproduced bit for bit in numpy, the same bits on every instruction set and thread count, the float
-convolution within its quantisation error, the int32 overflow bound, and
-where the runtime chooses it."""
+"""Fast mode's stride-1 convolution by Winograd F(2x2, 3x3) and F(4x4, 3x3)
+in 16-bit integers (qe_wino.h; kernels past 3x3 in 3x3 pieces, strides by
+space to depth): the documented integer pipelines reproduced bit for bit in
+numpy, the same bits on every instruction set and thread count, the float
+convolution within its quantisation error, the int32 overflow bounds, and
+where the runtime chooses each."""
 import numpy as np
 import pytest
 
@@ -14,6 +15,12 @@ from conftest import ISAS, on_every_isa
 B = 2**31 - 1
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+# F(4x4, 3x3): points 0, +-1, +-2
+BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.int64)
+G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+VB4 = 8191
 
 # (N, C, H, W, Cout, pad, groups, KH, KW, stride): AlexNet conv3-like (13x13,
 # tiles past the edge), odd and even sizes, pad 0 and 2, channels not a
@@ -33,53 +40,49 @@ CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3, 1), (2, 7, 9, 12, 5, 0, 1, 3, 3, 1),
          (1, 6, 8, 8, 5, 0, 1, 2, 2, 2), (1, 8, 6, 7, 5, 0, 1, 1, 1, 1)]
 
 
-def layout(w, groups, stride=1):
+def layout(w, groups, stride=1, tile=2):
     cout, cg, kh, kw = w.shape
-    us, ss = _kernels.wino_weights_shape(cout, groups, cg * groups, kh, kw, stride)
+    us, ss = _kernels.wino_weights_shape(cout, groups, cg * groups, kh, kw, stride, tile)
     u, s = np.empty(us, np.int16), np.empty(ss, np.float32)
     return u, s, _kernels.wino_conv_weights(np.ascontiguousarray(w, np.float32), groups, u, s,
-                                            stride)
+                                            stride, tile)
 
 
-def unpack(u, s, cout, cin_group, groups):
-    """The layout back to Uq [Cout][16][C] and scales [Cout][16]."""
+def unpack(u, s, cout, cin_group, groups, tile=2):
+    """The layout back to Uq [Cout][NXI][C] and scales [Cout][NXI]."""
+    nxi = (tile + 2) ** 2
     cog = cout // groups
     cob, cp = (cog + 31) // 32, (cin_group + 1) // 2
-    uq = u.reshape(groups, cob, 16, cp, 32, 2).transpose(0, 1, 4, 2, 3, 5)
-    uq = uq.reshape(groups, cob * 32, 16, 2 * cp)[:, :cog, :, :cin_group]
-    sc = s.reshape(groups, cob, 16, 32).transpose(0, 1, 3, 2).reshape(groups, cob * 32, 16)
-    return uq.reshape(cout, 16, cin_group).astype(np.int64), sc[:, :cog].reshape(cout, 16)
+    uq = u.reshape(groups, cob, nxi, cp, 32, 2).transpose(0, 1, 4, 2, 3, 5)
+    uq = uq.reshape(groups, cob * 32, nxi, 2 * cp)[:, :cog, :, :cin_group]
+    sc = s.reshape(groups, cob, nxi, 32).transpose(0, 1, 3, 2).reshape(groups, cob * 32, nxi)
+    return uq.reshape(cout, nxi, cin_group).astype(np.int64), sc[:, :cog].reshape(cout, nxi)
 
 
-def run_wino(x, w, b, P, G_, relu=False, nthreads=1, S=1):
-    u, s, A = layout(w, G_, S)
+def run_wino(x, w, b, P, G_, relu=False, nthreads=1, S=1, tile=2):
+    u, s, A = layout(w, G_, S, tile)
     n, c, h, wd = x.shape
     kh, kw = w.shape[2:]
     oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
     out = np.full((n, w.shape[0], oh, ow), -7, np.float32)
-    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_, kh, kw, S),
-                  np.float32)
-    _kernels.conv_wino(x, u, s, A, b, kh, kw, S, P, relu, out, ws, nthreads)
+    ws = np.empty(_kernels.wino_workspace_floats(c // G_, h, wd, P, w.shape[0] // G_, kh, kw, S,
+                                                 tile), np.float32)
+    _kernels.conv_wino(x, u, s, A, b, kh, kw, S, P, relu, out, ws, nthreads, 0, tile)
     return out
 
 
-def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
-    """qe_wino.h's arithmetic in numpy for one group of one image: the input
-    quantised as qe_i16.h does, split into stride^2 phases and shifted by 3
-    per 3x3 piece of the kernel into virtual channels, V = B'dB and M = sum
-    Uq V exactly, then float32 steps in the kernel's order (no fused
-    multiply-adds)."""
+def virtual_input(x, A, P, kh, kw, S, hh, ww):
+    """The input quantised as qe_i16.h does, split into stride^2 phases and
+    shifted by 3 per 3x3 piece of the kernel into virtual channels, hh x ww
+    (zero padded); and the scale back to floats."""
     f = np.float32
     c, h, wd = x.shape
-    oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
     mx = np.abs(x).max()
     inv, sa = (f(A) / mx, mx / f(A)) if mx > 0 else (f(0), f(0))
     t = x * inv
     t = t + np.where(t < 0, f(-0.5), f(0.5))
     xq = np.trunc(np.clip(t, -A, A)).astype(np.int64)
     sy, sx = -(-(-(-kh // S)) // 3), -(-(-(-kw // S)) // 3)
-    hh, ww = 2 * th + 2, 2 * tw + 2
     big = np.zeros((c, (hh + 3 * sy + 1) * S + h, (ww + 3 * sx + 1) * S + wd), np.int64)
     big[:, P:P + h, P:P + wd] = xq
     # virtual channel ((piece * C + c) * S + a) * S + e
@@ -87,6 +90,18 @@ def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
                    for py in range(sy) for px in range(sx)
                    for a in range(S) for e in range(S)])               # [piece, a, e][c]
     xp = xp.reshape(sy * sx, S * S, c, hh, ww).transpose(0, 2, 1, 3, 4).reshape(-1, hh, ww)
+    return xp, sa
+
+
+def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
+    """qe_wino.h's F(2x2, 3x3) arithmetic in numpy for one group of one image:
+    the virtual input (virtual_input), V = B'dB and M = sum Uq V exactly, then
+    float32 steps in the kernel's order (no fused multiply-adds)."""
+    f = np.float32
+    c, h, wd = x.shape
+    oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    xp, sa = virtual_input(x, A, P, kh, kw, S, 2 * th + 2, 2 * tw + 2)
     c = xp.shape[0]
     sc = (sa * su).astype(f)                          # [Cout][16]
     y = np.zeros((uq.shape[0], 2 * th, 2 * tw), f)
@@ -107,6 +122,48 @@ def pipeline(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
     return y[:, :oh, :ow]
 
 
+def a4(m):
+    """F(4x4, 3x3)'s A' on the last axis of 6 (float32, the kernel's order)."""
+    f = np.float32
+    s12, d12 = m[..., 1] + m[..., 2], m[..., 1] - m[..., 2]
+    s34, d34 = m[..., 3] + m[..., 4], m[..., 3] - m[..., 4]
+    return np.stack([(m[..., 0] + s12) + s34, d12 + d34 * f(2), s12 + s34 * f(4),
+                     (d12 + d34 * f(8)) + m[..., 5]], -1)
+
+
+def pipeline4(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
+    """qe_wino.h's F(4x4, 3x3) arithmetic in numpy for one group of one image:
+    V = B'dB exactly, rescaled per transformed position to |Vq| <= VB4 with
+    sv = VB4 / max|V| (float32) and rounding to the nearest, ties to even;
+    M = sum Uq Vq exactly; m = float32(M) * ((sa / sv) * su), then A' m A in
+    the kernel's order."""
+    f = np.float32
+    c, h, wd = x.shape
+    oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
+    th, tw = -(-oh // 4), -(-ow // 4)
+    xp, sa = virtual_input(x, A, P, kh, kw, S, 4 * th + 2, 4 * tw + 2)
+    c = xp.shape[0]
+    d = np.stack([np.stack([xp[:, 4 * ty:4 * ty + 6, 4 * tx:4 * tx + 6] for tx in range(tw)])
+                  for ty in range(th)])                          # [th, tw, c, 6, 6]
+    V = np.einsum("ak,yxckl,bl->yxcab", BT4, d, BT4).reshape(th, tw, c, 36)
+    vmax = np.abs(V).max(axis=(0, 1, 2))
+    sv = np.ones(36, f)
+    sv[vmax > 0] = f(VB4) / vmax[vmax > 0].astype(f)
+    Vq = np.rint(V.astype(f) * sv).astype(np.int64)
+    assert np.abs(Vq).max() <= VB4
+    M = np.einsum("oic,yxci->oyxi", uq, Vq)
+    assert np.abs(M).max() <= B
+    sc = ((f(sa) / sv)[None, :] * su).astype(f)                # [Cout][36]
+    m = (M.astype(f) * sc[:, None, None, :]).reshape(-1, th, tw, 6, 6)
+    r = a4(m)                                                  # m A: [.., 6 rows, 4]
+    out = a4(np.swapaxes(r, -1, -2))                           # [.., 4 cols, 4 rows]
+    out = np.swapaxes(out, -1, -2) + b[:, None, None, None, None]
+    if relu:
+        out = np.where(out > 0, out, f(0))
+    y = out.transpose(0, 1, 3, 2, 4).reshape(-1, 4 * th, 4 * tw)
+    return y[:, :oh, :ow]
+
+
 def make(case, seed=0):
     n, c, h, wd, cout, p, g, kh, kw, _ = case
     rng = np.random.default_rng(seed)
@@ -116,35 +173,38 @@ def make(case, seed=0):
     return x, w, b, p, g
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("case", CASES)
-def test_kernel_is_the_documented_integer_pipeline(case):
+def test_kernel_is_the_documented_integer_pipeline(case, tile):
     x, w, b, p, g = make(case)
     S = case[-1]
-    u, s, A = layout(w, g, S)
+    u, s, A = layout(w, g, S, tile)
     n, c = x.shape[:2]
     cg, og = c // g, w.shape[0] // g
     kh, kw = w.shape[2:]
-    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw, S), g)
+    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw, S), g, tile)
+    pipe = pipeline4 if tile == 4 else pipeline
     want = np.stack([np.concatenate([
-        pipeline(x[i, gi * cg:(gi + 1) * cg], uq[gi * og:(gi + 1) * og], su[gi * og:(gi + 1) * og],
-                 A, b[gi * og:(gi + 1) * og], p, True, kh, kw, S) for gi in range(g)])
+        pipe(x[i, gi * cg:(gi + 1) * cg], uq[gi * og:(gi + 1) * og], su[gi * og:(gi + 1) * og],
+             A, b[gi * og:(gi + 1) * og], p, True, kh, kw, S) for gi in range(g)])
         for i in range(n)])
-    outs = on_every_isa(lambda: (run_wino(x, w, b, p, g, True, 1, S),
-                                 run_wino(x, w, b, p, g, True, 2, S)))
+    outs = on_every_isa(lambda: (run_wino(x, w, b, p, g, True, 1, S, tile),
+                                 run_wino(x, w, b, p, g, True, 2, S, tile)))
     for isa, (o1, o2) in zip(ISAS, outs):
         assert np.array_equal(o1, want), f"{isa}: not the documented pipeline's bits"
         assert np.array_equal(o2, want), f"{isa}, 2 threads: outputs differ"
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("case", CASES)
-def test_matches_the_float_convolution_within_quantisation_error(isa, case):
+def test_matches_the_float_convolution_within_quantisation_error(isa, case, tile):
     x, w, b, p, g = make(case, 1)
     S = case[-1]
     ref = conv2d(x, w, b, S, p, g)
-    got = run_wino(x, w, b, p, g, S=S)
+    got = run_wino(x, w, b, p, g, S=S, tile=tile)
     err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < 2e-3, err
-    assert np.array_equal(run_wino(x, w, b, p, g, relu=True, S=S), np.maximum(got, 0))
+    assert err < (2e-3 if tile == 2 else 5e-3), err
+    assert np.array_equal(run_wino(x, w, b, p, g, relu=True, S=S, tile=tile), np.maximum(got, 0))
 
 
 @pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
@@ -171,6 +231,51 @@ def test_weight_layout_keeps_every_sum_inside_int32(C):
     assert not su[4].any() and not uq[4].any()
 
 
+@pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
+def test_f4_weight_layout_keeps_every_sum_inside_int32(C):
+    rng = np.random.default_rng(C)
+    cout = 37
+    w = rng.standard_normal((cout, C, 3, 3)).astype(np.float32)
+    w[1] = 0.0
+    w[1, 0, 1, 1] = 3.0
+    w[2] = -0.25
+    w[3] = 0.0
+    w[4] = 0.0
+    w[4, :, 0, 0] = 1e-42
+    u, s, A = layout(w, 1, tile=4)
+    assert A == 32767              # |V| <= 100 A fits int32 before its rescaling
+    uq, su = unpack(u, s, cout, C, 1, tile=4)
+    assert np.all(VB4 * np.abs(uq).sum(-1) <= B)
+    assert np.abs(uq).max() <= 32767
+    U = np.einsum("ak,ockl,bl->oabc", G4, w.astype(np.float64), G4).reshape(cout, 36, C)
+    assert np.all(np.abs(uq * su[..., None].astype(np.float64) - U)
+                  <= 0.5001 * su[..., None] + 1e-40)
+    assert not su[3].any() and not uq[3].any()
+    assert not su[4].any() and not uq[4].any()
+
+
+def test_f4_worst_case_sums_do_not_wrap():
+    # every input channel the same: at the tile where |V[xi]| is largest, Vq =
+    # +-VB4 in every channel, and with one kernel tap U[xi] has one sign over
+    # the channels, so M = VB4 sum|Uq| for every xi, as close to 2^31 as the
+    # layout allows
+    C, cout, H = 512, 4, 10
+    rng = np.random.default_rng(7)
+    x = np.repeat(rng.standard_normal((1, 1, H, H)), C, axis=1).astype(np.float32)
+    w = np.zeros((cout, C, 3, 3), np.float32)
+    w[:, :, 0, 0] = 1.0
+    w[1::2] *= -1
+    b = np.zeros(cout, np.float32)
+    ref = conv2d(x, w, b, 1, 0, 1)
+    u, s, A = layout(w, 1, tile=4)
+    uq, _ = unpack(u, s, cout, C, 1, tile=4)
+    assert VB4 * np.abs(uq[:, 0]).sum(-1).max() > B // 2      # near the bound
+    for isa, got in zip(ISAS, on_every_isa(lambda: run_wino(x, w, b, 0, 1, tile=4))):
+        assert np.allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max()), isa
+        big = np.abs(ref) > 0.01 * np.abs(ref).max()
+        assert np.array_equal(np.sign(got[big]), np.sign(ref[big])), f"{isa}: a sum wrapped"
+
+
 def test_worst_case_sums_do_not_wrap():
     # inputs of +-max in the pattern that makes V[0] = +-4A in every tile, and
     # kernels whose transformed corner entry has one sign: M[0] = 4A sum|Uq|,
@@ -192,13 +297,14 @@ def test_worst_case_sums_do_not_wrap():
         assert np.array_equal(np.sign(got), np.sign(ref)), f"{isa}: a sum wrapped around"
 
 
-def test_zero_and_non_finite_inputs():
+@pytest.mark.parametrize("tile", [2, 4])
+def test_zero_and_non_finite_inputs(tile):
     x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2, 3, 3, 1))
-    zero = run_wino(np.zeros_like(x), w, b, p, g)
+    zero = run_wino(np.zeros_like(x), w, b, p, g, tile=tile)
     assert np.array_equal(zero, np.broadcast_to(b[None, :, None, None], zero.shape))
     bad = x.copy()
     bad[0, 3, 2, 2] = np.nan
-    out = run_wino(bad, w, b, p, g)
+    out = run_wino(bad, w, b, p, g, tile=tile)
     assert np.isnan(out[0, :10]).all()     # that image's group: no integer stands for it
     assert np.isfinite(out[0, 10:]).all() and np.isfinite(out[1]).all()
 
@@ -221,6 +327,16 @@ def test_rejects_mismatched_layouts_and_small_workspace():
                            ws)
     with pytest.raises(ValueError, match="at most 15x15"):
         layout(np.zeros((4, 8, 16, 16), np.float32), 1)
+    with pytest.raises(ValueError, match="tiles are"):
+        layout(w, g, tile=3)
+    with pytest.raises(ValueError, match="do not match"):      # F(2x2) weights, F(4x4) call
+        _kernels.conv_wino(x, u, s, A, b, 3, 3, 1, p, False, out, ws, 1, 0, 4)
+    u4, s4, A4 = layout(w, g, tile=4)
+    ws4 = np.empty(_kernels.wino_workspace_floats(8, 5, 5, 1, 4, tile=4), np.float32)
+    with pytest.raises(ValueError, match="do not match"):      # ... and the other way
+        _kernels.conv_wino(x, u4, s4, A4, b, 3, 3, 1, p, False, out, ws4, 1, 0, 2)
+    with pytest.raises(ValueError, match="workspace"):
+        _kernels.conv_wino(x, u4, s4, A4, b, 3, 3, 1, p, False, out, ws4[:-20], 1, 0, 4)
 
 
 def test_fast_models_run_wide_stride_1_layers_by_winograd(tmp_path, monkeypatch):
@@ -244,3 +360,39 @@ def test_fast_models_run_wide_stride_1_layers_by_winograd(tmp_path, monkeypatch)
     assert 0 < np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
     monkeypatch.setenv("QENGINE_WINOGRAD", "0")
     assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"int16"}
+
+
+def test_runtime_picks_f4_for_large_outputs_and_f2_for_small(tmp_path, monkeypatch):
+    """F(4x4, 3x3) where the cost model prices it at most 0.9 of F(2x2, 3x3)
+    (27x27 outputs of 192 channels on every instruction set's prices), F(2x2,
+    3x3) at 13x13; QENGINE_WINOGRAD_TILE forces either; fast mode stays
+    within F(4x4)'s rounding of exact mode."""
+    import qengine
+    from modelkit import build, conv
+    from qengine.layers.weighted import winograd_tile_ratio, WINO4_MAX_RATIO
+    p3 = {"kernel": [3, 3], "stride": 1}
+    assert winograd_tile_ratio(p3, 192, (64, 27, 27)) <= WINO4_MAX_RATIO
+    assert winograd_tile_ratio(p3, 256, (64, 13, 13)) > WINO4_MAX_RATIO
+    g = {"input": {"name": "data", "shape": [192, 27, 27]},
+         "layers": [conv("big", "data", 64, 3, p=1), conv("down", "big", 192, 3, s=2, p=1),
+                    conv("small", "down", 32, 3, p=1)]}
+    path = str(tmp_path / "t.qcnn")
+    build(path, g, dense=("big", "down", "small"), meta_extra={"class_names": []})
+    monkeypatch.setenv("QENGINE_INT16", "1")
+    monkeypatch.setenv("QENGINE_WINOGRAD", "1")
+    fast, exact = qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
+    tiles = {op.name: op.wino_tile for op in fast.layers if op.strategy == "winograd"}
+    assert tiles["big"] == 4 and tiles["small"] == 2
+    x = np.maximum(np.random.default_rng(2).standard_normal((2, 192, 27, 27)), 0)
+    x = x.astype(np.float32)
+    a, b = fast.forward(x, outputs=["big"])["big"], exact.forward(x, outputs=["big"])["big"]
+    # (192 channels of random weights: F(4x4)'s rounding error is ~3x F(2x2)'s,
+    # 2e-3 against 6e-4 here; on AlexNet's pool5 ~2x)
+    assert 0 < np.linalg.norm(a - b) <= 4e-3 * np.linalg.norm(b)
+    assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max()
+    want = exact.forward(x)
+    for t in ("2", "4"):
+        monkeypatch.setenv("QENGINE_WINOGRAD_TILE", t)
+        m = qengine.load(path, mode="fast")
+        assert {op.wino_tile for op in m.layers if op.strategy == "winograd"} == {int(t)}
+        assert np.linalg.norm(m.forward(x) - want) <= 4e-3 * np.linalg.norm(want)

@@ -233,12 +233,20 @@ int qe_wino_virtual(int C, int KH, int KW, int S)
     return (KHs + 2) / 3 * ((KWs + 2) / 3) * S * S * C;
 }
 
-/* The 16 transformed rows U[xi][c] (C virtual channels) of output channel co;
- * see qe_wino_weights for the numbering. */
+/* The NXI transformed rows U[xi][c] (C virtual channels) of output channel
+ * co, NXI = n*n with n = tile + 2; see qe_wino_weights for the numbering. */
 static void wino_rows(const float *w, int64_t co, int C0, int KH, int KW, int S, int SX, int C,
-                      double *U)
+                      int tile, double *U)
 {
-    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    static const double G4[6][3] = {{0.25, 0, 0},
+                                    {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                    {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                    {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                    {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                    {0, 0, 1}};
+    const int n = tile + 2;
+    const double(*G)[3] = tile == 4 ? G4 : G2;
     for (int c = 0; c < C; c++) {
         const int piece = c / (S * S * C0), pa = c / S % S, pb = c % S;
         const int sy = piece / SX, sx = piece % SX;
@@ -249,69 +257,80 @@ static void wino_rows(const float *w, int64_t co, int C0, int KH, int KW, int S,
                 const int kh = (3 * sy + k) * S + pa, kw = (3 * sx + l) * S + pb;
                 g[k][l] = kh < KH && kw < KW ? (double)wc[kh * KW + kw] : 0.0;
             }
-        double t[4][3];   /* G g */
-        for (int a = 0; a < 4; a++)
+        double t[6][3];   /* G g */
+        for (int a = 0; a < n; a++)
             for (int l = 0; l < 3; l++)
                 t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
-        for (int a = 0; a < 4; a++)
-            for (int b = 0; b < 4; b++)
-                U[(int64_t)(a * 4 + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +
+        for (int a = 0; a < n; a++)
+            for (int b = 0; b < n; b++)
+                U[(int64_t)(a * n + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +
                                                   t[a][2] * G[b][2];
     }
 }
 
-/* Winograd F(2x2, 3x3) weights for qe_wino_conv.  w [groups*Cg][C0][KH][KW]
- * (C0 input channels per group), stride S.  A strided convolution is first
- * made a stride-1 one by space to depth: phase (a, b) of channel c is the
- * input at rows = a mod S, columns = b mod S, and the kernel becomes
- * ceil(KH/S) x ceil(KW/S) over S*S*C0 channels.  A kernel larger than 3x3 is
- * then split into SY x SX pieces of 3x3 (zeros past its edge), piece (sy, sx)
- * applied to the input shifted by (3 sy, 3 sx).  The layer is then a 3x3
- * convolution of CV = SY*SX*S*S*C0 virtual channels, numbered ((piece*C0 +
- * c)*S + a)*S + b (a phase's S values of one row are then S neighbours).
- * U = G g G' per output and virtual channel, quantised with one scale per
- * output channel and transformed position xi: out
- * [groups][CoB][16][CV2/2][32][2] int16 (CoB = ceil(Cg/32), CV2 = CV rounded
- * up to even, zeros past Cg and CV), scale [groups][CoB][16][32].  The input
- * bound A (|xq| <= A, so |V| <= 4A <= 32764 in int16) balances the levels as
- * qe_i16_weights does; each row keeps 4A * sum_c |Uq| <= 2^31 - 1, so the
- * int32 sums cannot overflow in any order.  Returns A, or -1 if a row cannot
- * be laid out within the bound, -2 if out of memory. */
-int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int S,
+/* Winograd F(2x2, 3x3) (tile 2) or F(4x4, 3x3) (tile 4) weights for
+ * qe_wino_conv.  w [groups*Cg][C0][KH][KW] (C0 input channels per group),
+ * stride S.  A strided convolution is first made a stride-1 one by space to
+ * depth: phase (a, b) of channel c is the input at rows = a mod S, columns =
+ * b mod S, and the kernel becomes ceil(KH/S) x ceil(KW/S) over S*S*C0
+ * channels.  A kernel larger than 3x3 is then split into SY x SX pieces of
+ * 3x3 (zeros past its edge), piece (sy, sx) applied to the input shifted by
+ * (3 sy, 3 sx).  The layer is then a 3x3 convolution of CV = SY*SX*S*S*C0
+ * virtual channels, numbered ((piece*C0 + c)*S + a)*S + b (a phase's S values
+ * of one row are then S neighbours).  U = G g G' per output and virtual
+ * channel, quantised with one scale per output channel and transformed
+ * position xi (NXI = 16 or 36 of them): out [groups][CoB][NXI][CV2/2][32][2]
+ * int16 (CoB = ceil(Cg/32), CV2 = CV rounded up to even, zeros past Cg and
+ * CV), scale [groups][CoB][NXI][32].  The transformed inputs are bounded by
+ * VB: tile 2, VB = 4A with the input bound A (|xq| <= A, so |V| <= 4A <=
+ * 32764 in int16) balancing the levels as qe_i16_weights does; tile 4,
+ * VB = QE_WINO4_VB (V rescaled per image) and A = 32767.  Each row keeps
+ * VB * sum_c |Uq| <= 2^31 - 1, so the int32 sums cannot overflow in any
+ * order.  Returns A, or -1 if a row cannot be laid out within the bound, -2
+ * if out of memory. */
+int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, int S, int tile,
                     int16_t *out, float *scale)
 {
     const double B = 2147483647.0;
     const int SX = ((KW + S - 1) / S + 2) / 3, C = qe_wino_virtual(C0, KH, KW, S);
-    const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2;
+    const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2, NXI = (tile + 2) * (tile + 2);
     const int64_t Cout = (int64_t)groups * Cg;
-    /* one output channel's 16 rows at a time, computed in both passes */
-    double *U = (double *)malloc(sizeof(double) * 16 * (size_t)(C > 0 ? C : 1));
+    /* one output channel's NXI rows at a time, computed in both passes */
+    double *U = (double *)malloc(sizeof(double) * NXI * (size_t)(C > 0 ? C : 1));
     if (!U) return -2;
-    double widest = 1.0;
-    for (int64_t co = 0; co < Cout; co++) {
-        wino_rows(w, co, C0, KH, KW, S, SX, C, U);
-        for (int xi = 0; xi < 16; xi++) {
-            double mx = 0.0, sum = 0.0;
-            for (int c = 0; c < C; c++) {
-                const double a = fabs(U[(int64_t)xi * C + c]);
-                mx = a > mx ? a : mx;
-                sum += a;
+    int A;
+    double VB;
+    if (tile == 4) {
+        A = 32767;
+        VB = QE_WINO4_VB;
+    } else {
+        double widest = 1.0;
+        for (int64_t co = 0; co < Cout; co++) {
+            wino_rows(w, co, C0, KH, KW, S, SX, C, tile, U);
+            for (int xi = 0; xi < NXI; xi++) {
+                double mx = 0.0, sum = 0.0;
+                for (int c = 0; c < C; c++) {
+                    const double a = fabs(U[(int64_t)xi * C + c]);
+                    mx = a > mx ? a : mx;
+                    sum += a;
+                }
+                if (mx > 0.0 && sum / mx > widest) widest = sum / mx;
             }
-            if (mx > 0.0 && sum / mx > widest) widest = sum / mx;
         }
+        double Ad = floor(sqrt(B / (2.0 * widest)));
+        A = Ad > 8191.0 ? 8191 : Ad < 1.0 ? 1 : (int)Ad;
+        VB = 4.0 * A;
     }
-    double Ad = floor(sqrt(B / (2.0 * widest)));
-    const int A = Ad > 8191.0 ? 8191 : Ad < 1.0 ? 1 : (int)Ad;
-    memset(out, 0, sizeof(int16_t) * (size_t)groups * CoB * 16 * CP * 64);
-    memset(scale, 0, sizeof(float) * (size_t)groups * CoB * 16 * 32);
+    memset(out, 0, sizeof(int16_t) * (size_t)groups * CoB * NXI * CP * 64);
+    memset(scale, 0, sizeof(float) * (size_t)groups * CoB * NXI * 32);
     int rc = A;
     for (int64_t co = 0; co < Cout && rc > 0; co++) {
-        wino_rows(w, co, C0, KH, KW, S, SX, C, U);
+        wino_rows(w, co, C0, KH, KW, S, SX, C, tile, U);
         const int gi = (int)(co / Cg), cl = (int)(co % Cg);
         const int64_t blk = (int64_t)gi * CoB + cl / 32;
-        for (int xi = 0; xi < 16 && rc > 0; xi++) {
+        for (int xi = 0; xi < NXI && rc > 0; xi++) {
             const double *u = U + (int64_t)xi * C;
-            int16_t *ob = out + (blk * 16 + xi) * CP * 64 + 2 * (cl % 32);
+            int16_t *ob = out + (blk * NXI + xi) * CP * 64 + 2 * (cl % 32);
             double mx = 0.0, sum = 0.0;
             for (int c = 0; c < C; c++) {
                 const double a = fabs(u[c]);
@@ -319,7 +338,7 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, 
                 sum += a;
             }
             if (mx == 0.0) continue;
-            double levels = floor((B / (4.0 * A) - (double)CP) * mx / sum * (1.0 - 1e-6));
+            double levels = floor((B / VB - (double)CP) * mx / sum * (1.0 - 1e-6));
             levels = levels > 32767.0 ? 32767.0 : levels;
             if (levels < 1.0) {
                 rc = -1;
@@ -334,11 +353,11 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, 
                 ob[(int64_t)(c / 2) * 64 + (c & 1)] = (int16_t)q;
                 total += (int64_t)fabs(q);
             }
-            if (4.0 * A * (double)total > B) {
+            if (VB * (double)total > B) {
                 rc = -1;
                 break;
             }
-            scale[(blk * 16 + xi) * 32 + cl % 32] = s;
+            scale[(blk * NXI + xi) * 32 + cl % 32] = s;
         }
     }
     free(U);

@@ -336,28 +336,32 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
     return rc;
 }
 
-/* Winograd scratch: xq [C][H][W], XP [HH][WW][CS], V [16][T][CS] (int16; CS =
- * the virtual channels rounded up to a multiple of 16), sc [CoB][16][32] and
- * the bias padded to CoB*32 (float), each 64-byte aligned. */
+/* Winograd scratch: xq [C][H][W], XP [HH][WW][CS], V [NXI][T][CS] (int16; CS =
+ * the virtual channels rounded up to a multiple of 16, NXI = (tile + 2)^2),
+ * sc [CoB][NXI][32] and the bias padded to CoB*32 (float), each 64-byte
+ * aligned. */
 static int64_t wino_al(int64_t b) { return (b + 63) / 64 * 64; }
 
-int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout)
+int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout, int tile)
 {
     const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
-    const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2;
+    const int64_t TH = (OH + tile - 1) / tile, TW = (OW + tile - 1) / tile;
+    const int64_t NXI = (int64_t)(tile + 2) * (tile + 2);
     const int64_t CS = ((int64_t)qe_wino_virtual(C, KH, KW, S) + 15) / 16 * 16;
     const int64_t CoB = (Cout + 31) / 32;
-    return wino_al(2 * (int64_t)C * H * W) + wino_al(2 * (2 * TH + 2) * (2 * TW + 2) * CS) +
-           wino_al(2 * 16 * TH * TW * CS) + wino_al(4 * CoB * 16 * 32) + wino_al(4 * CoB * 32);
+    return wino_al(2 * (int64_t)C * H * W) +
+           wino_al(2 * (tile * TH + 2) * (tile * TW + 2) * CS) + wino_al(2 * NXI * TH * TW * CS) +
+           wino_al(4 * CoB * NXI * 32) + wino_al(4 * CoB * 32);
 }
 
 void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
                   const int16_t *u, const float *scale, int A, int Cout, const float *bias,
-                  float *y, int relu, int nthreads, void *ws)
+                  float *y, int relu, int nthreads, void *ws, int tile)
 {
     if (nthreads < 1) nthreads = 1;
     const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
-    const int TH = (OH + 1) / 2, TW = (OW + 1) / 2, HH = 2 * TH + 2, WW = 2 * TW + 2;
+    const int TH = (OH + tile - 1) / tile, TW = (OW + tile - 1) / tile;
+    const int HH = tile * TH + 2, WW = tile * TW + 2, NXI = (tile + 2) * (tile + 2);
     const int KWs = (KW + S - 1) / S, SX = (KWs + 2) / 3, CV = qe_wino_virtual(C, KH, KW, S);
     const int NP = CV / (S * S * C);
     const int CS = (CV + 15) / 16 * 16, CoB = (Cout + 31) / 32;
@@ -368,9 +372,9 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     int16_t *XP = (int16_t *)p;
     p += wino_al(2 * (int64_t)HH * WW * CS);
     int16_t *V = (int16_t *)p;
-    p += wino_al(2 * 16 * T * CS);
+    p += wino_al(2 * NXI * T * CS);
     float *sc = (float *)p;
-    p += wino_al(4 * (int64_t)CoB * 16 * 32);
+    p += wino_al(4 * (int64_t)CoB * NXI * 32);
     float *bp = (float *)p;   /* bias padded to CoB*32 */
     const float sa = i16_quantize_input(x, n, A, xq, y, (int64_t)Cout * OH * OW);
     if (sa < 0.f) return;
@@ -406,10 +410,30 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
                     }
             }
     }
-    K_()->wino_input(XP, WW, CS, TH, TW, V);
-    for (int64_t i = 0; i < (int64_t)CoB * 16 * 32; i++) sc[i] = sa * scale[i];
+    if (tile == 4) {
+        /* V rescaled per transformed position xi (qe_wino.h): sv = VB / max|V[xi]|,
+         * and the output scales carry 1 / sv */
+        int32_t vmax[36] = {0};
+        float sv[36], f[36];
+        K_()->wino4_input(XP, WW, CS, TH, TW, NULL, vmax, V);
+        for (int xi = 0; xi < 36; xi++) {
+            sv[xi] = vmax[xi] > 0 ? (float)QE_WINO4_VB / (float)vmax[xi] : 1.f;
+            f[xi] = sa / sv[xi];
+        }
+        K_()->wino4_input(XP, WW, CS, TH, TW, sv, vmax, V);
+        for (int cb = 0; cb < CoB; cb++)
+            for (int xi = 0; xi < 36; xi++)
+                for (int c = 0; c < 32; c++) {
+                    const int64_t i = ((int64_t)cb * 36 + xi) * 32 + c;
+                    sc[i] = f[xi] * scale[i];
+                }
+    } else {
+        K_()->wino_input(XP, WW, CS, TH, TW, V);
+        for (int64_t i = 0; i < (int64_t)CoB * 16 * 32; i++) sc[i] = sa * scale[i];
+    }
     for (int co = 0; co < CoB * 32; co++) bp[co] = bias && co < Cout ? bias[co] : 0.f;
-    K_()->wino_conv(V, TH, TW, CS, (CV + 1) / 2, u, CoB, sc, bp, y, Cout, OH, OW, relu, nthreads);
+    K_()->wino_conv(V, TH, TW, CS, (CV + 1) / 2, u, CoB, sc, bp, y, Cout, OH, OW, relu, nthreads,
+                    tile);
 }
 
 void qe_depthwise_conv(const float *x, int C, int H, int W, const float *w, int mult, int KH,

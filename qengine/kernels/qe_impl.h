@@ -80,6 +80,28 @@ static inline VN FN(vnsqrt)(VN v)
 #endif
     return v;
 }
+/* Lanes rounded to the nearest integer, ties to even (rintf; x86's cvtps2dq
+ * in the default rounding mode), for |v| < 2^31. */
+static inline VNI FN(vnrint)(VN v)
+{
+    VNI o;
+#if QE_SIMD == 3 && !defined(QE_SIMD_EMULATED)
+    __m512 m;
+    memcpy(&m, &v, sizeof m);
+    const __m512i r = _mm512_cvtps_epi32(m);
+    memcpy(&o, &r, sizeof o);
+#elif QE_SIMD >= 2   /* AVX2, and the emulated AVX-512 build (SIMDe has no 512-bit one) */
+    for (int h = 0; h < QE_NL / 8; h++) {
+        __m256 m;
+        memcpy(&m, (const float *)&v + 8 * h, sizeof m);
+        const __m256i r = _mm256_cvtps_epi32(m);
+        memcpy((int32_t *)&o + 8 * h, &r, sizeof r);
+    }
+#else
+    for (int l = 0; l < QE_NL; l++) o[l] = (int32_t)lrintf(v[l]);
+#endif
+    return o;
+}
 /* a > m ? a : m, lane by lane (x86's maxps(a, m): m where either is NaN) */
 static inline VN FN(vnmax)(VN m, VN a)
 {

@@ -49,8 +49,9 @@ typedef struct {
     void (*wino_pack)(const int16_t *, int, int, int, int, int, int16_t *, int, int, int,
                       int64_t);
     void (*wino_input)(const int16_t *, int, int, int, int, int16_t *);
+    void (*wino4_input)(const int16_t *, int, int, int, int, const float *, int32_t *, int16_t *);
     void (*wino_conv)(const int16_t *, int, int, int, int, const int16_t *, int, const float *,
-                      const float *, float *, int, int, int, int, int);
+                      const float *, float *, int, int, int, int, int, int);
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */
     int conv16_auto_k; /* largest K for which fast mode picks it over float rows by default */
     int conv16_quad;   /* 1: K <= 16 runs four taps per register (conv16_lookup4) */

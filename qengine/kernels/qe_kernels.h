@@ -84,23 +84,26 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
  * or -1 if a channel cannot be laid out within the overflow bound. */
 int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale);
 
-/* Fast mode: convolution of one group by Winograd's F(2x2, 3x3) in 16-bit
- * integers (qe_wino.h); strides by space to depth, kernels larger than 3x3 in
- * 3x3 pieces (see qe_wino_weights).  x [C][H][W] (this group's channels), u,
- * scale and A from qe_wino_weights() (this group's blocks), y [Cout][OH][OW]
- * with OH = (H + 2P - KH) / S + 1, bias added, ReLU'd when relu != 0; ws
- * scratch of qe_wino_ws_bytes() bytes, 64-byte aligned.  A non-finite input
- * gives NaN outputs. */
-int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout);
+/* Fast mode: convolution of one group by Winograd's F(2x2, 3x3) (tile 2) or
+ * F(4x4, 3x3) (tile 4) in 16-bit integers (qe_wino.h); strides by space to
+ * depth, kernels larger than 3x3 in 3x3 pieces (see qe_wino_weights).
+ * x [C][H][W] (this group's channels), u, scale and A from qe_wino_weights()
+ * of the same tile (this group's blocks), y [Cout][OH][OW] with
+ * OH = (H + 2P - KH) / S + 1, bias added, ReLU'd when relu != 0; ws scratch
+ * of qe_wino_ws_bytes() bytes, 64-byte aligned.  A non-finite input gives
+ * NaN outputs. */
+int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout, int tile);
 void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
                   const int16_t *u, const float *scale, int A, int Cout, const float *bias,
-                  float *y, int relu, int nthreads, void *ws);
-/* Lays w [groups*Cg][C][KH][KW] out for qe_wino_conv with stride S: out
- * groups*ceil(Cg/32)*16*ceil(CV/2)*64 int16 (CV = C * S*S * ceil(KH'/3) *
- * ceil(KW'/3), KH' = ceil(KH/S)), scale groups*ceil(Cg/32)*16*32 floats.
- * Returns the input bound A (>= 1), -1 if a row cannot be laid out within the
- * overflow bound, -2 if out of memory. */
-int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S,
+                  float *y, int relu, int nthreads, void *ws, int tile);
+/* F(4x4, 3x3)'s bound on the rescaled transformed inputs, |Vq| <= VB. */
+#define QE_WINO4_VB 8191
+/* Lays w [groups*Cg][C][KH][KW] out for qe_wino_conv with stride S and tile
+ * 2 or 4: out groups*ceil(Cg/32)*NXI*ceil(CV/2)*64 int16 (NXI = (tile+2)^2,
+ * CV = C * S*S * ceil(KH'/3) * ceil(KW'/3), KH' = ceil(KH/S)), scale
+ * groups*ceil(Cg/32)*NXI*32 floats.  Returns the input bound A (>= 1), -1 if
+ * a row cannot be laid out within the overflow bound, -2 if out of memory. */
+int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S, int tile,
                     int16_t *out, float *scale);
 /* CV, the virtual channels of that form for C real ones. */
 int qe_wino_virtual(int C, int KH, int KW, int S);

@@ -126,6 +126,90 @@ static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, in
         }
 }
 
+/* F(4x4, 3x3): each 4x4 block of outputs from a 6x6 input patch d, V = B' d B
+ * with B' = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+ * 0 2 -1 -2 1 0; 0 4 0 -5 0 1] (points 0, +-1, +-2): 36 products per channel
+ * and tile instead of 144 multiply-adds, 4x fewer.  B' has row sums of |.| up
+ * to 10, so V (exact in int32: |V| <= 100 A) is rescaled per transformed
+ * position xi to int16 |Vq| <= QE_WINO4_VB with one scale per image,
+ * sv[xi] = QE_WINO4_VB / max |V[xi]|: Vq = float(V) * sv[xi] (one float
+ * rounding) rounded to the nearest integer, ties to even, so every
+ * instruction set gets the same bits.  QE_WINO4_VB balances Vq's rounding
+ * against the weights' levels: QE_WINO4_VB * sum_c |Uq| <= 2^31 - 1. */
+
+/* 6 outputs of B' applied to a[0..5] (int32 lanes). */
+#define QE_W4_BT(a, o)                                                          \
+    do {                                                                        \
+        const VNI s12 = a[1] + a[2], d13 = a[1] - a[3];                         \
+        o[0] = (a[0] - a[2]) * 4 - a[2] + a[4];                                 \
+        o[1] = a[3] + a[4] - s12 * 4;                                           \
+        o[2] = (a[1] - a[2]) * 4 - a[3] + a[4];                                 \
+        o[3] = a[4] - a[2] - d13 * 2;                                           \
+        o[4] = a[4] - a[2] + d13 * 2;                                           \
+        o[5] = d13 * 4 - a[3] + a[5];                                           \
+    } while (0)
+
+/* Pass sv == NULL: vmax[xi] = max over tiles and channels of |V[xi]| (for
+ * the first call, vmax zeroed by the caller).  Otherwise V [36][T][CS] int16
+ * = the rescaled Vq.  XP [HH][WW][CS] as wino_input's, HH >= 4 TH + 2. */
+static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW,
+                            const float *sv, int32_t *vmax, int16_t *V)
+{
+    const int64_t T = (int64_t)TH * TW, plane = T * CS, rs = (int64_t)WW * CS;
+    VNI hi[36], lo[36];   /* pass 1: the largest and smallest values per xi */
+    VN svv[36];
+    for (int xi = 0; xi < 36; xi++) {
+        hi[xi] = lo[xi] = (VNI){0};
+        if (sv) svv[xi] = FN(vnsplat)(sv[xi]);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const int ty = (int)(t / TW), tx = (int)(t % TW);
+        const int16_t *d0 = XP + ((int64_t)(4 * ty) * WW + 4 * tx) * CS;
+        for (int c = 0; c < CS; c += QE_NL) {
+            VNI e[6][6];   /* d B, row by row */
+            for (int r = 0; r < 6; r++) {
+                VNI a[6];
+                for (int k = 0; k < 6; k++) {
+                    VNS h;
+                    memcpy(&h, d0 + r * rs + k * CS + c, sizeof h);
+                    a[k] = __builtin_convertvector(h, VNI);
+                }
+                QE_W4_BT(a, e[r]);
+            }
+            for (int k = 0; k < 6; k++) {   /* B' (d B), column k */
+                VNI a[6], o[6];
+                for (int r = 0; r < 6; r++) a[r] = e[r][k];
+                QE_W4_BT(a, o);
+                for (int r = 0; r < 6; r++) {
+                    const int xi = r * 6 + k;
+                    if (!sv) {
+                        const VNI gt = o[r] > hi[xi], lt = o[r] < lo[xi];
+                        hi[xi] = (o[r] & gt) | (hi[xi] & ~gt);
+                        lo[xi] = (o[r] & lt) | (lo[xi] & ~lt);
+                        continue;
+                    }
+                    /* |V| <= vmax and sv <= (VB / vmax)(1 + 2^-24): the rounded
+                     * value stays within VB */
+                    const VN f = __builtin_convertvector(o[r], VN) * svv[xi];
+                    const VNS q = __builtin_convertvector(FN(vnrint)(f), VNS);
+                    memcpy(V + (int64_t)xi * plane + t * CS + c, &q, sizeof q);
+                }
+            }
+        }
+    }
+    if (!sv)
+        for (int xi = 0; xi < 36; xi++) {
+            int32_t h[QE_NL], l[QE_NL];
+            memcpy(h, &hi[xi], sizeof h);
+            memcpy(l, &lo[xi], sizeof l);
+            for (int i = 0; i < QE_NL; i++) {
+                vmax[xi] = h[i] > vmax[xi] ? h[i] : vmax[xi];
+                vmax[xi] = -l[i] > vmax[xi] ? -l[i] : vmax[xi];
+            }
+        }
+}
+#undef QE_W4_BT
+
 /* mb[t][32] = sum over pairs p of U[p][co][0..1] . V[t][2p..2p+1], for the NT
  * tiles at v (tile stride CS) and the 32 channels of one block at u. */
 static inline __attribute__((always_inline)) void
@@ -209,15 +293,14 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
     for (int cv = 0; cv < 32; cv += QE_NL) {
         const int nl = Cout - (co0 + cv) < QE_NL ? Cout - (co0 + cv) : QE_NL;
         if (nl <= 0) break;
-        VN s[16], b;
-        for (int xi = 0; xi < 16; xi++) memcpy(&s[xi], sc + xi * 32 + cv, sizeof s[xi]);
-        memcpy(&b, bias + co0 + cv, sizeof b);
+        VN s[16];
+        for (int xi = 0; xi < 16; xi++) s[xi] = FN(vnload)(sc + xi * 32 + cv);
+        const VN b = FN(vnload)(bias + co0 + cv);
         for (int t = 0; t < NT; t++) {
             const int oy = oys[t], ox = oxs[t];
             VN m[16];
             for (int xi = 0; xi < 16; xi++) {
-                VNI iv;
-                memcpy(&iv, mb + ((int64_t)xi * NT + t) * 32 + cv, sizeof iv);
+                const VNI iv = *(const VNI *)(mb + ((int64_t)xi * NT + t) * 32 + cv);
                 m[xi] = __builtin_convertvector(iv, VN) * s[xi];
             }
             VN r0[4], r1[4];   /* m A, row by row */
@@ -263,25 +346,137 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
 #undef QE_PAIR_LO
 #undef QE_PAIR_HI
 
+/* F(4x4, 3x3)'s output transform, as wino_output's: m = float(M) * sc,
+ * Y = A' m A with A' = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0;
+ * 0 1 -1 8 -8 1], one rounding per step in a fixed order, + bias, ReLU.  Each
+ * output row's four values of a channel go out as one 16-byte store. */
+#if QE_NL == 16
+#define QE_PAIR_LO {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#define QE_PAIR_HI {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#define QE_QUAD_LO {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23}
+#define QE_QUAD_HI {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31}
+#elif QE_NL == 8
+#define QE_PAIR_LO {0, 8, 1, 9, 2, 10, 3, 11}
+#define QE_PAIR_HI {4, 12, 5, 13, 6, 14, 7, 15}
+#define QE_QUAD_LO {0, 1, 8, 9, 2, 3, 10, 11}
+#define QE_QUAD_HI {4, 5, 12, 13, 6, 7, 14, 15}
+#else
+#define QE_PAIR_LO {0, 4, 1, 5}
+#define QE_PAIR_HI {2, 6, 3, 7}
+#define QE_QUAD_LO {0, 1, 4, 5}
+#define QE_QUAD_HI {2, 3, 6, 7}
+#endif
+/* 4 outputs of A' applied to m[0..5] (floats). */
+#define QE_W4_AT(m, o)                                                          \
+    do {                                                                        \
+        const VN s12 = m[1] + m[2], d12 = m[1] - m[2];                          \
+        const VN s34 = m[3] + m[4], d34 = m[3] - m[4];                          \
+        o[0] = (m[0] + s12) + s34;                                              \
+        o[1] = d12 + d34 * FN(vnsplat)(2.f);                                    \
+        o[2] = s12 + s34 * FN(vnsplat)(4.f);                                    \
+        o[3] = (d12 + d34 * FN(vnsplat)(8.f)) + m[5];                           \
+    } while (0)
+QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *sc,
+                                       const float *bias, int co0, int Cout, int64_t t0, int TW,
+                                       int OH, int OW, int relu, float *y)
+{
+    const int64_t NR = (int64_t)OH * OW;
+    const VNI plo = QE_PAIR_LO, phi = QE_PAIR_HI, qlo = QE_QUAD_LO, qhi = QE_QUAD_HI;
+    const int quarter = QE_NL / 4;
+    int oys[QE_WINO_NT], oxs[QE_WINO_NT];
+    for (int t = 0; t < NT; t++) {
+        oys[t] = (int)((t0 + t) / TW) * 4;
+        oxs[t] = (int)((t0 + t) % TW) * 4;
+    }
+    for (int cv = 0; cv < 32; cv += QE_NL) {
+        const int nl = Cout - (co0 + cv) < QE_NL ? Cout - (co0 + cv) : QE_NL;
+        if (nl <= 0) break;
+        const VN b = FN(vnload)(bias + co0 + cv);
+        for (int t = 0; t < NT; t++) {
+            const int oy = oys[t], ox = oxs[t];
+            VN r[6][4];   /* m A, row by row */
+            for (int a = 0; a < 6; a++) {
+                VN m[6];
+                for (int k = 0; k < 6; k++) {
+                    const int xi = a * 6 + k;
+                    /* (vector loads, not memcpy: GCC's AVX2 tuning splits those
+                     * into halves through the stack) */
+                    const VNI iv = *(const VNI *)(mb + ((int64_t)xi * NT + t) * 32 + cv);
+                    m[k] = __builtin_convertvector(iv, VN) * FN(vnload)(sc + xi * 32 + cv);
+                }
+                QE_W4_AT(m, r[a]);
+            }
+            float pr[4][4][QE_NL];   /* [row][quarter of the channels][channel quads] */
+            for (int j = 0; j < 4; j++) {   /* A' (m A), column j */
+                VN col[6], o[4];
+                for (int a = 0; a < 6; a++) col[a] = r[a][j];
+                QE_W4_AT(col, o);
+                for (int i = 0; i < 4; i++) r[i][j] = o[i] + b;   /* (r[i][j] no longer read) */
+            }
+            for (int i = 0; i < 4; i++) {
+                VN c[4];
+                for (int j = 0; j < 4; j++) {
+                    c[j] = r[i][j];
+                    if (relu) {   /* NaN -> 0, as the scalar kernels' !(v > 0) */
+                        const VN z = FN(vnsplat)(0.f);
+                        c[j] = (VN)((VNI)c[j] & (VNI)(c[j] > z));
+                    }
+                }
+                const VN p01l = __builtin_shuffle(c[0], c[1], plo),
+                         p01h = __builtin_shuffle(c[0], c[1], phi),
+                         p23l = __builtin_shuffle(c[2], c[3], plo),
+                         p23h = __builtin_shuffle(c[2], c[3], phi);
+                const VN q0 = __builtin_shuffle(p01l, p23l, qlo),
+                         q1 = __builtin_shuffle(p01l, p23l, qhi),
+                         q2 = __builtin_shuffle(p01h, p23h, qlo),
+                         q3 = __builtin_shuffle(p01h, p23h, qhi);
+                memcpy(pr[i][0], &q0, sizeof q0);
+                memcpy(pr[i][1], &q1, sizeof q1);
+                memcpy(pr[i][2], &q2, sizeof q2);
+                memcpy(pr[i][3], &q3, sizeof q3);
+            }
+            float *yc = y + (int64_t)(co0 + cv) * NR + (int64_t)oy * OW + ox;
+            if (oy + 3 < OH && ox + 3 < OW) {
+                for (int l = 0; l < nl; l++, yc += NR)
+                    for (int i = 0; i < 4; i++)
+                        memcpy(yc + (int64_t)i * OW, &pr[i][l / quarter][4 * (l % quarter)], 16);
+            } else {
+                for (int l = 0; l < nl; l++, yc += NR)
+                    for (int i = 0; i < 4 && oy + i < OH; i++)
+                        for (int j = 0; j < 4 && ox + j < OW; j++)
+                            yc[(int64_t)i * OW + j] = pr[i][l / quarter][4 * (l % quarter) + j];
+            }
+        }
+    }
+}
+#undef QE_W4_AT
+#undef QE_PAIR_LO
+#undef QE_PAIR_HI
+#undef QE_QUAD_LO
+#undef QE_QUAD_HI
+
 /* y [Cout][OH][OW] from V (wino_input; CP pairs of channels) and U, sc as
  * laid out above.
  * Blocks of 32 channels x QE_WINO_NT tiles are shared among the threads. */
 static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, const int16_t *U,
                           int CoB, const float *sc, const float *bias, float *y, int Cout, int OH,
-                          int OW, int relu, int nthreads)
+                          int OW, int relu, int nthreads, int tile)
 {
     const int64_t T = (int64_t)TH * TW;
-    const int64_t ntb = (T + QE_WINO_NT - 1) / QE_WINO_NT;
+    const int nxi = (tile + 2) * (tile + 2);   /* 16 for F(2x2, 3x3), 36 for F(4x4, 3x3) */
+    /* tiles split evenly into blocks of at most QE_WINO_NT (16 tiles: 8 + 8,
+     * not 12 + 4: a short block loads as many weights for fewer products) */
+    const int64_t ntb = (T + QE_WINO_NT - 1) / QE_WINO_NT, bt = (T + ntb - 1) / ntb;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        int32_t mb[16 * QE_WINO_NT * 32] __attribute__((aligned(64)));
+        int32_t mb[36 * QE_WINO_NT * 32] __attribute__((aligned(64)));
         #pragma omp for schedule(static)
         for (int64_t job = 0; job < (int64_t)CoB * ntb; job++) {
             const int cb = (int)(job / ntb);
-            const int64_t t0 = job % ntb * QE_WINO_NT;
-            const int nt = T - t0 < QE_WINO_NT ? (int)(T - t0) : QE_WINO_NT;
-            for (int xi = 0; xi < 16; xi++) {
-                const int16_t *u = U + ((int64_t)cb * 16 + xi) * CP * 64;
+            const int64_t t0 = job % ntb * bt;
+            const int nt = T - t0 < bt ? (int)(T - t0) : (int)bt;
+            for (int xi = 0; xi < nxi; xi++) {
+                const int16_t *u = U + ((int64_t)cb * nxi + xi) * CP * 64;
                 const int16_t *v = V + ((int64_t)xi * T + t0) * CS;
                 int32_t *m = mb + (int64_t)xi * nt * 32;
                 switch (nt) {   /* a register block for each count, unrolled */
@@ -298,8 +493,12 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
                 default: break;
                 }
             }
-            FN(wino_output)(mb, nt, sc + (int64_t)cb * 16 * 32, bias, cb * 32, Cout, t0, TW, OH,
-                            OW, relu, y);
+            if (tile == 4)
+                FN(wino4_output)(mb, nt, sc + (int64_t)cb * 36 * 32, bias, cb * 32, Cout, t0, TW,
+                                 OH, OW, relu, y);
+            else
+                FN(wino_output)(mb, nt, sc + (int64_t)cb * 16 * 32, bias, cb * 32, Cout, t0, TW,
+                                OH, OW, relu, y);
         }
     }
 }

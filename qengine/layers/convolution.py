@@ -8,7 +8,7 @@ from ..errors import ModelError
 from .base import MAX_DIM, conv_output, is_int, need_chw, np, register
 from .weighted import (int16_pays, kernel_costs, WeightedOp, WeightedType, blocked_conv_weights,
                        conv16_k_limit, dequantize, dequantize_conv, layer_cost, winograd_pays,
-                       winograd_cost_ratio)
+                       winograd_cost_ratio, winograd_tile)
 
 
 class ConvOp(WeightedOp):
@@ -93,19 +93,22 @@ class ConvOp(WeightedOp):
             return 1.0
         cg = self.in_shapes[0][0] // self.group
         if winograd_pays(self.params, cg, self.out_shape):
-            return kernel_costs().int16 * winograd_cost_ratio(self.params, cg, self.out_shape)
+            return kernel_costs().int16 * winograd_cost_ratio(
+                self.params, cg, self.out_shape,
+                winograd_tile(self.params, cg, self.out_shape))
         return kernel_costs().int16
 
     def _int16_bytes(self, cout, J):
         return 2 * buffers.count(_kernels.i16_weights_shape(cout, self.group, J)) + 4 * cout
 
     def _maybe_winograd(self, cout, cg, dense_bytes):
-        """An int16 convolution of stride 1 runs by Winograd's F(2x2, 3x3) where
-        that pays (qe_wino.h, weighted.winograd_pays)."""
+        """An int16 convolution runs by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+        where that pays (qe_wino.h, weighted.winograd_pays and winograd_tile)."""
         if winograd_pays(self.params, cg, self.out_shape):
             self.strategy = "winograd"
+            self.wino_tile = winograd_tile(self.params, cg, self.out_shape)
             u, sc = _kernels.wino_weights_shape(cout, self.group, cg * self.group, self.kh,
-                                                self.kw, self.params["stride"])
+                                                self.kw, self.params["stride"], self.wino_tile)
             self.derived_bytes = dense_bytes + 2 * buffers.count(u) + 4 * buffers.count(sc)
 
     def _load(self, qf, w, cout):
@@ -157,11 +160,11 @@ class ConvOp(WeightedOp):
         w4 = buffers.reshape(w, (cout, -1, self.kh, self.kw))
         stride = self.params["stride"]
         u, sc = _kernels.wino_weights_shape(cout, self.group, w4.shape[1] * self.group, self.kh,
-                                            self.kw, stride)
+                                            self.kw, stride, self.wino_tile)
         self.weight_wino = buffers.empty(u, "h")
         self.scale_wino = buffers.empty(sc)
         self.bound_wino = _kernels.wino_conv_weights(w4, self.group, self.weight_wino,
-                                                     self.scale_wino, stride)
+                                                     self.scale_wino, stride, self.wino_tile)
 
     def workspace(self):
         c, h, w = self.in_shapes[0]
@@ -171,7 +174,7 @@ class ConvOp(WeightedOp):
         if self.strategy == "winograd":
             return _kernels.wino_workspace_floats(c // g, h, w, self.params["pad"],
                                                   self.params["num_output"] // g, self.kh,
-                                                  self.kw, self.params["stride"])
+                                                  self.kw, self.params["stride"], self.wino_tile)
         if self.strategy == "int16":
             return _kernels.i16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                  self.params["stride"], self.params["pad"])
@@ -208,7 +211,7 @@ class ConvOp(WeightedOp):
         elif self.strategy == "winograd":
             _kernels.conv_wino(x, self.weight_wino, self.scale_wino, self.bound_wino, self.bias,
                                self.kh, self.kw, p["stride"], p["pad"], relu, out, ws, nthreads,
-                               c0)
+                               c0, self.wino_tile)
         elif self.strategy == "int16":
             _kernels.conv_i16(x, self.weight16, self.scale16, self.bound16, self.bias, self.kh,
                               self.kw, p["stride"], p["pad"], relu, out, ws, nthreads, c0)

@@ -22,6 +22,8 @@ class KernelCosts(NamedTuple):
     lookup_register_quad: float # ... four taps per register (AVX-512, K <= 16)
     int16: float                # a multiply-add of the int16 dense kernel (qe_i16.h)
     int16_min_macs: int         # ... chosen only with this many multiply-adds per input value
+    wino4_overhead: float       # F(4x4, 3x3)'s transforms per 4x4 tile and output channel
+    wino_weight_stream: float   # reading a transformed weight, per output (see winograd_tile)
 
 
 # Measured per layer in interleaved A/B runs, 1 thread (README "Choosing a
@@ -43,8 +45,8 @@ class KernelCosts(NamedTuple):
 # first, conv5, turns slower-dense at 6.9).  The portable build keeps the
 # AVX2 prices.
 KERNEL_COSTS = {
-    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100),
-    "avx512": KernelCosts(3.75, 4.6, 3.75, 1.35, 0.45, 16),
+    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100, 1520, 7.4),
+    "avx512": KernelCosts(3.75, 4.6, 3.75, 1.35, 0.45, 16, 1830, 14.7),
 }
 KERNEL_COSTS["generic"] = KERNEL_COSTS["avx2"]
 KERNEL_COSTS["avx512-emulated"] = KERNEL_COSTS["avx512"]   # same plans as the real one
@@ -76,14 +78,58 @@ WINO_OVERHEAD = 300
 WINO_MAX_RATIO = 0.9
 
 
-def winograd_cost_ratio(params, cin_group, out_shape):
+def winograd_cost_ratio(params, cin_group, out_shape, tile=2):
     """Its time over the direct int16 kernel's on the same layer (model above;
-    odd output sizes compute a last row or column of tiles half used)."""
+    odd output sizes compute a last row or column of tiles half used), by
+    F(tile x tile, 3x3)."""
     kh, kw = params["kernel"]
     virtual = _kernels.wino_pieces(kh, kw, params["stride"])
     _, oh, ow = out_shape
     waste = (-(-oh // 2) * 2) * (-(-ow // 2) * 2) / (oh * ow)
-    return (16 * virtual * cin_group + WINO_OVERHEAD) / (4 * kh * kw * cin_group) * waste
+    ratio = (16 * virtual * cin_group + WINO_OVERHEAD) / (4 * kh * kw * cin_group) * waste
+    if tile == 4:
+        ratio *= winograd_tile_ratio(params, cin_group, out_shape)
+    return ratio
+
+
+# F(4x4, 3x3) against F(2x2, 3x3) (qe_wino.h): 36 products per 4x4 outputs
+# instead of 16 per 2x2 (1.78x fewer), but heavier transforms (an overhead of
+# KernelCosts.wino4_overhead products per tile and output channel, against
+# WINO_OVERHEAD), 2.25x the transformed weights, streamed once per image
+# (KernelCosts.wino_weight_stream per weight and output position: it decides
+# small outputs), and a last row and column of tiles up to three quarters
+# empty.  Fitted to both forms of every Winograd layer of AlexNet and
+# SqueezeNet on a Zen 5, interleaved (README): AVX-512 F(4x4) 1.10-1.27x at
+# 27x27-55x55 outputs with 48 or more virtual channels, 0.8-0.9x at 13x13;
+# AVX2 1.2-1.5x at 27x27, 1.0-1.2x at 55x55, 0.95-1.0x at 13x13 (3-9% rms).
+# F(4x4) doubles the rounding error, so it is chosen only where the model
+# prices it at most WINO4_MAX_RATIO of F(2x2).
+WINO4_MAX_RATIO = 0.9
+
+
+def winograd_tile_ratio(params, cin_group, out_shape):
+    """F(4x4, 3x3)'s time over F(2x2, 3x3)'s on this layer (model above)."""
+    kh, kw = params["kernel"]
+    v = _kernels.wino_pieces(kh, kw, params["stride"]) * cin_group
+    _, oh, ow = out_shape
+    c = kernel_costs()
+
+    def time(m, overhead):
+        n = (m + 2) ** 2
+        waste = (-(-oh // m) * m) * (-(-ow // m) * m) / (oh * ow)
+        return (n * v + overhead) / m ** 2 * waste + c.wino_weight_stream * n * v / (oh * ow)
+
+    return time(4, c.wino4_overhead) / time(2, WINO_OVERHEAD)
+
+
+def winograd_tile(params, cin_group, out_shape):
+    """The Winograd form of a layer that runs by Winograd: 4 for F(4x4, 3x3)
+    where winograd_tile_ratio() is at most WINO4_MAX_RATIO, else 2 for
+    F(2x2, 3x3); QENGINE_WINOGRAD_TILE=2 or 4 forces one."""
+    force = os.environ.get("QENGINE_WINOGRAD_TILE", "")
+    if force in ("2", "4"):
+        return int(force)
+    return 4 if winograd_tile_ratio(params, cin_group, out_shape) <= WINO4_MAX_RATIO else 2
 
 
 def winograd_pays(params, cin_group, out_shape):
