@@ -142,7 +142,6 @@ def compare(model, x, runs, warmup=2, calib=None, dense=None):
     same network with dense weights as a loaded qengine Model, the real speed-up's
     baseline).  Returns [(name, median ms per image, max |diff| against qengine's
     output or an error message)], qengine first."""
-    import time
     weights = reference.model_weights(model)
     runners = {"qengine " + model.mode: model.forward}
     if dense is not None:
@@ -166,12 +165,24 @@ def compare(model, x, runs, warmup=2, calib=None, dense=None):
         diffs[n] = float(np.abs(y - ref).max())
         for _ in range(warmup):
             fn(x)
-    for _ in range(runs):
-        for n, fn in runners.items():
-            if isinstance(fn, Exception):
-                continue
-            t0 = time.perf_counter()
-            fn(x)
-            times[n].append(time.perf_counter() - t0)
+    live = {n: fn for n, fn in runners.items() if not isinstance(fn, Exception)}
+    times.update(interleaved_times(live, x, runs))
     return [(n, float(np.median(times[n])) * 1e3 / x.shape[0] if times[n] else None, diffs[n])
             for n in runners]
+
+
+def interleaved_times(runners, x, runs):
+    """{name: [seconds of each run]}: `runs` rounds of every runner on x, the
+    order rotated by one each round, so that each runner follows each other
+    one equally often (a fixed order would always hand the first the caches
+    the last one left, e.g. a numpy GEMM's hundreds of megabytes)."""
+    import time
+    names = list(runners)
+    times = {n: [] for n in names}
+    for r in range(runs):
+        k = r % len(names) if names else 0
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            runners[n](x)
+            times[n].append(time.perf_counter() - t0)
+    return times

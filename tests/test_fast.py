@@ -220,3 +220,16 @@ def test_fast_mode_packs_fc_indices_where_the_isa_unpacks_them(tmp_path, isa):
     x = np.random.default_rng(3).standard_normal((5,) + fa.input_shape).astype(np.float32)
     a, b = fa.forward(x, outputs=["f2"])["f2"], ex.forward(x, outputs=["f2"])["f2"]
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.05
+
+
+def test_interleaved_times_rotate_the_order():
+    """Each round runs every runner once, the order rotated by one per round,
+    so each follows each other equally often."""
+    from qengine import baselines
+    seen = []
+    runners = {n: (lambda x, n=n: seen.append(n)) for n in "abc"}
+    times = baselines.interleaved_times(runners, None, 6)
+    assert {n: len(v) for n, v in times.items()} == {"a": 6, "b": 6, "c": 6}
+    assert seen == list("abc" "bca" "cab" "abc" "bca" "cab")
+    follows = {(seen[i - 1], seen[i]) for i in range(1, len(seen))}
+    assert {("c", "a"), ("a", "b"), ("b", "c"), ("a", "c"), ("c", "b"), ("b", "a")} <= follows

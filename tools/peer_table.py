@@ -9,14 +9,14 @@ im2col+GEMM, and where installed ONNX Runtime (fp32, dynamic int8), PyTorch
 (fp32, eager) and OpenVINO (fp32 from the ONNX graph, and with --calib int8 by
 NNCF post-training quantisation calibrated on those images preprocessed as the
 model's).  Every dense runtime gets the network with qengine's dequantized
-weights, so all compute the same function.  Medians of ms per image, ratios
-against qengine fast.
+weights, so all compute the same function.  Each round runs every runtime
+once, the order rotated by one per round (baselines.interleaved_times).
+Medians of ms per image, ratios against qengine fast.
 """
 import argparse
 import json
 import os
 import sys
-import time
 
 
 def torch_runner(graph, weights, threads):
@@ -119,12 +119,7 @@ def run(args):
     for f in live.values():
         for _ in range(3):
             f(x)
-    times = {n: [] for n in live}
-    for _ in range(args.runs):
-        for n, f in live.items():
-            t0 = time.perf_counter()
-            f(x)
-            times[n].append(time.perf_counter() - t0)
+    times = baselines.interleaved_times(live, x, args.runs)
     base = float(np.median(times["qengine fast"])) / args.batch
     rows = []
     for n, f in runners.items():
