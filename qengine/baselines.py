@@ -171,18 +171,19 @@ def compare(model, x, runs, warmup=2, calib=None, dense=None):
             for n in runners]
 
 
-def interleaved_times(runners, x, runs):
-    """{name: [seconds of each run]}: `runs` rounds of every runner on x, the
-    order rotated by one each round, so that each runner follows each other
-    one equally often (a fixed order would always hand the first the caches
-    the last one left, e.g. a numpy GEMM's hundreds of megabytes)."""
+def interleaved_times(runners, x, runs, seed=0):
+    """{name: [seconds of each run]}: `runs` rounds of every runner on x, each
+    round in a new random order (seeded), so that each runner follows every
+    other one about equally often: a fixed order, or a rotated one, would
+    always hand the same runner the caches one particular other runner left,
+    e.g. a numpy GEMM's hundreds of megabytes."""
     import time
+    rng = np.random.default_rng(seed)
     names = list(runners)
     times = {n: [] for n in names}
-    for r in range(runs):
-        k = r % len(names) if names else 0
-        for n in names[k:] + names[:k]:
+    for _ in range(runs):
+        for i in rng.permutation(len(names)):
             t0 = time.perf_counter()
-            runners[n](x)
-            times[n].append(time.perf_counter() - t0)
+            runners[names[i]](x)
+            times[names[i]].append(time.perf_counter() - t0)
     return times

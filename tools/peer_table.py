@@ -10,7 +10,7 @@ im2col+GEMM, and where installed ONNX Runtime (fp32, dynamic int8), PyTorch
 NNCF post-training quantisation calibrated on those images preprocessed as the
 model's).  Every dense runtime gets the network with qengine's dequantized
 weights, so all compute the same function.  Each round runs every runtime
-once, the order rotated by one per round (baselines.interleaved_times).
+once, in a new random order (seeded; baselines.interleaved_times).
 Medians of ms per image, ratios against qengine fast.
 """
 import argparse
