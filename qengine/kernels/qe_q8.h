@@ -110,6 +110,9 @@ static inline void FN(q8_unpack_unit)(const uint8_t *p, int bits, uint8_t *out)
     }
 }
 
+#ifndef QE_Q8_PREFETCH
+#define QE_Q8_PREFETCH 8192   /* bytes ahead in the index stream */
+#endif
 #if QE_SIMD == 3
 /* The same in registers: the unit's 8*bits bytes (a whole 64-byte load: the
  * packed layout ends in QE_Q8_PACK_PAD spare bytes), spread so that qword j
@@ -140,12 +143,13 @@ static inline QE_CAT(q8_unpacker, QE_SUFFIX) FN(q8_unpacker_for)(int bits)
     return u;
 }
 
-/* The 64 indices of unit `unit` of a block, +32 on the upper half. */
-static inline __m512i FN(q8_indices64)(const uint8_t *ib, int unit, int bits,
+/* The 64 indices of the unit at p (64 bytes, or 8*bits packed), +32 on the
+ * upper half. */
+static inline __m512i FN(q8_indices64)(const uint8_t *p, int bits,
                                        const QE_CAT(q8_unpacker, QE_SUFFIX) *u)
 {
-    if (bits >= 8) return _mm512_or_si512(_mm512_loadu_si512(ib + unit * 64), u->up);
-    __m512i v = _mm512_loadu_si512(ib + (int64_t)unit * 8 * bits);
+    if (bits >= 8) return _mm512_or_si512(_mm512_loadu_si512(p), u->up);
+    __m512i v = _mm512_loadu_si512(p);
     v = _mm512_multishift_epi64_epi8(u->shifts, _mm512_permutexvar_epi8(u->spread, v));
     return _mm512_ternarylogic_epi32(v, u->low, u->up, 0xEA);   /* (v & low) | up */
 }
@@ -167,6 +171,12 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
     const int ncb = Cout_pad / 32;
     for (int n = 0; n < NB; n++)
         for (int co = 0; co < Cout_pad; co++) acc[(int64_t)n * Cout_pad + co] = 0;
+#if QE_SIMD == 3
+    /* built once per call (not per block: its tables are 128 bytes written one
+     * at a time), and the units' byte stride */
+    const QE_CAT(q8_unpacker, QE_SUFFIX) un = FN(q8_unpacker_for)(bits);
+    const int64_t ustep = bits >= 8 ? 64 : 8 * bits;
+#endif
     for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
         const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
         const uint8_t *qb = q + (int64_t)m0 * 32;
@@ -185,13 +195,16 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
              * same for outputs 8-15 and 24-31.  Bound: <= 510 per step and
              * <= QE_Q8_MBLOCK/4 = 32 steps, 16320 < 32767. */
             const __m512i ones = _mm512_set1_epi8(1);
-            const QE_CAT(q8_unpacker, QE_SUFFIX) un = FN(q8_unpacker_for)(bits);
+            const QE_CAT(q8_unpacker, QE_SUFFIX) u = un;   /* (a local copy: registers) */
             __m512i s0[QE_Q8_NB], s1[QE_Q8_NB];
             for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm512_setzero_si512();
             int mm = 0;
-            for (; mm + 4 <= mb; mm += 4) {
-                const __m512i ia = FN(q8_indices64)(ib, mm / 2, bits, &un);
-                const __m512i ic = FN(q8_indices64)(ib, mm / 2 + 1, bits, &un);
+            for (; mm + 4 <= mb; mm += 4, ib += 2 * ustep) {
+                /* the index stream (read once per batch: from L3 or memory) */
+                _mm_prefetch((const char *)ib + QE_Q8_PREFETCH, _MM_HINT_T0);
+                _mm_prefetch((const char *)ib + QE_Q8_PREFETCH + 64, _MM_HINT_T0);
+                const __m512i ia = FN(q8_indices64)(ib, bits, &u);
+                const __m512i ic = FN(q8_indices64)(ib + ustep, bits, &u);
                 for (int n = 0; n < NB; n++) {
                     const uint8_t *r = qb + n * qstride + mm * 32;
                     const __m512i la = _mm512_permutexvar_epi8(ia, _mm512_loadu_si512(r));
@@ -201,7 +214,7 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
                 }
             }
             if (mm < mb) {   /* two rows left (Mp is even): pair them with zeros */
-                const __m512i ia = FN(q8_indices64)(ib, mm / 2, bits, &un);
+                const __m512i ia = FN(q8_indices64)(ib, bits, &u);
                 for (int n = 0; n < NB; n++) {
                     const __m512i la = _mm512_permutexvar_epi8(
                         ia, _mm512_loadu_si512(qb + n * qstride + mm * 32));
@@ -241,6 +254,7 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
             __m256i s0[QE_Q8_NB], s1[QE_Q8_NB];
             for (int n = 0; n < NB; n++) s0[n] = s1[n] = _mm256_setzero_si256();
             for (int mm = 0; mm < mb; mm += 2) {
+                _mm_prefetch((const char *)ib + mm * 32 + QE_Q8_PREFETCH, _MM_HINT_T0);
                 const __m256i i0 = _mm256_loadu_si256((const __m256i *)(ib + mm * 32));
                 const __m256i i1 = _mm256_loadu_si256((const __m256i *)(ib + mm * 32 + 32));
                 /* index bit 4 picks the upper 16 entries (blend on each byte's top bit) */
