@@ -210,6 +210,9 @@ static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW,
 }
 #undef QE_W4_BT
 
+#ifndef QE_WINO_PREFETCH
+#define QE_WINO_PREFETCH 8192   /* bytes ahead in a block's weights */
+#endif
 /* mb[t][32] = sum over pairs p of U[p][co][0..1] . V[t][2p..2p+1], for the NT
  * tiles at v (tile stride CS) and the 32 channels of one block at u. */
 static inline __attribute__((always_inline)) void
@@ -219,6 +222,9 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
     __m512i a[QE_WINO_NT][2];
     for (int t = 0; t < NT; t++) a[t][0] = a[t][1] = _mm512_setzero_si512();
     for (int p = 0; p < CP; p++) {
+        /* the weights stream once per tile block: from L2, or L3 for the first */
+        _mm_prefetch((const char *)(u + 64 * (int64_t)p) + QE_WINO_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(u + 64 * (int64_t)p) + QE_WINO_PREFETCH + 64, _MM_HINT_T0);
         const __m512i w0 = _mm512_loadu_si512(u + 64 * (int64_t)p);
         const __m512i w1 = _mm512_loadu_si512(u + 64 * (int64_t)p + 32);
         for (int t = 0; t < NT; t++) {
@@ -238,6 +244,8 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
     for (int t = 0; t < NT; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm256_setzero_si256();
     for (int p = 0; p < CP; p++) {
         const int16_t *up = u + 64 * (int64_t)p;
+        _mm_prefetch((const char *)up + QE_WINO_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)up + QE_WINO_PREFETCH + 64, _MM_HINT_T0);
         for (int t = 0; t < NT; t++) {
             int32_t xv;
             memcpy(&xv, v + (int64_t)t * CS + 2 * p, 4);
