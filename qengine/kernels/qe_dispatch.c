@@ -388,27 +388,35 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
             K_()->wino_pack(xq, C, H, W, dy, dx, XP, HH, WW, CS, v0);
             continue;
         }
-        for (int h = 0; h < HH; h++)   /* per position, S neighbours of a row at a time */
-            for (int w = 0; w < WW; w++) {
-                const int64_t Y0 = (int64_t)h * S + dy, X0 = (int64_t)w * S + dx;
-                if (Y0 >= H || X0 >= W || Y0 + S <= 0 || X0 + S <= 0) continue;
-                int16_t *dst = XP + ((int64_t)h * WW + w) * CS + v0;
-                const int inside = Y0 >= 0 && Y0 + S <= H && X0 >= 0 && X0 + S <= W;
-                for (int c = 0; c < C; c++)
-                    for (int a = 0; a < S; a++) {
-                        const int64_t Y = Y0 + a;
-                        int16_t *d = dst + ((int64_t)c * S + a) * S;
-                        const int16_t *src = xq + ((int64_t)c * H + Y) * W + X0;
-                        if (inside) {
-                            if (S == 4) memcpy(d, src, 8);   /* constant sizes: inlined */
-                            else if (S == 2) memcpy(d, src, 4);
-                            else memcpy(d, src, sizeof(int16_t) * (size_t)S);
-                        } else if (Y >= 0 && Y < H) {
-                            for (int b = 0; b < S; b++)
-                                if (X0 + b >= 0 && X0 + b < W) d[b] = src[b];
+        /* one input row (channel c, phase row a) at a time: its S neighbours
+         * for every w, the columns whose S values all lie inside in one run */
+        const int wa = dx >= 0 ? 0 : (-dx + S - 1) / S;        /* first w with X0 >= 0 */
+        int wb = W - dx >= S ? (W - dx - S) / S + 1 : 0;       /* past the last with X0 + S <= W */
+        wb = wb > WW ? WW : wb;
+        for (int c = 0; c < C; c++)
+            for (int a = 0; a < S; a++)
+                for (int h = 0; h < HH; h++) {
+                    const int64_t Y = (int64_t)h * S + dy + a;
+                    if (Y < 0 || Y >= H) continue;
+                    int16_t *d = XP + (int64_t)h * WW * CS + v0 + ((int64_t)c * S + a) * S;
+                    const int16_t *src = xq + ((int64_t)c * H + Y) * W + dx;
+                    for (int w = 0; w < WW; w++) {
+                        if (w == wa && wa < wb) {   /* the inner run */
+                            if (S == 4)
+                                for (; w < wb; w++) memcpy(d + (int64_t)w * CS, src + 4 * w, 8);
+                            else if (S == 2)
+                                for (; w < wb; w++) memcpy(d + (int64_t)w * CS, src + 2 * w, 4);
+                            else
+                                for (; w < wb; w++)
+                                    memcpy(d + (int64_t)w * CS, src + (int64_t)S * w,
+                                           sizeof(int16_t) * (size_t)S);
+                            if (w >= WW) break;
                         }
+                        const int64_t X0 = (int64_t)w * S + dx;
+                        for (int b = 0; b < S; b++)
+                            if (X0 + b >= 0 && X0 + b < W) d[(int64_t)w * CS + b] = src[(int64_t)S * w + b];
                     }
-            }
+                }
     }
     if (tile == 4) {
         /* V rescaled per transformed position xi (qe_wino.h): sv = VB / max|V[xi]|,
