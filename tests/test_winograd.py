@@ -207,8 +207,9 @@ def test_matches_the_float_convolution_within_quantisation_error(isa, case, tile
     assert np.array_equal(run_wino(x, w, b, p, g, relu=True, S=S, tile=tile), np.maximum(got, 0))
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
-def test_weight_layout_keeps_every_sum_inside_int32(C):
+def test_weight_layout_keeps_every_sum_inside_int32(C, tile):
     rng = np.random.default_rng(C)
     cout = 37
     w = rng.standard_normal((cout, C, 3, 3)).astype(np.float32)
@@ -218,36 +219,18 @@ def test_weight_layout_keeps_every_sum_inside_int32(C):
     w[3] = 0.0
     w[4] = 0.0
     w[4, :, 0, 0] = 1e-42          # subnormal: scales underflow, the channel counts as zero
-    u, s, A = layout(w, 1)
-    assert 1 <= A <= 8191          # |V| <= 4A fits int16
-    uq, su = unpack(u, s, cout, C, 1)
-    assert np.all(4 * A * np.abs(uq).sum(-1) <= B)
+    u, s, A = layout(w, 1, tile=tile)
+    if tile == 2:
+        assert 1 <= A <= 8191      # |V| <= 4A fits int16
+        vb, g, nxi = 4 * A, G, 16
+    else:
+        assert A == 32767          # |V| <= 100 A fits int32 before its rescaling
+        vb, g, nxi = VB4, G4, 36
+    uq, su = unpack(u, s, cout, C, 1, tile=tile)
+    assert np.all(vb * np.abs(uq).sum(-1) <= B)
     assert np.abs(uq).max() <= 32767
-    U = np.einsum("ak,ockl,bl->oabc", G, w.astype(np.float64), G).reshape(cout, 16, C)
+    U = np.einsum("ak,ockl,bl->oabc", g, w.astype(np.float64), g).reshape(cout, nxi, C)
     # each level comes back to U within half a step of its row's scale
-    assert np.all(np.abs(uq * su[..., None].astype(np.float64) - U)
-                  <= 0.5001 * su[..., None] + 1e-40)
-    assert not su[3].any() and not uq[3].any()
-    assert not su[4].any() and not uq[4].any()
-
-
-@pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
-def test_f4_weight_layout_keeps_every_sum_inside_int32(C):
-    rng = np.random.default_rng(C)
-    cout = 37
-    w = rng.standard_normal((cout, C, 3, 3)).astype(np.float32)
-    w[1] = 0.0
-    w[1, 0, 1, 1] = 3.0
-    w[2] = -0.25
-    w[3] = 0.0
-    w[4] = 0.0
-    w[4, :, 0, 0] = 1e-42
-    u, s, A = layout(w, 1, tile=4)
-    assert A == 32767              # |V| <= 100 A fits int32 before its rescaling
-    uq, su = unpack(u, s, cout, C, 1, tile=4)
-    assert np.all(VB4 * np.abs(uq).sum(-1) <= B)
-    assert np.abs(uq).max() <= 32767
-    U = np.einsum("ak,ockl,bl->oabc", G4, w.astype(np.float64), G4).reshape(cout, 36, C)
     assert np.all(np.abs(uq * su[..., None].astype(np.float64) - U)
                   <= 0.5001 * su[..., None] + 1e-40)
     assert not su[3].any() and not uq[3].any()

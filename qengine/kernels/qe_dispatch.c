@@ -389,10 +389,12 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
             continue;
         }
         /* one input row (channel c, phase row a) at a time: its S neighbours
-         * for every w, the columns whose S values all lie inside in one run */
+         * for every w; the columns [r0, r1) whose S values all lie inside go
+         * in one run, the others value by value */
         const int wa = dx >= 0 ? 0 : (-dx + S - 1) / S;        /* first w with X0 >= 0 */
         int wb = W - dx >= S ? (W - dx - S) / S + 1 : 0;       /* past the last with X0 + S <= W */
         wb = wb > WW ? WW : wb;
+        const int r0 = wa < wb ? wa : WW, r1 = wa < wb ? wb : WW;
         for (int c = 0; c < C; c++)
             for (int a = 0; a < S; a++)
                 for (int h = 0; h < HH; h++) {
@@ -401,20 +403,21 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
                     int16_t *d = XP + (int64_t)h * WW * CS + v0 + ((int64_t)c * S + a) * S;
                     const int16_t *src = xq + ((int64_t)c * H + Y) * W + dx;
                     for (int w = 0; w < WW; w++) {
-                        if (w == wa && wa < wb) {   /* the inner run */
+                        if (w == r0) {   /* constant sizes: inlined */
                             if (S == 4)
-                                for (; w < wb; w++) memcpy(d + (int64_t)w * CS, src + 4 * w, 8);
+                                for (; w < r1; w++) memcpy(d + (int64_t)w * CS, src + 4 * w, 8);
                             else if (S == 2)
-                                for (; w < wb; w++) memcpy(d + (int64_t)w * CS, src + 2 * w, 4);
+                                for (; w < r1; w++) memcpy(d + (int64_t)w * CS, src + 2 * w, 4);
                             else
-                                for (; w < wb; w++)
+                                for (; w < r1; w++)
                                     memcpy(d + (int64_t)w * CS, src + (int64_t)S * w,
                                            sizeof(int16_t) * (size_t)S);
-                            if (w >= WW) break;
+                            if (w == WW) break;
                         }
                         const int64_t X0 = (int64_t)w * S + dx;
                         for (int b = 0; b < S; b++)
-                            if (X0 + b >= 0 && X0 + b < W) d[(int64_t)w * CS + b] = src[(int64_t)S * w + b];
+                            if (X0 + b >= 0 && X0 + b < W)
+                                d[(int64_t)w * CS + b] = src[(int64_t)S * w + b];
                     }
                 }
     }
