@@ -62,8 +62,9 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                    int relu, int nthreads)
     void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
                      float *y, int relu, int nthreads)
+    int QE_LRN_MAX_IN_PLACE
     void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
-                float k, float *sq, int nthreads)
+                float k, int nthreads)
     void qe_pool(const float *x, float *y, int C, int H, int W, int OH, int OW, int KH, int KW,
                  int SH, int SW, int PH, int PW, int kind, int nthreads)
     void qe_relu(const float *x, float *y, int64_t n, float slope)
@@ -936,19 +937,31 @@ def fc_dense(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias
             qe_dense_fc(&x[n, 0], Cin, &w[0, 0], Cout, &bias[0], &out[n, 0], relu, nthreads)
 
 
+LRN_MAX_IN_PLACE = QE_LRN_MAX_IN_PLACE
+
+
 def lrn(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int size, float alpha,
-        float beta, float k, float[::1] ws, int nthreads=1):
-    """Cross-channel LRN of x [N,C,H,W]; ws holds at least H*W floats."""
+        float beta, float k, int nthreads=1):
+    """Cross-channel LRN of x [N,C,H,W] into out, which may be x itself (in
+    place) when size <= LRN_MAX_IN_PLACE, and must not overlap it otherwise."""
     cdef int N = x.shape[0], C = x.shape[1]
     cdef int64_t HW = <int64_t>x.shape[2] * x.shape[3]
     if (out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1] or out.shape[2] != x.shape[2]
-            or out.shape[3] != x.shape[3] or ws.shape[0] < HW or size < 1):
+            or out.shape[3] != x.shape[3] or size < 1):
         raise ValueError("LRN shapes or size are invalid")
+    cdef const char *xa = <const char *>&x[0, 0, 0, 0]
+    cdef const char *ya = <const char *>&out[0, 0, 0, 0]
+    cdef int64_t nb = <int64_t>N * C * HW * 4
+    if ya == xa:
+        if size > QE_LRN_MAX_IN_PLACE:
+            raise ValueError(f"LRN of size {size} cannot run in place (at most "
+                             f"{QE_LRN_MAX_IN_PLACE})")
+    elif ya < xa + nb and xa < ya + nb:
+        raise ValueError("LRN input and output overlap")
     cdef int n
     with nogil:
         for n in range(N):
-            qe_lrn(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, HW, size, alpha, beta, k, &ws[0],
-                   nthreads)
+            qe_lrn(&x[n, 0, 0, 0], &out[n, 0, 0, 0], C, HW, size, alpha, beta, k, nthreads)
 
 
 def pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int kh, int kw, int sh, int sw,

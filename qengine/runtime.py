@@ -245,7 +245,7 @@ class Model:
                 size, alias = 0, 1
             elif ("concat", i) in live:         # that buffer, already written
                 size = live.pop(("concat", i))
-            elif i in self._reuse:              # a sum written over an input
+            elif i in self._reuse:              # written over an input
                 size = 0
                 alias = live.get(op.bottom[self._reuse[i]], 0) or 1
             elif op.aliases_input:              # its input's buffer
@@ -293,10 +293,10 @@ class Model:
         return ops[i + 1].top == ops[i].top or self._readers.get(t) == [i + 1]
 
     def _plan_reuse(self):
-        """{sum index: input position} for element-wise sums that may write over
-        one of their inputs: a buffer its producer allocated (not the network's
-        input, not a pass-through or a concatenation's part) that no later
-        layer reads under any name."""
+        """{layer index: input position} for layers that write their output
+        over an input (element-wise sums, LRN; Op.can_overwrite): a buffer its
+        producer allocated (not the network's input, not a pass-through or a
+        concatenation's part) that no later layer reads under any name."""
         producer = {}
         for i, op in enumerate(self._ops):
             for t in op.top:
@@ -304,12 +304,10 @@ class Model:
                     producer[t] = i
         plan = {}
         for i, op in enumerate(self._ops):
-            if op.type != "Eltwise":
-                continue
             for k, b in enumerate(op.bottom):
                 pi = producer.get(b)
-                if pi is None or pi in self._concat_into or self._ops[pi].aliases_input \
-                        or op.bottom.count(b) > 1 or self._last_use.get(b) != i \
+                if not op.can_overwrite(k) or pi is None or pi in self._concat_into \
+                        or self._ops[pi].aliases_input or op.bottom.count(b) > 1 or self._last_use.get(b) != i \
                         or any(self._ops[r].aliases_input for r in self._readers[b]):
                     continue
                 # a ReLU fused into the producer or applied in place keeps the buffer

@@ -150,8 +150,31 @@ def test_fc_dense_matches_numpy(isa, cin, cout):
 def test_lrn_matches_numpy(isa, size, alpha, beta, k):
     x = (RNG.standard_normal((2, 7, 5, 6)) * 30).astype(np.float32)
     out = np.empty_like(x)
-    _kernels.lrn(x, out, size, alpha, beta, k, np.empty(30, np.float32))
+    _kernels.lrn(x, out, size, alpha, beta, k)
     close(out, reference.lrn(x, size, alpha, beta, k), 1e-5)
+
+
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (3, 0.75), (7, 0.6), (16, 0.75), (1, 1.0)])
+@pytest.mark.parametrize("hw", [(5, 6), (13, 13), (4, 8)])
+def test_lrn_in_place_gives_the_same_bits(isa, size, beta, hw):
+    """Written over its input (the window held in registers, the last positions
+    a partial vector), on 1 and 2 threads: the same bits as into a new buffer,
+    which match numpy; a window too large for that, or a partial overlap, is
+    refused."""
+    x = (RNG.standard_normal((2, 21) + hw) * 30).astype(np.float32)
+    out = np.full_like(x, np.nan)
+    _kernels.lrn(x, out, size, 1e-2, beta, 2.0)
+    close(out, reference.lrn(x, size, 1e-2, beta, 2.0), 1e-5)
+    for nt in (1, 2):
+        y = x.copy()
+        _kernels.lrn(y, y, size, 1e-2, beta, 2.0, nt)
+        assert np.array_equal(y, out)
+    with pytest.raises(ValueError, match="in place"):
+        _kernels.lrn(x, x, _kernels.LRN_MAX_IN_PLACE + 1, 1e-2, 0.75, 2.0)
+    flat = np.zeros(2 * x.size, np.float32)
+    a, b = flat[:x.size].reshape(x.shape), flat[7:7 + x.size].reshape(x.shape)
+    with pytest.raises(ValueError, match="overlap"):
+        _kernels.lrn(a, b, 3, 1e-2, 0.75, 2.0)
 
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
@@ -271,11 +294,10 @@ def test_pool_and_lrn_split_over_threads_give_the_same_bits():
             _kernels.pool(x, out, kh, kh, s, s, p, p, avg, nt)
             outs.append(out)
         assert all(np.array_equal(outs[0], o) for o in outs[1:])
-    ws = np.empty(17 * 15, np.float32)
     outs = []
     for nt in (1, 2, 3):
         out = np.full_like(x, np.nan)
-        _kernels.lrn(x, out, 5, 1e-2, 0.75, 1.0, ws, nt)
+        _kernels.lrn(x, out, 5, 1e-2, 0.75, 1.0, nt)
         outs.append(out)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
     want = reference.lrn(x, 5, 1e-2, 0.75, 1.0)

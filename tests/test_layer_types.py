@@ -121,6 +121,34 @@ def test_eltwise_sums_fused_relu_and_reuse(tmp_path):
     assert np.array_equal(x, x0)
 
 
+def test_lrn_normalises_in_place_only_a_buffer_no_one_reads_again(tmp_path):
+    """LRN writes over its input when nothing later reads it (norm1); not over
+    the network's input (norm0), nor over a blob read again (norm2's input c2,
+    read by the sum), nor with a window too wide for it (norm3)."""
+    lrn = dict(alpha=1e-2, beta=0.75, k=2.0)
+    g = {"input": {"name": "data", "shape": [6, 7, 9]}, "layers": [
+        modelkit.layer("norm0", "LRN", "data", local_size=5, **lrn),
+        modelkit.conv("c1", "norm0", 6, 3, p=1),
+        modelkit.layer("norm1", "LRN", "c1", local_size=5, **lrn),
+        modelkit.conv("c2", "norm1", 6, 1),
+        modelkit.layer("norm2", "LRN", "c2", local_size=3, **lrn),
+        modelkit.layer("s", "Eltwise", ["norm2", "c2"], operation="SUM"),
+        modelkit.layer("norm3", "LRN", "s", local_size=21, **lrn),
+    ]}
+    m = _model(tmp_path, g, dense=("c1", "c2"))
+    names = {m._ops[i].name: k for i, k in m._reuse.items()}
+    assert names == {"norm1": 0, "s": 0}
+    x = (RNG.standard_normal((2, 6, 7, 9)) * 10).astype(np.float32)
+    x0 = x.copy()
+    want = reference.forward(g, reference.model_weights(m), x)
+    _close(m.forward(x), want)
+    _close(m.forward(x), want)
+    assert np.array_equal(x, x0)
+    outs = m.forward(x, outputs=["c1", "norm1", "norm3"])   # kept outputs: no overwriting
+    c1 = reference.forward(dict(g, layers=g["layers"][:2]), reference.model_weights(m), x)
+    _close(outs["c1"], c1)
+
+
 def test_slice_pad_clip_sigmoid_scale_kernels():
     x = RNG.standard_normal((2, 5, 9, 7)).astype(np.float32) * 30
     out = np.empty((2, 2, 3, 3), np.float32)

@@ -475,27 +475,22 @@ void qe_max_pool_channel(const float *xc, float *yc, float *v, int H, int W, int
 }
 
 void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
-            float k, float *sq, int nthreads)
+            float k, int nthreads)
 {
-    if (nthreads <= 1 || C < 2) {
-        K_()->lrn(x, y, C, HW, size, alpha, beta, k, sq, 0, C);
+    const qe_kernel_table *kt = K_();
+    /* positions split across threads in runs of 64 (whole vectors on every
+     * instruction set), so that a thread's windows never read a channel
+     * another thread writes in place */
+    const int64_t runs = (HW + 63) / 64;
+    if (nthreads <= 1 || runs < 2) {
+        kt->lrn(x, y, C, HW, size, alpha, beta, k, 0, HW);
         return;
     }
-    /* channels split across threads; the caller's scratch serves the first,
-     * the others allocate their own (or fall back to it, one at a time) */
-    const qe_kernel_table *kt = K_();
     #pragma omp parallel num_threads(nthreads)
     {
         const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int c0 = (int)((int64_t)C * t / nt), c1 = (int)((int64_t)C * (t + 1) / nt);
-        float *own = t == 0 ? sq : (float *)malloc(sizeof(float) * (size_t)HW);
-        if (own) {
-            kt->lrn(x, y, C, HW, size, alpha, beta, k, own, c0, c1);
-            if (t != 0) free(own);
-        } else {
-            #pragma omp critical(qe_lrn_scratch)
-            kt->lrn(x, y, C, HW, size, alpha, beta, k, sq, c0, c1);
-        }
+        const int64_t q0 = runs * t / nt * 64, q1 = runs * (t + 1) / nt * 64;
+        kt->lrn(x, y, C, HW, size, alpha, beta, k, q0, q1 < HW ? q1 : HW);
     }
 }
 

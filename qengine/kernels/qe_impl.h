@@ -594,49 +594,97 @@ static void FN(dense_fc)(const float *x, int Cin, const float *w, int Cout, cons
     }
 }
 
-/* Output channels [c0, c1) of the LRN of x [C][HW] (sq: HW floats of scratch).
- * Direct window sums (no running sum, so no drift across channels).  For
- * beta = 0.75, QE_NL positions at a time: the window's squares summed in a
- * register while the channels go by (each channel's rows are re-read from L1
- * rather than summed into sq), then s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))).
- * Each lane does the same operations in the same order as the scalar form. */
-static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size, float alpha,
-                    float beta, float k, float *sq, int c0, int c1)
+/* Positions [q0, q1) of the LRN of x [C][HW] into y.  Direct window sums (no
+ * running sum, so no drift across channels): the squares of channels lo..hi
+ * added in channel order.  QE_NL positions at a time while the channels go by
+ * (the last few positions as a partial vector: lanes past them are computed
+ * on zeros and not stored).  For size <= QE_LRN_RING each channel's vector is
+ * loaded once, into a window of registers (channels c - pre .. c + post,
+ * zeros outside [0, C): adding 0 to a sum that starts at 0 changes no bit),
+ * so y may be x itself (written in place): a channel's output is stored once
+ * every input its window needs is held.  Larger windows read x directly and
+ * need y != x.  beta = 0.75: s^-0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))); any
+ * other beta, powf per value.  Every lane does the same operations, unfused
+ * (QE_NO_FMA), so the bits depend neither on the instruction set nor on how
+ * the positions are split. */
+#define QE_LRN_RING QE_LRN_MAX_IN_PLACE
+QE_NO_FMA static inline __attribute__((always_inline)) VN
+FN(lrn_out)(VN xc, VN s, float a, float beta, float k)
 {
-    const int pre = (size - 1) / 2, post = size - 1 - pre;
-    const float a = alpha / (float)size;
-    int64_t p0 = 0;
     if (beta == 0.75f) {
-        const VN va = FN(vnsplat)(a), vk = FN(vnsplat)(k);
-        for (; p0 + QE_NL <= HW; p0 += QE_NL)
-            for (int c = c0; c < c1; c++) {
-                const int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
-                VN s = FN(vnsplat)(0.f);
-                for (int cc = lo; cc <= hi; cc++) {
-                    const VN xa = FN(vnload)(x + cc * HW + p0);
-                    s += xa * xa;
-                }
-                const VN r = FN(vnsqrt)(vk + va * s);
-                FN(vnstore)(y + c * HW + p0, FN(vnload)(x + c * HW + p0) / (r * FN(vnsqrt)(r)));
-            }
+        const VN r = FN(vnsqrt)(FN(vnsplat)(k) + FN(vnsplat)(a) * s);
+        return xc / (r * FN(vnsqrt)(r));
     }
-    if (p0 == HW) return;
-    for (int c = c0; c < c1; c++) {   /* the rest, and any other beta */
-        int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
-        for (int64_t p = p0; p < HW; p++) sq[p] = 0.f;
-        for (int cc = lo; cc <= hi; cc++) {
-            const float *xa = x + cc * HW;
-            for (int64_t p = p0; p < HW; p++) sq[p] += xa[p] * xa[p];
+    float xf[QE_NL], sf[QE_NL], of[QE_NL];
+    VN o;
+    memcpy(xf, &xc, sizeof xf);
+    memcpy(sf, &s, sizeof sf);
+    for (int l = 0; l < QE_NL; l++) of[l] = xf[l] * powf(k + a * sf[l], -beta);
+    memcpy(&o, of, sizeof o);
+    return o;
+}
+
+/* nl lanes (QE_NL: a whole vector) of positions p0.. of channel c */
+static inline __attribute__((always_inline)) VN FN(lrn_load)(const float *x, int nl)
+{
+    if (nl == QE_NL) return FN(vnload)(x);
+    VN v = FN(vnsplat)(0.f);
+    memcpy(&v, x, sizeof(float) * (size_t)nl);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void FN(lrn_store)(float *y, VN v, int nl)
+{
+    if (nl == QE_NL) FN(vnstore)(y, v);
+    else memcpy(y, &v, sizeof(float) * (size_t)nl);
+}
+
+/* The window form (S = size <= QE_LRN_RING; a constant where inlined so the
+ * window stays in registers) */
+QE_NO_FMA static inline __attribute__((always_inline)) void
+FN(lrn_window)(const float *x, float *y, int C, int64_t HW, int64_t p0, int nl, const int S,
+               float a, float beta, float k)
+{
+    const int pre = (S - 1) / 2, post = S - 1 - pre;
+    VN w[QE_LRN_RING];
+    for (int i = 0; i < S - 1; i++) {   /* channels -pre .. post - 1 */
+        const int ch = i - pre;
+        w[i] = ch >= 0 && ch < C ? FN(lrn_load)(x + ch * HW + p0, nl) : FN(vnsplat)(0.f);
+    }
+    for (int c = 0; c < C; c++) {
+        w[S - 1] = c + post < C ? FN(lrn_load)(x + (c + post) * HW + p0, nl) : FN(vnsplat)(0.f);
+        VN s = FN(vnsplat)(0.f);
+        for (int i = 0; i < S; i++) s += w[i] * w[i];
+        FN(lrn_store)(y + c * HW + p0, FN(lrn_out)(w[pre], s, a, beta, k), nl);
+        for (int i = 0; i < S - 1; i++) w[i] = w[i + 1];
+    }
+}
+
+QE_NO_FMA static void FN(lrn)(const float *x, float *y, int C, int64_t HW, int size,
+                              float alpha, float beta, float k, int64_t q0, int64_t q1)
+{
+    const float a = alpha / (float)size;
+    for (int64_t p0 = q0; p0 < q1; p0 += QE_NL) {
+        const int nl = q1 - p0 < QE_NL ? (int)(q1 - p0) : QE_NL;
+        if (size <= QE_LRN_RING) {
+            if (nl == QE_NL && size == 5)   /* AlexNet's, GoogLeNet's */
+                FN(lrn_window)(x, y, C, HW, p0, QE_NL, 5, a, beta, k);
+            else if (nl == QE_NL && size == 3)
+                FN(lrn_window)(x, y, C, HW, p0, QE_NL, 3, a, beta, k);
+            else
+                FN(lrn_window)(x, y, C, HW, p0, nl, size, a, beta, k);
+            continue;
         }
-        const float *xc = x + c * HW;
-        float *yc = y + c * HW;
-        if (beta == 0.75f) {
-            for (int64_t p = p0; p < HW; p++) {
-                float r = sqrtf(k + a * sq[p]);
-                yc[p] = xc[p] / (r * sqrtf(r));
+        const int pre = (size - 1) / 2, post = size - 1 - pre;
+        for (int c = 0; c < C; c++) {
+            const int lo = c - pre < 0 ? 0 : c - pre, hi = c + post >= C ? C - 1 : c + post;
+            VN s = FN(vnsplat)(0.f);
+            for (int cc = lo; cc <= hi; cc++) {
+                const VN xa = FN(lrn_load)(x + cc * HW + p0, nl);
+                s += xa * xa;
             }
-        } else {
-            for (int64_t p = p0; p < HW; p++) yc[p] = xc[p] * powf(k + a * sq[p], -beta);
+            FN(lrn_store)(y + c * HW + p0, FN(lrn_out)(FN(lrn_load)(x + c * HW + p0, nl), s, a,
+                                                      beta, k), nl);
         }
     }
 }

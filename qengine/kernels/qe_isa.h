@@ -26,8 +26,8 @@ typedef struct {
     void (*dense_fc)(const float *, int, const float *, int, const float *, float *, int, int);
     void (*max_pool_channel)(const float *, float *, float *, int, int, int, int, int, int, int,
                              int, int, int);
-    void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, float *, int,
-                int);
+    void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, int64_t,
+                int64_t);
     float (*fc_q8_tables)(const float *, int, const float *, int, int, int, float *, int,
                           uint8_t *, double *);
     void (*fc_q8_lookup)(const uint8_t *, int64_t, int, int, const uint8_t *, int, int, int32_t *,

@@ -179,9 +179,10 @@ void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float 
 
 /* Local response normalisation across channels (Caffe ACROSS_CHANNELS):
  * y = x * (k + alpha/size * sum of x^2 over `size` neighbouring channels)^-beta.
- * x, y: [C][HW]; sq: scratch of 2*HW floats. */
+ * x, y: [C][HW]; y may be x itself (in place) when size <= QE_LRN_MAX_IN_PLACE. */
+#define QE_LRN_MAX_IN_PLACE 16
 void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, float beta,
-            float k, float *sq, int nthreads);
+            float k, int nthreads);
 
 /* Max (kind 0) or average pooling of x [C][H][W] into y [C][OH][OW] (OH, OW
  * computed by the caller, with ceil or floor rounding).  Average: kind 1 divides

@@ -111,6 +111,11 @@ class Op:
     def workspace(self):
         return 0
 
+    def can_overwrite(self, k):
+        """Whether run(..., reuse=xs[k]) may write the output over input k
+        (the runtime passes it only when no later layer reads that buffer)."""
+        return False
+
     def cost(self):
         """Theoretical work: (dense multiply-adds, table multiply-adds, lookups)."""
         return 0, 0, 0

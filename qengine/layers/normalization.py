@@ -7,15 +7,17 @@ from .base import LayerType, Op, check_tensor, is_int, is_num, need_chw, np, reg
 
 
 class LRNOp(Op):
-    def workspace(self):
-        _, h, w = self.in_shapes[0]
-        return h * w
+    def can_overwrite(self, k):
+        # each channel's output is stored once the window's inputs are read
+        return self.params["local_size"] <= _kernels.LRN_MAX_IN_PLACE
 
-    def run(self, xs, ws, nthreads, relu):
+    def run(self, xs, ws, nthreads, relu, reuse=None):
+        """reuse: the input, when no later layer reads it: normalised in place
+        (no cold output buffer to fill)."""
         x = xs[0]
-        out = buffers.empty(x.shape)
+        out = reuse if reuse is not None else buffers.empty(x.shape)
         p = self.params
-        _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], ws, nthreads)
+        _kernels.lrn(x, out, p["local_size"], p["alpha"], p["beta"], p["k"], nthreads)
         return out
 
 

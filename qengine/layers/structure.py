@@ -32,6 +32,9 @@ class Concat(LayerType):
 
 
 class EltwiseOp(Op):
+    def can_overwrite(self, k):
+        return True
+
     def run(self, xs, ws, nthreads, relu, reuse=None):
         """reuse: an input buffer no later layer reads, to write the sum into."""
         out = reuse if reuse is not None else buffers.empty(xs[0].shape)
