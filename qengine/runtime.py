@@ -460,13 +460,18 @@ class Model:
         nthreads = _threads_now(self.threads)
         if nthreads > 1 and n > 1:
             # A batch: one slice of images per thread, each thread's kernels
-            # single-threaded (they release the GIL, so the slices run in parallel).
+            # single-threaded (they release the GIL, so the slices run in
+            # parallel); this thread runs the first slice itself.
             parts = min(nthreads, n)
             bounds = [n * i // parts for i in range(parts + 1)]
             profs = [None if profile is None else {} for _ in range(parts)]
             futs = [self._pool().submit(self._run, x[bounds[i]:bounds[i + 1]], want, profs[i], 1)
-                    for i in range(parts)]
-            outs = [f.result() for f in futs]
+                    for i in range(1, parts)]
+            try:
+                first = self._run(x[:bounds[1]], want, profs[0], 1)
+            finally:
+                outs = [f.result() for f in futs]
+            outs = [first] + outs
             if profile is not None:
                 for pr in profs:
                     for k, v in pr.items():
