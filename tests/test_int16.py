@@ -23,7 +23,9 @@ CASES = [(1, 3, 31, 29, 13, 5, 2, 1, 1), (2, 16, 13, 13, 20, 3, 1, 1, 2),
          (1, 8, 1, 1, 5, 1, 1, 0, 1),
          # weights (160 x 2304 int16, 737 KB) beyond the budget of blocks sharing
          # a panel (5/8 of L2, at least 160 KB): several weight groups per tile
-         (1, 256, 6, 7, 160, 3, 1, 1, 1)]
+         (1, 256, 6, 7, 160, 3, 1, 1, 1),
+         # 78,400 input values: their quantisation split across threads
+         (1, 16, 70, 70, 8, 1, 1, 0, 1)]
 
 
 def layout(w, groups):
@@ -62,6 +64,7 @@ def test_same_bits_on_every_isa(case):
     for isa, (o1, o2) in zip(ISAS, outs):
         assert np.array_equal(o1, outs[0][0]), f"{isa}: outputs differ from the portable body"
         assert np.array_equal(o2, outs[0][1]), f"{isa}, 2 threads: outputs differ"
+    assert np.array_equal(np.maximum(outs[0][1], 0), outs[0][0]), "1 and 2 threads differ"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -126,6 +129,14 @@ def test_zero_and_non_finite_inputs():
     # no integer stands for it: that image's outputs of that group are NaN
     assert np.isnan(out[0, :10]).all()
     assert np.isfinite(out[0, 10:]).all() and np.isfinite(out[1]).all()   # the rest is not
+
+
+def test_non_finite_input_found_by_any_thread():
+    x, w, b, s, p, g = make(CASES[-1])
+    for v in (np.nan, -np.inf):
+        bad = x.copy()
+        bad[0, 15, 69, 69] = v
+        assert np.isnan(run_i16(bad, w, b, s, p, g, nthreads=2)).all()
 
 
 def test_fast_model_runs_wide_dense_convolutions_in_int16(tmp_path, monkeypatch):

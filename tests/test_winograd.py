@@ -37,7 +37,9 @@ CASES = [(1, 64, 13, 13, 40, 1, 1, 3, 3, 1), (2, 7, 9, 12, 5, 0, 1, 3, 3, 1),
          (2, 5, 9, 8, 7, 1, 1, 4, 4, 1), (1, 9, 12, 10, 6, 3, 1, 7, 3, 1),
          (1, 3, 16, 14, 8, 0, 1, 11, 11, 1), (1, 3, 47, 43, 40, 0, 1, 11, 11, 4),
          (2, 3, 23, 20, 9, 3, 1, 7, 7, 2), (1, 16, 9, 10, 33, 1, 1, 3, 3, 2),
-         (1, 6, 8, 8, 5, 0, 1, 2, 2, 2), (1, 8, 6, 7, 5, 0, 1, 1, 1, 1)]
+         (1, 6, 8, 8, 5, 0, 1, 2, 2, 2), (1, 8, 6, 7, 5, 0, 1, 1, 1, 1),
+         # inputs of 65,536 values or more: their quantisation split across threads
+         (1, 3, 151, 151, 8, 0, 1, 11, 11, 4), (1, 20, 60, 60, 8, 1, 1, 3, 3, 1)]
 
 
 def layout(w, groups, stride=1, tile=2):
@@ -290,6 +292,18 @@ def test_zero_and_non_finite_inputs(tile):
     out = run_wino(bad, w, b, p, g, tile=tile)
     assert np.isnan(out[0, :10]).all()     # that image's group: no integer stands for it
     assert np.isfinite(out[0, 10:]).all() and np.isfinite(out[1]).all()
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_non_finite_input_found_by_any_thread(tile):
+    """An input large enough that threads share its quantisation: a NaN or an
+    infinity in the last thread's part still makes that image's outputs NaN."""
+    x, w, b, p, g = make((2, 20, 60, 60, 8, 1, 1, 3, 3, 1))
+    for v in (np.nan, np.inf):
+        bad = x.copy()
+        bad[1, 19, 59, 58] = v
+        out = run_wino(bad, w, b, p, g, nthreads=2, tile=tile)
+        assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
 
 
 def test_rejects_mismatched_layouts_and_small_workspace():

@@ -296,16 +296,50 @@ static int64_t i16_weight_budget(void)
 /* The int16 kernels' input, one scale per image and group: xq = round(x * A /
  * max|x|) for the n floats at x (a zero input quantises to zeros: outputs =
  * bias); returns the input scale max|x| / A.  NaN or infinity in the input:
- * no integer stands for it, so the ny outputs are NaN, and returns -1. */
+ * no integer stands for it, so the ny outputs are NaN, and returns -1.
+ * On nthreads, each takes a run of values (a multiple of 64) for both steps:
+ * the maximum is exact in any order and the rest goes value by value, so the
+ * bits do not depend on the threads. */
+#define QE_QUANT_MT_MIN 65536   /* fewer values: one thread */
 static float i16_quantize_input(const float *x, int64_t n, int A, int16_t *xq, float *y,
-                                int64_t ny)
+                                int64_t ny, int nthreads)
 {
-    const float mx = K_()->i16_maxabs(x, n);
-    if (!(mx <= 3.4e38f)) {
+    const int64_t runs = (n + 63) / 64;
+    float mx = 0.f;
+    int bad = 0;
+    if (nthreads <= 1 || n < QE_QUANT_MT_MIN) {
+        mx = K_()->i16_maxabs(x, n);
+        bad = !(mx <= 3.4e38f);
+    } else {
+        #pragma omp parallel num_threads(nthreads)
+        {
+            const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+            const int64_t a = runs * t / nt * 64, b = runs * (t + 1) / nt * 64 < n
+                                                   ? runs * (t + 1) / nt * 64 : n;
+            const float m = a < b ? K_()->i16_maxabs(x + a, b - a) : 0.f;
+            #pragma omp critical(qe_quant_max)
+            {
+                if (!(m <= 3.4e38f)) bad = 1;
+                else if (m > mx) mx = m;
+            }
+        }
+    }
+    if (bad) {
         for (int64_t i = 0; i < ny; i++) y[i] = NAN;
         return -1.f;
     }
-    K_()->i16_quantize(x, n, mx > 0.f ? (float)A / mx : 0.f, A, xq);
+    const float s = mx > 0.f ? (float)A / mx : 0.f;
+    if (nthreads <= 1 || n < QE_QUANT_MT_MIN) {
+        K_()->i16_quantize(x, n, s, A, xq);
+    } else {
+        #pragma omp parallel num_threads(nthreads)
+        {
+            const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+            const int64_t a = runs * t / nt * 64, b = runs * (t + 1) / nt * 64 < n
+                                                   ? runs * (t + 1) / nt * 64 : n;
+            if (a < b) K_()->i16_quantize(x + a, b - a, s, A, xq + a);
+        }
+    }
     return mx > 0.f ? mx / (float)A : 0.f;
 }
 
@@ -315,7 +349,7 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
 {
     if (nthreads < 1) nthreads = 1;
     const int64_t n = qe_phase_floats(g), NR = (int64_t)g->OH * g->OW;
-    const float sa = i16_quantize_input(xp, n, A, xq, y, (int64_t)Cout * NR);
+    const float sa = i16_quantize_input(xp, n, A, xq, y, (int64_t)Cout * NR, nthreads);
     if (sa < 0.f) return 0;
     const int J = g->C * g->KH * g->KW, J2 = (J + 1) / 2 * 2;
     int64_t *jb = dense_tap_offsets(g);
@@ -354,6 +388,44 @@ int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int 
            wino_al(4 * CoB * NXI * 32) + wino_al(4 * CoB * 32);
 }
 
+/* Rows [hlo, hhi) of one piece of a strided convolution's XP, packed one
+ * input row (channel c, phase row a) at a time: its S neighbours for every w;
+ * the columns [r0, r1) whose S values all lie inside go in one run, the
+ * others value by value (XP zeroed before). */
+static void wino_pack_strided(const int16_t *xq, int C, int H, int W, int S, int dy, int dx,
+                              int16_t *XP, int WW, int CS, int64_t v0, int hlo, int hhi)
+{
+    const int wa = dx >= 0 ? 0 : (-dx + S - 1) / S;        /* first w with X0 >= 0 */
+    int wb = W - dx >= S ? (W - dx - S) / S + 1 : 0;       /* past the last with X0 + S <= W */
+    wb = wb > WW ? WW : wb;
+    const int r0 = wa < wb ? wa : WW, r1 = wa < wb ? wb : WW;
+    for (int c = 0; c < C; c++)
+        for (int a = 0; a < S; a++)
+            for (int h = hlo; h < hhi; h++) {
+                const int64_t Y = (int64_t)h * S + dy + a;
+                if (Y < 0 || Y >= H) continue;
+                int16_t *d = XP + (int64_t)h * WW * CS + v0 + ((int64_t)c * S + a) * S;
+                const int16_t *src = xq + ((int64_t)c * H + Y) * W + dx;
+                for (int w = 0; w < WW; w++) {
+                    if (w == r0) {   /* constant sizes: inlined */
+                        if (S == 4)
+                            for (; w < r1; w++) memcpy(d + (int64_t)w * CS, src + 4 * w, 8);
+                        else if (S == 2)
+                            for (; w < r1; w++) memcpy(d + (int64_t)w * CS, src + 2 * w, 4);
+                        else
+                            for (; w < r1; w++)
+                                memcpy(d + (int64_t)w * CS, src + (int64_t)S * w,
+                                       sizeof(int16_t) * (size_t)S);
+                        if (w == WW) break;
+                    }
+                    const int64_t X0 = (int64_t)w * S + dx;
+                    for (int b = 0; b < S; b++)
+                        if (X0 + b >= 0 && X0 + b < W)
+                            d[(int64_t)w * CS + b] = src[(int64_t)S * w + b];
+                }
+            }
+}
+
 void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
                   const int16_t *u, const float *scale, int A, int Cout, const float *bias,
                   float *y, int relu, int nthreads, void *ws, int tile)
@@ -376,62 +448,50 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     float *sc = (float *)p;
     p += wino_al(4 * (int64_t)CoB * NXI * 32);
     float *bp = (float *)p;   /* bias padded to CoB*32 */
-    const float sa = i16_quantize_input(x, n, A, xq, y, (int64_t)Cout * OH * OW);
+    const float sa = i16_quantize_input(x, n, A, xq, y, (int64_t)Cout * OH * OW, nthreads);
     if (sa < 0.f) return;
-    memset(XP, 0, sizeof(int16_t) * (size_t)HH * WW * CS);
-    /* channels last, zero padded: virtual channel ((piece*C + c)*S + a)*S + b
-     * at (h, w) holds the input at ((h + 3 sy) S + a - P, (w + 3 sx) S + b - P) */
-    for (int piece = 0; piece < NP; piece++) {
-        const int dy = 3 * (piece / SX) * S - P, dx = 3 * (piece % SX) * S - P;
-        const int64_t v0 = (int64_t)piece * C * S * S;
-        if (S == 1) {   /* a transpose */
-            K_()->wino_pack(xq, C, H, W, dy, dx, XP, HH, WW, CS, v0);
-            continue;
+    /* packing and the input transform split across threads: rows of XP, then
+     * (after a barrier) tiles of V; F(4x4)'s largest |V[xi]| combined between
+     * its two passes.  Every value is computed as on one thread. */
+    int32_t vmax[36] = {0};
+    float f[36];
+    const int mt = nthreads > 1 && T >= 8 ? nthreads : 1;
+    #pragma omp parallel num_threads(mt) if (mt > 1)
+    {
+        const int nt = omp_get_num_threads(), th = omp_get_thread_num();
+        const int hlo = (int)((int64_t)HH * th / nt), hhi = (int)((int64_t)HH * (th + 1) / nt);
+        memset(XP + (int64_t)hlo * WW * CS, 0, sizeof(int16_t) * (size_t)(hhi - hlo) * WW * CS);
+        /* channels last, zero padded: virtual channel ((piece*C + c)*S + a)*S + b
+         * at (h, w) holds the input at ((h + 3 sy) S + a - P, (w + 3 sx) S + b - P) */
+        for (int piece = 0; piece < NP; piece++) {
+            const int dy = 3 * (piece / SX) * S - P, dx = 3 * (piece % SX) * S - P;
+            const int64_t v0 = (int64_t)piece * C * S * S;
+            if (S == 1)   /* a transpose */
+                K_()->wino_pack(xq, C, H, W, dy, dx, XP, HH, WW, CS, v0, hlo, hhi);
+            else
+                wino_pack_strided(xq, C, H, W, S, dy, dx, XP, WW, CS, v0, hlo, hhi);
         }
-        /* one input row (channel c, phase row a) at a time: its S neighbours
-         * for every w; the columns [r0, r1) whose S values all lie inside go
-         * in one run, the others value by value */
-        const int wa = dx >= 0 ? 0 : (-dx + S - 1) / S;        /* first w with X0 >= 0 */
-        int wb = W - dx >= S ? (W - dx - S) / S + 1 : 0;       /* past the last with X0 + S <= W */
-        wb = wb > WW ? WW : wb;
-        const int r0 = wa < wb ? wa : WW, r1 = wa < wb ? wb : WW;
-        for (int c = 0; c < C; c++)
-            for (int a = 0; a < S; a++)
-                for (int h = 0; h < HH; h++) {
-                    const int64_t Y = (int64_t)h * S + dy + a;
-                    if (Y < 0 || Y >= H) continue;
-                    int16_t *d = XP + (int64_t)h * WW * CS + v0 + ((int64_t)c * S + a) * S;
-                    const int16_t *src = xq + ((int64_t)c * H + Y) * W + dx;
-                    for (int w = 0; w < WW; w++) {
-                        if (w == r0) {   /* constant sizes: inlined */
-                            if (S == 4)
-                                for (; w < r1; w++) memcpy(d + (int64_t)w * CS, src + 4 * w, 8);
-                            else if (S == 2)
-                                for (; w < r1; w++) memcpy(d + (int64_t)w * CS, src + 2 * w, 4);
-                            else
-                                for (; w < r1; w++)
-                                    memcpy(d + (int64_t)w * CS, src + (int64_t)S * w,
-                                           sizeof(int16_t) * (size_t)S);
-                            if (w == WW) break;
-                        }
-                        const int64_t X0 = (int64_t)w * S + dx;
-                        for (int b = 0; b < S; b++)
-                            if (X0 + b >= 0 && X0 + b < W)
-                                d[(int64_t)w * CS + b] = src[(int64_t)S * w + b];
-                    }
-                }
+        #pragma omp barrier
+        const int64_t ta = T * th / nt, tb = T * (th + 1) / nt;
+        if (tile == 4) {
+            /* V rescaled per transformed position xi (qe_wino.h): sv = VB /
+             * max|V[xi]|, and the output scales carry 1 / sv */
+            int32_t vm[36] = {0};
+            float sv[36];
+            K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
+            #pragma omp critical(qe_wino4_vmax)
+            for (int xi = 0; xi < 36; xi++) vmax[xi] = vm[xi] > vmax[xi] ? vm[xi] : vmax[xi];
+            #pragma omp barrier
+            for (int xi = 0; xi < 36; xi++)
+                sv[xi] = vmax[xi] > 0 ? (float)QE_WINO4_VB / (float)vmax[xi] : 1.f;
+            K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
+            if (th == 0)
+                for (int xi = 0; xi < 36; xi++) f[xi] = sa / sv[xi];
+        } else {
+            K_()->wino_input(XP, WW, CS, TH, TW, ta, tb, V);
+        }
     }
     if (tile == 4) {
-        /* V rescaled per transformed position xi (qe_wino.h): sv = VB / max|V[xi]|,
-         * and the output scales carry 1 / sv */
-        int32_t vmax[36] = {0};
-        float sv[36], f[36];
-        K_()->wino4_input(XP, WW, CS, TH, TW, NULL, vmax, V);
-        for (int xi = 0; xi < 36; xi++) {
-            sv[xi] = vmax[xi] > 0 ? (float)QE_WINO4_VB / (float)vmax[xi] : 1.f;
-            f[xi] = sa / sv[xi];
-        }
-        K_()->wino4_input(XP, WW, CS, TH, TW, sv, vmax, V);
         for (int cb = 0; cb < CoB; cb++)
             for (int xi = 0; xi < 36; xi++)
                 for (int c = 0; c < 32; c++) {
@@ -439,7 +499,6 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
                     sc[i] = f[xi] * scale[i];
                 }
     } else {
-        K_()->wino_input(XP, WW, CS, TH, TW, V);
         for (int64_t i = 0; i < (int64_t)CoB * 16 * 32; i++) sc[i] = sa * scale[i];
     }
     for (int co = 0; co < CoB * 32; co++) bp[co] = bias && co < Cout ? bias[co] : 0.f;

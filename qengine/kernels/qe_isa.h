@@ -47,9 +47,10 @@ typedef struct {
                     int, const float *, const float *, float *, int, int, int, int64_t);
     /* fast mode's Winograd F(2x2, 3x3) convolution in int16 (qe_wino.h) */
     void (*wino_pack)(const int16_t *, int, int, int, int, int, int16_t *, int, int, int,
-                      int64_t);
-    void (*wino_input)(const int16_t *, int, int, int, int, int16_t *);
-    void (*wino4_input)(const int16_t *, int, int, int, int, const float *, int32_t *, int16_t *);
+                      int64_t, int, int);
+    void (*wino_input)(const int16_t *, int, int, int, int, int64_t, int64_t, int16_t *);
+    void (*wino4_input)(const int16_t *, int, int, int, int, int64_t, int64_t, const float *,
+                        int32_t *, int16_t *);
     void (*wino_conv)(const int16_t *, int, int, int, int, const int16_t *, int, const float *,
                       const float *, float *, int, int, int, int, int, int);
     int conv16_max_k; /* largest K its conv16_lookup looks up inside registers (0: none) */

@@ -37,19 +37,21 @@
 #define QE_WINO_NT 4
 #endif
 
-/* One stride-1 piece of XP [HH][WW][CS] from the quantised planes xq
- * [C][H][W]: XP[h][w][v0 + c] = xq[c][h + dy][w + dx] where that lies inside
- * the input (the rest of XP stays as it was: zeros).  Blocks of 16 channels
+/* Rows [hlo, hhi) of one stride-1 piece of XP [HH][WW][CS] from the
+ * quantised planes xq [C][H][W]: XP[h][w][v0 + c] = xq[c][h + dy][w + dx]
+ * where that lies inside the input (the rest of XP stays as it was: zeros).  Blocks of 16 channels
  * x 16 positions are transposed in registers (four rounds of two-vector
  * shuffles, each swapping the off-diagonal b x b blocks of every 2b x 2b
  * block); edges one value at a time. */
 typedef int16_t QE_CAT(v16w, QE_SUFFIX) __attribute__((vector_size(32), aligned(2)));
 #define V16W QE_CAT(v16w, QE_SUFFIX)
 static void FN(wino_pack)(const int16_t *xq, int C, int H, int W, int dy, int dx, int16_t *XP,
-                          int HH, int WW, int CS, int64_t v0)
+                          int HH, int WW, int CS, int64_t v0, int hlo, int hhi)
 {
-    const int h0 = -dy > 0 ? -dy : 0, w0 = -dx > 0 ? -dx : 0;
-    const int h1 = H - dy < HH ? H - dy : HH, w1 = W - dx < WW ? W - dx : WW;
+    int h0 = -dy > 0 ? -dy : 0, h1 = H - dy < HH ? H - dy : HH;
+    const int w0 = -dx > 0 ? -dx : 0, w1 = W - dx < WW ? W - dx : WW;
+    h0 = h0 > hlo ? h0 : hlo;
+    h1 = h1 < hhi ? h1 : hhi;
     const V16W lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
                hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
                lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
@@ -92,38 +94,38 @@ static void FN(wino_pack)(const int16_t *xq, int C, int H, int W, int dy, int dx
     }
 }
 
-/* V [16][T][CS] from the quantised input XP [HH][WW][CS] (channels last,
- * zero padded; HH >= 2*TH + 2, WW >= 2*TW + 2; CS a multiple of 16), in
- * vectors of 16 channels. */
-static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int16_t *V)
+/* Tiles [t0, t1) of V [16][T][CS] from the quantised input XP [HH][WW][CS]
+ * (channels last, zero padded; HH >= 2*TH + 2, WW >= 2*TW + 2; CS a multiple
+ * of 16), in vectors of 16 channels. */
+static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
+                           int64_t t1, int16_t *V)
 {
     const int64_t T = (int64_t)TH * TW, plane = T * CS;
-    for (int ty = 0; ty < TH; ty++)
-        for (int tx = 0; tx < TW; tx++) {
-            const int64_t t = (int64_t)ty * TW + tx;
-            const int16_t *d0 = XP + ((int64_t)(2 * ty) * WW + 2 * tx) * CS;
-            const int64_t rs = (int64_t)WW * CS;   /* next row */
-            int16_t *v = V + t * CS;
-            for (int c = 0; c < CS; c += 16) {
-                V16W e[4][4];   /* d B, row by row */
-                for (int r = 0; r < 4; r++) {
-                    V16W a[4];
-                    for (int k = 0; k < 4; k++) memcpy(&a[k], d0 + r * rs + k * CS + c, 32);
-                    e[r][0] = a[0] - a[2];
-                    e[r][1] = a[1] + a[2];
-                    e[r][2] = a[2] - a[1];
-                    e[r][3] = a[1] - a[3];
-                }
-                for (int k = 0; k < 4; k++) {   /* B' (d B) */
-                    const V16W o0 = e[0][k] - e[2][k], o1 = e[1][k] + e[2][k],
-                               o2 = e[2][k] - e[1][k], o3 = e[1][k] - e[3][k];
-                    memcpy(v + (int64_t)(0 * 4 + k) * plane + c, &o0, 32);
-                    memcpy(v + (int64_t)(1 * 4 + k) * plane + c, &o1, 32);
-                    memcpy(v + (int64_t)(2 * 4 + k) * plane + c, &o2, 32);
-                    memcpy(v + (int64_t)(3 * 4 + k) * plane + c, &o3, 32);
-                }
+    for (int64_t t = t0; t < t1; t++) {
+        const int ty = (int)(t / TW), tx = (int)(t % TW);
+        const int16_t *d0 = XP + ((int64_t)(2 * ty) * WW + 2 * tx) * CS;
+        const int64_t rs = (int64_t)WW * CS;   /* next row */
+        int16_t *v = V + t * CS;
+        for (int c = 0; c < CS; c += 16) {
+            V16W e[4][4];   /* d B, row by row */
+            for (int r = 0; r < 4; r++) {
+                V16W a[4];
+                for (int k = 0; k < 4; k++) memcpy(&a[k], d0 + r * rs + k * CS + c, 32);
+                e[r][0] = a[0] - a[2];
+                e[r][1] = a[1] + a[2];
+                e[r][2] = a[2] - a[1];
+                e[r][3] = a[1] - a[3];
+            }
+            for (int k = 0; k < 4; k++) {   /* B' (d B) */
+                const V16W o0 = e[0][k] - e[2][k], o1 = e[1][k] + e[2][k],
+                           o2 = e[2][k] - e[1][k], o3 = e[1][k] - e[3][k];
+                memcpy(v + (int64_t)(0 * 4 + k) * plane + c, &o0, 32);
+                memcpy(v + (int64_t)(1 * 4 + k) * plane + c, &o1, 32);
+                memcpy(v + (int64_t)(2 * 4 + k) * plane + c, &o2, 32);
+                memcpy(v + (int64_t)(3 * 4 + k) * plane + c, &o3, 32);
             }
         }
+    }
 }
 
 /* F(4x4, 3x3): each 4x4 block of outputs from a 6x6 input patch d, V = B' d B
@@ -149,11 +151,12 @@ static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, in
         o[5] = d13 * 4 - a[3] + a[5];                                           \
     } while (0)
 
-/* Pass sv == NULL: vmax[xi] = max over tiles and channels of |V[xi]| (for
- * the first call, vmax zeroed by the caller).  Otherwise V [36][T][CS] int16
- * = the rescaled Vq.  XP [HH][WW][CS] as wino_input's, HH >= 4 TH + 2. */
-static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW,
-                            const float *sv, int32_t *vmax, int16_t *V)
+/* Tiles [t0, t1).  Pass sv == NULL: vmax[xi] = the larger of vmax[xi] and
+ * max over those tiles and channels of |V[xi]| (zeroed by the caller before
+ * the first).  Otherwise V [36][T][CS] int16 = the rescaled Vq.  XP
+ * [HH][WW][CS] as wino_input's, HH >= 4 TH + 2. */
+static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
+                            int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
 {
     const int64_t T = (int64_t)TH * TW, plane = T * CS, rs = (int64_t)WW * CS;
     VNI hi[36], lo[36];   /* pass 1: the largest and smallest values per xi */
@@ -162,7 +165,7 @@ static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW,
         hi[xi] = lo[xi] = (VNI){0};
         if (sv) svv[xi] = FN(vnsplat)(sv[xi]);
     }
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = t0; t < t1; t++) {
         const int ty = (int)(t / TW), tx = (int)(t % TW);
         const int16_t *d0 = XP + ((int64_t)(4 * ty) * WW + 4 * tx) * CS;
         for (int c = 0; c < CS; c += QE_NL) {
