@@ -54,7 +54,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_fc_q8_packs()
     void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
                   const uint8_t *idxq, int bits, int Cout, const float *bias, float *T, uint8_t *q,
-                  int32_t *acc, float *y, int relu, int nthreads)
+                  int32_t *acc, float *lohi, float *y, int relu, int nthreads)
     enum: QE_Q8_NB
     enum: QE_Q8_PACK_PAD
     void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
@@ -856,7 +856,8 @@ def fc_q8_workspace_floats(M, K, Cout):
     """Scratch floats the 8-bit fully-connected kernel needs (Python integers:
     no overflow; sizes beyond the kernels' 32-bit range refused)."""
     check_int_range("fully-connected layer", M_K=M * K, Cout_M=Cout * M)
-    return M * K + QE_Q8_NB * (((M + 1) // 2 * 2 * 32 + 3) // 4 + (Cout + 31) // 32 * 32)
+    return (M * K + QE_Q8_NB * (((M + 1) // 2 * 2 * 32 + 3) // 4 + (Cout + 31) // 32 * 32)
+            + 2 * M)
 
 
 cdef int _check_fc_layout(str kernel, const float[:, ::1] x, const float[:, :, ::1] cbt,
@@ -895,11 +896,13 @@ def fc_q8(const float[:, ::1] x, const float[:, :, ::1] cbt, const uint8_t[::1] 
                      bits)
     cdef int64_t qoff = <int64_t>M * K
     cdef int64_t aoff = qoff + QE_Q8_NB * ((<int64_t>qe_fc_q8_pad_m(M) * 32 + 3) // 4)
+    cdef int64_t loff = aoff + QE_Q8_NB * ((<int64_t>Cout + 31) // 32 * 32)
     if N == 0:
         return
     with nogil:
         qe_fc_q8(&x[0, 0], N, Cin, &cbt[0, 0, 0], M, K, d, &idxq[0], bits, Cout, &bias[0], &ws[0],
-                 <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &out[0, 0], relu, nthreads)
+                 <uint8_t *>&ws[qoff], <int32_t *>&ws[aoff], &ws[loff], &out[0, 0], relu,
+                 nthreads)
 
 
 def fc_f32_workspace_floats(M, K, Cout):

@@ -33,7 +33,7 @@ const qe_kernel_table QE_TABLE_NAME = {
     QE_CAT(depthwise_conv, QE_SUFFIX), QE_CAT(fc_table, QE_SUFFIX),
     QE_CAT(lut_fc, QE_SUFFIX), QE_CAT(dense_fc, QE_SUFFIX),
     QE_CAT(max_pool_channel, QE_SUFFIX), QE_CAT(lrn, QE_SUFFIX),
-    QE_CAT(fc_q8_tables, QE_SUFFIX),
+    QE_CAT(fc_q8_rows, QE_SUFFIX), QE_CAT(fc_q8_quant, QE_SUFFIX),
     QE_CAT(fc_q8_lookup, QE_SUFFIX), QE_CAT(fc_f32_lookup, QE_SUFFIX),
     QE_CAT(conv16_build, QE_SUFFIX), QE_CAT(conv16_lookup, QE_SUFFIX),
     QE_CAT(conv16_lookup4, QE_SUFFIX), QE_CAT(i16_maxabs, QE_SUFFIX),

@@ -654,9 +654,43 @@ int qe_fc_q8_pack(const uint8_t *in, int64_t n, int bits, uint8_t *out)
 
 int qe_fc_q8_packs(void) { return K_()->fc_q8_packs; }
 
+/* One input's 8-bit tables q [Mp][32] (qe_q8.h), rows split across threads
+ * where the table is large; returns the scale s and writes sum_m lo[m], added
+ * in row order.  lohi: 2 M floats of scratch. */
+#define QE_Q8_TABLE_MT_MIN 16384   /* table multiply-adds below which one thread builds it */
+static float fc_q8_tables(const float *x, int Cin, const float *cbt, int M, int K, int d,
+                          float *T, int Mp, uint8_t *q, double *offsum, float *lohi,
+                          int nthreads)
+{
+    const qe_kernel_table *kt = K_();
+    float *lo = lohi, *rg = lohi + M;
+    const int mt = nthreads > 1 && (int64_t)M * K * d >= QE_Q8_TABLE_MT_MIN ? nthreads : 1;
+    float range = 0.f, s = 1.f;
+    #pragma omp parallel num_threads(mt) if (mt > 1)
+    {
+        const int nt = omp_get_num_threads(), th = omp_get_thread_num();
+        const int m0 = (int)((int64_t)M * th / nt), m1 = (int)((int64_t)M * (th + 1) / nt);
+        kt->fc_q8_rows(x, Cin, cbt, m0, m1, K, d, T, lo, rg);
+        #pragma omp barrier
+        #pragma omp single
+        {
+            double osum = 0.0;
+            for (int m = 0; m < M; m++) {
+                if (rg[m] > range) range = rg[m];
+                osum += lo[m];
+            }
+            *offsum = osum;
+            s = range > 0.f ? range / 255.f : 1.f;
+            if (Mp > M) memset(q + (int64_t)M * 32, 0, (size_t)(Mp - M) * 32);
+        }   /* (a barrier) */
+        kt->fc_q8_quant(T, K, m0, m1, lo, 1.f / s, q);
+    }
+    return s;
+}
+
 void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
               const uint8_t *idxq, int bits, int Cout, const float *bias, float *T, uint8_t *q,
-              int32_t *acc, float *y, int relu, int nthreads)
+              int32_t *acc, float *lohi, float *y, int relu, int nthreads)
 {
     const int Mp = qe_fc_q8_pad_m(M), Cp = qe_fc_q8_pad_cout(Cout);
     const int64_t qstride = (int64_t)Mp * 32;
@@ -665,8 +699,8 @@ void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, in
         float s[QE_Q8_NB];
         double offsum[QE_Q8_NB];
         for (int n = 0; n < nb; n++)
-            s[n] = K_()->fc_q8_tables(x + (int64_t)(n0 + n) * Cin, Cin, cbt, M, K, d, T, Mp,
-                                      q + n * qstride, &offsum[n]);
+            s[n] = fc_q8_tables(x + (int64_t)(n0 + n) * Cin, Cin, cbt, M, K, d, T, Mp,
+                                q + n * qstride, &offsum[n], lohi, nthreads);
         K_()->fc_q8_lookup(q, qstride, nb, Mp, idxq, bits, Cp, acc, nthreads);
         for (int n = 0; n < nb; n++) {
             const int32_t *a = acc + (int64_t)n * Cp;

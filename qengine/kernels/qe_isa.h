@@ -28,8 +28,9 @@ typedef struct {
                              int, int, int);
     void (*lrn)(const float *, float *, int, int64_t, int, float, float, float, int64_t,
                 int64_t);
-    float (*fc_q8_tables)(const float *, int, const float *, int, int, int, float *, int,
-                          uint8_t *, double *);
+    void (*fc_q8_rows)(const float *, int, const float *, int, int, int, int, float *, float *,
+                       float *);
+    void (*fc_q8_quant)(const float *, int, int, int, const float *, float, uint8_t *);
     void (*fc_q8_lookup)(const uint8_t *, int64_t, int, int, const uint8_t *, int, int, int32_t *,
                          int);
     void (*fc_f32_lookup)(const float *, int, int, const uint8_t *, int, float *, int);

@@ -164,7 +164,7 @@ int qe_fc_q8_packs(void);
 /* idxq: the layout (bits = 8) or its packed form (bits < 8). */
 void qe_fc_q8(const float *x, int N, int Cin, const float *cbt, int M, int K, int d,
               const uint8_t *idxq, int bits, int Cout, const float *bias, float *T, uint8_t *q,
-              int32_t *acc, float *y, int relu, int nthreads);
+              int32_t *acc, float *lohi, float *y, int relu, int nthreads);
 
 /* Exact fully-connected lookup for K <= 32 in the qe_fc_q8_layout() index
  * layout, looked up in registers.  Scratch: T (Mp * qe_fc_k_pad(K) floats),

@@ -48,36 +48,41 @@ static inline void FN(q8_row_range)(const float *t, int K, float *lo, float *hi)
     *hi = h;
 }
 
-/* The 8-bit tables of one input (see the top of this file): the float table T
- * [M][K] (fc_table), then q [Mp][32] (rows padded with zeros).  Returns the
- * scale s and writes sum_m o[m].  Every step is one IEEE operation with the
- * same operands on every instruction set (QE_NO_FMA: no fused multiply-add),
- * so q is bit-identical across them. */
-QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cbt, int M, int K,
-                                        int d, float *T, int Mp, uint8_t *q, double *offsum)
+/* The 8-bit tables of one input (see the top of this file), in two steps
+ * that each take a range of rows [m0, m1) (the caller may split them across
+ * threads): fc_q8_rows computes the float table rows T [m][K] (fc_table) and
+ * each row's lowest entry lo[m] and range rg[m]; the caller then takes s =
+ * max rg / 255 (exact in any order) and sum_m lo[m] (in row order), and
+ * fc_q8_quant writes the rows of q [Mp][32] (padded with zeros).  Every step
+ * is one IEEE operation with the same operands on every instruction set
+ * (QE_NO_FMA: no fused multiply-add), so q is bit-identical across them. */
+QE_NO_FMA static void FN(fc_q8_rows)(const float *x, int Cin, const float *cbt, int m0, int m1,
+                                     int K, int d, float *T, float *lo, float *rg)
+{
+    FN(fc_table)(x + (int64_t)m0 * d, Cin - m0 * d, cbt + (int64_t)m0 * d * K, m1 - m0, K, d,
+                 T + (int64_t)m0 * K, K);
+    for (int m = m0; m < m1; m++) {
+        float l, h;
+        FN(q8_row_range)(T + (int64_t)m * K, K, &l, &h);
+        lo[m] = l;
+        rg[m] = h - l;
+    }
+}
+
+QE_NO_FMA static void FN(fc_q8_quant)(const float *T, int K, int m0, int m1, const float *lo,
+                                      float inv, uint8_t *q)
 {
     typedef QE_CAT(v8f, QE_SUFFIX) vf;
     typedef QE_CAT(v8m, QE_SUFFIX) vi;
     typedef QE_CAT(v8b, QE_SUFFIX) vb;
-    FN(fc_table)(x, Cin, cbt, M, K, d, T, K);
-    float range = 0.f, lo, hi;
-    double osum = 0.0;
-    for (int m = 0; m < M; m++) {
-        FN(q8_row_range)(T + (int64_t)m * K, K, &lo, &hi);
-        if (hi - lo > range) range = hi - lo;
-        osum += lo;
-    }
-    const float s = range > 0.f ? range / 255.f : 1.f;
-    const float inv = 1.f / s;
-    memset(q, 0, (size_t)Mp * 32);
     const vf vinv = {inv, inv, inv, inv, inv, inv, inv, inv};
     const vf half = {.5f, .5f, .5f, .5f, .5f, .5f, .5f, .5f};
     const vi top = {255, 255, 255, 255, 255, 255, 255, 255};
-    for (int m = 0; m < M; m++) {
+    for (int m = m0; m < m1; m++) {
         const float *t = T + (int64_t)m * K;
-        FN(q8_row_range)(t, K, &lo, &hi);
         uint8_t *qr = q + (int64_t)m * 32;
-        const vf vlo = {lo, lo, lo, lo, lo, lo, lo, lo};
+        memset(qr, 0, 32);
+        const vf vlo = {lo[m], lo[m], lo[m], lo[m], lo[m], lo[m], lo[m], lo[m]};
         int k = 0;
         for (; k + 8 <= K; k += 8) {
             vf v = (*(const vf *)(t + k) - vlo) * vinv;
@@ -87,13 +92,11 @@ QE_NO_FMA static float FN(fc_q8_tables)(const float *x, int Cin, const float *cb
             *(vb *)(qr + k) = __builtin_convertvector(n, vb);
         }
         for (; k < K; k++) {
-            float v = (t[k] - lo) * inv;
+            float v = (t[k] - lo[m]) * inv;
             v = v + 0.5f;
             qr[k] = (uint8_t)(v >= 255.f ? 255 : (int)v);
         }
     }
-    *offsum = osum;
-    return s;
 }
 
 /* Packed indices (bits < 8, see qe_fc_q8_pack): the 64 indices of two rows
