@@ -168,8 +168,10 @@ def test_fc_workspace_sizes_do_not_overflow():
         with pytest.raises(ValueError, match="32-bit"):
             fn(1 << 26, 32, 16)
     M, K, cout = 1000, 32, 4096
-    # a float table, then 8-bit tables and sums for four inputs at a time
-    assert _kernels.fc_q8_workspace_floats(M, K, cout) == M * K + 4 * ((M * 32 + 3) // 4 + cout)
+    # a float table, 8-bit tables and sums for four inputs at a time, then each
+    # table row's lowest entry and range
+    assert _kernels.fc_q8_workspace_floats(M, K, cout) == \
+        M * K + 4 * ((M * 32 + 3) // 4 + cout) + 2 * M
     assert _kernels.fc_f32_workspace_floats(M, K, cout) == M * 32 + cout
     with pytest.raises(ValueError, match="32-bit"):
         _kernels.fc_q8_layout_size(1 << 20, 1 << 12)
