@@ -370,10 +370,12 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
     return rc;
 }
 
-/* Winograd scratch: xq [C][H][W], XP [HH][WW][CS], V [NXI][T][CS] (int16; CS =
- * the virtual channels rounded up to a multiple of 16, NXI = (tile + 2)^2),
- * sc [CoB][NXI][32] and the bias padded to CoB*32 (float), each 64-byte
- * aligned. */
+/* Winograd scratch: XP [HH][WW][CS] (int16; CS = the virtual channels
+ * rounded up to a multiple of 16), sc [CoB][NXI][32] and the bias padded to
+ * CoB*32 (float), then xq [C][H][W] and V [NXI][T][CS] (int16, NXI = (tile +
+ * 2)^2) in the same place: xq is read only by the packing, which ends before
+ * the input transform writes V (a smaller cold footprint).  Each region
+ * 64-byte aligned. */
 static int64_t wino_al(int64_t b) { return (b + 63) / 64 * 64; }
 
 int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout, int tile)
@@ -383,9 +385,9 @@ int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int 
     const int64_t NXI = (int64_t)(tile + 2) * (tile + 2);
     const int64_t CS = ((int64_t)qe_wino_virtual(C, KH, KW, S) + 15) / 16 * 16;
     const int64_t CoB = (Cout + 31) / 32;
-    return wino_al(2 * (int64_t)C * H * W) +
-           wino_al(2 * (tile * TH + 2) * (tile * TW + 2) * CS) + wino_al(2 * NXI * TH * TW * CS) +
-           wino_al(4 * CoB * NXI * 32) + wino_al(4 * CoB * 32);
+    const int64_t xq = wino_al(2 * (int64_t)C * H * W), V = wino_al(2 * NXI * TH * TW * CS);
+    return wino_al(2 * (tile * TH + 2) * (tile * TW + 2) * CS) + wino_al(4 * CoB * NXI * 32) +
+           wino_al(4 * CoB * 32) + (xq > V ? xq : V);
 }
 
 /* Rows [hlo, hhi) of one piece of a strided convolution's XP, packed one
@@ -438,16 +440,14 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     const int NP = CV / (S * S * C);
     const int CS = (CV + 15) / 16 * 16, CoB = (Cout + 31) / 32;
     const int64_t n = (int64_t)C * H * W, T = (int64_t)TH * TW;
-    char *p = (char *)ws;
-    int16_t *xq = (int16_t *)p;
-    p += wino_al(2 * n);
+    char *p = (char *)ws;   /* laid out as qe_wino_ws_bytes says */
     int16_t *XP = (int16_t *)p;
     p += wino_al(2 * (int64_t)HH * WW * CS);
-    int16_t *V = (int16_t *)p;
-    p += wino_al(2 * NXI * T * CS);
     float *sc = (float *)p;
     p += wino_al(4 * (int64_t)CoB * NXI * 32);
     float *bp = (float *)p;   /* bias padded to CoB*32 */
+    p += wino_al(4 * (int64_t)CoB * 32);
+    int16_t *xq = (int16_t *)p, *V = (int16_t *)p;   /* xq dead before V is written */
     const float sa = i16_quantize_input(x, n, A, xq, y, (int64_t)Cout * OH * OW, nthreads);
     if (sa < 0.f) return;
     /* packing and the input transform split across threads: rows of XP, then
