@@ -102,11 +102,44 @@ static inline VNI FN(vnrint)(VN v)
 #endif
     return o;
 }
-/* a > m ? a : m, lane by lane (x86's maxps(a, m): m where either is NaN) */
+/* a > m ? a : m, lane by lane: x86's maxps(a, m), which gives m where either
+ * is NaN (one instruction; the compare-and-select form, 2, sits on the
+ * critical path of pooling's short reductions) */
 static inline VN FN(vnmax)(VN m, VN a)
 {
+#if QE_SIMD == 3
+    __m512 x, y;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &m, sizeof y);
+    x = _mm512_max_ps(x, y);
+    memcpy(&m, &x, sizeof m);
+    return m;
+#elif QE_SIMD == 2
+    __m256 x, y;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &m, sizeof y);
+    x = _mm256_max_ps(x, y);
+    memcpy(&m, &x, sizeof m);
+    return m;
+#else
     const VNI k = a > m;
     return (VN)(((VNI)a & k) | ((VNI)m & ~k));
+#endif
+}
+/* the same on 8 lanes */
+static inline V8 FN(v8max)(V8 m, V8 a)
+{
+#if QE_SIMD >= 2
+    __m256 x, y;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &m, sizeof y);
+    x = _mm256_max_ps(x, y);
+    memcpy(&m, &x, sizeof m);
+    return m;
+#else
+    const QE_CAT(v8m, QE_SUFFIX) k = a > m;
+    return (V8)(((QE_CAT(v8m, QE_SUFFIX))a & k) | ((QE_CAT(v8m, QE_SUFFIX))m & ~k));
+#endif
 }
 
 /* Move a flattened accumulator row acc [ntiles*QE_TILE] into y [OH][OW]. */
@@ -710,7 +743,7 @@ static inline void FN(pool_cols8)(const float *v, float *y, int KW, int SW)
     for (int kw = 0; kw < KW; kw++) {
         const V8 a = SW == 1 ? FN(vload)(v + kw)
                              : __builtin_shuffle(FN(vload)(v + kw), FN(vload)(v + kw + 8), even);
-        m = FN(vsel)(m, a, a > m);
+        m = FN(v8max)(m, a);
     }
     FN(vstore)(y, m);
 }
@@ -747,6 +780,14 @@ static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, in
             for (int h = h0; h < h1; h++) m = FN(vnmax)(m, FN(vnload)(x0 + (int64_t)(h - h0) * W + w));
             FN(vnstore)(vr + w, m);
         }
+#if QE_NL > 8
+        for (; w < W && W >= 8; w += 8) {   /* rows of 8 to 15 values */
+            w = w + 8 > W ? W - 8 : w;
+            V8 m = FN(vsplat)(-FLT_MAX);
+            for (int h = h0; h < h1; h++) m = FN(v8max)(m, FN(vload)(x0 + (int64_t)(h - h0) * W + w));
+            FN(vstore)(vr + w, m);
+        }
+#endif
         for (; w < W; w++) {
             float m = -FLT_MAX;
             for (int h = h0; h < h1; h++) {
