@@ -58,21 +58,20 @@ static float FN(i16_maxabs)(const float *x, int64_t n)
 
 /* xq[i] = round(xp[i] * inv) (half away from zero), clamped to [-A, A].  The
  * multiply and the add of +-0.5 are kept apart (no fused multiply-add), so
- * every instruction set rounds the same way. */
+ * every instruction set rounds the same way.  Vectors add 0.5 with t's sign
+ * (-0.0 gets -0.5 where the scalar form adds +0.5: both truncate to 0) and
+ * clamp with min and max (the inputs are finite: the caller checked). */
 __attribute__((optimize("fp-contract=off")))
 static void FN(i16_quantize)(const float *xp, int64_t n, float inv, int A, int16_t *xq)
 {
     const VN s = FN(vnsplat)(inv), hi = FN(vnsplat)((float)A), lo = FN(vnsplat)(-(float)A);
-    const VN half = FN(vnsplat)(0.5f), mhalf = FN(vnsplat)(-0.5f), z = FN(vnsplat)(0.f);
+    const VN half = FN(vnsplat)(0.5f);
+    const VNI sign = (VNI)FN(vnsplat)(-0.f);
     int64_t i = 0;
     for (; i + QE_NL <= n; i += QE_NL) {
         VN t = FN(vnload)(xp + i) * s;
-        VNI neg = t < z;
-        t += (VN)(((VNI)mhalf & neg) | ((VNI)half & ~neg));
-        VNI m = t > hi;
-        t = (VN)(((VNI)hi & m) | ((VNI)t & ~m));
-        m = t < lo;
-        t = (VN)(((VNI)lo & m) | ((VNI)t & ~m));
+        t += (VN)(((VNI)t & sign) | (VNI)half);
+        t = FN(vnmax)(FN(vnmin)(t, hi), lo);
         const VNS q = __builtin_convertvector(__builtin_convertvector(t, VNI), VNS);
         memcpy(xq + i, &q, sizeof q);
     }

@@ -126,7 +126,29 @@ static inline VN FN(vnmax)(VN m, VN a)
     return (VN)(((VNI)a & k) | ((VNI)m & ~k));
 #endif
 }
-/* the same on 8 lanes */
+/* a < m ? a : m, lane by lane (x86's minps(a, m)) */
+static inline VN FN(vnmin)(VN m, VN a)
+{
+#if QE_SIMD == 3
+    __m512 x, y;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &m, sizeof y);
+    x = _mm512_min_ps(x, y);
+    memcpy(&m, &x, sizeof m);
+    return m;
+#elif QE_SIMD == 2
+    __m256 x, y;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &m, sizeof y);
+    x = _mm256_min_ps(x, y);
+    memcpy(&m, &x, sizeof m);
+    return m;
+#else
+    const VNI k = a < m;
+    return (VN)(((VNI)a & k) | ((VNI)m & ~k));
+#endif
+}
+/* the same as vnmax on 8 lanes */
 static inline V8 FN(v8max)(V8 m, V8 a)
 {
 #if QE_SIMD >= 2
