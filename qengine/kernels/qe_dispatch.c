@@ -293,6 +293,15 @@ static int64_t i16_weight_budget(void)
     return budget;
 }
 
+/* Thread t of nt's share [*a, *b) of n values, in whole runs of 64 (whole
+ * vectors on every instruction set). */
+static void share64(int64_t n, int t, int nt, int64_t *a, int64_t *b)
+{
+    const int64_t runs = (n + 63) / 64, e = runs * (t + 1) / nt * 64;
+    *a = runs * t / nt * 64;
+    *b = e < n ? e : n;
+}
+
 /* The int16 kernels' input, one scale per image and group: xq = round(x * A /
  * max|x|) for the n floats at x (a zero input quantises to zeros: outputs =
  * bias); returns the input scale max|x| / A.  NaN or infinity in the input:
@@ -304,7 +313,6 @@ static int64_t i16_weight_budget(void)
 static float i16_quantize_input(const float *x, int64_t n, int A, int16_t *xq, float *y,
                                 int64_t ny, int nthreads)
 {
-    const int64_t runs = (n + 63) / 64;
     float mx = 0.f;
     int bad = 0;
     if (nthreads <= 1 || n < QE_QUANT_MT_MIN) {
@@ -313,9 +321,8 @@ static float i16_quantize_input(const float *x, int64_t n, int A, int16_t *xq, f
     } else {
         #pragma omp parallel num_threads(nthreads)
         {
-            const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-            const int64_t a = runs * t / nt * 64, b = runs * (t + 1) / nt * 64 < n
-                                                   ? runs * (t + 1) / nt * 64 : n;
+            int64_t a, b;
+            share64(n, omp_get_thread_num(), omp_get_num_threads(), &a, &b);
             const float m = a < b ? K_()->i16_maxabs(x + a, b - a) : 0.f;
             #pragma omp critical(qe_quant_max)
             {
@@ -334,9 +341,8 @@ static float i16_quantize_input(const float *x, int64_t n, int A, int16_t *xq, f
     } else {
         #pragma omp parallel num_threads(nthreads)
         {
-            const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-            const int64_t a = runs * t / nt * 64, b = runs * (t + 1) / nt * 64 < n
-                                                   ? runs * (t + 1) / nt * 64 : n;
+            int64_t a, b;
+            share64(n, omp_get_thread_num(), omp_get_num_threads(), &a, &b);
             if (a < b) K_()->i16_quantize(x + a, b - a, s, A, xq + a);
         }
     }
@@ -537,19 +543,17 @@ void qe_lrn(const float *x, float *y, int C, int64_t HW, int size, float alpha, 
             float k, int nthreads)
 {
     const qe_kernel_table *kt = K_();
-    /* positions split across threads in runs of 64 (whole vectors on every
-     * instruction set), so that a thread's windows never read a channel
-     * another thread writes in place */
-    const int64_t runs = (HW + 63) / 64;
-    if (nthreads <= 1 || runs < 2) {
+    /* positions split across threads (share64), so that a thread's windows
+     * never read a channel another thread writes in place */
+    if (nthreads <= 1 || HW <= 64) {
         kt->lrn(x, y, C, HW, size, alpha, beta, k, 0, HW);
         return;
     }
     #pragma omp parallel num_threads(nthreads)
     {
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t q0 = runs * t / nt * 64, q1 = runs * (t + 1) / nt * 64;
-        kt->lrn(x, y, C, HW, size, alpha, beta, k, q0, q1 < HW ? q1 : HW);
+        int64_t q0, q1;
+        share64(HW, omp_get_thread_num(), omp_get_num_threads(), &q0, &q1);
+        if (q0 < q1) kt->lrn(x, y, C, HW, size, alpha, beta, k, q0, q1);
     }
 }
 
