@@ -544,6 +544,7 @@ class Model:
             elif i in self._reuse and not keep:
                 xs = [blobs[b] for b in op.bottom]
                 out = op.run(xs, ws, nthreads, fuse, reuse=xs[self._reuse[i]])
+                del xs   # (a reference here would keep a dead input's memory from reuse)
             else:
                 out = op.run([blobs[b] for b in op.bottom], ws, nthreads, fuse)
             if profile is not None:
