@@ -468,7 +468,8 @@ QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *s
 
 /* y [Cout][OH][OW] from V (wino_input; CP pairs of channels) and U, sc as
  * laid out above.
- * Blocks of 32 channels x QE_WINO_NT tiles are shared among the threads. */
+ * Blocks of 32 channels x QE_WINO_NT tiles are shared among the threads, tile
+ * blocks outermost. */
 static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, const int16_t *U,
                           int CoB, const float *sc, const float *bias, float *y, int Cout, int OH,
                           int OW, int relu, int nthreads, int tile)
@@ -481,10 +482,14 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         int32_t mb[36 * QE_WINO_NT * 32] __attribute__((aligned(64)));
+        /* tile blocks outermost: a thread's share is a run of tiles (all
+         * their channels), so it reads the V it transformed itself (the input
+         * transform splits tiles the same way) rather than every tile's V from
+         * the other core's cache */
         #pragma omp for schedule(static)
         for (int64_t job = 0; job < (int64_t)CoB * ntb; job++) {
-            const int cb = (int)(job / ntb);
-            const int64_t t0 = job % ntb * bt;
+            const int cb = (int)(job % CoB);
+            const int64_t t0 = job / CoB * bt;
             const int nt = T - t0 < bt ? (int)(T - t0) : (int)bt;
             for (int xi = 0; xi < nxi; xi++) {
                 const int16_t *u = U + ((int64_t)cb * nxi + xi) * CP * 64;
