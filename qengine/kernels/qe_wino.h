@@ -482,14 +482,15 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         int32_t mb[36 * QE_WINO_NT * 32] __attribute__((aligned(64)));
-        /* tile blocks outermost: a thread's share is a run of tiles (all
-         * their channels), so it reads the V it transformed itself (the input
-         * transform splits tiles the same way) rather than every tile's V from
-         * the other core's cache */
+        /* On threads, tile blocks outermost: a thread's share is a run of
+         * tiles (all their channels), so it reads the V it transformed itself
+         * (the input transform splits tiles the same way) rather than every
+         * tile's V from the other core's cache.  On one thread, channel blocks
+         * outermost: a block's weights stay in L2 across the tile blocks. */
         #pragma omp for schedule(static)
         for (int64_t job = 0; job < (int64_t)CoB * ntb; job++) {
-            const int cb = (int)(job % CoB);
-            const int64_t t0 = job / CoB * bt;
+            const int cb = (int)(nthreads > 1 ? job % CoB : job / ntb);
+            const int64_t t0 = (nthreads > 1 ? job / CoB : job % ntb) * bt;
             const int nt = T - t0 < bt ? (int)(T - t0) : (int)bt;
             for (int xi = 0; xi < nxi; xi++) {
                 const int16_t *u = U + ((int64_t)cb * nxi + xi) * CP * 64;
