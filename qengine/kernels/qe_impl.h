@@ -102,52 +102,33 @@ static inline VNI FN(vnrint)(VN v)
 #endif
     return o;
 }
-/* a > m ? a : m, lane by lane: x86's maxps(a, m), which gives m where either
- * is NaN (one instruction; the compare-and-select form, 2, sits on the
- * critical path of pooling's short reductions) */
-static inline VN FN(vnmax)(VN m, VN a)
+/* max: a > m ? a : m, else a < m ? a : m, lane by lane: x86's maxps(a, m)
+ * or minps(a, m), which give m where either is NaN (one instruction; the
+ * compare-and-select form, 2, sits on the critical path of pooling's short
+ * reductions).  max is a constant at every call. */
+static inline __attribute__((always_inline)) VN FN(vnpick)(VN m, VN a, const int max)
 {
 #if QE_SIMD == 3
     __m512 x, y;
     memcpy(&x, &a, sizeof x);
     memcpy(&y, &m, sizeof y);
-    x = _mm512_max_ps(x, y);
+    x = max ? _mm512_max_ps(x, y) : _mm512_min_ps(x, y);
     memcpy(&m, &x, sizeof m);
     return m;
 #elif QE_SIMD == 2
     __m256 x, y;
     memcpy(&x, &a, sizeof x);
     memcpy(&y, &m, sizeof y);
-    x = _mm256_max_ps(x, y);
+    x = max ? _mm256_max_ps(x, y) : _mm256_min_ps(x, y);
     memcpy(&m, &x, sizeof m);
     return m;
 #else
-    const VNI k = a > m;
+    const VNI k = max ? a > m : a < m;
     return (VN)(((VNI)a & k) | ((VNI)m & ~k));
 #endif
 }
-/* a < m ? a : m, lane by lane (x86's minps(a, m)) */
-static inline VN FN(vnmin)(VN m, VN a)
-{
-#if QE_SIMD == 3
-    __m512 x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &m, sizeof y);
-    x = _mm512_min_ps(x, y);
-    memcpy(&m, &x, sizeof m);
-    return m;
-#elif QE_SIMD == 2
-    __m256 x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &m, sizeof y);
-    x = _mm256_min_ps(x, y);
-    memcpy(&m, &x, sizeof m);
-    return m;
-#else
-    const VNI k = a < m;
-    return (VN)(((VNI)a & k) | ((VNI)m & ~k));
-#endif
-}
+static inline VN FN(vnmax)(VN m, VN a) { return FN(vnpick)(m, a, 1); }
+static inline VN FN(vnmin)(VN m, VN a) { return FN(vnpick)(m, a, 0); }
 /* the same as vnmax on 8 lanes */
 static inline V8 FN(v8max)(V8 m, V8 a)
 {
