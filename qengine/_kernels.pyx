@@ -40,7 +40,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                       float *y, int relu, int nthreads, void *ws, int tile)
     int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S, int tile,
                         int16_t *out, float *scale)
-    int qe_wino_virtual(int C, int KH, int KW, int S)
+    int qe_wino_virtual(int C, int KH, int KW, int S, int tile)
     int qe_fc_q8_pad_cout(int Cout)
     int qe_fc_q8_pad_m(int M)
     int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
@@ -660,28 +660,50 @@ def wino_applies(int kh, int kw, int stride):
         1 <= stride <= WINO_MAX_STRIDE
 
 
-def wino_pieces(int kh, int kw, int stride=1):
-    """Virtual input channels per real one in the Winograd form of a kh x kw
-    convolution: stride^2 phases (space to depth) times its 3x3 pieces."""
-    return qe_wino_virtual(1, kh, kw, stride)
-
-
-WINO_TILES = (2, 4)
+# the Winograd forms, by their tile code: F(2x2, 3x3), F(4x4, 3x3), F(4x4, 5x5)
+WINO_TILES = (2, 4, 45)
+WINO_FORMS = {2: "F(2x2, 3x3)", 4: "F(4x4, 3x3)", 45: "F(4x4, 5x5)"}
 
 
 def _check_tile(int tile):
     if tile not in WINO_TILES:
-        raise ValueError(f"Winograd tiles are {WINO_TILES} (F(2x2, 3x3), F(4x4, 3x3)), got {tile}")
+        raise ValueError(f"Winograd tiles are {WINO_TILES} ({', '.join(WINO_FORMS.values())}), "
+                         f"got {tile}")
+
+
+def wino_piece_size(int tile):
+    """The side r of the kernel pieces of Winograd form `tile` (3, or 5 for 45)."""
+    _check_tile(tile)
+    return 5 if tile == 45 else 3
+
+
+def wino_products(int tile):
+    """Products per tile and (virtual) channel of Winograd form `tile`: n^2, n = m + r - 1."""
+    _check_tile(tile)
+    return 64 if tile == 45 else (tile + 2) ** 2
+
+
+def wino_outputs(int tile):
+    """Outputs per tile side of Winograd form `tile` (m)."""
+    _check_tile(tile)
+    return 4 if tile == 45 else tile
+
+
+def wino_pieces(int kh, int kw, int stride=1, int tile=2):
+    """Virtual input channels per real one in the Winograd form of a kh x kw
+    convolution: stride^2 phases (space to depth) times its r x r pieces."""
+    _check_tile(tile)
+    return qe_wino_virtual(1, kh, kw, stride, tile)
 
 
 def wino_weights_shape(int cout, int groups, int cin, int kh=3, int kw=3, int stride=1,
                        int tile=2):
     """Shapes (int16 weights, float scales) of wino_conv_weights()'s outputs for a
     kh x kw convolution of cin input and cout output channels in `groups` groups,
-    by F(tile x tile, 3x3)."""
+    by Winograd form `tile` (WINO_FORMS)."""
     _check_tile(tile)
-    cdef int cg = cout // groups, cog = (cg + 31) // 32, nxi = (tile + 2) * (tile + 2)
-    cdef int64_t cv = <int64_t>wino_pieces(kh, kw, stride) * (cin // groups)
+    cdef int cg = cout // groups, cog = (cg + 31) // 32, nxi = wino_products(tile)
+    cdef int64_t cv = <int64_t>wino_pieces(kh, kw, stride, tile) * (cin // groups)
     return ((groups, cog * nxi * ((cv + 1) // 2), 64), (groups, cog * nxi * 32))
 
 
@@ -720,8 +742,8 @@ def wino_workspace_floats(int C, int H, int W, int P, int cout, int kh=3, int kw
 def conv_wino(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] u, const float[:, ::1] scale,
               int A, const float[::1] bias, int kh, int kw, int stride, int pad, bint relu,
               float[:, :, :, ::1] out, float[::1] ws, int nthreads=1, int c0=0, int tile=2):
-    """Fast mode's convolution by Winograd F(tile x tile, 3x3) in 16-bit integers
-    (qe_wino.h; strides by space to depth, kernels past 3x3 in 3x3 pieces). x
+    """Fast mode's convolution by Winograd form `tile` (WINO_FORMS) in 16-bit
+    integers (qe_wino.h; strides by space to depth, larger kernels in pieces). x
     [N,C,H,W], u, scale and A from wino_conv_weights() of the same tile, out
     [N,Cout,OH,OW] (or channels c0 .. c0+Cout of a wider out)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]

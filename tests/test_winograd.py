@@ -21,6 +21,17 @@ BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 VB4 = 8191
+# F(4x4, 5x5) (tile code 45): points 0, +-1, +-2, +-1/2; B' rows scaled to integers
+BT8 = np.array([[4, 0, -21, 0, 21, 0, -4, 0], [0, 4, 4, -17, -17, 4, 4, 0],
+                [0, -4, 4, 17, -17, -4, 4, 0], [0, 2, 1, -10, -5, 8, 4, 0],
+                [0, -2, 1, 10, -5, -8, 4, 0], [0, 4, 8, -5, -10, 1, 2, 0],
+                [0, -4, 8, 5, -10, -1, 2, 0], [0, -4, 0, 21, 0, -21, 0, 4]], np.int64)
+G8 = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 18] * 5, [-1 / 18, 1 / 18, -1 / 18, 1 / 18, -1 / 18],
+               [1 / 360, 1 / 180, 1 / 90, 1 / 45, 2 / 45],
+               [1 / 360, -1 / 180, 1 / 90, -1 / 45, 2 / 45],
+               [16 / 45, 8 / 45, 4 / 45, 2 / 45, 1 / 45],
+               [16 / 45, -8 / 45, 4 / 45, -2 / 45, 1 / 45], [0, 0, 0, 0, 1 / 4]])
+TILES = [2, 4, 45]
 
 # (N, C, H, W, Cout, pad, groups, KH, KW, stride): AlexNet conv3-like (13x13,
 # tiles past the edge), odd and even sizes, pad 0 and 2, channels not a
@@ -52,7 +63,7 @@ def layout(w, groups, stride=1, tile=2):
 
 def unpack(u, s, cout, cin_group, groups, tile=2):
     """The layout back to Uq [Cout][NXI][C] and scales [Cout][NXI]."""
-    nxi = (tile + 2) ** 2
+    nxi = _kernels.wino_products(tile)
     cog = cout // groups
     cob, cp = (cog + 31) // 32, (cin_group + 1) // 2
     uq = u.reshape(groups, cob, nxi, cp, 32, 2).transpose(0, 1, 4, 2, 3, 5)
@@ -73,9 +84,9 @@ def run_wino(x, w, b, P, G_, relu=False, nthreads=1, S=1, tile=2):
     return out
 
 
-def virtual_input(x, A, P, kh, kw, S, hh, ww):
+def virtual_input(x, A, P, kh, kw, S, hh, ww, r=3):
     """The input quantised as qe_i16.h does, split into stride^2 phases and
-    shifted by 3 per 3x3 piece of the kernel into virtual channels, hh x ww
+    shifted by r per r x r piece of the kernel into virtual channels, hh x ww
     (zero padded); and the scale back to floats."""
     f = np.float32
     c, h, wd = x.shape
@@ -84,11 +95,11 @@ def virtual_input(x, A, P, kh, kw, S, hh, ww):
     t = x * inv
     t = t + np.where(t < 0, f(-0.5), f(0.5))
     xq = np.trunc(np.clip(t, -A, A)).astype(np.int64)
-    sy, sx = -(-(-(-kh // S)) // 3), -(-(-(-kw // S)) // 3)
-    big = np.zeros((c, (hh + 3 * sy + 1) * S + h, (ww + 3 * sx + 1) * S + wd), np.int64)
+    sy, sx = -(-(-(-kh // S)) // r), -(-(-(-kw // S)) // r)
+    big = np.zeros((c, (hh + r * sy + 1) * S + h, (ww + r * sx + 1) * S + wd), np.int64)
     big[:, P:P + h, P:P + wd] = xq
     # virtual channel ((piece * C + c) * S + a) * S + e
-    xp = np.stack([big[:, 3 * py * S + a::S, 3 * px * S + e::S][:, :hh, :ww]
+    xp = np.stack([big[:, r * py * S + a::S, r * px * S + e::S][:, :hh, :ww]
                    for py in range(sy) for px in range(sx)
                    for a in range(S) for e in range(S)])               # [piece, a, e][c]
     xp = xp.reshape(sy * sx, S * S, c, hh, ww).transpose(0, 2, 1, 3, 4).reshape(-1, hh, ww)
@@ -133,32 +144,45 @@ def a4(m):
                      (d12 + d34 * f(8)) + m[..., 5]], -1)
 
 
-def pipeline4(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1):
-    """qe_wino.h's F(4x4, 3x3) arithmetic in numpy for one group of one image:
-    V = B'dB exactly, rescaled per transformed position to |Vq| <= VB4 with
-    sv = VB4 / max|V| (float32) and rounding to the nearest, ties to even;
-    M = sum Uq Vq exactly; m = float32(M) * ((sa / sv) * su), then A' m A in
-    the kernel's order."""
+def a45(m):
+    """F(4x4, 5x5)'s A' on the last axis of 8 (float32, the kernel's order)."""
     f = np.float32
+    s12, d12 = m[..., 1] + m[..., 2], m[..., 1] - m[..., 2]
+    s34, d34 = m[..., 3] + m[..., 4], m[..., 3] - m[..., 4]
+    s56, d56 = m[..., 5] + m[..., 6], m[..., 5] - m[..., 6]
+    return np.stack([((m[..., 0] + s12) + s34) + s56, (d12 + d34 * f(2)) + d56 * f(0.5),
+                     (s12 + s34 * f(4)) + s56 * f(0.25),
+                     ((d12 + d34 * f(8)) + d56 * f(0.125)) + m[..., 7]], -1)
+
+
+def pipeline4(x, uq, su, A, b, P, relu, kh=3, kw=3, S=1, tile=4):
+    """qe_wino.h's F(4x4, 3x3) (or, tile 45, F(4x4, 5x5)) arithmetic in numpy
+    for one group of one image: V = B'dB exactly, rescaled per transformed
+    position to |Vq| <= VB4 with sv = VB4 / max|V| (float32) and rounding to
+    the nearest, ties to even; M = sum Uq Vq exactly; m = float32(M) * ((sa /
+    sv) * su), then A' m A in the kernel's order."""
+    f = np.float32
+    bt, at, n, r = (BT8, a45, 8, 5) if tile == 45 else (BT4, a4, 6, 3)
     c, h, wd = x.shape
     oh, ow = (h + 2 * P - kh) // S + 1, (wd + 2 * P - kw) // S + 1
     th, tw = -(-oh // 4), -(-ow // 4)
-    xp, sa = virtual_input(x, A, P, kh, kw, S, 4 * th + 2, 4 * tw + 2)
+    xp, sa = virtual_input(x, A, P, kh, kw, S, 4 * th + n - 4, 4 * tw + n - 4, r)
     c = xp.shape[0]
-    d = np.stack([np.stack([xp[:, 4 * ty:4 * ty + 6, 4 * tx:4 * tx + 6] for tx in range(tw)])
-                  for ty in range(th)])                          # [th, tw, c, 6, 6]
-    V = np.einsum("ak,yxckl,bl->yxcab", BT4, d, BT4).reshape(th, tw, c, 36)
+    d = np.stack([np.stack([xp[:, 4 * ty:4 * ty + n, 4 * tx:4 * tx + n] for tx in range(tw)])
+                  for ty in range(th)])                          # [th, tw, c, n, n]
+    V = np.einsum("ak,yxckl,bl->yxcab", bt, d, bt).reshape(th, tw, c, n * n)
+    assert np.abs(V).max() < 2**31
     vmax = np.abs(V).max(axis=(0, 1, 2))
-    sv = np.ones(36, f)
+    sv = np.ones(n * n, f)
     sv[vmax > 0] = f(VB4) / vmax[vmax > 0].astype(f)
     Vq = np.rint(V.astype(f) * sv).astype(np.int64)
     assert np.abs(Vq).max() <= VB4
     M = np.einsum("oic,yxci->oyxi", uq, Vq)
     assert np.abs(M).max() <= B
-    sc = ((f(sa) / sv)[None, :] * su).astype(f)                # [Cout][36]
-    m = (M.astype(f) * sc[:, None, None, :]).reshape(-1, th, tw, 6, 6)
-    r = a4(m)                                                  # m A: [.., 6 rows, 4]
-    out = a4(np.swapaxes(r, -1, -2))                           # [.., 4 cols, 4 rows]
+    sc = ((f(sa) / sv)[None, :] * su).astype(f)                # [Cout][n * n]
+    m = (M.astype(f) * sc[:, None, None, :]).reshape(-1, th, tw, n, n)
+    r = at(m)                                                  # m A: [.., n rows, 4]
+    out = at(np.swapaxes(r, -1, -2))                           # [.., 4 cols, 4 rows]
     out = np.swapaxes(out, -1, -2) + b[:, None, None, None, None]
     if relu:
         out = np.where(out > 0, out, f(0))
@@ -175,7 +199,7 @@ def make(case, seed=0):
     return x, w, b, p, g
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_is_the_documented_integer_pipeline(case, tile):
     x, w, b, p, g = make(case)
@@ -184,8 +208,8 @@ def test_kernel_is_the_documented_integer_pipeline(case, tile):
     n, c = x.shape[:2]
     cg, og = c // g, w.shape[0] // g
     kh, kw = w.shape[2:]
-    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw, S), g, tile)
-    pipe = pipeline4 if tile == 4 else pipeline
+    uq, su = unpack(u, s, w.shape[0], cg * _kernels.wino_pieces(kh, kw, S, tile), g, tile)
+    pipe = pipeline if tile == 2 else lambda *a: pipeline4(*a, tile=tile)
     want = np.stack([np.concatenate([
         pipe(x[i, gi * cg:(gi + 1) * cg], uq[gi * og:(gi + 1) * og], su[gi * og:(gi + 1) * og],
              A, b[gi * og:(gi + 1) * og], p, True, kh, kw, S) for gi in range(g)])
@@ -197,7 +221,7 @@ def test_kernel_is_the_documented_integer_pipeline(case, tile):
         assert np.array_equal(o2, want), f"{isa}, 2 threads: outputs differ"
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_float_convolution_within_quantisation_error(isa, case, tile):
     x, w, b, p, g = make(case, 1)
@@ -209,12 +233,12 @@ def test_matches_the_float_convolution_within_quantisation_error(isa, case, tile
     assert np.array_equal(run_wino(x, w, b, p, g, relu=True, S=S, tile=tile), np.maximum(got, 0))
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("C", [1, 3, 64, 384, 2000])
 def test_weight_layout_keeps_every_sum_inside_int32(C, tile):
     rng = np.random.default_rng(C)
-    cout = 37
-    w = rng.standard_normal((cout, C, 3, 3)).astype(np.float32)
+    cout, k = 37, _kernels.wino_piece_size(tile)
+    w = rng.standard_normal((cout, C, k, k)).astype(np.float32)
     w[1] = 0.0
     w[1, 0, 1, 1] = 3.0            # one weight: U's rows have a single non-zero
     w[2] = -0.25                   # all equal: the widest rows
@@ -226,8 +250,8 @@ def test_weight_layout_keeps_every_sum_inside_int32(C, tile):
         assert 1 <= A <= 8191      # |V| <= 4A fits int16
         vb, g, nxi = 4 * A, G, 16
     else:
-        assert A == 32767          # |V| <= 100 A fits int32 before its rescaling
-        vb, g, nxi = VB4, G4, 36
+        assert A == 32767          # |V| <= 100 A (2500 A) fits int32 before its rescaling
+        vb, g, nxi = (VB4, G4, 36) if tile == 4 else (VB4, G8, 64)
     uq, su = unpack(u, s, cout, C, 1, tile=tile)
     assert np.all(vb * np.abs(uq).sum(-1) <= B)
     assert np.abs(uq).max() <= 32767
@@ -239,24 +263,28 @@ def test_weight_layout_keeps_every_sum_inside_int32(C, tile):
     assert not su[4].any() and not uq[4].any()
 
 
-def test_f4_worst_case_sums_do_not_wrap():
+@pytest.mark.parametrize("tile", [4, 45])
+def test_rescaled_worst_case_sums_do_not_wrap(tile):
     # every input channel the same: at the tile where |V[xi]| is largest, Vq =
     # +-VB4 in every channel, and with one kernel tap U[xi] has one sign over
     # the channels, so M = VB4 sum|Uq| for every xi, as close to 2^31 as the
     # layout allows
-    C, cout, H = 512, 4, 10
+    C, cout, H, k = 512, 4, 12, _kernels.wino_piece_size(tile)
     rng = np.random.default_rng(7)
     x = np.repeat(rng.standard_normal((1, 1, H, H)), C, axis=1).astype(np.float32)
-    w = np.zeros((cout, C, 3, 3), np.float32)
+    w = np.zeros((cout, C, k, k), np.float32)
     w[:, :, 0, 0] = 1.0
     w[1::2] *= -1
     b = np.zeros(cout, np.float32)
     ref = conv2d(x, w, b, 1, 0, 1)
-    u, s, A = layout(w, 1, tile=4)
-    uq, _ = unpack(u, s, cout, C, 1, tile=4)
+    u, s, A = layout(w, 1, tile=tile)
+    uq, _ = unpack(u, s, cout, C, 1, tile=tile)
     assert VB4 * np.abs(uq[:, 0]).sum(-1).max() > B // 2      # near the bound
-    for isa, got in zip(ISAS, on_every_isa(lambda: run_wino(x, w, b, 0, 1, tile=4))):
-        assert np.allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max()), isa
+    # (512 identical channels: the rounding errors add up coherently, to 2.2e-3
+    # of the largest output for F(4x4, 5x5); a wrapped sum would be off by 2^32)
+    tol = 2e-3 if tile == 4 else 4e-3
+    for isa, got in zip(ISAS, on_every_isa(lambda: run_wino(x, w, b, 0, 1, tile=tile))):
+        assert np.allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max()), isa
         big = np.abs(ref) > 0.01 * np.abs(ref).max()
         assert np.array_equal(np.sign(got[big]), np.sign(ref[big])), f"{isa}: a sum wrapped"
 
@@ -282,7 +310,7 @@ def test_worst_case_sums_do_not_wrap():
         assert np.array_equal(np.sign(got), np.sign(ref)), f"{isa}: a sum wrapped around"
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("tile", TILES)
 def test_zero_and_non_finite_inputs(tile):
     x, w, b, p, g = make((2, 16, 7, 7, 20, 1, 2, 3, 3, 1))
     zero = run_wino(np.zeros_like(x), w, b, p, g, tile=tile)
@@ -294,7 +322,7 @@ def test_zero_and_non_finite_inputs(tile):
     assert np.isfinite(out[0, 10:]).all() and np.isfinite(out[1]).all()
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("tile", TILES)
 def test_non_finite_input_found_by_any_thread(tile):
     """An input large enough that threads share its quantisation: a NaN or an
     infinity in the last thread's part still makes that image's outputs NaN."""
@@ -334,6 +362,14 @@ def test_rejects_mismatched_layouts_and_small_workspace():
         _kernels.conv_wino(x, u4, s4, A4, b, 3, 3, 1, p, False, out, ws4, 1, 0, 2)
     with pytest.raises(ValueError, match="workspace"):
         _kernels.conv_wino(x, u4, s4, A4, b, 3, 3, 1, p, False, out, ws4[:-20], 1, 0, 4)
+    ws45 = np.empty(_kernels.wino_workspace_floats(8, 5, 5, 1, 4, tile=45), np.float32)
+    with pytest.raises(ValueError, match="do not match"):      # F(4x4, 3x3) weights, F(4x4, 5x5)
+        _kernels.conv_wino(x, u4, s4, A4, b, 3, 3, 1, p, False, out, ws45, 1, 0, 45)
+    u45, s45, A45 = layout(w, g, tile=45)
+    with pytest.raises(ValueError, match="do not match"):
+        _kernels.conv_wino(x, u45, s45, A45, b, 3, 3, 1, p, False, out, ws4, 1, 0, 4)
+    with pytest.raises(ValueError, match="workspace"):        # its patches are 8x8, not 6x6
+        _kernels.conv_wino(x, u45, s45, A45, b, 3, 3, 1, p, False, out, ws4, 1, 0, 45)
 
 
 def test_fast_models_run_wide_stride_1_layers_by_winograd(tmp_path, monkeypatch):
@@ -393,3 +429,36 @@ def test_runtime_picks_f4_for_large_outputs_and_f2_for_small(tmp_path, monkeypat
         m = qengine.load(path, mode="fast")
         assert {op.wino_tile for op in m.layers if op.strategy == "winograd"} == {int(t)}
         assert np.linalg.norm(m.forward(x) - want) <= 4e-3 * np.linalg.norm(want)
+
+
+def test_runtime_picks_f45_for_5x5_kernels(tmp_path, monkeypatch):
+    """F(4x4, 5x5) for an AlexNet conv2-like layer (5x5, 48 channels per group,
+    27x27; 64 products per tile and channel against F(4x4, 3x3)'s 4 pieces x
+    36), F(4x4, 3x3) or F(2x2, 3x3) for the 3x3 layer; forcing F(4x4, 3x3)
+    gives the same convolution within both forms' rounding."""
+    import qengine
+    from modelkit import build, conv
+    from qengine.layers.weighted import winograd_tile
+    p5 = {"kernel": [5, 5], "stride": 1}
+    assert winograd_tile(p5, 48, (128, 27, 27)) == 45
+    assert winograd_tile({"kernel": [3, 3], "stride": 1}, 48, (128, 27, 27)) != 45
+    g = {"input": {"name": "data", "shape": [96, 27, 27]},
+         "layers": [conv("five", "data", 128, 5, p=2, g=2), conv("three", "five", 64, 3, p=1)]}
+    path = str(tmp_path / "f.qcnn")
+    build(path, g, dense=("five", "three"), meta_extra={"class_names": []})
+    monkeypatch.setenv("QENGINE_INT16", "1")
+    monkeypatch.setenv("QENGINE_WINOGRAD", "1")
+    fast, exact = qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
+    tiles = {op.name: op.wino_tile for op in fast.layers}
+    assert tiles["five"] == 45 and tiles["three"] != 45
+    x = np.maximum(np.random.default_rng(4).standard_normal((2, 96, 27, 27)), 0)
+    x = x.astype(np.float32)
+    a = fast.forward(x, outputs=["five"])["five"]
+    b = exact.forward(x, outputs=["five"])["five"]
+    assert 0 < np.linalg.norm(a - b) <= 4e-3 * np.linalg.norm(b)
+    monkeypatch.setenv("QENGINE_WINOGRAD_TILE", "4")
+    f4 = qengine.load(path, mode="fast")
+    assert f4.layers[0].wino_tile == 4
+    c = f4.forward(x, outputs=["five"])["five"]
+    assert not np.array_equal(a, c)
+    assert np.linalg.norm(c - b) <= 4e-3 * np.linalg.norm(b)

@@ -227,64 +227,81 @@ void qe_fc_codebook_t(const float *cb, int M, int K, int d, float *cbt)
     }
 }
 
-int qe_wino_virtual(int C, int KH, int KW, int S)
+int qe_wino_virtual(int C, int KH, int KW, int S, int tile)
 {
-    const int KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
-    return (KHs + 2) / 3 * ((KWs + 2) / 3) * S * S * C;
+    const int r = qe_wino_r(tile), KHs = (KH + S - 1) / S, KWs = (KW + S - 1) / S;
+    return (KHs + r - 1) / r * ((KWs + r - 1) / r) * S * S * C;
 }
 
 /* The NXI transformed rows U[xi][c] (C virtual channels) of output channel
- * co, NXI = n*n with n = tile + 2; see qe_wino_weights for the numbering. */
+ * co, NXI = n*n; see qe_wino_weights for the numbering.  G (n x r) pairs with
+ * qe_wino.h's B' and A' (the rows of B' there are scaled to integers, and G's
+ * rows carry the inverse scale). */
 static void wino_rows(const float *w, int64_t co, int C0, int KH, int KW, int S, int SX, int C,
                       int tile, double *U)
 {
-    static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-    static const double G4[6][3] = {{0.25, 0, 0},
-                                    {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                    {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                    {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                    {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                    {0, 0, 1}};
-    const int n = tile + 2;
-    const double(*G)[3] = tile == 4 ? G4 : G2;
+    static const double G2[4 * 3] = {1, 0, 0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0, 0, 1};
+    static const double G4[6 * 3] = {0.25,       0,          0,           /* points 0, +-1, +-2 */
+                                     -1.0 / 6,   -1.0 / 6,   -1.0 / 6,
+                                     -1.0 / 6,   1.0 / 6,    -1.0 / 6,
+                                     1.0 / 24,   1.0 / 12,   1.0 / 6,
+                                     1.0 / 24,   -1.0 / 12,  1.0 / 6,
+                                     0,          0,          1};
+    static const double G8[8 * 5] = {   /* points 0, +-1, +-2, +-1/2 */
+        0.25,      0,          0,         0,          0,
+        -1.0 / 18, -1.0 / 18,  -1.0 / 18, -1.0 / 18,  -1.0 / 18,
+        -1.0 / 18, 1.0 / 18,   -1.0 / 18, 1.0 / 18,   -1.0 / 18,
+        1.0 / 360, 1.0 / 180,  1.0 / 90,  1.0 / 45,   2.0 / 45,
+        1.0 / 360, -1.0 / 180, 1.0 / 90,  -1.0 / 45,  2.0 / 45,
+        16.0 / 45, 8.0 / 45,   4.0 / 45,  2.0 / 45,   1.0 / 45,
+        16.0 / 45, -8.0 / 45,  4.0 / 45,  -2.0 / 45,  1.0 / 45,
+        0,         0,          0,         0,          0.25};
+    const int n = qe_wino_n(tile), r = qe_wino_r(tile);
+    const double *G = tile == QE_WINO_F45 ? G8 : tile == 4 ? G4 : G2;
     for (int c = 0; c < C; c++) {
         const int piece = c / (S * S * C0), pa = c / S % S, pb = c % S;
         const int sy = piece / SX, sx = piece % SX;
         const float *wc = w + (co * C0 + c / (S * S) % C0) * KH * KW;
-        double g[3][3];   /* this phase and piece of the kernel, zeros past its edge */
-        for (int k = 0; k < 3; k++)
-            for (int l = 0; l < 3; l++) {
-                const int kh = (3 * sy + k) * S + pa, kw = (3 * sx + l) * S + pb;
+        double g[5][5];   /* this phase and piece of the kernel, zeros past its edge */
+        for (int k = 0; k < r; k++)
+            for (int l = 0; l < r; l++) {
+                const int kh = (r * sy + k) * S + pa, kw = (r * sx + l) * S + pb;
                 g[k][l] = kh < KH && kw < KW ? (double)wc[kh * KW + kw] : 0.0;
             }
-        double t[6][3];   /* G g */
+        double t[8][5];   /* G g */
         for (int a = 0; a < n; a++)
-            for (int l = 0; l < 3; l++)
-                t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
+            for (int l = 0; l < r; l++) {
+                double v = 0.0;
+                for (int k = 0; k < r; k++) v += G[a * r + k] * g[k][l];
+                t[a][l] = v;
+            }
         for (int a = 0; a < n; a++)
-            for (int b = 0; b < n; b++)
-                U[(int64_t)(a * n + b) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] +
-                                                  t[a][2] * G[b][2];
+            for (int b = 0; b < n; b++) {
+                double v = 0.0;
+                for (int l = 0; l < r; l++) v += t[a][l] * G[b * r + l];
+                U[(int64_t)(a * n + b) * C + c] = v;
+            }
     }
 }
 
-/* Winograd F(2x2, 3x3) (tile 2) or F(4x4, 3x3) (tile 4) weights for
- * qe_wino_conv.  w [groups*Cg][C0][KH][KW] (C0 input channels per group),
+/* Winograd F(2x2, 3x3) (tile 2), F(4x4, 3x3) (tile 4) or F(4x4, 5x5) (tile
+ * QE_WINO_F45) weights for qe_wino_conv.  w [groups*Cg][C0][KH][KW] (C0 input channels per group),
  * stride S.  A strided convolution is first made a stride-1 one by space to
  * depth: phase (a, b) of channel c is the input at rows = a mod S, columns =
  * b mod S, and the kernel becomes ceil(KH/S) x ceil(KW/S) over S*S*C0
- * channels.  A kernel larger than 3x3 is then split into SY x SX pieces of
- * 3x3 (zeros past its edge), piece (sy, sx) applied to the input shifted by
- * (3 sy, 3 sx).  The layer is then a 3x3 convolution of CV = SY*SX*S*S*C0
+ * channels.  A kernel larger than r x r (r = 3, or 5 for F(4x4, 5x5)) is then
+ * split into SY x SX pieces of r x r (zeros past its edge), piece (sy, sx)
+ * applied to the input shifted by (r sy, r sx).  The layer is then an r x r
+ * convolution of CV = SY*SX*S*S*C0
  * virtual channels, numbered ((piece*C0 + c)*S + a)*S + b (a phase's S values
  * of one row are then S neighbours).  U = G g G' per output and virtual
  * channel, quantised with one scale per output channel and transformed
- * position xi (NXI = 16 or 36 of them): out [groups][CoB][NXI][CV2/2][32][2]
+ * position xi (NXI = n^2 = 16, 36 or 64 of them): out [groups][CoB][NXI][CV2/2][32][2]
  * int16 (CoB = ceil(Cg/32), CV2 = CV rounded up to even, zeros past Cg and
  * CV), scale [groups][CoB][NXI][32].  The transformed inputs are bounded by
  * VB: tile 2, VB = 4A with the input bound A (|xq| <= A, so |V| <= 4A <=
- * 32764 in int16) balancing the levels as qe_i16_weights does; tile 4,
- * VB = QE_WINO4_VB (V rescaled per image) and A = 32767.  Each row keeps
+ * 32764 in int16) balancing the levels as qe_i16_weights does; tiles 4 and
+ * QE_WINO_F45, VB = QE_WINO4_VB (V rescaled per image) and A = 32767.  Each row keeps
  * VB * sum_c |Uq| <= 2^31 - 1, so the int32 sums cannot overflow in any
  * order.  Returns A, or -1 if a row cannot be laid out within the bound, -2
  * if out of memory. */
@@ -292,15 +309,16 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, 
                     int16_t *out, float *scale)
 {
     const double B = 2147483647.0;
-    const int SX = ((KW + S - 1) / S + 2) / 3, C = qe_wino_virtual(C0, KH, KW, S);
-    const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2, NXI = (tile + 2) * (tile + 2);
+    const int r = qe_wino_r(tile), SX = ((KW + S - 1) / S + r - 1) / r;
+    const int C = qe_wino_virtual(C0, KH, KW, S, tile);
+    const int CoB = (Cg + 31) / 32, CP = (C + 1) / 2, NXI = qe_wino_n(tile) * qe_wino_n(tile);
     const int64_t Cout = (int64_t)groups * Cg;
     /* one output channel's NXI rows at a time, computed in both passes */
     double *U = (double *)malloc(sizeof(double) * NXI * (size_t)(C > 0 ? C : 1));
     if (!U) return -2;
     int A;
     double VB;
-    if (tile == 4) {
+    if (tile != 2) {
         A = 32767;
         VB = QE_WINO4_VB;
     } else {

@@ -39,7 +39,7 @@ const qe_kernel_table QE_TABLE_NAME = {
     QE_CAT(conv16_lookup4, QE_SUFFIX), QE_CAT(i16_maxabs, QE_SUFFIX),
     QE_CAT(i16_quantize, QE_SUFFIX), QE_CAT(i16_conv, QE_SUFFIX),
     QE_CAT(wino_pack, QE_SUFFIX), QE_CAT(wino_input, QE_SUFFIX), QE_CAT(wino4_input, QE_SUFFIX),
-    QE_CAT(wino_conv, QE_SUFFIX),
+    QE_CAT(wino8_input, QE_SUFFIX), QE_CAT(wino_conv, QE_SUFFIX),
     QE_CONV16_MAX_K, QE_CONV16_AUTO_K,
     QE_SIMD == 3,   /* conv16_quad */
     QE_SIMD == 3,   /* fc_q8_packs */

@@ -387,12 +387,13 @@ static int64_t wino_al(int64_t b) { return (b + 63) / 64 * 64; }
 int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout, int tile)
 {
     const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
-    const int64_t TH = (OH + tile - 1) / tile, TW = (OW + tile - 1) / tile;
-    const int64_t NXI = (int64_t)(tile + 2) * (tile + 2);
-    const int64_t CS = ((int64_t)qe_wino_virtual(C, KH, KW, S) + 15) / 16 * 16;
+    const int m = qe_wino_m(tile), halo = qe_wino_r(tile) - 1;
+    const int64_t TH = (OH + m - 1) / m, TW = (OW + m - 1) / m;
+    const int64_t NXI = (int64_t)qe_wino_n(tile) * qe_wino_n(tile);
+    const int64_t CS = ((int64_t)qe_wino_virtual(C, KH, KW, S, tile) + 15) / 16 * 16;
     const int64_t CoB = (Cout + 31) / 32;
     const int64_t xq = wino_al(2 * (int64_t)C * H * W), V = wino_al(2 * NXI * TH * TW * CS);
-    return wino_al(2 * (tile * TH + 2) * (tile * TW + 2) * CS) + wino_al(4 * CoB * NXI * 32) +
+    return wino_al(2 * (m * TH + halo) * (m * TW + halo) * CS) + wino_al(4 * CoB * NXI * 32) +
            wino_al(4 * CoB * 32) + (xq > V ? xq : V);
 }
 
@@ -440,9 +441,11 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
 {
     if (nthreads < 1) nthreads = 1;
     const int OH = (H + 2 * P - KH) / S + 1, OW = (W + 2 * P - KW) / S + 1;
-    const int TH = (OH + tile - 1) / tile, TW = (OW + tile - 1) / tile;
-    const int HH = tile * TH + 2, WW = tile * TW + 2, NXI = (tile + 2) * (tile + 2);
-    const int KWs = (KW + S - 1) / S, SX = (KWs + 2) / 3, CV = qe_wino_virtual(C, KH, KW, S);
+    const int m = qe_wino_m(tile), r = qe_wino_r(tile), NXI = qe_wino_n(tile) * qe_wino_n(tile);
+    const int TH = (OH + m - 1) / m, TW = (OW + m - 1) / m;
+    const int HH = m * TH + r - 1, WW = m * TW + r - 1;
+    const int KWs = (KW + S - 1) / S, SX = (KWs + r - 1) / r;
+    const int CV = qe_wino_virtual(C, KH, KW, S, tile);
     const int NP = CV / (S * S * C);
     const int CS = (CV + 15) / 16 * 16, CoB = (Cout + 31) / 32;
     const int64_t n = (int64_t)C * H * W, T = (int64_t)TH * TW;
@@ -459,8 +462,8 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
     /* packing and the input transform split across threads: rows of XP, then
      * (after a barrier) tiles of V; F(4x4)'s largest |V[xi]| combined between
      * its two passes.  Every value is computed as on one thread. */
-    int32_t vmax[36] = {0};
-    float f[36];
+    int32_t vmax[64] = {0};
+    float f[64];
     const int mt = nthreads > 1 && T >= 8 ? nthreads : 1;
     #pragma omp parallel num_threads(mt) if (mt > 1)
     {
@@ -468,9 +471,9 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
         const int hlo = (int)((int64_t)HH * th / nt), hhi = (int)((int64_t)HH * (th + 1) / nt);
         memset(XP + (int64_t)hlo * WW * CS, 0, sizeof(int16_t) * (size_t)(hhi - hlo) * WW * CS);
         /* channels last, zero padded: virtual channel ((piece*C + c)*S + a)*S + b
-         * at (h, w) holds the input at ((h + 3 sy) S + a - P, (w + 3 sx) S + b - P) */
+         * at (h, w) holds the input at ((h + r sy) S + a - P, (w + r sx) S + b - P) */
         for (int piece = 0; piece < NP; piece++) {
-            const int dy = 3 * (piece / SX) * S - P, dx = 3 * (piece % SX) * S - P;
+            const int dy = r * (piece / SX) * S - P, dx = r * (piece % SX) * S - P;
             const int64_t v0 = (int64_t)piece * C * S * S;
             if (S == 1)   /* a transpose */
                 K_()->wino_pack(xq, C, H, W, dy, dx, XP, HH, WW, CS, v0, hlo, hhi);
@@ -479,29 +482,35 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
         }
         #pragma omp barrier
         const int64_t ta = T * th / nt, tb = T * (th + 1) / nt;
-        if (tile == 4) {
+        if (tile != 2) {
             /* V rescaled per transformed position xi (qe_wino.h): sv = VB /
              * max|V[xi]|, and the output scales carry 1 / sv */
-            int32_t vm[36] = {0};
-            float sv[36];
-            K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
+            int32_t vm[64] = {0};
+            float sv[64];
+            if (tile == 4)
+                K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
+            else
+                K_()->wino8_input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
             #pragma omp critical(qe_wino4_vmax)
-            for (int xi = 0; xi < 36; xi++) vmax[xi] = vm[xi] > vmax[xi] ? vm[xi] : vmax[xi];
+            for (int xi = 0; xi < NXI; xi++) vmax[xi] = vm[xi] > vmax[xi] ? vm[xi] : vmax[xi];
             #pragma omp barrier
-            for (int xi = 0; xi < 36; xi++)
+            for (int xi = 0; xi < NXI; xi++)
                 sv[xi] = vmax[xi] > 0 ? (float)QE_WINO4_VB / (float)vmax[xi] : 1.f;
-            K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
+            if (tile == 4)
+                K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
+            else
+                K_()->wino8_input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
             if (th == 0)
-                for (int xi = 0; xi < 36; xi++) f[xi] = sa / sv[xi];
+                for (int xi = 0; xi < NXI; xi++) f[xi] = sa / sv[xi];
         } else {
             K_()->wino_input(XP, WW, CS, TH, TW, ta, tb, V);
         }
     }
-    if (tile == 4) {
+    if (tile != 2) {
         for (int cb = 0; cb < CoB; cb++)
-            for (int xi = 0; xi < 36; xi++)
+            for (int xi = 0; xi < NXI; xi++)
                 for (int c = 0; c < 32; c++) {
-                    const int64_t i = ((int64_t)cb * 36 + xi) * 32 + c;
+                    const int64_t i = ((int64_t)cb * NXI + xi) * 32 + c;
                     sc[i] = f[xi] * scale[i];
                 }
     } else {

@@ -46,11 +46,13 @@ typedef struct {
     void (*i16_quantize)(const float *, int64_t, float, int, int16_t *);
     int (*i16_conv)(const qe_conv_geom *, const int16_t *, const int64_t *, int, const int16_t *,
                     int, const float *, const float *, float *, int, int, int, int64_t);
-    /* fast mode's Winograd F(2x2, 3x3) convolution in int16 (qe_wino.h) */
+    /* fast mode's Winograd convolutions in int16 (qe_wino.h) */
     void (*wino_pack)(const int16_t *, int, int, int, int, int, int16_t *, int, int, int,
                       int64_t, int, int);
     void (*wino_input)(const int16_t *, int, int, int, int, int64_t, int64_t, int16_t *);
     void (*wino4_input)(const int16_t *, int, int, int, int, int64_t, int64_t, const float *,
+                        int32_t *, int16_t *);
+    void (*wino8_input)(const int16_t *, int, int, int, int, int64_t, int64_t, const float *,
                         int32_t *, int16_t *);
     void (*wino_conv)(const int16_t *, int, int, int, int, const int16_t *, int, const float *,
                       const float *, float *, int, int, int, int, int, int);

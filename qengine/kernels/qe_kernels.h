@@ -84,9 +84,19 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
  * or -1 if a channel cannot be laid out within the overflow bound. */
 int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale);
 
-/* Fast mode: convolution of one group by Winograd's F(2x2, 3x3) (tile 2) or
- * F(4x4, 3x3) (tile 4) in 16-bit integers (qe_wino.h); strides by space to
- * depth, kernels larger than 3x3 in 3x3 pieces (see qe_wino_weights).
+/* Winograd forms, named by their "tile" code: 2 = F(2x2, 3x3), 4 = F(4x4,
+ * 3x3), QE_WINO_F45 = F(4x4, 5x5).  m x m outputs per tile, r x r kernel
+ * pieces, n = m + r - 1 (an n x n input patch, NXI = n^2 products per tile
+ * and channel). */
+#define QE_WINO_F45 45
+static inline int qe_wino_m(int tile) { return tile == QE_WINO_F45 ? 4 : tile; }
+static inline int qe_wino_r(int tile) { return tile == QE_WINO_F45 ? 5 : 3; }
+static inline int qe_wino_n(int tile) { return qe_wino_m(tile) + qe_wino_r(tile) - 1; }
+
+/* Fast mode: convolution of one group by Winograd's F(2x2, 3x3) (tile 2),
+ * F(4x4, 3x3) (tile 4) or F(4x4, 5x5) (tile QE_WINO_F45) in 16-bit integers
+ * (qe_wino.h); strides by space to depth, kernels larger than r x r in r x r
+ * pieces (see qe_wino_weights).
  * x [C][H][W] (this group's channels), u, scale and A from qe_wino_weights()
  * of the same tile (this group's blocks), y [Cout][OH][OW] with
  * OH = (H + 2P - KH) / S + 1, bias added, ReLU'd when relu != 0; ws scratch
@@ -96,17 +106,18 @@ int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int 
 void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
                   const int16_t *u, const float *scale, int A, int Cout, const float *bias,
                   float *y, int relu, int nthreads, void *ws, int tile);
-/* F(4x4, 3x3)'s bound on the rescaled transformed inputs, |Vq| <= VB. */
+/* The bound on the rescaled transformed inputs of F(4x4, 3x3) and F(4x4,
+ * 5x5), |Vq| <= VB. */
 #define QE_WINO4_VB 8191
 /* Lays w [groups*Cg][C][KH][KW] out for qe_wino_conv with stride S and tile
- * 2 or 4: out groups*ceil(Cg/32)*NXI*ceil(CV/2)*64 int16 (NXI = (tile+2)^2,
- * CV = C * S*S * ceil(KH'/3) * ceil(KW'/3), KH' = ceil(KH/S)), scale
+ * 2, 4 or QE_WINO_F45: out groups*ceil(Cg/32)*NXI*ceil(CV/2)*64 int16
+ * (CV = C * S*S * ceil(KH'/r) * ceil(KW'/r), KH' = ceil(KH/S)), scale
  * groups*ceil(Cg/32)*NXI*32 floats.  Returns the input bound A (>= 1), -1 if
  * a row cannot be laid out within the overflow bound, -2 if out of memory. */
 int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S, int tile,
                     int16_t *out, float *scale);
 /* CV, the virtual channels of that form for C real ones. */
-int qe_wino_virtual(int C, int KH, int KW, int S);
+int qe_wino_virtual(int C, int KH, int KW, int S, int tile);
 
 /* Floats of scratch qe_max_pool_channel needs: the padded row, long enough
  * for the last window (ceil rounding may run past the padding) and for the

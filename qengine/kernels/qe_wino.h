@@ -213,6 +213,94 @@ static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW, i
 }
 #undef QE_W4_BT
 
+/* F(4x4, 5x5): each 4x4 block of outputs from an 8x8 input patch, V = B' d B
+ * with points 0, +-1, +-2, +-1/2 (and infinity), B' with its rows scaled to
+ * integers (G's rows in layout.c carry the inverse scales):
+ *   [4 0 -21 0 21 0 -4 0; 0 4 4 -17 -17 4 4 0; 0 -4 4 17 -17 -4 4 0;
+ *    0 2 1 -10 -5 8 4 0; 0 -2 1 10 -5 -8 4 0; 0 4 8 -5 -10 1 2 0;
+ *    0 -4 8 5 -10 -1 2 0; 0 -4 0 21 0 -21 0 4]
+ * 64 products per channel and tile instead of 400 multiply-adds (6.25x fewer;
+ * a 5x5 kernel in four 3x3 pieces takes 144 by F(4x4, 3x3)).  Row sums of
+ * |B'| are at most 50, so |V| <= 2500 A < 2^31 with A = 32767 (every
+ * intermediate below is a partial row sum, also within it), and V is
+ * rescaled per position to int16 exactly as F(4x4, 3x3)'s. */
+
+/* 8 outputs of B' applied to a[0..7] (int32 lanes). */
+#define QE_W8_BT(a, o)                                                          \
+    do {                                                                        \
+        const VNI t1 = (a[1] + a[5]) * 4 - a[3] * 17;                           \
+        const VNI t2 = (a[2] + a[6]) * 4 - a[4] * 17;                           \
+        const VNI t3 = (a[1] - a[3] * 5 + a[5] * 4) * 2;                        \
+        const VNI t4 = a[2] - a[4] * 5 + a[6] * 4;                              \
+        const VNI t5 = a[1] * 4 - a[3] * 5 + a[5];                              \
+        const VNI t6 = (a[2] * 4 - a[4] * 5 + a[6]) * 2;                        \
+        o[0] = (a[0] - a[6]) * 4 + (a[4] - a[2]) * 21;                          \
+        o[1] = t1 + t2;                                                         \
+        o[2] = t2 - t1;                                                         \
+        o[3] = t3 + t4;                                                         \
+        o[4] = t4 - t3;                                                         \
+        o[5] = t5 + t6;                                                         \
+        o[6] = t6 - t5;                                                         \
+        o[7] = (a[7] - a[1]) * 4 + (a[3] - a[5]) * 21;                          \
+    } while (0)
+
+/* As wino4_input, for F(4x4, 5x5): V [64][T][CS], XP with HH >= 4 TH + 4. */
+static void FN(wino8_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
+                            int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
+{
+    const int64_t T = (int64_t)TH * TW, plane = T * CS, rs = (int64_t)WW * CS;
+    VNI hi[64], lo[64];
+    VN svv[64];
+    for (int xi = 0; xi < 64; xi++) {
+        hi[xi] = lo[xi] = (VNI){0};
+        if (sv) svv[xi] = FN(vnsplat)(sv[xi]);
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        const int ty = (int)(t / TW), tx = (int)(t % TW);
+        const int16_t *d0 = XP + ((int64_t)(4 * ty) * WW + 4 * tx) * CS;
+        for (int c = 0; c < CS; c += QE_NL) {
+            VNI e[8][8];   /* d B, row by row */
+            for (int r = 0; r < 8; r++) {
+                VNI a[8];
+                for (int k = 0; k < 8; k++) {
+                    VNS h;
+                    memcpy(&h, d0 + r * rs + k * CS + c, sizeof h);
+                    a[k] = __builtin_convertvector(h, VNI);
+                }
+                QE_W8_BT(a, e[r]);
+            }
+            for (int k = 0; k < 8; k++) {   /* B' (d B), column k */
+                VNI a[8], o[8];
+                for (int r = 0; r < 8; r++) a[r] = e[r][k];
+                QE_W8_BT(a, o);
+                for (int r = 0; r < 8; r++) {
+                    const int xi = r * 8 + k;
+                    if (!sv) {
+                        const VNI gt = o[r] > hi[xi], lt = o[r] < lo[xi];
+                        hi[xi] = (o[r] & gt) | (hi[xi] & ~gt);
+                        lo[xi] = (o[r] & lt) | (lo[xi] & ~lt);
+                        continue;
+                    }
+                    const VN f = __builtin_convertvector(o[r], VN) * svv[xi];
+                    const VNS q = __builtin_convertvector(FN(vnrint)(f), VNS);
+                    memcpy(V + (int64_t)xi * plane + t * CS + c, &q, sizeof q);
+                }
+            }
+        }
+    }
+    if (!sv)
+        for (int xi = 0; xi < 64; xi++) {
+            int32_t h[QE_NL], l[QE_NL];
+            memcpy(h, &hi[xi], sizeof h);
+            memcpy(l, &lo[xi], sizeof l);
+            for (int i = 0; i < QE_NL; i++) {
+                vmax[xi] = h[i] > vmax[xi] ? h[i] : vmax[xi];
+                vmax[xi] = -l[i] > vmax[xi] ? -l[i] : vmax[xi];
+            }
+        }
+}
+#undef QE_W8_BT
+
 #ifndef QE_WINO_PREFETCH
 #define QE_WINO_PREFETCH 8192   /* bytes ahead in a block's weights */
 #endif
@@ -466,6 +554,113 @@ QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *s
 #undef QE_QUAD_LO
 #undef QE_QUAD_HI
 
+/* F(4x4, 5x5)'s output transform, as wino4_output's with
+ * A' = [1 1 1 1 1 1 1 0; 0 1 -1 2 -2 1/2 -1/2 0; 0 1 1 4 4 1/4 1/4 0;
+ * 0 1 -1 8 -8 1/8 -1/8 1] (products by powers of two are exact). */
+#if QE_NL == 16
+#define QE_PAIR_LO {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#define QE_PAIR_HI {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#define QE_QUAD_LO {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23}
+#define QE_QUAD_HI {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31}
+#elif QE_NL == 8
+#define QE_PAIR_LO {0, 8, 1, 9, 2, 10, 3, 11}
+#define QE_PAIR_HI {4, 12, 5, 13, 6, 14, 7, 15}
+#define QE_QUAD_LO {0, 1, 8, 9, 2, 3, 10, 11}
+#define QE_QUAD_HI {4, 5, 12, 13, 6, 7, 14, 15}
+#else
+#define QE_PAIR_LO {0, 4, 1, 5}
+#define QE_PAIR_HI {2, 6, 3, 7}
+#define QE_QUAD_LO {0, 1, 4, 5}
+#define QE_QUAD_HI {2, 3, 6, 7}
+#endif
+/* 4 outputs of A' applied to m[0..7] (floats). */
+#define QE_W45_AT(m, o)                                                         \
+    do {                                                                        \
+        const VN s12 = m[1] + m[2], d12 = m[1] - m[2];                          \
+        const VN s34 = m[3] + m[4], d34 = m[3] - m[4];                          \
+        const VN s56 = m[5] + m[6], d56 = m[5] - m[6];                          \
+        o[0] = ((m[0] + s12) + s34) + s56;                                      \
+        o[1] = (d12 + d34 * FN(vnsplat)(2.f)) + d56 * FN(vnsplat)(0.5f);        \
+        o[2] = (s12 + s34 * FN(vnsplat)(4.f)) + s56 * FN(vnsplat)(0.25f);       \
+        o[3] = ((d12 + d34 * FN(vnsplat)(8.f)) + d56 * FN(vnsplat)(0.125f)) + m[7]; \
+    } while (0)
+QE_NO_FMA static void FN(wino45_output)(const int32_t *mb, int NT, const float *sc,
+                                        const float *bias, int co0, int Cout, int64_t t0, int TW,
+                                        int OH, int OW, int relu, float *y)
+{
+    const int64_t NR = (int64_t)OH * OW;
+    const VNI plo = QE_PAIR_LO, phi = QE_PAIR_HI, qlo = QE_QUAD_LO, qhi = QE_QUAD_HI;
+    const int quarter = QE_NL / 4;
+    int oys[QE_WINO_NT], oxs[QE_WINO_NT];
+    for (int t = 0; t < NT; t++) {
+        oys[t] = (int)((t0 + t) / TW) * 4;
+        oxs[t] = (int)((t0 + t) % TW) * 4;
+    }
+    for (int cv = 0; cv < 32; cv += QE_NL) {
+        const int nl = Cout - (co0 + cv) < QE_NL ? Cout - (co0 + cv) : QE_NL;
+        if (nl <= 0) break;
+        const VN b = FN(vnload)(bias + co0 + cv);
+        for (int t = 0; t < NT; t++) {
+            const int oy = oys[t], ox = oxs[t];
+            VN r[8][4];   /* m A, row by row */
+            for (int a = 0; a < 8; a++) {
+                VN m[8];
+                for (int k = 0; k < 8; k++) {
+                    const int xi = a * 8 + k;
+                    const VNI iv = *(const VNI *)(mb + ((int64_t)xi * NT + t) * 32 + cv);
+                    m[k] = __builtin_convertvector(iv, VN) * FN(vnload)(sc + xi * 32 + cv);
+                }
+                QE_W45_AT(m, r[a]);
+            }
+            float pr[4][4][QE_NL];   /* [row][quarter of the channels][channel quads] */
+            for (int j = 0; j < 4; j++) {   /* A' (m A), column j */
+                VN col[8], o[4];
+                for (int a = 0; a < 8; a++) col[a] = r[a][j];
+                QE_W45_AT(col, o);
+                for (int i = 0; i < 4; i++) r[i][j] = o[i] + b;   /* (r[i][j] no longer read) */
+            }
+            for (int i = 0; i < 4; i++) {
+                VN c[4];
+                for (int j = 0; j < 4; j++) {
+                    c[j] = r[i][j];
+                    if (relu) {   /* NaN -> 0, as the scalar kernels' !(v > 0) */
+                        const VN z = FN(vnsplat)(0.f);
+                        c[j] = (VN)((VNI)c[j] & (VNI)(c[j] > z));
+                    }
+                }
+                const VN p01l = __builtin_shuffle(c[0], c[1], plo),
+                         p01h = __builtin_shuffle(c[0], c[1], phi),
+                         p23l = __builtin_shuffle(c[2], c[3], plo),
+                         p23h = __builtin_shuffle(c[2], c[3], phi);
+                const VN q0 = __builtin_shuffle(p01l, p23l, qlo),
+                         q1 = __builtin_shuffle(p01l, p23l, qhi),
+                         q2 = __builtin_shuffle(p01h, p23h, qlo),
+                         q3 = __builtin_shuffle(p01h, p23h, qhi);
+                memcpy(pr[i][0], &q0, sizeof q0);
+                memcpy(pr[i][1], &q1, sizeof q1);
+                memcpy(pr[i][2], &q2, sizeof q2);
+                memcpy(pr[i][3], &q3, sizeof q3);
+            }
+            float *yc = y + (int64_t)(co0 + cv) * NR + (int64_t)oy * OW + ox;
+            if (oy + 3 < OH && ox + 3 < OW) {
+                for (int l = 0; l < nl; l++, yc += NR)
+                    for (int i = 0; i < 4; i++)
+                        memcpy(yc + (int64_t)i * OW, &pr[i][l / quarter][4 * (l % quarter)], 16);
+            } else {
+                for (int l = 0; l < nl; l++, yc += NR)
+                    for (int i = 0; i < 4 && oy + i < OH; i++)
+                        for (int j = 0; j < 4 && ox + j < OW; j++)
+                            yc[(int64_t)i * OW + j] = pr[i][l / quarter][4 * (l % quarter) + j];
+            }
+        }
+    }
+}
+#undef QE_W45_AT
+#undef QE_PAIR_LO
+#undef QE_PAIR_HI
+#undef QE_QUAD_LO
+#undef QE_QUAD_HI
+
 /* y [Cout][OH][OW] from V (wino_input; CP pairs of channels) and U, sc as
  * laid out above.
  * Blocks of 32 channels x QE_WINO_NT tiles are shared among the threads, tile
@@ -475,13 +670,13 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
                           int OW, int relu, int nthreads, int tile)
 {
     const int64_t T = (int64_t)TH * TW;
-    const int nxi = (tile + 2) * (tile + 2);   /* 16 for F(2x2, 3x3), 36 for F(4x4, 3x3) */
+    const int nxi = qe_wino_n(tile) * qe_wino_n(tile);   /* 16, 36 or 64 */
     /* tiles split evenly into blocks of at most QE_WINO_NT (16 tiles: 8 + 8,
      * not 12 + 4: a short block loads as many weights for fewer products) */
     const int64_t ntb = (T + QE_WINO_NT - 1) / QE_WINO_NT, bt = (T + ntb - 1) / ntb;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        int32_t mb[36 * QE_WINO_NT * 32] __attribute__((aligned(64)));
+        int32_t mb[64 * QE_WINO_NT * 32] __attribute__((aligned(64)));
         /* On threads, tile blocks outermost: a thread's share is a run of
          * tiles (all their channels), so it reads the V it transformed itself
          * (the input transform splits tiles the same way) rather than every
@@ -510,7 +705,10 @@ static void FN(wino_conv)(const int16_t *V, int TH, int TW, int CS, int CP, cons
                 default: break;
                 }
             }
-            if (tile == 4)
+            if (tile == QE_WINO_F45)
+                FN(wino45_output)(mb, nt, sc + (int64_t)cb * 64 * 32, bias, cb * 32, Cout, t0,
+                                  TW, OH, OW, relu, y);
+            else if (tile == 4)
                 FN(wino4_output)(mb, nt, sc + (int64_t)cb * 36 * 32, bias, cb * 32, Cout, t0, TW,
                                  OH, OW, relu, y);
             else

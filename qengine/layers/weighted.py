@@ -23,6 +23,7 @@ class KernelCosts(NamedTuple):
     int16: float                # a multiply-add of the int16 dense kernel (qe_i16.h)
     int16_min_macs: int         # ... chosen only with this many multiply-adds per input value
     wino4_overhead: float       # F(4x4, 3x3)'s transforms per 4x4 tile and output channel
+    wino45_overhead: float      # F(4x4, 5x5)'s
     wino_weight_stream: float   # reading a transformed weight, per output (see winograd_tile)
 
 
@@ -45,8 +46,8 @@ class KernelCosts(NamedTuple):
 # first, conv5, turns slower-dense at 6.9).  The portable build keeps the
 # AVX2 prices.
 KERNEL_COSTS = {
-    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100, 1520, 7.4),
-    "avx512": KernelCosts(3.75, 4.6, 3.75, 1.35, 0.45, 16, 1830, 14.7),
+    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100, 1520, 1700, 7.4),
+    "avx512": KernelCosts(3.75, 4.6, 3.75, 1.35, 0.45, 16, 1830, 1900, 14.7),
 }
 KERNEL_COSTS["generic"] = KERNEL_COSTS["avx2"]
 KERNEL_COSTS["avx512-emulated"] = KERNEL_COSTS["avx512"]   # same plans as the real one
@@ -81,14 +82,14 @@ WINO_MAX_RATIO = 0.9
 def winograd_cost_ratio(params, cin_group, out_shape, tile=2):
     """Its time over the direct int16 kernel's on the same layer (model above;
     odd output sizes compute a last row or column of tiles half used), by
-    F(tile x tile, 3x3)."""
+    Winograd form `tile` (_kernels.WINO_FORMS)."""
     kh, kw = params["kernel"]
     virtual = _kernels.wino_pieces(kh, kw, params["stride"])
     _, oh, ow = out_shape
     waste = (-(-oh // 2) * 2) * (-(-ow // 2) * 2) / (oh * ow)
     ratio = (16 * virtual * cin_group + WINO_OVERHEAD) / (4 * kh * kw * cin_group) * waste
-    if tile == 4:
-        ratio *= winograd_tile_ratio(params, cin_group, out_shape)
+    if tile != 2:
+        ratio *= winograd_tile_ratio(params, cin_group, out_shape, tile)
     return ratio
 
 
@@ -104,32 +105,46 @@ def winograd_cost_ratio(params, cin_group, out_shape, tile=2):
 # AVX2 1.2-1.5x at 27x27, 1.0-1.2x at 55x55, 0.95-1.0x at 13x13 (3-9% rms).
 # F(4x4) doubles the rounding error, so it is chosen only where the model
 # prices it at most WINO4_MAX_RATIO of F(2x2).
+#
+# F(4x4, 5x5) (tile code 45): kernels cut into 5x5 pieces instead of 3x3, 64
+# products per 4x4 outputs and piece (an 8x8 patch): a 5x5 kernel takes 64
+# instead of F(4x4, 3x3)'s 4 x 36, and the same for a 7x7 stride-2 kernel (4x4
+# after space to depth).  Transforms priced by KernelCosts.wino45_overhead,
+# fitted on a Zen 5 (interleaved, tools/layer_ab.py with
+# QENGINE_WINOGRAD_TILE=45): AlexNet conv2 (5x5, 48 channels per group, 27x27)
+# 0.565x F(4x4, 3x3)'s time on AVX-512, 0.58x on AVX2; SqueezeNet conv1 (7x7
+# stride 2, 3 channels, 109x109) 0.64x and 0.67x (there the direct kernel is
+# faster still).  Its rounding error on AlexNet conv2 (real activations) is
+# 1.4x that of F(4x4, 3x3) in pieces.
 WINO4_MAX_RATIO = 0.9
 
 
-def winograd_tile_ratio(params, cin_group, out_shape):
-    """F(4x4, 3x3)'s time over F(2x2, 3x3)'s on this layer (model above)."""
+def winograd_tile_ratio(params, cin_group, out_shape, tile=4):
+    """Winograd form `tile`'s time over F(2x2, 3x3)'s on this layer (model above)."""
     kh, kw = params["kernel"]
-    v = _kernels.wino_pieces(kh, kw, params["stride"]) * cin_group
     _, oh, ow = out_shape
     c = kernel_costs()
 
-    def time(m, overhead):
-        n = (m + 2) ** 2
+    def time(form, overhead):
+        v = _kernels.wino_pieces(kh, kw, params["stride"], form) * cin_group
+        m, n = _kernels.wino_outputs(form), _kernels.wino_products(form)
         waste = (-(-oh // m) * m) * (-(-ow // m) * m) / (oh * ow)
         return (n * v + overhead) / m ** 2 * waste + c.wino_weight_stream * n * v / (oh * ow)
 
-    return time(4, c.wino4_overhead) / time(2, WINO_OVERHEAD)
+    overhead = {2: WINO_OVERHEAD, 4: c.wino4_overhead, 45: c.wino45_overhead}[tile]
+    return time(tile, overhead) / time(2, WINO_OVERHEAD)
 
 
 def winograd_tile(params, cin_group, out_shape):
-    """The Winograd form of a layer that runs by Winograd: 4 for F(4x4, 3x3)
-    where winograd_tile_ratio() is at most WINO4_MAX_RATIO, else 2 for
-    F(2x2, 3x3); QENGINE_WINOGRAD_TILE=2 or 4 forces one."""
+    """The Winograd form of a layer that runs by Winograd: of F(4x4, 3x3) (4)
+    and F(4x4, 5x5) (45), the one winograd_tile_ratio() prices lowest if that
+    is at most WINO4_MAX_RATIO, else 2 for F(2x2, 3x3);
+    QENGINE_WINOGRAD_TILE=2, 4 or 45 forces one."""
     force = os.environ.get("QENGINE_WINOGRAD_TILE", "")
-    if force in ("2", "4"):
+    if force in ("2", "4", "45"):
         return int(force)
-    return 4 if winograd_tile_ratio(params, cin_group, out_shape) <= WINO4_MAX_RATIO else 2
+    ratio, tile = min((winograd_tile_ratio(params, cin_group, out_shape, t), t) for t in (4, 45))
+    return tile if ratio <= WINO4_MAX_RATIO else 2
 
 
 def winograd_pays(params, cin_group, out_shape):
@@ -143,7 +158,8 @@ def winograd_pays(params, cin_group, out_shape):
     force = os.environ.get("QENGINE_WINOGRAD", "")
     if force in ("0", "1"):
         return force == "1"
-    return winograd_cost_ratio(params, cin_group, out_shape) <= WINO_MAX_RATIO
+    tile = winograd_tile(params, cin_group, out_shape)
+    return winograd_cost_ratio(params, cin_group, out_shape, tile) <= WINO_MAX_RATIO
 
 
 def subspace_inputs(L, in_shape):
