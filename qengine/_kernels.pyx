@@ -9,6 +9,7 @@ from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_C_CONTIGUOUS, PyBUF_FOR
                               PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer)
 from libc.stdint cimport uint8_t, int16_t, int32_t, int64_t, uintptr_t
 from libc.stdlib cimport free
+from cython.parallel cimport prange
 
 cdef extern from "kernels/qe_kernels.h" nogil:
     int QE_TILE
@@ -1285,3 +1286,40 @@ def resize_pixels_ac(const uint8_t[::1] px, int H, int W, int ch, str order,
                                  out.shape[2])
     if rc != 0:
         raise MemoryError("out of memory in resize")
+
+
+# ---- running Python callables on one OpenMP team --------------------------
+cdef extern from *:
+    """
+    static __thread int qe_team_pinned;
+    static int qe_team_pin(void) { int was = qe_team_pinned; qe_team_pinned = 1; return was; }
+    """
+    int qe_team_pin() nogil
+
+cdef extern from "Python.h":
+    ctypedef int PyGILState_STATE
+    PyGILState_STATE PyGILState_Ensure()
+
+
+cdef void _team_call(list fns, list results, Py_ssize_t i) noexcept with gil:
+    if not qe_team_pin():
+        # keep this thread's Python state (and its threading.local scratch)
+        # alive between calls: one more PyGILState level, never released
+        PyGILState_Ensure()
+    try:
+        results[i] = (True, fns[i]())
+    except BaseException as e:
+        results[i] = (False, e)
+
+
+def run_team(list fns, int nthreads):
+    """Calls fns[i]() for every i on an OpenMP team of up to nthreads threads
+    (this thread is the first; the others are the threads the kernels' own
+    parallel regions use), each holding the GIL only while Python runs.
+    Returns [(True, result) or (False, exception)] in order."""
+    cdef Py_ssize_t i, n = len(fns)
+    results = [None] * n
+    with nogil:
+        for i in prange(n, num_threads=nthreads, schedule="static", chunksize=1):
+            _team_call(fns, results, i)
+    return results

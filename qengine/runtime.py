@@ -458,6 +458,8 @@ class Model:
                 return {k: buffers.concat([o[k] for o in outs], 0) for k in want}
             return buffers.concat(outs, 0)
         nthreads = _threads_now(self.threads)
+        if nthreads > 1 and 1 < n <= nthreads and self._cut < len(self._ops):
+            return self._forward_shared_head(x, want, profile, nthreads)
         if nthreads > 1 and n > 1:
             # A batch: one slice of images per thread, each thread's kernels
             # single-threaded (they release the GIL, so the slices run in
@@ -480,6 +482,41 @@ class Model:
                 return {k: buffers.concat([o[k] for o in outs], 0) for k in want}
             return buffers.concat(outs, 0)
         return self._run(x, want, profile, nthreads)
+
+    def _forward_shared_head(self, x, want, profile, nthreads):
+        """A batch of at most one image per thread with a fully-connected head
+        (e.g. 2 images on 2 threads): each image's trunk on a thread of its own
+        (single-threaded kernels), then the head on the whole batch on all
+        threads.  Sliced, each thread would read all the fully-connected
+        weights for its one image (AlexNet's fc6-8 then scaled 1.2x on 2
+        threads).  The threads are one OpenMP team (_kernels.run_team), the
+        same threads the head's kernels then use: a thread pool of our own
+        beside OpenMP's would leave OpenMP's threads spinning on the cores the
+        next batch's slices need.  Same results as one thread."""
+        n, ops, cut = x.shape[0], self._ops, self._cut
+        keep = set(want or [])
+        profs = [None if profile is None else {} for _ in range(n)]
+        runs = [lambda i=i: self._run_ops({self.input_name: x[i:i + 1]}, 0, cut, keep, profs[i],
+                                          1, want is None) for i in range(n)]
+        parts = []
+        for ok, v in _kernels.run_team(runs, n):
+            if not ok:
+                raise v
+            parts.append(v)
+        if profile is not None:
+            for pr in profs:
+                for k, v in pr.items():
+                    profile[k] = profile.get(k, 0.0) + v / n
+        results = {k: buffers.concat([p[1][k] for p in parts], 0) for k in parts[0][1]}
+        blobs = {b: buffers.concat([p[0][b] for p in parts], 0) for b in parts[0][0]
+                 if self._last_use.get(b, -1) >= cut}
+        del parts
+        blobs, more, out = self._run_ops(blobs, cut, len(ops), keep, profile, nthreads,
+                                         want is None)
+        results.update(more)
+        if want is not None:
+            return {name: results[name] for name in want}
+        return out
 
     def _pool(self):
         with self._pool_lock:

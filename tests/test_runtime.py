@@ -173,6 +173,73 @@ def test_batch_runs_trunk_in_chunks_and_head_whole(tiny, mode):
     assert np.array_equal(m2.forward(x), whole)
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_one_image_per_thread_shares_the_head(tiny, mode, monkeypatch):
+    """A batch of at most one image per thread runs each image's trunk on a
+    thread of one OpenMP team and the head once on the whole batch: the same
+    bits as one thread, with intermediate outputs and profiles; an error in
+    one image's trunk reaches the caller, and the model runs on afterwards."""
+    from qengine import _kernels
+    path, _, _ = tiny
+    m1, m2 = qengine.load(path, mode=mode), qengine.load(path, mode=mode, threads=2)
+    calls = []
+    team = _kernels.run_team
+    monkeypatch.setattr(_kernels, "run_team", lambda fns, n: calls.append(n) or team(fns, n))
+    x = np.random.default_rng(6).standard_normal((2, 3, 21, 19)).astype(np.float32)
+    want = ["c1", "p2", "f1", "prob"]
+    assert np.array_equal(m2.forward(x), m1.forward(x)) and calls == [2]
+    got, ref = m2.forward(x, outputs=want), m1.forward(x, outputs=want)
+    for k in want:
+        assert np.array_equal(got[k], ref[k]), k
+    prof = {}
+    m2.forward(x, profile=prof)
+    assert {"c1", "f1", "prob"} <= set(prof) and all(v >= 0 for v in prof.values())
+    calls.clear()
+    m2.forward(x[:1])                   # one image: all threads inside its layers
+    m2.forward(np.concatenate([x, x]))  # more images than threads: slices
+    assert calls == []
+    op = next(o for o in m2._ops if o.name == "c1")
+    run = op.run
+    seen = []
+
+    def fail_second(*a, **k):
+        seen.append(threading.get_ident())
+        if len(seen) == 2:
+            raise RuntimeError("boom in one image's trunk")
+        return run(*a, **k)
+    monkeypatch.setattr(op, "run", fail_second)
+    with pytest.raises(RuntimeError, match="boom"):
+        m2.forward(x)
+    monkeypatch.setattr(op, "run", run)
+    assert np.array_equal(m2.forward(x), m1.forward(x))
+
+
+def test_run_team_keeps_order_errors_and_thread_state():
+    """run_team: results in order, exceptions returned (not raised) per call,
+    the calls spread over the team's threads, and a team thread's
+    threading.local values kept from one call of run_team to the next."""
+    from qengine import _kernels
+    local = threading.local()
+
+    def job(i):
+        if i == 3:
+            raise ValueError("three")
+        first = getattr(local, "v", None)
+        local.v = first or ("set", threading.get_ident())
+        return i * i, threading.get_ident(), first
+
+    fns = [lambda i=i: job(i) for i in range(4)]
+    res = _kernels.run_team(fns, 2)
+    assert [ok for ok, _ in res] == [True, True, True, False]
+    assert isinstance(res[3][1], ValueError) and str(res[3][1]) == "three"
+    assert [v[0] for _, v in res[:3]] == [0, 1, 4]
+    assert len({v[1] for _, v in res[:3]}) == 2          # two threads ran them
+    again = _kernels.run_team(fns[:2], 2)
+    for ok, (sq, ident, first) in again:                 # each thread's local survived
+        assert ok and first == ("set", ident)
+    assert _kernels.run_team([], 2) == []
+
+
 def test_no_head_when_other_blobs_cross_the_cut(tmp_path):
     """A fully-connected layer is the head's start only where its input is the
     one blob alive: here the network input is read again after it."""
