@@ -43,6 +43,7 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                         int16_t *out, float *scale)
     int qe_wino_virtual(int C, int KH, int KW, int S, int tile)
     int qe_fc_q8_pad_cout(int Cout)
+    double qe_core_round_trip_ns(double seconds) nogil
     int qe_fc_q8_pad_m(int M)
     int qe_fc_q8_layout(const uint8_t *src, int64_t nbytes, int bits, int Cout, int M,
                         uint8_t *out)
@@ -1323,3 +1324,15 @@ def run_team(list fns, int nthreads):
         for i in prange(n, num_threads=nthreads, schedule="static", chunksize=1):
             _team_call(fns, results, i)
     return results
+
+
+def core_round_trip_ns(double seconds=0.05):
+    """Nanoseconds one cache line takes from one thread of the kernels'
+    OpenMP team to another and back (two threads, bounced for about
+    `seconds`), or None where two threads cannot run at once: what every
+    line the threads of one layer share costs (qbench prints it beside
+    multi-thread figures)."""
+    cdef double ns
+    with nogil:
+        ns = qe_core_round_trip_ns(seconds)
+    return ns if ns > 0 else None

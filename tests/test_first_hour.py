@@ -180,6 +180,14 @@ def test_qbench_percentiles_sweeps_csv_markdown(tmp_path):
     for s in sweep:
         m = s["ms_per_image"]
         assert m["min"] <= m["median"] <= m["p90"] <= m["p99"] <= m["max"] and m["std"] >= 0
+        # beside every multi-thread figure: a cache line's round trip between
+        # two of the threads, before and after its runs (None: no second CPU)
+        trip = s.get("core_round_trip_ns")
+        assert (trip is None) == (s["threads"] == 1)
+        if trip is not None:
+            assert len(trip) == 2 and all(t is None or 1 < t < 1e6 for t in trip)
+            if len(os.sched_getaffinity(0)) >= 2:
+                assert all(t is not None for t in trip)
     r = run("qbench", str(model), "--runs", "5", "--warmup", "0", "--batch", "1,2", "--csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(r.stdout)))

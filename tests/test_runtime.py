@@ -314,3 +314,19 @@ def test_model_call_close_and_context_manager(tmp_path):
         m.forward(x)
     with pytest.raises(qengine.InputError, match="closed"):
         m.classify(x)
+
+
+def test_core_round_trip_is_measured_and_bounded():
+    """The cache-line round trip between two of the kernels' threads (what
+    qbench prints beside multi-thread figures): a plausible figure where two
+    CPUs are available, and an answer within its time bound either way."""
+    import os
+    import time
+    from qengine import _kernels
+    t = time.perf_counter()
+    ns = _kernels.core_round_trip_ns(0.02)
+    assert time.perf_counter() - t < 2.0
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert ns is not None and 1 < ns < 1e5
+    else:
+        assert ns is None or ns > 0

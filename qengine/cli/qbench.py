@@ -132,6 +132,9 @@ def print_table(r):
               f"converting machine ({p['isa']}, {p['mode']} mode, batch 1, 1 thread)")
     print(f"file size      {r['size_bytes']:,} bytes ({r['size_bytes'] / 2**20:.2f} MiB)")
     print(f"peak memory    {r['peak_rss_bytes'] / 2**20:.1f} MiB RSS")
+    if r.get("core_round_trip_ns"):
+        print(f"threads        {_fmt_trip(r['core_round_trip_ns'])}: a cache line's round trip "
+              f"between two of the threads, before and after the runs (see README, Threads)")
     if r.get("compare"):
         print()
         print(f"{'runtime (same run, interleaved)':<34} {'ms/image':>9} {'vs qengine':>11}  max|diff|")
@@ -301,8 +304,12 @@ def main(argv=None):
         for threads, batch in sweep:
             model.threads = threads
             args.threads, args.batch = threads, batch
+            trip = [_round_trip()] if threads > 1 else None
             totals, per_layer = bench(model, args.runs, args.warmup, batch)
             results.append(report(model, totals, per_layer, args, size))
+            if trip is not None:
+                trip.append(_round_trip())
+                results[-1]["core_round_trip_ns"] = trip
         args.threads, args.batch = sweep[0]
         model.threads = args.threads
         r = results[0]
@@ -364,14 +371,34 @@ def _sweep_rows(results):
              r["images_per_s"] / base) for r in results]
 
 
+def _round_trip():
+    """A cache line's round trip between two of the kernels' threads, in ns
+    (None where two threads cannot run at once)."""
+    from .. import _kernels
+    if len(os.sched_getaffinity(0)) < 2:
+        return None
+    ns = _kernels.core_round_trip_ns(0.05)
+    return None if ns is None else round(ns, 1)
+
+
+def _fmt_trip(trip):
+    return " / ".join("-" if t is None else f"{t:.0f} ns" for t in trip)
+
+
 def print_sweep(results):
     """A row per threads/batch combination; speed-up in images/s against the first."""
+    trips = any(r.get("core_round_trip_ns") for r in results)
     print(f"{'threads':>7} {'batch':>5} {'median ms':>10} {'p90':>8} {'p99':>8} {'std':>7} "
-          f"{'images/s':>9} {'speed-up':>9}")
-    for t, b, med, p90, p99, std, ips, up in _sweep_rows(results):
+          f"{'images/s':>9} {'speed-up':>9}" + ("  round trip" if trips else ""))
+    for r, (t, b, med, p90, p99, std, ips, up) in zip(results, _sweep_rows(results)):
+        trip = f"  {_fmt_trip(r['core_round_trip_ns'])}" if r.get("core_round_trip_ns") else ""
         print(f"{t:>7} {b:>5} {med:>10.2f} {p90:>8.2f} {p99:>8.2f} {std:>7.2f} {ips:>9.1f} "
-              f"{up:>8.2f}x")
+              f"{up:>8.2f}x{trip}")
     print("(ms per image; speed-up in images/s against the first row, same run)")
+    if trips:
+        print("(round trip: a cache line between two of the threads and back, before / after "
+              "the row's runs; ~80 ns where they share a level-3 cache, several hundred where "
+              "not, and then threads that share data run slower: README, Threads)")
 
 
 def print_csv(results):

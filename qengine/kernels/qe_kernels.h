@@ -84,6 +84,11 @@ int qe_i16_conv(const qe_conv_geom *g, const float *xp, int16_t *xq, const int16
  * or -1 if a channel cannot be laid out within the overflow bound. */
 int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale);
 
+/* Nanoseconds per round trip of one cache line between two threads of the
+ * OpenMP team, bounced for about `seconds` (topology.c); -1 if two threads
+ * could not run at once. */
+double qe_core_round_trip_ns(double seconds);
+
 /* Winograd forms, named by their "tile" code: 2 = F(2x2, 3x3), 4 = F(4x4,
  * 3x3), QE_WINO_F45 = F(4x4, 5x5).  m x m outputs per tile, r x r kernel
  * pieces, n = m + r - 1 (an n x n input patch, NXI = n^2 products per tile
