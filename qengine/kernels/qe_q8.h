@@ -180,10 +180,15 @@ FN(fc_q8_lookup_nb)(const uint8_t *q, int64_t qstride, const int NB, int Mp, con
     const QE_CAT(q8_unpacker, QE_SUFFIX) un = FN(q8_unpacker_for)(bits);
     const int64_t ustep = bits >= 8 ? 64 : 8 * bits;
 #endif
+    /* One parallel region for all row blocks: each block's output blocks are
+     * shared out by the same static schedule, so a thread adds to the same
+     * outputs in every row block and needs no barrier between blocks (the
+     * sums keep the row-block order: the same bits on any thread count). */
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
         const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
         const uint8_t *qb = q + (int64_t)m0 * 32;
-        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        #pragma omp for schedule(static) nowait
         for (int c = 0; c < ncb; c++) {
             /* the block's first index, in bytes of the (packed) layout */
             const uint8_t *ib = idx + ((int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb) * bits / 8;
