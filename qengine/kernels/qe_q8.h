@@ -336,9 +336,12 @@ static void FN(fc_f32_lookup)(const float *T, int Mp, int Kp, const uint8_t *idx
 {
     const int ncb = Cout_pad / 32;
     for (int co = 0; co < Cout_pad; co++) acc[co] = 0.f;
+    /* one parallel region, a thread's output blocks the same in every row
+     * block (as fc_q8_lookup_nb) */
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     for (int m0 = 0; m0 < Mp; m0 += QE_Q8_MBLOCK) {
         const int mb = Mp - m0 < QE_Q8_MBLOCK ? Mp - m0 : QE_Q8_MBLOCK;
-        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        #pragma omp for schedule(static) nowait
         for (int c = 0; c < ncb; c++) {
             const uint8_t *ib = idx + (int64_t)Cout_pad * m0 + (int64_t)c * 32 * mb;
             float *ac = acc + c * 32;
