@@ -1290,23 +1290,10 @@ def resize_pixels_ac(const uint8_t[::1] px, int H, int W, int ch, str order,
 
 
 # ---- running Python callables on one OpenMP team --------------------------
-cdef extern from *:
-    """
-    static __thread int qe_team_pinned;
-    static int qe_team_pin(void) { int was = qe_team_pinned; qe_team_pinned = 1; return was; }
-    """
-    int qe_team_pin() nogil
-
-cdef extern from "Python.h":
-    ctypedef int PyGILState_STATE
-    PyGILState_STATE PyGILState_Ensure()
-
-
 cdef void _team_call(list fns, list results, Py_ssize_t i) noexcept with gil:
-    if not qe_team_pin():
-        # keep this thread's Python state (and its threading.local scratch)
-        # alive between calls: one more PyGILState level, never released
-        PyGILState_Ensure()
+    # (on the team's other threads, Python makes a thread state for the call
+    # and drops it after: they keep nothing between calls, so a caller must
+    # not rely on threading.local there)
     try:
         results[i] = (True, fns[i]())
     except BaseException as e:
@@ -1317,7 +1304,9 @@ def run_team(list fns, int nthreads):
     """Calls fns[i]() for every i on an OpenMP team of up to nthreads threads
     (this thread is the first; the others are the threads the kernels' own
     parallel regions use), each holding the GIL only while Python runs.
-    Returns [(True, result) or (False, exception)] in order."""
+    Returns [(True, result) or (False, exception)] in order.  The other
+    threads hold no Python state between calls (threading.local values set
+    there are gone at the next call)."""
     cdef Py_ssize_t i, n = len(fns)
     results = [None] * n
     with nogil:

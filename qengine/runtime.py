@@ -368,11 +368,16 @@ class Model:
         return cut, chunk
 
     # -- running ----------------------------------------------------------
-    def _workspace(self):
-        ws = getattr(self._local, "ws", None)
-        if ws is None:
-            ws = self._local.ws = buffers.empty((self._ws_floats,))
-        return ws
+    def _workspace(self, slot=0):
+        """The calling thread's scratch; slot i > 0: the scratch it lends the
+        i-th thread of its OpenMP team (_forward_shared_head), which holds no
+        Python state of its own between calls."""
+        wss = getattr(self._local, "ws", None)
+        if wss is None:
+            wss = self._local.ws = []
+        while len(wss) <= slot:
+            wss.append(buffers.empty((self._ws_floats,)))
+        return wss[slot]
 
     def forward(self, x, outputs=None, profile=None):
         """Run the network on a preprocessed float32 batch x [N, C, H, W].
@@ -496,8 +501,9 @@ class Model:
         n, ops, cut = x.shape[0], self._ops, self._cut
         keep = set(want or [])
         profs = [None if profile is None else {} for _ in range(n)]
+        wss = [self._workspace(i) for i in range(n)]
         runs = [lambda i=i: self._run_ops({self.input_name: x[i:i + 1]}, 0, cut, keep, profs[i],
-                                          1, want is None) for i in range(n)]
+                                          1, want is None, wss[i]) for i in range(n)]
         parts = []
         for ok, v in _kernels.run_team(runs, n):
             if not ok:
@@ -553,10 +559,12 @@ class Model:
             return {name: results[name] for name in want}
         return out
 
-    def _run_ops(self, blobs, lo, hi, keep, profile, nthreads, into_ok):
-        """Run ops[lo:hi] on blobs {name: buffer}; returns (blobs alive after
-        them, {kept layer name: output}, the last op's output)."""
-        ws = self._workspace()
+    def _run_ops(self, blobs, lo, hi, keep, profile, nthreads, into_ok, ws=None):
+        """Run ops[lo:hi] on blobs {name: buffer} (scratch ws: the calling
+        thread's by default); returns (blobs alive after them, {kept layer
+        name: output}, the last op's output)."""
+        if ws is None:
+            ws = self._workspace()
         results = {}
         ops = self._ops
         n = blobs[next(iter(blobs))].shape[0]
