@@ -214,6 +214,33 @@ def test_one_image_per_thread_shares_the_head(tiny, mode, monkeypatch):
     assert np.array_equal(m2.forward(x), m1.forward(x))
 
 
+def test_shared_head_from_many_calling_threads(tiny):
+    """4 Python threads each running 2-image batches on one 2-thread Model (each
+    caller its own OpenMP team and scratch): bit-identical to one thread."""
+    path, _, _ = tiny
+    m, m1 = qengine.load(path, mode="fast", threads=2), qengine.load(path, mode="fast")
+    xs = [np.random.default_rng(10 + i).standard_normal((2, 3, 21, 19)).astype(np.float32)
+          for i in range(4)]
+    want = [m1.forward(x) for x in xs]
+    errors, done = [], [0] * 4
+
+    def work(i):
+        try:
+            for _ in range(50):
+                if not np.array_equal(m.forward(xs[i]), want[i]):
+                    raise AssertionError(f"thread {i}: result differs from one thread")
+                done[i] += 1
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and done == [50] * 4
+
+
 def test_run_team_keeps_order_and_errors():
     """run_team: results in order, exceptions returned (not raised) per call,
     the calls spread over the team's threads, the caller's thread-local
