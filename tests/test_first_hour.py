@@ -154,6 +154,8 @@ def test_qinfo_shows_layers_preprocessing_classes_provenance(tmp_path):
                 quant = op.L["weights"]["mode"] == "lut"
                 assert by[op.name]["form"] == ("quantized" if quant else "dense")
                 assert by[op.name]["kernel"] == op.strategy
+                assert by[op.name]["winograd_form"] == (
+                    op.wino_tile if op.strategy == "winograd" else None)
                 if quant:
                     assert (by[op.name]["d"], by[op.name]["K"]) == (op.d, op.K)
         dense, stored = m.weight_bytes()

@@ -55,7 +55,7 @@ def report(model, totals, per_layer, args, size):
     ms_img = np.array(totals) * 1e3 / batch
     costs = {c[0]: c[2:] for c in model.layer_costs()}
     strategies = model.layer_strategies()
-    for op in model.layers:   # Winograd's form: F(2x2, 3x3) or F(4x4, 3x3)
+    for op in model.layers:   # Winograd's form: 2, 4 or 45 (_kernels.WINO_FORMS)
         if strategies.get(op.name) == "winograd":
             strategies[op.name] = f"winograd{op.wino_tile}"
     layer_ms = {n: float(np.median([p.get(n, 0.0) for p in per_layer])) * 1e3 / batch

@@ -54,6 +54,9 @@ def describe(model):
                         "K": getattr(op, "K", None) if quant else None,
                         "M": getattr(op, "M", None) if quant else None,
                         "kernel": op.strategy, "bytes": nbytes[op.name],
+                        # Winograd's form (2, 4 or 45: _kernels.WINO_FORMS)
+                        "winograd_form": getattr(op, "wino_tile", None)
+                        if op.strategy == "winograd" else None,
                         "tensors": {k: v for k, v in w.items() if k != "mode"}})
             dmac, tmac, lk = costs[op.name]
             row.update({"dense_macs": dmac, "table_macs": tmac, "lookups": lk})
@@ -103,7 +106,8 @@ def print_info(r, out=sys.stdout):
         shape = "x".join(map(str, L["output"]))
         if "form" in L:
             form = f"d={L['d']} K={L['K']}" if L["form"] == "quantized" else "dense"
-            p(f"{L['name']:<{wn}} {L['type']:<13} {shape:<14} {form:<14} {L['kernel']:<12} "
+            kern = L["kernel"] + (str(L["winograd_form"]) if L.get("winograd_form") else "")
+            p(f"{L['name']:<{wn}} {L['type']:<13} {shape:<14} {form:<14} {kern:<12} "
               f"{L['bytes']:>10,}")
         else:
             p(f"{L['name']:<{wn}} {L['type']:<13} {shape:<14}")
