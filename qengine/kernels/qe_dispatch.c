@@ -487,19 +487,16 @@ void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, in
              * max|V[xi]|, and the output scales carry 1 / sv */
             int32_t vm[64] = {0};
             float sv[64];
-            if (tile == 4)
-                K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
-            else
-                K_()->wino8_input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
+            void (*const input)(const int16_t *, int, int, int, int, int64_t, int64_t,
+                                const float *, int32_t *, int16_t *) =
+                tile == 4 ? K_()->wino4_input : K_()->wino8_input;
+            input(XP, WW, CS, TH, TW, ta, tb, NULL, vm, V);
             #pragma omp critical(qe_wino4_vmax)
             for (int xi = 0; xi < NXI; xi++) vmax[xi] = vm[xi] > vmax[xi] ? vm[xi] : vmax[xi];
             #pragma omp barrier
             for (int xi = 0; xi < NXI; xi++)
                 sv[xi] = vmax[xi] > 0 ? (float)QE_WINO4_VB / (float)vmax[xi] : 1.f;
-            if (tile == 4)
-                K_()->wino4_input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
-            else
-                K_()->wino8_input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
+            input(XP, WW, CS, TH, TW, ta, tb, sv, vm, V);
             if (th == 0)
                 for (int xi = 0; xi < NXI; xi++) f[xi] = sa / sv[xi];
         } else {

@@ -151,68 +151,6 @@ static void FN(wino_input)(const int16_t *XP, int WW, int CS, int TH, int TW, in
         o[5] = d13 * 4 - a[3] + a[5];                                           \
     } while (0)
 
-/* Tiles [t0, t1).  Pass sv == NULL: vmax[xi] = the larger of vmax[xi] and
- * max over those tiles and channels of |V[xi]| (zeroed by the caller before
- * the first).  Otherwise V [36][T][CS] int16 = the rescaled Vq.  XP
- * [HH][WW][CS] as wino_input's, HH >= 4 TH + 2. */
-static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
-                            int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
-{
-    const int64_t T = (int64_t)TH * TW, plane = T * CS, rs = (int64_t)WW * CS;
-    VNI hi[36], lo[36];   /* pass 1: the largest and smallest values per xi */
-    VN svv[36];
-    for (int xi = 0; xi < 36; xi++) {
-        hi[xi] = lo[xi] = (VNI){0};
-        if (sv) svv[xi] = FN(vnsplat)(sv[xi]);
-    }
-    for (int64_t t = t0; t < t1; t++) {
-        const int ty = (int)(t / TW), tx = (int)(t % TW);
-        const int16_t *d0 = XP + ((int64_t)(4 * ty) * WW + 4 * tx) * CS;
-        for (int c = 0; c < CS; c += QE_NL) {
-            VNI e[6][6];   /* d B, row by row */
-            for (int r = 0; r < 6; r++) {
-                VNI a[6];
-                for (int k = 0; k < 6; k++) {
-                    VNS h;
-                    memcpy(&h, d0 + r * rs + k * CS + c, sizeof h);
-                    a[k] = __builtin_convertvector(h, VNI);
-                }
-                QE_W4_BT(a, e[r]);
-            }
-            for (int k = 0; k < 6; k++) {   /* B' (d B), column k */
-                VNI a[6], o[6];
-                for (int r = 0; r < 6; r++) a[r] = e[r][k];
-                QE_W4_BT(a, o);
-                for (int r = 0; r < 6; r++) {
-                    const int xi = r * 6 + k;
-                    if (!sv) {
-                        const VNI gt = o[r] > hi[xi], lt = o[r] < lo[xi];
-                        hi[xi] = (o[r] & gt) | (hi[xi] & ~gt);
-                        lo[xi] = (o[r] & lt) | (lo[xi] & ~lt);
-                        continue;
-                    }
-                    /* |V| <= vmax and sv <= (VB / vmax)(1 + 2^-24): the rounded
-                     * value stays within VB */
-                    const VN f = __builtin_convertvector(o[r], VN) * svv[xi];
-                    const VNS q = __builtin_convertvector(FN(vnrint)(f), VNS);
-                    memcpy(V + (int64_t)xi * plane + t * CS + c, &q, sizeof q);
-                }
-            }
-        }
-    }
-    if (!sv)
-        for (int xi = 0; xi < 36; xi++) {
-            int32_t h[QE_NL], l[QE_NL];
-            memcpy(h, &hi[xi], sizeof h);
-            memcpy(l, &lo[xi], sizeof l);
-            for (int i = 0; i < QE_NL; i++) {
-                vmax[xi] = h[i] > vmax[xi] ? h[i] : vmax[xi];
-                vmax[xi] = -l[i] > vmax[xi] ? -l[i] : vmax[xi];
-            }
-        }
-}
-#undef QE_W4_BT
-
 /* F(4x4, 5x5): each 4x4 block of outputs from an 8x8 input patch, V = B' d B
  * with points 0, +-1, +-2, +-1/2 (and infinity), B' with its rows scaled to
  * integers (G's rows in layout.c carry the inverse scales):
@@ -244,14 +182,19 @@ static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW, i
         o[7] = (a[7] - a[1]) * 4 + (a[3] - a[5]) * 21;                          \
     } while (0)
 
-/* As wino4_input, for F(4x4, 5x5): V [64][T][CS], XP with HH >= 4 TH + 4. */
-static void FN(wino8_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
-                            int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
+/* Tiles [t0, t1) of F(4x4, 3x3) (n = 6, a 6x6 patch per tile) or F(4x4, 5x5)
+ * (n = 8).  Pass sv == NULL: vmax[xi] = the larger of vmax[xi] and max over
+ * those tiles and channels of |V[xi]| (zeroed by the caller before the
+ * first).  Otherwise V [n^2][T][CS] int16 = the rescaled Vq.  XP [HH][WW][CS]
+ * as wino_input's, HH >= 4 TH + n - 4.  n is a constant at every call. */
+static inline __attribute__((always_inline)) void
+FN(wino_rescaled_input)(const int n, const int16_t *XP, int WW, int CS, int TH, int TW,
+                        int64_t t0, int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
 {
     const int64_t T = (int64_t)TH * TW, plane = T * CS, rs = (int64_t)WW * CS;
-    VNI hi[64], lo[64];
+    VNI hi[64], lo[64];   /* pass 1: the largest and smallest values per xi */
     VN svv[64];
-    for (int xi = 0; xi < 64; xi++) {
+    for (int xi = 0; xi < n * n; xi++) {
         hi[xi] = lo[xi] = (VNI){0};
         if (sv) svv[xi] = FN(vnsplat)(sv[xi]);
     }
@@ -260,27 +203,35 @@ static void FN(wino8_input)(const int16_t *XP, int WW, int CS, int TH, int TW, i
         const int16_t *d0 = XP + ((int64_t)(4 * ty) * WW + 4 * tx) * CS;
         for (int c = 0; c < CS; c += QE_NL) {
             VNI e[8][8];   /* d B, row by row */
-            for (int r = 0; r < 8; r++) {
+            for (int r = 0; r < n; r++) {
                 VNI a[8];
-                for (int k = 0; k < 8; k++) {
+                for (int k = 0; k < n; k++) {
                     VNS h;
                     memcpy(&h, d0 + r * rs + k * CS + c, sizeof h);
                     a[k] = __builtin_convertvector(h, VNI);
                 }
-                QE_W8_BT(a, e[r]);
+                if (n == 6)
+                    QE_W4_BT(a, e[r]);
+                else
+                    QE_W8_BT(a, e[r]);
             }
-            for (int k = 0; k < 8; k++) {   /* B' (d B), column k */
+            for (int k = 0; k < n; k++) {   /* B' (d B), column k */
                 VNI a[8], o[8];
-                for (int r = 0; r < 8; r++) a[r] = e[r][k];
-                QE_W8_BT(a, o);
-                for (int r = 0; r < 8; r++) {
-                    const int xi = r * 8 + k;
+                for (int r = 0; r < n; r++) a[r] = e[r][k];
+                if (n == 6)
+                    QE_W4_BT(a, o);
+                else
+                    QE_W8_BT(a, o);
+                for (int r = 0; r < n; r++) {
+                    const int xi = r * n + k;
                     if (!sv) {
                         const VNI gt = o[r] > hi[xi], lt = o[r] < lo[xi];
                         hi[xi] = (o[r] & gt) | (hi[xi] & ~gt);
                         lo[xi] = (o[r] & lt) | (lo[xi] & ~lt);
                         continue;
                     }
+                    /* |V| <= vmax and sv <= (VB / vmax)(1 + 2^-24): the rounded
+                     * value stays within VB */
                     const VN f = __builtin_convertvector(o[r], VN) * svv[xi];
                     const VNS q = __builtin_convertvector(FN(vnrint)(f), VNS);
                     memcpy(V + (int64_t)xi * plane + t * CS + c, &q, sizeof q);
@@ -289,7 +240,7 @@ static void FN(wino8_input)(const int16_t *XP, int WW, int CS, int TH, int TW, i
         }
     }
     if (!sv)
-        for (int xi = 0; xi < 64; xi++) {
+        for (int xi = 0; xi < n * n; xi++) {
             int32_t h[QE_NL], l[QE_NL];
             memcpy(h, &hi[xi], sizeof h);
             memcpy(l, &lo[xi], sizeof l);
@@ -299,6 +250,19 @@ static void FN(wino8_input)(const int16_t *XP, int WW, int CS, int TH, int TW, i
             }
         }
 }
+
+static void FN(wino4_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
+                            int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
+{
+    FN(wino_rescaled_input)(6, XP, WW, CS, TH, TW, t0, t1, sv, vmax, V);
+}
+
+static void FN(wino8_input)(const int16_t *XP, int WW, int CS, int TH, int TW, int64_t t0,
+                            int64_t t1, const float *sv, int32_t *vmax, int16_t *V)
+{
+    FN(wino_rescaled_input)(8, XP, WW, CS, TH, TW, t0, t1, sv, vmax, V);
+}
+#undef QE_W4_BT
 #undef QE_W8_BT
 
 #ifndef QE_WINO_PREFETCH
@@ -445,10 +409,14 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
 #undef QE_PAIR_LO
 #undef QE_PAIR_HI
 
-/* F(4x4, 3x3)'s output transform, as wino_output's: m = float(M) * sc,
- * Y = A' m A with A' = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0;
- * 0 1 -1 8 -8 1], one rounding per step in a fixed order, + bias, ReLU.  Each
- * output row's four values of a channel go out as one 16-byte store. */
+/* The output transform of F(4x4, 3x3) (n = 6) and F(4x4, 5x5) (n = 8), as
+ * wino_output's: m = float(M) * sc, Y = A' m A, one rounding per step in a
+ * fixed order, + bias, ReLU, with
+ *   F(4x4, 3x3): A' = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1],
+ *   F(4x4, 5x5): A' = [1 1 1 1 1 1 1 0; 0 1 -1 2 -2 1/2 -1/2 0;
+ *                      0 1 1 4 4 1/4 1/4 0; 0 1 -1 8 -8 1/8 -1/8 1]
+ * (products by powers of two are exact).  Each output row's four values of a
+ * channel go out as one 16-byte store.  n is a constant at every call. */
 #if QE_NL == 16
 #define QE_PAIR_LO {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
 #define QE_PAIR_HI {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
@@ -475,104 +443,6 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
         o[2] = s12 + s34 * FN(vnsplat)(4.f);                                    \
         o[3] = (d12 + d34 * FN(vnsplat)(8.f)) + m[5];                           \
     } while (0)
-QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *sc,
-                                       const float *bias, int co0, int Cout, int64_t t0, int TW,
-                                       int OH, int OW, int relu, float *y)
-{
-    const int64_t NR = (int64_t)OH * OW;
-    const VNI plo = QE_PAIR_LO, phi = QE_PAIR_HI, qlo = QE_QUAD_LO, qhi = QE_QUAD_HI;
-    const int quarter = QE_NL / 4;
-    int oys[QE_WINO_NT], oxs[QE_WINO_NT];
-    for (int t = 0; t < NT; t++) {
-        oys[t] = (int)((t0 + t) / TW) * 4;
-        oxs[t] = (int)((t0 + t) % TW) * 4;
-    }
-    for (int cv = 0; cv < 32; cv += QE_NL) {
-        const int nl = Cout - (co0 + cv) < QE_NL ? Cout - (co0 + cv) : QE_NL;
-        if (nl <= 0) break;
-        const VN b = FN(vnload)(bias + co0 + cv);
-        for (int t = 0; t < NT; t++) {
-            const int oy = oys[t], ox = oxs[t];
-            VN r[6][4];   /* m A, row by row */
-            for (int a = 0; a < 6; a++) {
-                VN m[6];
-                for (int k = 0; k < 6; k++) {
-                    const int xi = a * 6 + k;
-                    /* (vector loads, not memcpy: GCC's AVX2 tuning splits those
-                     * into halves through the stack) */
-                    const VNI iv = *(const VNI *)(mb + ((int64_t)xi * NT + t) * 32 + cv);
-                    m[k] = __builtin_convertvector(iv, VN) * FN(vnload)(sc + xi * 32 + cv);
-                }
-                QE_W4_AT(m, r[a]);
-            }
-            float pr[4][4][QE_NL];   /* [row][quarter of the channels][channel quads] */
-            for (int j = 0; j < 4; j++) {   /* A' (m A), column j */
-                VN col[6], o[4];
-                for (int a = 0; a < 6; a++) col[a] = r[a][j];
-                QE_W4_AT(col, o);
-                for (int i = 0; i < 4; i++) r[i][j] = o[i] + b;   /* (r[i][j] no longer read) */
-            }
-            for (int i = 0; i < 4; i++) {
-                VN c[4];
-                for (int j = 0; j < 4; j++) {
-                    c[j] = r[i][j];
-                    if (relu) {   /* NaN -> 0, as the scalar kernels' !(v > 0) */
-                        const VN z = FN(vnsplat)(0.f);
-                        c[j] = (VN)((VNI)c[j] & (VNI)(c[j] > z));
-                    }
-                }
-                const VN p01l = __builtin_shuffle(c[0], c[1], plo),
-                         p01h = __builtin_shuffle(c[0], c[1], phi),
-                         p23l = __builtin_shuffle(c[2], c[3], plo),
-                         p23h = __builtin_shuffle(c[2], c[3], phi);
-                const VN q0 = __builtin_shuffle(p01l, p23l, qlo),
-                         q1 = __builtin_shuffle(p01l, p23l, qhi),
-                         q2 = __builtin_shuffle(p01h, p23h, qlo),
-                         q3 = __builtin_shuffle(p01h, p23h, qhi);
-                memcpy(pr[i][0], &q0, sizeof q0);
-                memcpy(pr[i][1], &q1, sizeof q1);
-                memcpy(pr[i][2], &q2, sizeof q2);
-                memcpy(pr[i][3], &q3, sizeof q3);
-            }
-            float *yc = y + (int64_t)(co0 + cv) * NR + (int64_t)oy * OW + ox;
-            if (oy + 3 < OH && ox + 3 < OW) {
-                for (int l = 0; l < nl; l++, yc += NR)
-                    for (int i = 0; i < 4; i++)
-                        memcpy(yc + (int64_t)i * OW, &pr[i][l / quarter][4 * (l % quarter)], 16);
-            } else {
-                for (int l = 0; l < nl; l++, yc += NR)
-                    for (int i = 0; i < 4 && oy + i < OH; i++)
-                        for (int j = 0; j < 4 && ox + j < OW; j++)
-                            yc[(int64_t)i * OW + j] = pr[i][l / quarter][4 * (l % quarter) + j];
-            }
-        }
-    }
-}
-#undef QE_W4_AT
-#undef QE_PAIR_LO
-#undef QE_PAIR_HI
-#undef QE_QUAD_LO
-#undef QE_QUAD_HI
-
-/* F(4x4, 5x5)'s output transform, as wino4_output's with
- * A' = [1 1 1 1 1 1 1 0; 0 1 -1 2 -2 1/2 -1/2 0; 0 1 1 4 4 1/4 1/4 0;
- * 0 1 -1 8 -8 1/8 -1/8 1] (products by powers of two are exact). */
-#if QE_NL == 16
-#define QE_PAIR_LO {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
-#define QE_PAIR_HI {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
-#define QE_QUAD_LO {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23}
-#define QE_QUAD_HI {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31}
-#elif QE_NL == 8
-#define QE_PAIR_LO {0, 8, 1, 9, 2, 10, 3, 11}
-#define QE_PAIR_HI {4, 12, 5, 13, 6, 14, 7, 15}
-#define QE_QUAD_LO {0, 1, 8, 9, 2, 3, 10, 11}
-#define QE_QUAD_HI {4, 5, 12, 13, 6, 7, 14, 15}
-#else
-#define QE_PAIR_LO {0, 4, 1, 5}
-#define QE_PAIR_HI {2, 6, 3, 7}
-#define QE_QUAD_LO {0, 1, 4, 5}
-#define QE_QUAD_HI {2, 3, 6, 7}
-#endif
 /* 4 outputs of A' applied to m[0..7] (floats). */
 #define QE_W45_AT(m, o)                                                         \
     do {                                                                        \
@@ -584,9 +454,10 @@ QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *s
         o[2] = (s12 + s34 * FN(vnsplat)(4.f)) + s56 * FN(vnsplat)(0.25f);       \
         o[3] = ((d12 + d34 * FN(vnsplat)(8.f)) + d56 * FN(vnsplat)(0.125f)) + m[7]; \
     } while (0)
-QE_NO_FMA static void FN(wino45_output)(const int32_t *mb, int NT, const float *sc,
-                                        const float *bias, int co0, int Cout, int64_t t0, int TW,
-                                        int OH, int OW, int relu, float *y)
+QE_NO_FMA static inline __attribute__((always_inline)) void
+FN(wino_rescaled_output)(const int n, const int32_t *mb, int NT, const float *sc,
+                         const float *bias, int co0, int Cout, int64_t t0, int TW, int OH, int OW,
+                         int relu, float *y)
 {
     const int64_t NR = (int64_t)OH * OW;
     const VNI plo = QE_PAIR_LO, phi = QE_PAIR_HI, qlo = QE_QUAD_LO, qhi = QE_QUAD_HI;
@@ -603,20 +474,28 @@ QE_NO_FMA static void FN(wino45_output)(const int32_t *mb, int NT, const float *
         for (int t = 0; t < NT; t++) {
             const int oy = oys[t], ox = oxs[t];
             VN r[8][4];   /* m A, row by row */
-            for (int a = 0; a < 8; a++) {
+            for (int a = 0; a < n; a++) {
                 VN m[8];
-                for (int k = 0; k < 8; k++) {
-                    const int xi = a * 8 + k;
+                for (int k = 0; k < n; k++) {
+                    const int xi = a * n + k;
+                    /* (vector loads, not memcpy: GCC's AVX2 tuning splits those
+                     * into halves through the stack) */
                     const VNI iv = *(const VNI *)(mb + ((int64_t)xi * NT + t) * 32 + cv);
                     m[k] = __builtin_convertvector(iv, VN) * FN(vnload)(sc + xi * 32 + cv);
                 }
-                QE_W45_AT(m, r[a]);
+                if (n == 6)
+                    QE_W4_AT(m, r[a]);
+                else
+                    QE_W45_AT(m, r[a]);
             }
             float pr[4][4][QE_NL];   /* [row][quarter of the channels][channel quads] */
             for (int j = 0; j < 4; j++) {   /* A' (m A), column j */
                 VN col[8], o[4];
-                for (int a = 0; a < 8; a++) col[a] = r[a][j];
-                QE_W45_AT(col, o);
+                for (int a = 0; a < n; a++) col[a] = r[a][j];
+                if (n == 6)
+                    QE_W4_AT(col, o);
+                else
+                    QE_W45_AT(col, o);
                 for (int i = 0; i < 4; i++) r[i][j] = o[i] + b;   /* (r[i][j] no longer read) */
             }
             for (int i = 0; i < 4; i++) {
@@ -655,6 +534,20 @@ QE_NO_FMA static void FN(wino45_output)(const int32_t *mb, int NT, const float *
         }
     }
 }
+QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *sc,
+                                       const float *bias, int co0, int Cout, int64_t t0, int TW,
+                                       int OH, int OW, int relu, float *y)
+{
+    FN(wino_rescaled_output)(6, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+}
+
+QE_NO_FMA static void FN(wino45_output)(const int32_t *mb, int NT, const float *sc,
+                                        const float *bias, int co0, int Cout, int64_t t0, int TW,
+                                        int OH, int OW, int relu, float *y)
+{
+    FN(wino_rescaled_output)(8, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+}
+#undef QE_W4_AT
 #undef QE_W45_AT
 #undef QE_PAIR_LO
 #undef QE_PAIR_HI
