@@ -42,6 +42,10 @@ cdef extern from "kernels/qe_kernels.h" nogil:
     int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, int S, int tile,
                         int16_t *out, float *scale)
     int qe_wino_virtual(int C, int KH, int KW, int S, int tile)
+    int qe_wino_m(int tile)
+    int qe_wino_r(int tile)
+    int qe_wino_n(int tile)
+    int QE_WINO_F45
     int qe_fc_q8_pad_cout(int Cout)
     double qe_core_round_trip_ns(double seconds) nogil
     int qe_fc_q8_pad_m(int M)
@@ -662,9 +666,9 @@ def wino_applies(int kh, int kw, int stride):
         1 <= stride <= WINO_MAX_STRIDE
 
 
-# the Winograd forms, by their tile code: F(2x2, 3x3), F(4x4, 3x3), F(4x4, 5x5)
-WINO_TILES = (2, 4, 45)
-WINO_FORMS = {2: "F(2x2, 3x3)", 4: "F(4x4, 3x3)", 45: "F(4x4, 5x5)"}
+# the Winograd forms, by their tile code (qe_kernels.h): F(2x2, 3x3), F(4x4, 3x3), F(4x4, 5x5)
+WINO_TILES = (2, 4, QE_WINO_F45)
+WINO_FORMS = {2: "F(2x2, 3x3)", 4: "F(4x4, 3x3)", QE_WINO_F45: "F(4x4, 5x5)"}
 
 
 def _check_tile(int tile):
@@ -676,19 +680,19 @@ def _check_tile(int tile):
 def wino_piece_size(int tile):
     """The side r of the kernel pieces of Winograd form `tile` (3, or 5 for 45)."""
     _check_tile(tile)
-    return 5 if tile == 45 else 3
+    return qe_wino_r(tile)
 
 
 def wino_products(int tile):
     """Products per tile and (virtual) channel of Winograd form `tile`: n^2, n = m + r - 1."""
     _check_tile(tile)
-    return 64 if tile == 45 else (tile + 2) ** 2
+    return qe_wino_n(tile) ** 2
 
 
 def wino_outputs(int tile):
     """Outputs per tile side of Winograd form `tile` (m)."""
     _check_tile(tile)
-    return 4 if tile == 45 else tile
+    return qe_wino_m(tile)
 
 
 def wino_pieces(int kh, int kw, int stride=1, int tile=2):
