@@ -63,6 +63,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _add_mean_profile(profile, profs):
+    """Adds to profile each layer's seconds averaged over the parts of a batch
+    that ran side by side (profs: one profile per part)."""
+    if profile is not None:
+        for pr in profs:
+            for k, v in pr.items():
+                profile[k] = profile.get(k, 0.0) + v / len(profs)
+
+
 def _threads_now(threads):
     """The threads a call may use now (1 in a child forked after threaded work)."""
     global _THREADS_USED
@@ -479,10 +488,7 @@ class Model:
             finally:
                 outs = [f.result() for f in futs]
             outs = [first] + outs
-            if profile is not None:
-                for pr in profs:
-                    for k, v in pr.items():
-                        profile[k] = profile.get(k, 0.0) + v / parts
+            _add_mean_profile(profile, profs)
             if want is not None:
                 return {k: buffers.concat([o[k] for o in outs], 0) for k in want}
             return buffers.concat(outs, 0)
@@ -498,7 +504,7 @@ class Model:
         same threads the head's kernels then use: a thread pool of our own
         beside OpenMP's would leave OpenMP's threads spinning on the cores the
         next batch's slices need.  Same results as one thread."""
-        n, ops, cut = x.shape[0], self._ops, self._cut
+        n, cut = x.shape[0], self._cut
         keep = set(want or [])
         profs = [None if profile is None else {} for _ in range(n)]
         wss = [self._workspace(i) for i in range(n)]
@@ -509,20 +515,8 @@ class Model:
             if not ok:
                 raise v
             parts.append(v)
-        if profile is not None:
-            for pr in profs:
-                for k, v in pr.items():
-                    profile[k] = profile.get(k, 0.0) + v / n
-        results = {k: buffers.concat([p[1][k] for p in parts], 0) for k in parts[0][1]}
-        blobs = {b: buffers.concat([p[0][b] for p in parts], 0) for b in parts[0][0]
-                 if self._last_use.get(b, -1) >= cut}
-        del parts
-        blobs, more, out = self._run_ops(blobs, cut, len(ops), keep, profile, nthreads,
-                                         want is None)
-        results.update(more)
-        if want is not None:
-            return {name: results[name] for name in want}
-        return out
+        _add_mean_profile(profile, profs)
+        return self._run_head(parts, keep, profile, nthreads, want)
 
     def _pool(self):
         with self._pool_lock:
@@ -539,22 +533,29 @@ class Model:
         n, ops = x.shape[0], self._ops
         keep = set(want or [])
         if n <= self._chunk:
-            blobs, results, out = self._run_ops({self.input_name: x}, 0, len(ops), keep,
-                                                profile, nthreads, want is None)
+            _, results, out = self._run_ops({self.input_name: x}, 0, len(ops), keep, profile,
+                                            nthreads, want is None)
+            return out if want is None else {name: results[name] for name in want}
+        c = self._chunk
+        parts = [self._run_ops({self.input_name: x[i:i + c]}, 0, self._cut, keep, profile,
+                               nthreads, want is None) for i in range(0, n, c)]
+        return self._run_head(parts, keep, profile, nthreads, want)
+
+    def _run_head(self, parts, keep, profile, nthreads, want):
+        """The trunk's parts (_run_ops of ops[:cut] on a few images each, in
+        batch order; the list is emptied here, so that their buffers are free
+        before the head runs) joined, then the head on the whole batch."""
+        ops, cut = self._ops, self._cut
+        results = {k: buffers.concat([p[1][k] for p in parts], 0) for k in parts[0][1]}
+        if cut == len(ops):
+            out = buffers.concat([p[2] for p in parts], 0)
         else:
-            cut, c = self._cut, self._chunk
-            parts = [self._run_ops({self.input_name: x[i:i + c]}, 0, cut, keep, profile,
-                                   nthreads, want is None) for i in range(0, n, c)]
-            results = {k: buffers.concat([p[1][k] for p in parts], 0) for k in parts[0][1]}
-            if cut == len(ops):
-                out = buffers.concat([p[2] for p in parts], 0)
-            else:
-                blobs = {b: buffers.concat([p[0][b] for p in parts], 0) for b in parts[0][0]
-                         if self._last_use.get(b, -1) >= cut}
-                del parts
-                blobs, more, out = self._run_ops(blobs, cut, len(ops), keep, profile,
-                                                 nthreads, want is None)
-                results.update(more)
+            blobs = {b: buffers.concat([p[0][b] for p in parts], 0) for b in parts[0][0]
+                     if self._last_use.get(b, -1) >= cut}
+            parts.clear()
+            blobs, more, out = self._run_ops(blobs, cut, len(ops), keep, profile, nthreads,
+                                             want is None)
+            results.update(more)
         if want is not None:
             return {name: results[name] for name in want}
         return out
