@@ -108,6 +108,28 @@ def test_bad_inputs_raise_qengine_errors(tiny):
         qengine.load(path + ".missing", mode="exact")
 
 
+def _same_in_threads(calls, want, rounds):
+    """Each call in a thread of its own, all at once, rounds times: every
+    result bit-identical to want[i]."""
+    errors, done = [], [0] * len(calls)
+
+    def work(i):
+        try:
+            for _ in range(rounds):
+                if not np.array_equal(calls[i](), want[i]):
+                    raise AssertionError(f"thread {i}: result differs from the serial run")
+                done[i] += 1
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and done == [rounds] * len(calls)
+
+
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_threads_give_identical_results_in_parallel(tiny, mode):
     """8 threads making 200 predictions each on one Model: bit-identical to serial runs."""
@@ -116,24 +138,7 @@ def test_threads_give_identical_results_in_parallel(tiny, mode):
     imgs = [np.random.default_rng(i).integers(0, 256, (30, 25, 3), dtype=np.uint8)
             for i in range(8)]
     serial = [m.forward(m.preprocess(im)) for im in imgs]
-    errors, done = [], [0] * 8
-
-    def work(i):
-        try:
-            for _ in range(200):
-                y = m.forward(m.preprocess(imgs[i]))
-                if not np.array_equal(y, serial[i]):
-                    raise AssertionError(f"thread {i}: result differs from the serial run")
-                done[i] += 1
-        except Exception as e:  # pragma: no cover
-            errors.append(e)
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors and done == [200] * 8
+    _same_in_threads([lambda im=im: m.forward(m.preprocess(im)) for im in imgs], serial, 200)
 
 
 def test_multithreaded_kernels_match_single(tiny):
@@ -222,23 +227,7 @@ def test_shared_head_from_many_calling_threads(tiny):
     xs = [np.random.default_rng(10 + i).standard_normal((2, 3, 21, 19)).astype(np.float32)
           for i in range(4)]
     want = [m1.forward(x) for x in xs]
-    errors, done = [], [0] * 4
-
-    def work(i):
-        try:
-            for _ in range(50):
-                if not np.array_equal(m.forward(xs[i]), want[i]):
-                    raise AssertionError(f"thread {i}: result differs from one thread")
-                done[i] += 1
-        except Exception as e:  # pragma: no cover
-            errors.append(e)
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors and done == [50] * 4
+    _same_in_threads([lambda x=x: m.forward(x) for x in xs], want, 50)
 
 
 def test_run_team_keeps_order_and_errors():
