@@ -9,7 +9,7 @@ KERNEL_FILES = ["qe_dispatch.c", "isa_generic.c", "isa_avx2.c", "isa_avx512.c", 
                 "pool.c", "activation.c", "tensor_ops.c", "bitpack.c", "resize.c", "layout.c", "image.c",
                 "topology.c"]
 HEADERS = ["qe_kernels.h", "qe_isa.h", "qe_bodies.h", "qe_impl.h", "qe_q8.h", "qe_simd.h",
-           "qe_conv16.h", "qe_i16.h", "qe_wino.h"]
+           "qe_conv16.h", "qe_i16.h", "qe_pw.h", "qe_wino.h"]
 define_macros = []
 
 

@@ -34,6 +34,10 @@ cdef extern from "kernels/qe_kernels.h" nogil:
                     const float *scale, int A, int Cout, const float *bias, float *y, int relu,
                     int nthreads)
     int qe_i16_weights(const float *w, int groups, int Cg, int64_t J, int16_t *out, float *scale)
+    int QE_PW_LB
+    void qe_pw_conv(const float *x, int64_t P, int C, const float *w, int Cout, const float *bias,
+                    float *y, int relu, int nthreads)
+    void qe_pw_weights(const float *w, int Cout, int C, float *out)
     int64_t qe_wino_ws_bytes(int C, int H, int W, int KH, int KW, int S, int P, int Cout,
                              int tile)
     void qe_wino_conv(const float *x, int C, int H, int W, int KH, int KW, int S, int P,
@@ -652,6 +656,39 @@ def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const fl
                 break
     if rc != 0:
         raise MemoryError("out of memory in the convolution kernel")
+
+
+def pw_weights_shape(int cout, int cin):
+    """Shape of pw_conv_weights()'s output for [cout, cin] weights."""
+    return ((cout + QE_PW_LB - 1) // QE_PW_LB, cin, QE_PW_LB)
+
+
+def pw_conv_weights(const float[:, ::1] w, float[:, :, ::1] out):
+    """Lays 1x1 weights [Cout, C] out for pw_conv."""
+    cdef int cout = w.shape[0], cin = w.shape[1]
+    if (out.shape[0], out.shape[1], out.shape[2]) != pw_weights_shape(cout, cin):
+        raise ValueError("pointwise weight layout has the wrong shape")
+    with nogil:
+        qe_pw_weights(&w[0, 0], cout, cin, &out[0, 0, 0])
+
+
+def conv_pw(const float[:, :, :, ::1] x, const float[:, :, ::1] wpw, const float[::1] bias,
+            bint relu, float[:, :, :, ::1] out, int nthreads=1, int c0=0):
+    """Fast mode's pointwise convolution (1x1, stride 1, no padding, one group) in
+    float (qe_pw.h): x [N,C,H,W], wpw from pw_conv_weights(), out [N,Cout,H,W] (or
+    channels c0 .. c0+Cout of a wider out)."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int Cout = bias.shape[0], n
+    if (wpw.shape[0], wpw.shape[1], wpw.shape[2]) != pw_weights_shape(Cout, C):
+        raise ValueError("pointwise weights do not match the convolution")
+    if out.shape[0] != N or c0 < 0 or out.shape[1] < c0 + Cout or out.shape[2] != H \
+            or out.shape[3] != W:
+        raise ValueError("bias or output shape does not match the convolution")
+    cdef int64_t P = <int64_t>H * W
+    with nogil:
+        for n in range(N):
+            qe_pw_conv(&x[n, 0, 0, 0], P, C, &wpw[0, 0, 0], Cout, &bias[0], &out[n, c0, 0, 0],
+                       relu, nthreads)
 
 
 # the kernels and strides the Winograd form takes (weights, scratch and virtual

@@ -126,7 +126,7 @@ class CostModel(Prices):
         # a quantized form the runtime runs on its dequantized weights (in
         # float, or in fast mode's int16) costs what the dense form costs: one
         # figure for both (less noise)
-        dense_forms = ("dequantized", "int16", "winograd")
+        dense_forms = ("dequantized", "int16", "winograd", "pointwise")
         same = {f for f, m in models.items()
                 if f is not None and m.layer_strategies().get("layer") in dense_forms}
         timed = [f for f in forms if f not in same]

@@ -779,7 +779,8 @@ class Model:
     def layer_strategies(self):
         """{layer: kernel} for the weighted layers: "lut" (float table rows),
         "lut16" / "lut8" (fast mode's register tables), "dequantized" / "dense"
-        (float), "int16" (fast mode's integer dense convolution), "winograd" (that
+        (float), "int16" (fast mode's integer dense convolution), "pointwise" (fast
+        mode's float 1x1 convolution for few outputs per input), "winograd" (that
         kernel's form by Winograd F(2x2, 3x3) or F(4x4, 3x3)), "depthwise"."""
         return {op.name: op.strategy for op in self._ops if op.weighted}
 

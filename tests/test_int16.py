@@ -147,14 +147,17 @@ def test_fast_model_runs_wide_dense_convolutions_in_int16(tmp_path, monkeypatch)
     path = str(tmp_path / "d.qcnn")
     build(path, g, dense=("wide", "narrow"), meta_extra={"class_names": []})
     fast, exact = qengine.load(path, mode="fast"), qengine.load(path, mode="exact")
-    # 576 multiply-adds per input value in "wide", 8 in "narrow" (README)
-    assert fast.layer_strategies() == {"wide": "int16", "narrow": "dense"}
+    # 576 multiply-adds per input value in "wide", 8 in "narrow" (README): a 1x1
+    # layer that few goes to the float pointwise kernel (test_pointwise.py)
+    assert fast.layer_strategies() == {"wide": "int16", "narrow": "pointwise"}
     assert set(exact.layer_strategies().values()) == {"dense"}
     x = RNG.standard_normal((2, 16, 14, 14)).astype(np.float32)
     a, b = fast.forward(x), exact.forward(x)
     assert 0 < np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
     monkeypatch.setenv("QENGINE_INT16", "0")
+    monkeypatch.setenv("QENGINE_POINTWISE", "0")
     assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"dense"}
+    monkeypatch.delenv("QENGINE_POINTWISE")
     monkeypatch.setenv("QENGINE_INT16", "1")
     assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"int16"}
 

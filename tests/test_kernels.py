@@ -187,6 +187,8 @@ def test_lrn_in_place_gives_the_same_bits(isa, size, beta, hw):
                                        # last vectors, ceil overhang past the padding
                                        (5, 27, 3, 2, 0), (4, 13, 3, 1, 1), (3, 20, 2, 2, 0),
                                        (3, 34, 3, 2, 1), (4, 17, 4, 1, 3), (3, 50, 3, 3, 1),
+                                       # one and two output rows (the two row buffers)
+                                       (2, 30, 2, 2, 0), (3, 45, 3, 2, 0), (5, 33, 3, 2, 0),
                                        # one window over the whole input (global average)
                                        (13, 13, 13, 1, 0), (21, 21, 21, 2, 0)])
 def test_pool_matches_numpy(isa, method, h, w, k, s, p):

@@ -381,3 +381,13 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C0, int KH, int KW, 
     free(U);
     return rc;
 }
+
+void qe_pw_weights(const float *w, int Cout, int C, float *out)
+{
+    const int nlb = (Cout + QE_PW_LB - 1) / QE_PW_LB;
+    memset(out, 0, sizeof(float) * (size_t)nlb * C * QE_PW_LB);
+    for (int co = 0; co < Cout; co++)
+        for (int c = 0; c < C; c++)
+            out[((int64_t)(co / QE_PW_LB) * C + c) * QE_PW_LB + co % QE_PW_LB] =
+                w[(int64_t)co * C + c];
+}

@@ -24,6 +24,7 @@
 #include "qe_simd.h"
 #include "qe_conv16.h"
 #include "qe_i16.h"
+#include "qe_pw.h"
 #include "qe_wino.h"
 
 #define QE_TABLE_NAME QE_CAT(qe_kernels, QE_SUFFIX)
@@ -37,7 +38,7 @@ const qe_kernel_table QE_TABLE_NAME = {
     QE_CAT(fc_q8_lookup, QE_SUFFIX), QE_CAT(fc_f32_lookup, QE_SUFFIX),
     QE_CAT(conv16_build, QE_SUFFIX), QE_CAT(conv16_lookup, QE_SUFFIX),
     QE_CAT(conv16_lookup4, QE_SUFFIX), QE_CAT(i16_maxabs, QE_SUFFIX),
-    QE_CAT(i16_quantize, QE_SUFFIX), QE_CAT(i16_conv, QE_SUFFIX),
+    QE_CAT(i16_quantize, QE_SUFFIX), QE_CAT(i16_conv, QE_SUFFIX), QE_CAT(pw_conv, QE_SUFFIX),
     QE_CAT(wino_pack, QE_SUFFIX), QE_CAT(wino_input, QE_SUFFIX), QE_CAT(wino4_input, QE_SUFFIX),
     QE_CAT(wino8_input, QE_SUFFIX), QE_CAT(wino_conv, QE_SUFFIX),
     QE_CONV16_MAX_K, QE_CONV16_AUTO_K,

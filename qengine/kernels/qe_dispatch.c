@@ -533,6 +533,12 @@ void qe_lut_fc(const float *x, int Cin, const float *cbt, int M, int K, int d,
     K_()->lut_fc(x, Cin, cbt, M, K, d, asmt, Cout, bias, T, y, relu, nthreads);
 }
 
+void qe_pw_conv(const float *x, int64_t P, int C, const float *w, int Cout, const float *bias,
+                float *y, int relu, int nthreads)
+{
+    K_()->pw_conv(x, P, C, w, Cout, bias, y, relu, nthreads < 1 ? 1 : nthreads);
+}
+
 void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
                  float *y, int relu, int nthreads)
 {

@@ -46,6 +46,9 @@ typedef struct {
     void (*i16_quantize)(const float *, int64_t, float, int, int16_t *);
     int (*i16_conv)(const qe_conv_geom *, const int16_t *, const int64_t *, int, const int16_t *,
                     int, const float *, const float *, float *, int, int, int, int64_t);
+    /* fast mode's pointwise convolution in float (qe_pw.h) */
+    void (*pw_conv)(const float *, int64_t, int, const float *, int, const float *, float *, int,
+                    int);
     /* fast mode's Winograd convolutions in int16 (qe_wino.h) */
     void (*wino_pack)(const int16_t *, int, int, int, int, int, int16_t *, int, int, int,
                       int64_t, int, int);

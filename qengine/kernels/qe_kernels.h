@@ -190,6 +190,15 @@ void qe_fc_f32(const float *x, int Cin, const float *cbt, int M, int K, int d, c
                int Cout, const float *bias, float *T, float *acc, float *y, int relu, int nthreads);
 
 /* Dense fully-connected layer: w [Cout][Cin]. */
+/* Fast mode's pointwise convolution (1x1, stride 1, no padding) in float
+ * (qe_pw.h): x [C][P] -> y [Cout][P], bias added, ReLU applied when relu
+ * != 0; w laid out by qe_pw_weights.  Same bits on every instruction set. */
+#define QE_PW_LB 8
+void qe_pw_conv(const float *x, int64_t P, int C, const float *w, int Cout, const float *bias,
+                float *y, int relu, int nthreads);
+/* w [Cout][C] -> out [ceil(Cout/QE_PW_LB)][C][QE_PW_LB] (zeros past Cout). */
+void qe_pw_weights(const float *w, int Cout, int C, float *out);
+
 void qe_dense_fc(const float *x, int Cin, const float *w, int Cout, const float *bias,
                  float *y, int relu, int nthreads);
 

@@ -7,8 +7,8 @@ from .. import _kernels, buffers
 from ..errors import ModelError
 from .base import MAX_DIM, conv_output, is_int, need_chw, np, register
 from .weighted import (int16_pays, kernel_costs, WeightedOp, WeightedType, blocked_conv_weights,
-                       conv16_k_limit, dequantize, dequantize_conv, layer_cost, winograd_pays,
-                       winograd_cost_ratio, winograd_tile)
+                       conv16_k_limit, dequantize, dequantize_conv, layer_cost, pointwise_applies,
+                       winograd_pays, winograd_cost_ratio, winograd_tile)
 
 
 class ConvOp(WeightedOp):
@@ -27,7 +27,10 @@ class ConvOp(WeightedOp):
             self.strategy = "depthwise" if depthwise else "dense"
             self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
             self.derived_bytes = 0 if depthwise else blocked
-            if not depthwise and self._int16_pays(cg * J):
+            if not depthwise and self._pointwise(cg, cout):
+                self.strategy = "pointwise"
+                self.derived_bytes = self._pointwise_bytes(cout, cg)
+            elif not depthwise and self._int16_pays(cg * J):
                 self.strategy = "int16"
                 self.derived_bytes = self._int16_bytes(cout, cg * J)
                 self._maybe_winograd(cout, cg, 0)
@@ -68,7 +71,10 @@ class ConvOp(WeightedOp):
                                  > dense_cost * self._dense_cost_ratio(cg * J)):
             self.strategy = "dequantized"
             self.derived_bytes = 4 * cout * cg * J + blocked   # dense, then blocked
-            if self._int16_pays(cg * J):
+            if self._pointwise(cg, cout):
+                self.strategy = "pointwise"
+                self.derived_bytes = 4 * cout * cg * J + self._pointwise_bytes(cout, cg)
+            elif self._int16_pays(cg * J):
                 self.strategy = "int16"
                 self.derived_bytes = 4 * cout * cg * J + self._int16_bytes(cout, cg * J)
                 self._maybe_winograd(cout, cg, 4 * cout * cg * J)
@@ -87,8 +93,18 @@ class ConvOp(WeightedOp):
         int16_pays() in weighted.py."""
         return self.fast and int16_pays(self.in_shapes[0], self.out_shape, J)
 
+    def _pointwise(self, cg, cout):
+        """Fast mode runs a 1x1 convolution with few outputs per input value by
+        the float pointwise kernel (qe_pw.h): see pointwise_applies() in weighted.py."""
+        return self.fast and pointwise_applies(self.params, cg, cout)
+
+    def _pointwise_bytes(self, cout, cin):
+        return 4 * buffers.count(_kernels.pw_weights_shape(cout, cin))
+
     def _dense_cost_ratio(self, J):
         """What a dense multiply-add costs in this mode, in float ones."""
+        if self._pointwise(self.in_shapes[0][0] // self.group, self.params["num_output"]):
+            return kernel_costs().pointwise
         if not self._int16_pays(J):
             return 1.0
         cg = self.in_shapes[0][0] // self.group
@@ -113,10 +129,13 @@ class ConvOp(WeightedOp):
 
     def _load(self, qf, w, cout):
         cg = self.in_shapes[0][0] // self.group
-        if self.strategy in ("dense", "depthwise", "int16", "winograd") and self.mode != "lut":
+        if self.strategy in ("dense", "depthwise", "int16", "winograd", "pointwise") \
+                and self.mode != "lut":
             self.weight = self._finite(qf.view(w["weight"]), "weight tensor")
             if self.strategy == "dense":
                 self.weight_blocked = blocked_conv_weights(self.weight, self.group)
+            elif self.strategy == "pointwise":
+                self._lay_out_pointwise(self.weight)
             elif self.strategy == "int16":
                 self._lay_out_int16(self.weight)
             elif self.strategy == "winograd":
@@ -133,6 +152,10 @@ class ConvOp(WeightedOp):
             self.weight_blocked = blocked_conv_weights(
                 dequantize(self.codebook, buffers.reshape(self.indices, (cout, taps, self.M)),
                             cg), self.group)
+        elif self.strategy == "pointwise":
+            self._lay_out_pointwise(dequantize(self.codebook,
+                                               buffers.reshape(self.indices, (cout, taps, self.M)),
+                                               cg))
         elif self.strategy == "int16":
             self._lay_out_int16(dequantize(self.codebook,
                                            buffers.reshape(self.indices, (cout, taps, self.M)),
@@ -146,6 +169,12 @@ class ConvOp(WeightedOp):
             _kernels.conv16_layout(buffers.reshape(self.indices, (cout, taps * self.M)),
                                    self.group, self.indices16, self.quad)
             self.indices = None
+
+    def _lay_out_pointwise(self, w):
+        cout = w.shape[0]
+        w2 = buffers.reshape(w, (cout, -1))
+        self.weight_pw = buffers.empty(_kernels.pw_weights_shape(cout, w2.shape[1]))
+        _kernels.pw_conv_weights(w2, self.weight_pw)
 
     def _lay_out_int16(self, w):
         cout = w.shape[0]
@@ -169,7 +198,7 @@ class ConvOp(WeightedOp):
     def workspace(self):
         c, h, w = self.in_shapes[0]
         g = self.group
-        if self.strategy == "depthwise":
+        if self.strategy in ("depthwise", "pointwise"):
             return 0
         if self.strategy == "winograd":
             return _kernels.wino_workspace_floats(c // g, h, w, self.params["pad"],
@@ -215,6 +244,8 @@ class ConvOp(WeightedOp):
         elif self.strategy == "int16":
             _kernels.conv_i16(x, self.weight16, self.scale16, self.bound16, self.bias, self.kh,
                               self.kw, p["stride"], p["pad"], relu, out, ws, nthreads, c0)
+        elif self.strategy == "pointwise":
+            _kernels.conv_pw(x, self.weight_pw, self.bias, relu, out, nthreads, c0)
         elif self.strategy == "lut":
             _kernels.conv_lut(x, self.codebook, self.indices, self.bias, p["stride"], p["pad"],
                               self.group, relu, out, ws, nthreads, c0)

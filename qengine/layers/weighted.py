@@ -25,6 +25,8 @@ class KernelCosts(NamedTuple):
     wino4_overhead: float       # F(4x4, 3x3)'s transforms per 4x4 tile and output channel
     wino45_overhead: float      # F(4x4, 5x5)'s
     wino_weight_stream: float   # reading a transformed weight, per output (see winograd_tile)
+    pointwise: float            # a multiply-add of the float pointwise kernel (qe_pw.h)
+    pointwise_max_macs: int     # ... chosen for 1x1 layers with fewer multiply-adds per input value
 
 
 # Measured per layer in interleaved A/B runs, 1 thread (README "Choosing a
@@ -45,9 +47,18 @@ class KernelCosts(NamedTuple):
 # while AlexNet's K = 128 layers stay faster as lookups at that price (the
 # first, conv5, turns slower-dense at 6.9).  The portable build keeps the
 # AVX2 prices.
+#
+# The float pointwise kernel (1x1, stride 1, unpadded; session 16, Zen 5,
+# tools/pointwise_vs_int16.py): 103-118 multiply-adds/ns with 512-bit FMAs,
+# 45-54 with AVX2 ones.  Against the int16 kernel (which first makes an int16
+# copy of the input) on AVX-512: 1.72x faster at 16 multiply-adds per input
+# value, 1.17-1.19x at 32, 0.95x at 48, 0.9x at 64: chosen below 40.  AVX2
+# (on the same CPU), against the float dense kernel it replaces: SqueezeNet's
+# squeeze layers 1.71x at 16, 1.17-1.24x at 32, 0.95-1.0x at 48-64, its
+# 16 -> 64 expands 0.87-0.92x: below 40 as well.
 KERNEL_COSTS = {
-    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100, 1520, 1700, 7.4),
-    "avx512": KernelCosts(3.75, 4.6, 3.75, 1.35, 0.45, 16, 1830, 1900, 14.7),
+    "avx2": KernelCosts(2.5, 4.0, 1.5, 1.5, 0.7, 100, 1520, 1700, 7.4, 0.8, 40),
+    "avx512": KernelCosts(3.75, 4.6, 3.75, 1.35, 0.45, 16, 1830, 1900, 14.7, 0.7, 40),
 }
 KERNEL_COSTS["generic"] = KERNEL_COSTS["avx2"]
 KERNEL_COSTS["avx512-emulated"] = KERNEL_COSTS["avx512"]   # same plans as the real one
@@ -56,6 +67,23 @@ KERNEL_COSTS["avx512-emulated"] = KERNEL_COSTS["avx512"]   # same plans as the r
 def kernel_costs():
     """The prices of the instruction set the kernels run on now."""
     return KERNEL_COSTS[_kernels.get_isa()]
+
+
+def pointwise_applies(params, cin, cout):
+    """Whether fast mode runs this convolution by the float pointwise kernel
+    (qe_pw.h): 1x1, stride 1, no padding, one group, and fewer multiply-adds per
+    input value (its output channels) than KernelCosts.pointwise_max_macs;
+    always / never with QENGINE_POINTWISE=1 / 0 (where it applies); never when
+    QENGINE_INT16=1 asks for int16 alone."""
+    p = params
+    if list(p["kernel"]) != [1, 1] or p["stride"] != 1 or p["pad"] != 0 or p["group"] != 1:
+        return False
+    force = os.environ.get("QENGINE_POINTWISE", "")
+    if force in ("0", "1"):
+        return force == "1"
+    if os.environ.get("QENGINE_INT16", "") == "1":
+        return False
+    return cout < kernel_costs().pointwise_max_macs
 
 
 def int16_pays(in_shape, out_shape, J):
