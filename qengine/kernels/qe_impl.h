@@ -752,6 +752,80 @@ static inline void FN(pool_cols8)(const float *v, float *y, int KW, int SW)
 }
 #endif
 
+/* The window rows [h0, h1) of one output row (x0: row h0) reduced element
+ * by element into vr[0 .. W).  (Inlined with constant row counts for the
+ * common windows: a short loop of unknown count costs more than its work.) */
+static inline __attribute__((always_inline)) void FN(pool_rows)(const float *x0, int h0, int h1,
+                                                                 int W, float *vr)
+{
+    const VN lo = FN(vnsplat)(-FLT_MAX);
+    int w = 0;
+    for (; w < W && W >= QE_NL; w += QE_NL) {
+        w = w + QE_NL > W ? W - QE_NL : w;
+        VN m = lo;
+        for (int h = h0; h < h1; h++) m = FN(vnmax)(m, FN(vnload)(x0 + (int64_t)(h - h0) * W + w));
+        FN(vnstore)(vr + w, m);
+    }
+#if QE_NL > 8
+    for (; w < W && W >= 8; w += 8) {   /* rows of 8 to 15 values */
+        w = w + 8 > W ? W - 8 : w;
+        V8 m = FN(vsplat)(-FLT_MAX);
+        for (int h = h0; h < h1; h++) m = FN(v8max)(m, FN(vload)(x0 + (int64_t)(h - h0) * W + w));
+        FN(vstore)(vr + w, m);
+    }
+#endif
+    for (; w < W; w++) {
+        float m = -FLT_MAX;
+        for (int h = h0; h < h1; h++) {
+            const float a = x0[(int64_t)(h - h0) * W + w];
+            m = a > m ? a : m;
+        }
+        vr[w] = m;
+    }
+}
+
+/* One output row yr [OW] from the padded row v (the column pass; inlined
+ * with constant KW and SW for the common windows). */
+static inline __attribute__((always_inline)) void FN(pool_row_cols)(const float *v, float *yr,
+                                                                     int OW, int KW, int SW)
+{
+    int ow = 0;
+    if (SW <= 2 && OW >= QE_NL) {
+        for (; ow < OW; ow += QE_NL) {
+            ow = ow + QE_NL > OW ? OW - QE_NL : ow;
+            FN(pool_cols)(v + (int64_t)ow * SW, yr + ow, KW, SW);
+        }
+    }
+#if QE_NL > 8
+    else if (SW <= 2 && OW >= 8) {
+        for (; ow < OW; ow += 8) {
+            ow = ow + 8 > OW ? OW - 8 : ow;
+            FN(pool_cols8)(v + (int64_t)ow * SW, yr + ow, KW, SW);
+        }
+    }
+#endif
+    for (; ow < OW; ow++) {
+        const float *p = v + (int64_t)ow * SW;
+        float m = -FLT_MAX;
+        for (int kw = 0; kw < KW; kw++) m = p[kw] > m ? p[kw] : m;
+        yr[ow] = m;
+    }
+}
+
+/* pool_row_cols with constant arguments for 3x3 and 2x2 windows of stride 2
+ * (AlexNet's, SqueezeNet's, VGG's, ResNet's) and stride 1 */
+static void FN(pool_cols_row)(const float *v, float *yr, int OW, int KW, int SW)
+{
+    if (KW == 3 && SW == 2)
+        FN(pool_row_cols)(v, yr, OW, 3, 2);
+    else if (KW == 2 && SW == 2)
+        FN(pool_row_cols)(v, yr, OW, 2, 2);
+    else if (KW == 3 && SW == 1)
+        FN(pool_row_cols)(v, yr, OW, 3, 1);
+    else
+        FN(pool_row_cols)(v, yr, OW, KW, SW);
+}
+
 /* Max pooling of one channel, in two passes per output row.  The rows of the
  * window are reduced element by element (QE_NL lanes) into v, laid out as
  * the padded row: PW slots of -FLT_MAX, the W maxima, then -FLT_MAX up to
@@ -766,62 +840,32 @@ static inline void FN(pool_cols8)(const float *v, float *y, int KW, int SW)
 static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, int W, int OH,
                                  int OW, int KH, int KW, int SH, int SW, int PH, int PW)
 {
-    const int64_t vlen = qe_max_pool_scratch(W, OW, KW, SW, PW);
-    for (int64_t i = 0; i < PW; i++) v[i] = -FLT_MAX;
-    for (int64_t i = PW + W; i < vlen; i++) v[i] = -FLT_MAX;
-    float *vr = v + PW;
-    const VN lo = FN(vnsplat)(-FLT_MAX);
+    /* two padded rows, used in turn: the column pass of a row runs after the
+     * next row's vertical pass, so that its unaligned loads do not wait on
+     * the stores just made (store-to-load forwarding fails on them) */
+    const int64_t vlen = qe_max_pool_scratch(W, OW, KW, SW, PW) / 2;
+    float *vb[2] = {v, v + vlen};
+    for (int b = 0; b < 2; b++) {
+        for (int64_t i = 0; i < PW; i++) vb[b][i] = -FLT_MAX;
+        for (int64_t i = PW + W; i < vlen; i++) vb[b][i] = -FLT_MAX;
+    }
     for (int oh = 0; oh < OH; oh++) {
         int h0 = oh * SH - PH, h1 = h0 + KH;
         h0 = h0 < 0 ? 0 : h0;
         h1 = h1 > H ? H : h1;
         const float *x0 = xc + (int64_t)h0 * W;
-        int w = 0;
-        for (; w < W && W >= QE_NL; w += QE_NL) {
-            w = w + QE_NL > W ? W - QE_NL : w;
-            VN m = lo;
-            for (int h = h0; h < h1; h++) m = FN(vnmax)(m, FN(vnload)(x0 + (int64_t)(h - h0) * W + w));
-            FN(vnstore)(vr + w, m);
-        }
-#if QE_NL > 8
-        for (; w < W && W >= 8; w += 8) {   /* rows of 8 to 15 values */
-            w = w + 8 > W ? W - 8 : w;
-            V8 m = FN(vsplat)(-FLT_MAX);
-            for (int h = h0; h < h1; h++) m = FN(v8max)(m, FN(vload)(x0 + (int64_t)(h - h0) * W + w));
-            FN(vstore)(vr + w, m);
-        }
-#endif
-        for (; w < W; w++) {
-            float m = -FLT_MAX;
-            for (int h = h0; h < h1; h++) {
-                const float a = x0[(int64_t)(h - h0) * W + w];
-                m = a > m ? a : m;
-            }
-            vr[w] = m;
-        }
-        float *yr = yc + (int64_t)oh * OW;
-        int ow = 0;
-        if (SW <= 2 && OW >= QE_NL) {
-            for (; ow < OW; ow += QE_NL) {
-                ow = ow + QE_NL > OW ? OW - QE_NL : ow;
-                FN(pool_cols)(v + (int64_t)ow * SW, yr + ow, KW, SW);
-            }
-        }
-#if QE_NL > 8
-        else if (SW <= 2 && OW >= 8) {
-            for (; ow < OW; ow += 8) {
-                ow = ow + 8 > OW ? OW - 8 : ow;
-                FN(pool_cols8)(v + (int64_t)ow * SW, yr + ow, KW, SW);
-            }
-        }
-#endif
-        for (; ow < OW; ow++) {
-            const float *p = v + (int64_t)ow * SW;
-            float m = -FLT_MAX;
-            for (int kw = 0; kw < KW; kw++) m = p[kw] > m ? p[kw] : m;
-            yr[ow] = m;
-        }
+        float *vr = vb[oh & 1] + PW;
+        if (h1 - h0 == 3)
+            FN(pool_rows)(x0, 0, 3, W, vr);
+        else if (h1 - h0 == 2)
+            FN(pool_rows)(x0, 0, 2, W, vr);
+        else
+            FN(pool_rows)(x0, h0, h1, W, vr);
+        if (oh > 0)
+            FN(pool_cols_row)(vb[(oh - 1) & 1], yc + (int64_t)(oh - 1) * OW, OW, KW, SW);
     }
+    if (OH > 0)
+        FN(pool_cols_row)(vb[(OH - 1) & 1], yc + (int64_t)(OH - 1) * OW, OW, KW, SW);
 }
 
 #undef V8

@@ -124,13 +124,13 @@ int qe_wino_weights(const float *w, int groups, int Cg, int C, int KH, int KW, i
 /* CV, the virtual channels of that form for C real ones. */
 int qe_wino_virtual(int C, int KH, int KW, int S, int tile);
 
-/* Floats of scratch qe_max_pool_channel needs: the padded row, long enough
- * for the last window (ceil rounding may run past the padding) and for the
- * vector column pass's reads (16 outputs at stride <= 2), plus slack. */
+/* Floats of scratch qe_max_pool_channel needs: two padded rows, each long
+ * enough for the last window (ceil rounding may run past the padding) and
+ * for the vector column pass's reads (16 outputs at stride <= 2), plus slack. */
 static inline int64_t qe_max_pool_scratch(int W, int OW, int KW, int SW, int PW)
 {
     int64_t need = (int64_t)(OW - 1) * SW + KW, row = (int64_t)PW + W;
-    return (need > row ? need : row) + 32;
+    return 2 * ((need > row ? need : row) + 32);   /* two rows, used in turn */
 }
 
 /* Max pooling of one channel xc [H][W] -> yc [OH][OW] (v: qe_max_pool_scratch
