@@ -8,7 +8,9 @@ workspace per thread and reuse it across calls.
 from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT,
                               PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer)
 from libc.stdint cimport uint8_t, int16_t, int32_t, int64_t, uintptr_t
+from libc.math cimport fmaf, isnan
 from libc.stdlib cimport free
+from libc.string cimport memcpy
 from cython.parallel cimport prange
 
 cdef extern from "kernels/qe_kernels.h" nogil:
@@ -603,12 +605,22 @@ def i16_conv_weights(const float[:, ::1] w, int groups, int16_t[:, :, ::1] out,
     return A
 
 
-def i16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P):
-    """Scratch floats the int16 convolution of one group needs: the float phase
-    planes and their int16 copy."""
+def i16_workspace_floats(int C, int H, int W, int KH, int KW, int S, int P, int Cout=0):
+    """Scratch floats the int16 convolution of one group (Cout outputs) needs: the
+    float phase planes and their int16 copy; for a padded 1x1 one of stride 1, its
+    unpadded outputs and the input's int16 copy (see conv_i16)."""
     cdef qe_conv_geom g
     _geom(&g, C, H, W, KH, KW, S, P)
-    return _i16_ws(qe_phase_floats(&g))
+    cdef int64_t n = _i16_ws(qe_phase_floats(&g))
+    if KH == 1 and KW == 1 and S == 1 and P > 0:
+        n = max(n, _i16_ring_ws(C, H, W, Cout))
+    return n
+
+
+cdef int64_t _i16_ring_ws(int C, int H, int W, int Cout):
+    """A padded 1x1 convolution's scratch: its Cout x H x W unpadded outputs, then the
+    input's int16 copy (64-byte aligned)."""
+    return <int64_t>max(Cout, 1) * H * W + 16 + (<int64_t>C * H * W + 1) // 2 + 16
 
 
 def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const float[::1] scale,
@@ -628,20 +640,57 @@ def conv_i16(const float[:, :, :, ::1] x, const int16_t[:, :, ::1] w16, const fl
         raise ValueError("int16 weights do not match the convolution")
     _check_out(&g, N, Cout, c0, out)
     cdef int64_t nxp = qe_phase_floats(&g)
-    if ws.shape[0] < _i16_ws(nxp):
+    # a padded 1x1 convolution of stride 1 (SqueezeNet's conv10): the padding
+    # ring's outputs read only zeros, so they are the bias (ReLU'd); the
+    # interior is the unpadded convolution, computed in place into ws and
+    # copied in (the same bits: test_int16.py)
+    cdef bint ring = kh == 1 and kw == 1 and stride == 1 and pad > 0
+    cdef int64_t nring = <int64_t>Og * H * W
+    if ws.shape[0] < (_i16_ring_ws(Cg, H, W, Og) if ring else _i16_ws(nxp)):
         raise ValueError("workspace too small")
     # the int16 planes start 64-byte aligned after the float ones
-    cdef int16_t *xq = <int16_t *>(<uintptr_t>(&ws[nxp + 15]) & ~(<uintptr_t>63))
-    cdef int n, gi, rc = 0
+    cdef int16_t *xq = <int16_t *>(<uintptr_t>(&ws[(nring if ring else nxp) + 15])
+                                   & ~(<uintptr_t>63))
+    cdef int n, gi, rc = 0, co, h, w
+    cdef float v
     # a 1x1 convolution of stride 1 without padding reads its input in place:
     # each channel is already its own plane, H*W apart (no split, no copy)
     cdef bint direct = kh == 1 and kw == 1 and stride == 1 and pad == 0
     cdef qe_conv_geom gd = g
     gd.PS = <int64_t>H * W
+    if ring:
+        _geom(&gd, Cg, H, W, 1, 1, 1, 0)
+        gd.PS = <int64_t>H * W
+    cdef float *o
     with nogil:
         for n in range(N):
             for gi in range(groups):
-                if direct:
+                if ring:
+                    rc = qe_i16_conv(&gd, &x[n, gi * Cg, 0, 0], xq, &w16[gi, 0, 0],
+                                     &scale[gi * Og], A, Og, &bias[gi * Og], &ws[0], relu,
+                                     nthreads)
+                    if rc != 0:
+                        break
+                    for co in range(Og):
+                        o = &out[n, c0 + gi * Og + co, 0, 0]
+                        # the ring: as the kernel writes an output of zero sum (and
+                        # NaN everywhere when the input was not finite)
+                        v = fmaf(0.0, 1.0, bias[gi * Og + co])
+                        if relu and not v > 0:
+                            v = 0.0
+                        if isnan(ws[0]):
+                            v = ws[0]
+                        for h in range(g.OH):
+                            if h < pad or h >= pad + H:
+                                for w in range(g.OW):
+                                    o[h * g.OW + w] = v
+                                continue
+                            for w in range(pad):
+                                o[h * g.OW + w] = v
+                                o[h * g.OW + pad + W + w] = v
+                            memcpy(&o[h * g.OW + pad], &ws[<int64_t>co * H * W + (h - pad) * W],
+                                   sizeof(float) * W)
+                elif direct:
                     rc = qe_i16_conv(&gd, &x[n, gi * Cg, 0, 0], xq, &w16[gi, 0, 0],
                                      &scale[gi * Og], A, Og, &bias[gi * Og],
                                      &out[n, c0 + gi * Og, 0, 0], relu, nthreads)

@@ -24,7 +24,9 @@ CASES = [(1, 3, 31, 29, 13, 5, 2, 1, 1), (2, 16, 13, 13, 20, 3, 1, 1, 2),
          # weights (160 x 2304 int16, 737 KB) beyond the budget of blocks sharing
          # a panel (5/8 of L2, at least 160 KB): several weight groups per tile
          (1, 256, 6, 7, 160, 3, 1, 1, 1),
-         # 78,400 input values: their quantisation split across threads
+         # padded 1x1 (SqueezeNet's conv10): the interior unpadded, the ring the bias
+         (2, 12, 9, 11, 14, 1, 1, 1, 2), (1, 40, 13, 13, 25, 1, 1, 2, 1),
+         # 78,400 input values: their quantisation split across threads (last)
          (1, 16, 70, 70, 8, 1, 1, 0, 1)]
 
 
@@ -42,7 +44,8 @@ def run_i16(x, w, b, S, P, G, relu=False, nthreads=1):
     kh, kw = w.shape[2:]
     oh, ow = _kernels.conv_output_size(h, wd, kh, kw, S, P)
     out = np.full((n, w.shape[0], oh, ow), -7, np.float32)
-    ws = np.empty(_kernels.i16_workspace_floats(c // G, h, wd, kh, kw, S, P), np.float32)
+    ws = np.empty(_kernels.i16_workspace_floats(c // G, h, wd, kh, kw, S, P, w.shape[0] // G),
+                  np.float32)
     _kernels.conv_i16(x, w16, sc, A, b, kh, kw, S, P, relu, out, ws, nthreads)
     return out
 
@@ -160,6 +163,32 @@ def test_fast_model_runs_wide_dense_convolutions_in_int16(tmp_path, monkeypatch)
     monkeypatch.delenv("QENGINE_POINTWISE")
     monkeypatch.setenv("QENGINE_INT16", "1")
     assert set(qengine.load(path, mode="fast").layer_strategies().values()) == {"int16"}
+
+
+def test_padded_1x1_is_the_unpadded_one_inside_a_ring_of_bias(isa):
+    x, w, b, s, p, g = make((2, 20, 7, 10, 9, 1, 1, 2, 1))
+    b[0], b[1] = -0.0, -1.5
+    inner = run_i16(x, w, b, 1, 0, 1)
+    for relu in (False, True):
+        out = run_i16(x, w, b, 1, 2, 1, relu)
+        assert np.array_equal(out[:, :, 2:-2, 2:-2], np.maximum(inner, 0) if relu else inner)
+        ring = out.copy()
+        ring[:, :, 2:-2, 2:-2] = np.nan
+        want = np.maximum(b, 0) if relu else b + np.float32(0)     # -0 + 0 = +0, as the kernel
+        for co in range(9):
+            r = ring[:, co][~np.isnan(ring[:, co])]
+            assert r.size == 2 * (11 * 14 - 7 * 10)
+            assert np.array_equal(r, np.full(r.size, want[co], np.float32))
+            assert not np.signbit(r).any() or want[co] < 0
+    # the workspace it needs is checked; a non-finite input makes every output NaN
+    w16, sc, A = layout(w, 1)
+    with pytest.raises(ValueError, match="workspace"):
+        _kernels.conv_i16(x, w16, sc, A, b, 1, 1, 1, 2, False,
+                          np.empty((2, 9, 11, 14), np.float32), np.empty(9 * 70, np.float32))
+    bad = x.copy()
+    bad[1, 3, 4, 5] = np.inf
+    out = run_i16(bad, w, b, 1, 2, 1, True)
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
 
 
 def test_1x1_read_in_place_gives_the_bits_of_the_split_planes(isa):

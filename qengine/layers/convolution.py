@@ -206,7 +206,8 @@ class ConvOp(WeightedOp):
                                                   self.kw, self.params["stride"], self.wino_tile)
         if self.strategy == "int16":
             return _kernels.i16_workspace_floats(c // g, h, w, self.kh, self.kw,
-                                                 self.params["stride"], self.params["pad"])
+                                                 self.params["stride"], self.params["pad"],
+                                                 self.params["num_output"] // g)
         if self.strategy == "lut16":
             return _kernels.conv16_workspace_floats(c // g, h, w, self.kh, self.kw,
                                                     self.params["stride"], self.params["pad"],
