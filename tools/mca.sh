@@ -15,13 +15,24 @@ gcc $flags -o "$tmp/avx2.s" isa_avx2.c
 # by the lookup instruction it holds
 loop() {  # file, pattern the loop holds, pattern it must not hold, times it holds it (or
           # more, at most), a second pattern and the exact times it holds that one
+    # the first backward branch whose span (its target label to it, labels inside
+    # dropped: a loop may be entered in its middle) holds the patterns so often
     awk -v pat="$2" -v bad="${3:-^$}" -v least="${4:-1}" -v most="${5:-1000000}" \
         -v pat2="${6:-^$}" -v times2="${7:-0}" '
-        /^\.L[0-9]+:/ { label = substr($1, 1, length($1) - 1); n = 0; has = 0; nope = 0; has2 = 0 }
-        { body[n++] = $0; if ($0 ~ pat) has++; if ($0 ~ bad) nope = 1; if ($0 ~ pat2) has2++ }
-        /^\tj[a-z]+\t\.L[0-9]+/ && $2 == label && has >= least && has <= most && !nope \
-            && has2 == times2 && !done {
-            for (i = 1; i < n; i++) print body[i]; done = 1 }' "$1"
+        { line[N++] = $0 }
+        /^\.L[0-9]+:/ { pos[substr($1, 1, length($1) - 1)] = N - 1 }
+        /^\tj[a-z]+\t\.L[0-9]+/ && ($2 in pos) && !done {
+            has = 0; nope = 0; has2 = 0
+            for (i = pos[$2] + 1; i < N; i++) {
+                if (line[i] ~ pat) has++
+                if (line[i] ~ bad) nope = 1
+                if (line[i] ~ pat2) has2++
+            }
+            if (has >= least && has <= most && !nope && has2 == times2) {
+                for (i = pos[$2] + 1; i < N; i++) if (line[i] !~ /^\.L[0-9]+:/) print line[i]
+                done = 1
+            }
+        }' "$1"
 }
 report() {  # name, file, pattern, lookups (16-bit) per iteration, excluded pattern,
             # least and most times the loop holds the pattern, second pattern, its count
@@ -45,3 +56,8 @@ report "avx2   int16 dense (vpmaddwd, 6 channels x 16 positions x 2 taps)" "$tmp
 # channels per iteration (24 vpdpwssd), 2.25 direct multiply-adds each
 report "avx512 Winograd (vpdpwssd, 12 tiles x 32 channels x 2)" "$tmp/avx512.s" "vpdpwssd" 768 "^$" 24 24 "vpbroadcastd" 12
 # (the AVX2 Winograd loop holds 12 vpmaddwd like the int16 one: not told apart here)
+# fast mode's float pointwise convolution (qe_pw.h): 8 channels x 3 vectors of
+# 16 positions per input channel (24 zmm FMAs, 8 weight broadcasts); AVX2 4 x 3
+# of 8 (12 ymm FMAs, 4 broadcasts)
+report "avx512 pointwise float (vfmadd zmm, 8 channels x 48 positions)" "$tmp/avx512.s" "vfmadd...ps\t.*%zmm" 384 "^$" 24 24 "vbroadcastss" 8
+report "avx2   pointwise float (vfmadd ymm, 4 channels x 24 positions)" "$tmp/avx2.s" "vfmadd...ps\t.*%ymm" 96 "^$" 12 12 "vbroadcastss" 4
