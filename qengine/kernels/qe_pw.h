@@ -13,7 +13,7 @@
  * Every output is one fused multiply-add per input channel in channel order
  * from 0, then + bias (rounded), then ReLU as v < 0 ? 0 : v (NaN passes):
  * the same bits on every instruction set (the portable build calls fmaf per
- * lane; the others compile a * b + c to vfmadd, -ffp-contract=fast).
+ * lane, the others the FMA instructions).
  *
  * Register block: QE_PW_CO output channels x QE_PW_NV vectors of positions
  * (AVX-512: 8 x 3 of 16 = 24 zmm accumulators; AVX2: 4 x 3 of 8, half a
@@ -36,10 +36,28 @@
 #endif
 #define QE_PW_PB (QE_PW_NV * QE_NL)
 
+/* a * b + c rounded once, by the instruction (not left to the compiler's
+ * contraction of a * b + c, which -O1 builds such as CI's sanitizer one skip) */
 static inline VN FN(pw_fma)(VN a, VN b, VN c)
 {
-#if QE_SIMD >= 2
-    return a * b + c;
+#if QE_SIMD == 3
+    __m512 x, y, z;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &b, sizeof y);
+    memcpy(&z, &c, sizeof z);
+    x = _mm512_fmadd_ps(x, y, z);
+    VN r;
+    memcpy(&r, &x, sizeof r);
+    return r;
+#elif QE_SIMD == 2
+    __m256 x, y, z;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &b, sizeof y);
+    memcpy(&z, &c, sizeof z);
+    x = _mm256_fmadd_ps(x, y, z);
+    VN r;
+    memcpy(&r, &x, sizeof r);
+    return r;
 #else
     VN r;
     for (int l = 0; l < QE_NL; l++) r[l] = fmaf(a[l], b[l], c[l]);
