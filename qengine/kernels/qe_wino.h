@@ -341,14 +341,14 @@ FN(wino_gemm)(const int16_t *u, const int16_t *v, int CP, int CS, const int NT, 
 #define QE_PAIR_LO {0, 4, 1, 5}
 #define QE_PAIR_HI {2, 6, 3, 7}
 #endif
-QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
-                            int co0, int Cout, int64_t t0, int TW, int OH, int OW, int relu,
-                            float *y)
+QE_NO_FMA static inline __attribute__((always_inline)) void
+FN(wino_output_order)(const int cmajor, const int32_t *mb, int NT, const float *sc,
+                      const float *bias, int co0, int Cout, int64_t t0, int TW, int OH, int OW,
+                      int relu, float *y)
 {
     const int64_t NR = (int64_t)OH * OW;
     const VNI lo = QE_PAIR_LO, hi = QE_PAIR_HI;
     const int half = QE_NL / 2;
-    const int cmajor = NR % 1024 == 0;   /* a plane of a multiple of 4 KB (below) */
     int oys[QE_WINO_NT], oxs[QE_WINO_NT];   /* the tiles' first output row and column */
     for (int t = 0; t < NT; t++) {
         oys[t] = (int)((t0 + t) / TW) * 2;
@@ -360,7 +360,7 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
         VN s[16];
         for (int xi = 0; xi < 16; xi++) s[xi] = FN(vnload)(sc + xi * 32 + cv);
         const VN b = FN(vnload)(bias + co0 + cv);
-        float prs[QE_WINO_NT][2][2][QE_NL];   /* every tile's outputs, then stored */
+        float prs[cmajor ? QE_WINO_NT : 1][2][2][QE_NL];   /* kept for channel by channel */
         for (int t = 0; t < NT; t++) {
             VN m[16];
             for (int xi = 0; xi < 16; xi++) {
@@ -382,7 +382,9 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
                     const VN z = FN(vnsplat)(0.f);
                     out[q] = (VN)((VNI)out[q] & (VNI)(out[q] > z));
                 }
-            float (*pr)[2][QE_NL] = prs[t];   /* [row][channel half][channel pairs] */
+            /* [row][channel half][channel pairs]; one buffer unless kept for
+             * the channel-by-channel stores */
+            float (*pr)[2][QE_NL] = prs[cmajor ? t : 0];
             const VN p00 = __builtin_shuffle(out[0], out[1], lo),
                      p01 = __builtin_shuffle(out[0], out[1], hi),
                      p10 = __builtin_shuffle(out[2], out[3], lo),
@@ -433,6 +435,16 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
         }
     }
 }
+/* output planes of a multiple of 4 KB stored channel by channel (see above) */
+QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc, const float *bias,
+                                      int co0, int Cout, int64_t t0, int TW, int OH, int OW,
+                                      int relu, float *y)
+{
+    if ((int64_t)OH * OW % 1024 == 0)
+        FN(wino_output_order)(1, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+    else
+        FN(wino_output_order)(0, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+}
 #undef QE_PAIR_LO
 #undef QE_PAIR_HI
 
@@ -482,14 +494,13 @@ QE_NO_FMA static void FN(wino_output)(const int32_t *mb, int NT, const float *sc
         o[3] = ((d12 + d34 * FN(vnsplat)(8.f)) + d56 * FN(vnsplat)(0.125f)) + m[7]; \
     } while (0)
 QE_NO_FMA static inline __attribute__((always_inline)) void
-FN(wino_rescaled_output)(const int n, const int32_t *mb, int NT, const float *sc,
-                         const float *bias, int co0, int Cout, int64_t t0, int TW, int OH, int OW,
-                         int relu, float *y)
+FN(wino_rescaled_output)(const int n, const int cmajor, const int32_t *mb, int NT,
+                         const float *sc, const float *bias, int co0, int Cout, int64_t t0,
+                         int TW, int OH, int OW, int relu, float *y)
 {
     const int64_t NR = (int64_t)OH * OW;
     const VNI plo = QE_PAIR_LO, phi = QE_PAIR_HI, qlo = QE_QUAD_LO, qhi = QE_QUAD_HI;
     const int quarter = QE_NL / 4;
-    const int cmajor = NR % 1024 == 0;   /* a plane of a multiple of 4 KB (below) */
     int oys[QE_WINO_NT], oxs[QE_WINO_NT];
     for (int t = 0; t < NT; t++) {
         oys[t] = (int)((t0 + t) / TW) * 4;
@@ -499,7 +510,7 @@ FN(wino_rescaled_output)(const int n, const int32_t *mb, int NT, const float *sc
         const int nl = Cout - (co0 + cv) < QE_NL ? Cout - (co0 + cv) : QE_NL;
         if (nl <= 0) break;
         const VN b = FN(vnload)(bias + co0 + cv);
-        float prs[QE_WINO_NT][4][4][QE_NL];   /* every tile's outputs, then stored */
+        float prs[cmajor ? QE_WINO_NT : 1][4][4][QE_NL];   /* kept for channel by channel */
         for (int t = 0; t < NT; t++) {
             VN r[8][4];   /* m A, row by row */
             for (int a = 0; a < n; a++) {
@@ -516,7 +527,9 @@ FN(wino_rescaled_output)(const int n, const int32_t *mb, int NT, const float *sc
                 else
                     QE_W45_AT(m, r[a]);
             }
-            float (*pr)[4][QE_NL] = prs[t];   /* [row][quarter of the channels][channel quads] */
+            /* [row][quarter of the channels][channel quads]; one buffer
+             * unless kept for the channel-by-channel stores */
+            float (*pr)[4][QE_NL] = prs[cmajor ? t : 0];
             for (int j = 0; j < 4; j++) {   /* A' (m A), column j */
                 VN col[8], o[4];
                 for (int a = 0; a < n; a++) col[a] = r[a][j];
@@ -586,14 +599,20 @@ QE_NO_FMA static void FN(wino4_output)(const int32_t *mb, int NT, const float *s
                                        const float *bias, int co0, int Cout, int64_t t0, int TW,
                                        int OH, int OW, int relu, float *y)
 {
-    FN(wino_rescaled_output)(6, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+    if ((int64_t)OH * OW % 1024 == 0)   /* planes of a multiple of 4 KB (wino_output) */
+        FN(wino_rescaled_output)(6, 1, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+    else
+        FN(wino_rescaled_output)(6, 0, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
 }
 
 QE_NO_FMA static void FN(wino45_output)(const int32_t *mb, int NT, const float *sc,
                                         const float *bias, int co0, int Cout, int64_t t0, int TW,
                                         int OH, int OW, int relu, float *y)
 {
-    FN(wino_rescaled_output)(8, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+    if ((int64_t)OH * OW % 1024 == 0)
+        FN(wino_rescaled_output)(8, 1, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
+    else
+        FN(wino_rescaled_output)(8, 0, mb, NT, sc, bias, co0, Cout, t0, TW, OH, OW, relu, y);
 }
 #undef QE_W4_AT
 #undef QE_W45_AT
