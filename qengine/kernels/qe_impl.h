@@ -814,7 +814,7 @@ static inline __attribute__((always_inline)) void FN(pool_row_cols)(const float 
 
 /* pool_row_cols with constant arguments for 3x3 and 2x2 windows of stride 2
  * (AlexNet's, SqueezeNet's, VGG's, ResNet's) and stride 1 */
-static void FN(pool_cols_row)(const float *v, float *yr, int OW, int KW, int SW)
+static void FN(pool_out_row)(const float *v, float *yr, int OW, int KW, int SW)
 {
     if (KW == 3 && SW == 2)
         FN(pool_row_cols)(v, yr, OW, 3, 2);
@@ -862,10 +862,10 @@ static void FN(max_pool_channel)(const float *xc, float *yc, float *v, int H, in
         else
             FN(pool_rows)(x0, h0, h1, W, vr);
         if (oh > 0)
-            FN(pool_cols_row)(vb[(oh - 1) & 1], yc + (int64_t)(oh - 1) * OW, OW, KW, SW);
+            FN(pool_out_row)(vb[(oh - 1) & 1], yc + (int64_t)(oh - 1) * OW, OW, KW, SW);
     }
     if (OH > 0)
-        FN(pool_cols_row)(vb[(OH - 1) & 1], yc + (int64_t)(OH - 1) * OW, OW, KW, SW);
+        FN(pool_out_row)(vb[(OH - 1) & 1], yc + (int64_t)(OH - 1) * OW, OW, KW, SW);
 }
 
 #undef V8

@@ -38,32 +38,30 @@
 
 /* a * b + c rounded once, by the instruction (not left to the compiler's
  * contraction of a * b + c, which -O1 builds such as CI's sanitizer one skip) */
+#if QE_SIMD == 3
+#define QE_PW_NATIVE __m512   /* the intrinsic type of a VN */
+#define QE_PW_FMADD _mm512_fmadd_ps
+#elif QE_SIMD == 2
+#define QE_PW_NATIVE __m256
+#define QE_PW_FMADD _mm256_fmadd_ps
+#endif
 static inline VN FN(pw_fma)(VN a, VN b, VN c)
 {
-#if QE_SIMD == 3
-    __m512 x, y, z;
+    VN r;
+#ifdef QE_PW_FMADD
+    QE_PW_NATIVE x, y, z;
     memcpy(&x, &a, sizeof x);
     memcpy(&y, &b, sizeof y);
     memcpy(&z, &c, sizeof z);
-    x = _mm512_fmadd_ps(x, y, z);
-    VN r;
+    x = QE_PW_FMADD(x, y, z);
     memcpy(&r, &x, sizeof r);
-    return r;
-#elif QE_SIMD == 2
-    __m256 x, y, z;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &b, sizeof y);
-    memcpy(&z, &c, sizeof z);
-    x = _mm256_fmadd_ps(x, y, z);
-    VN r;
-    memcpy(&r, &x, sizeof r);
-    return r;
 #else
-    VN r;
     for (int l = 0; l < QE_NL; l++) r[l] = fmaf(a[l], b[l], c[l]);
-    return r;
 #endif
+    return r;
 }
+#undef QE_PW_NATIVE
+#undef QE_PW_FMADD
 
 /* QE_PW_PB positions from xs (channel c's at xs + c * xstride) for the
  * channels co0 .. co0 + QE_PW_CO - 1 (weights wb: [C][QE_PW_LB], lane l0 on),
