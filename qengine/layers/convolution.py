@@ -27,7 +27,7 @@ class ConvOp(WeightedOp):
             self.strategy = "depthwise" if depthwise else "dense"
             self._use(w["weight"], "f32", (cout, cg, self.kh, self.kw))
             self.derived_bytes = 0 if depthwise else blocked
-            if not depthwise and self._pointwise(cg, cout):
+            if not depthwise and self._pointwise():
                 self.strategy = "pointwise"
                 self.derived_bytes = self._pointwise_bytes(cout, cg)
             elif not depthwise and self._int16_pays(cg * J):
@@ -71,7 +71,7 @@ class ConvOp(WeightedOp):
                                  > dense_cost * self._dense_cost_ratio(cg * J)):
             self.strategy = "dequantized"
             self.derived_bytes = 4 * cout * cg * J + blocked   # dense, then blocked
-            if self._pointwise(cg, cout):
+            if self._pointwise():
                 self.strategy = "pointwise"
                 self.derived_bytes = 4 * cout * cg * J + self._pointwise_bytes(cout, cg)
             elif self._int16_pays(cg * J):
@@ -93,17 +93,17 @@ class ConvOp(WeightedOp):
         int16_pays() in weighted.py."""
         return self.fast and int16_pays(self.in_shapes[0], self.out_shape, J)
 
-    def _pointwise(self, cg, cout):
+    def _pointwise(self):
         """Fast mode runs a 1x1 convolution with few outputs per input value by
         the float pointwise kernel (qe_pw.h): see pointwise_applies() in weighted.py."""
-        return self.fast and pointwise_applies(self.params, cg, cout)
+        return self.fast and pointwise_applies(self.params)
 
     def _pointwise_bytes(self, cout, cin):
         return 4 * buffers.count(_kernels.pw_weights_shape(cout, cin))
 
     def _dense_cost_ratio(self, J):
         """What a dense multiply-add costs in this mode, in float ones."""
-        if self._pointwise(self.in_shapes[0][0] // self.group, self.params["num_output"]):
+        if self._pointwise():
             return kernel_costs().pointwise
         if not self._int16_pays(J):
             return 1.0

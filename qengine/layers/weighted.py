@@ -69,7 +69,7 @@ def kernel_costs():
     return KERNEL_COSTS[_kernels.get_isa()]
 
 
-def pointwise_applies(params, cin, cout):
+def pointwise_applies(params):
     """Whether fast mode runs this convolution by the float pointwise kernel
     (qe_pw.h): 1x1, stride 1, no padding, one group, and fewer multiply-adds per
     input value (its output channels) than KernelCosts.pointwise_max_macs;
@@ -83,7 +83,7 @@ def pointwise_applies(params, cin, cout):
         return force == "1"
     if os.environ.get("QENGINE_INT16", "") == "1":
         return False
-    return cout < kernel_costs().pointwise_max_macs
+    return p["num_output"] < kernel_costs().pointwise_max_macs
 
 
 def int16_pays(in_shape, out_shape, J):
